@@ -1,0 +1,33 @@
+//! `flint`: the command-line front end. Subcommands parse their arguments
+//! into the executor's request types and map outcomes to exit codes; the
+//! work happens in the library crates.
+
+mod exit;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "flint", version, about = "Run WebAssembly functions in KVM micro-VMs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Boot a fresh micro-VM and run a WASI command module in it.
+    Run(run::RunArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FLINT_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run(args) => run::main(args),
+    };
+    std::process::exit(code);
+}

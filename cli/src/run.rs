@@ -1,0 +1,71 @@
+//! `flint run MODULE [--memory-mib N] [--timeout-ms N] [--env K=V]... [-- ARGS...]`
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use flint_executor::{Invocation, StdIo, VmConfig};
+
+use crate::exit;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The WebAssembly module (a WASI preview 1 command) to run.
+    module: PathBuf,
+    /// Guest memory in MiB (32 to 3072).
+    #[arg(long, default_value_t = 128)]
+    memory_mib: u64,
+    /// Stop the VM after this many milliseconds (0: no limit).
+    #[arg(long, default_value_t = 60_000)]
+    timeout_ms: u64,
+    /// An environment variable for the function: K=V, or K to pass the host's value.
+    #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Print how long each phase took to stderr.
+    #[arg(long)]
+    timings: bool,
+    /// Arguments for the function (argv[1..]).
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some(("", _)) => Err("the variable name is empty".into()),
+        Some((k, v)) => Ok((k.into(), v.into())),
+        None => std::env::var(s).map(|v| (s.into(), v)).map_err(|_| format!("`{s}` has no `=` and is not set on the host")),
+    }
+}
+
+pub fn main(a: RunArgs) -> i32 {
+    let module = match std::fs::read(&a.module) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("flint: cannot read module {}: {e}", a.module.display());
+            return exit::FLINT_ERROR;
+        }
+    };
+    let config = VmConfig {
+        memory_mib: a.memory_mib,
+        timeout: (a.timeout_ms > 0).then(|| Duration::from_millis(a.timeout_ms)),
+    };
+    let mut args = vec![a.module.display().to_string()];
+    args.extend(a.args);
+    let invocation = Invocation { args, env: a.env };
+    match flint_executor::run(&config, &module, &invocation, &mut StdIo) {
+        Ok(report) => {
+            if a.timings {
+                let p = report.phases;
+                eprintln!(
+                    "flint: vm_create {:?} guest_load {:?} guest_entry {:?} compile {:?} instantiate {:?} run {:?} teardown {:?} total {:?}",
+                    p.vm_create, p.guest_load, p.guest_entry, p.compile, p.instantiate, p.run, p.teardown, p.total()
+                );
+            }
+            report.exit_code
+        }
+        Err(e) => {
+            exit::report(&e);
+            exit::code(&e)
+        }
+    }
+}

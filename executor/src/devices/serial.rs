@@ -1,0 +1,88 @@
+//! COM1, for the guest runtime's log and panic messages. Output goes to a
+//! bounded in-memory log that the VMM shows when the guest crashes.
+
+use std::io::Write;
+
+use vm_superio::{Serial, Trigger};
+
+/// Most bytes of guest log kept (the newest ones).
+pub const LOG_LIMIT: usize = 16 * 1024;
+
+/// The guest runs without interrupts, so the UART never raises one.
+#[derive(Debug)]
+pub struct NoInterrupt;
+
+impl Trigger for NoInterrupt {
+    type E = std::convert::Infallible;
+    fn trigger(&self) -> Result<(), Self::E> {
+        Ok(())
+    }
+}
+
+/// Keeps the last [`LOG_LIMIT`] bytes written.
+#[derive(Debug, Default)]
+pub struct BoundedLog(Vec<u8>);
+
+impl Write for BoundedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        if self.0.len() > LOG_LIMIT {
+            let cut = self.0.len() - LOG_LIMIT;
+            self.0.drain(..cut);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[allow(missing_debug_implementations)]
+pub struct SerialConsole {
+    uart: Serial<NoInterrupt, vm_superio::serial::NoEvents, BoundedLog>,
+}
+
+impl SerialConsole {
+    pub fn new() -> Self {
+        Self { uart: Serial::new(NoInterrupt, BoundedLog::default()) }
+    }
+
+    pub fn write(&mut self, offset: u8, value: u8) {
+        // Only a failing writer or trigger can fail, and neither does.
+        let _ = self.uart.write(offset, value);
+    }
+
+    pub fn read(&mut self, offset: u8) -> u8 {
+        self.uart.read(offset)
+    }
+
+    /// The guest's log so far, lossily decoded and trimmed.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&self.uart.writer().0).trim().to_string()
+    }
+}
+
+impl Default for SerialConsole {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keeps_the_newest_bytes() {
+        let mut s = SerialConsole::new();
+        for _ in 0..LOG_LIMIT {
+            s.write(0, b'a');
+        }
+        for b in b"the end" {
+            s.write(0, *b);
+        }
+        let log = s.log();
+        assert_eq!(log.len(), LOG_LIMIT);
+        assert!(log.ends_with("the end"));
+    }
+}

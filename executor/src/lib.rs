@@ -1,0 +1,29 @@
+//! Flint's VM core: runs one WebAssembly (WASI preview 1) function in its
+//! own KVM micro-VM.
+//!
+//! The guest is `guest-runtime/`, a `no_std` program the VMM puts straight
+//! into 64-bit mode at CPL 3; it talks to the host over a virtio-console
+//! (MMIO) data channel and a serial port for its log. See `docs/design.md`.
+//!
+//! ```no_run
+//! use flint_executor::{run, BufferIo, Invocation, VmConfig};
+//! let module = std::fs::read("examples/hello.wasm").unwrap();
+//! let mut io = BufferIo::default();
+//! let inv = Invocation { args: vec!["hello".into(), "world".into()], env: vec![] };
+//! let report = run(&VmConfig::default(), &module, &inv, &mut io).unwrap();
+//! assert_eq!(report.exit_code, 0);
+//! ```
+
+pub mod arch;
+pub mod devices;
+mod error;
+mod io;
+mod loader;
+mod machine;
+mod session;
+pub mod vstate;
+
+pub use error::{ProtocolViolation, RunError, SetupError};
+pub use io::{BufferIo, GuestIo, StdIo};
+pub use machine::{run, Invocation, Phases, RunReport, VmConfig};
+pub use vstate::vm::{kvm_device_path, VmError};

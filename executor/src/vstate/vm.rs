@@ -1,0 +1,98 @@
+//! A KVM virtual machine and its guest memory.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use super::vcpu::Vcpu;
+
+/// Where Flint looks for KVM, unless `FLINT_KVM_DEVICE` names another path.
+pub const DEFAULT_KVM_DEVICE: &str = "/dev/kvm";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{path} does not exist: this machine has no KVM. Load the module (`modprobe kvm_intel` or `modprobe kvm_amd`), or on a VM enable nested virtualization")]
+    KvmMissing { path: PathBuf },
+    #[error("{path} is not readable and writable by this user. Run as root, or add the user to the `kvm` group (`sudo usermod -aG kvm $USER`, then log in again)")]
+    KvmDenied { path: PathBuf },
+    #[error("cannot open {path}")]
+    KvmOpen {
+        path: PathBuf,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM API version {0} is not supported (need 12)")]
+    KvmVersion(i32),
+    #[error("creating the VM failed")]
+    CreateVm(#[source] kvm_ioctls::Error),
+    #[error("allocating {0} bytes of guest memory failed")]
+    Memory(usize, #[source] vm_memory::mmap::FromRangesError),
+    #[error("registering guest memory with KVM failed")]
+    MemorySlot(#[source] kvm_ioctls::Error),
+    #[error("creating vCPU {0} failed")]
+    CreateVcpu(u64, #[source] kvm_ioctls::Error),
+}
+
+/// The KVM device path in force.
+pub fn kvm_device_path() -> PathBuf {
+    std::env::var_os("FLINT_KVM_DEVICE").map(PathBuf::from).unwrap_or_else(|| DEFAULT_KVM_DEVICE.into())
+}
+
+fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| VmError::KvmMissing { path: path.into() })?;
+    let kvm = Kvm::new_with_path(&c).map_err(|e| match e.errno() {
+        libc::ENOENT | libc::ENODEV | libc::ENXIO => VmError::KvmMissing { path: path.into() },
+        libc::EACCES | libc::EPERM | libc::EROFS => VmError::KvmDenied { path: path.into() },
+        _ => VmError::KvmOpen { path: path.into(), source: e },
+    })?;
+    let version = kvm.get_api_version();
+    if version != 12 {
+        return Err(VmError::KvmVersion(version));
+    }
+    Ok(kvm)
+}
+
+/// One VM: its KVM handles and its RAM, identity-mapped at guest-physical 0.
+#[derive(Debug)]
+pub struct Vm {
+    kvm: Kvm,
+    fd: VmFd,
+    memory: GuestMemoryMmap,
+}
+
+impl Vm {
+    /// Creates a VM with `mem_size` bytes of anonymous RAM (reserved, not
+    /// committed: pages cost host memory only once touched).
+    pub fn new(mem_size: usize) -> Result<Self, VmError> {
+        let kvm = open_kvm(&kvm_device_path())?;
+        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size)])
+            .map_err(|e| VmError::Memory(mem_size, e))?;
+        for (slot, region) in memory.iter().enumerate() {
+            let host = memory.get_host_address(region.start_addr()).expect("region start is mapped");
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mmap owned by `memory`, which this
+            // Vm keeps alive for as long as `fd` (and so the slot) exists.
+            unsafe { fd.set_user_memory_region(r) }.map_err(VmError::MemorySlot)?;
+        }
+        Ok(Self { kvm, fd, memory })
+    }
+
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    pub fn create_vcpu(&self, id: u64) -> Result<Vcpu, VmError> {
+        let fd = self.fd.create_vcpu(id).map_err(|e| VmError::CreateVcpu(id, e))?;
+        Ok(Vcpu::new(fd, &self.kvm))
+    }
+}

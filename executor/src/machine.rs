@@ -276,9 +276,12 @@ fn run_vcpu(
             }
             VcpuEvent::Interrupted => {}
             VcpuEvent::Shutdown => {
-                return Err(RunError::GuestCrash("the guest took an exception it could not handle (triple fault)".into()))
+                return Err(RunError::GuestCrash(format!(
+                    "the guest took an exception it could not handle (triple fault at {})",
+                    vcpu.describe()
+                )))
             }
-            VcpuEvent::Fault(why) => return Err(RunError::GuestCrash(why)),
+            VcpuEvent::Fault(why) => return Err(RunError::GuestCrash(format!("{why} at {}", vcpu.describe()))),
         }
     }
 }

@@ -70,6 +70,14 @@ impl Vcpu {
         self.fd.get_tsc_khz().ok().filter(|&k| k > 0)
     }
 
+    /// Where the guest was, for crash reports.
+    pub fn describe(&self) -> String {
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => format!("rip={:#x} rsp={:#x} cr2={:#x}", r.rip, r.rsp, s.cr2),
+            _ => "registers unavailable".into(),
+        }
+    }
+
     /// Runs the guest until it needs the VMM.
     pub fn run(&mut self) -> Result<VcpuEvent<'_>, VcpuError> {
         match self.fd.run() {

@@ -6,7 +6,7 @@
 //! 0x0020_0000  shared pages: BootInfo, ClockPage, SeedPage, then the
 //!              virtqueues and their buffers
 //! 0x0040_0000  the guest runtime's ELF image (at most GUEST_IMAGE_MAX)
-//! 0x0100_0000  the WebAssembly module's bytes, then the heap
+//! image end    the WebAssembly module's bytes (page-aligned), then the heap
 //! mem - 4 MiB  guard (unmapped)
 //! mem - 2 MiB  stack, growing down from mem - 16
 //! 0xD000_0000  virtio-mmio windows (not RAM: every access exits to the VMM)
@@ -38,8 +38,6 @@ pub const QUEUE_AREA_END: u64 = 0x40_0000;
 pub const GUEST_LOAD_ADDR: u64 = 0x40_0000;
 /// Largest guest runtime image the VMM accepts.
 pub const GUEST_IMAGE_MAX: u64 = 0xC0_0000;
-/// Where the VMM places the WebAssembly module's bytes.
-pub const MODULE_ADDR: u64 = GUEST_LOAD_ADDR + GUEST_IMAGE_MAX;
 
 /// Stack at the top of RAM, with an unmapped guard region below it.
 pub const STACK_SIZE: u64 = HUGE_PAGE;
@@ -67,21 +65,27 @@ pub const fn align_up(v: u64, align: u64) -> Option<u64> {
     }
 }
 
-/// Where things go in a VM with `mem_size` bytes of RAM and a module of
-/// `module_len` bytes, or `None` if they do not fit.
+/// Where things go in a VM with `mem_size` bytes of RAM, a guest image
+/// ending at `image_end` and a module of `module_len` bytes, or `None` if
+/// they do not fit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placement {
+    pub module_addr: u64,
     pub heap_start: u64,
     pub heap_end: u64,
     pub stack_top: u64,
 }
 
-pub const fn place(mem_size: u64, module_len: u64) -> Option<Placement> {
-    let module_end = match MODULE_ADDR.checked_add(module_len) {
+pub const fn place(mem_size: u64, image_end: u64, module_len: u64) -> Option<Placement> {
+    let module_addr = match align_up(image_end, PAGE_SIZE) {
+        Some(a) => a,
+        None => return None,
+    };
+    let module_end = match module_addr.checked_add(module_len) {
         Some(e) => e,
         None => return None,
     };
-    let heap_start = match align_up(module_end, HUGE_PAGE) {
+    let heap_start = match align_up(module_end, PAGE_SIZE) {
         Some(h) => h,
         None => return None,
     };
@@ -92,7 +96,7 @@ pub const fn place(mem_size: u64, module_len: u64) -> Option<Placement> {
     if heap_end <= heap_start {
         return None;
     }
-    Some(Placement { heap_start, heap_end, stack_top: mem_size - 16 })
+    Some(Placement { module_addr, heap_start, heap_end, stack_top: mem_size - 16 })
 }
 
 #[cfg(test)]
@@ -111,17 +115,20 @@ mod tests {
 
     #[test]
     fn placement_of_a_small_module() {
-        let p = place(64 << 20, 1000).unwrap();
-        assert_eq!(p.heap_start, MODULE_ADDR + HUGE_PAGE);
+        let p = place(64 << 20, 0x51_0123, 1000).unwrap();
+        assert_eq!(p.module_addr, 0x51_1000);
+        assert_eq!(p.heap_start, 0x51_2000);
         assert_eq!(p.heap_end, (64 << 20) - 4 * (1 << 20));
         assert_eq!(p.stack_top, (64 << 20) - 16);
     }
 
     #[test]
     fn placement_refuses_what_does_not_fit() {
-        assert_eq!(place(32 << 20, 64 << 20), None);
-        assert_eq!(place(64 << 20, u64::MAX - 10), None);
-        assert_eq!(place((64 << 20) + 4096, 0), None);
-        assert_eq!(place(0, 0), None);
+        let image_end = GUEST_LOAD_ADDR + 0x10_0000;
+        assert_eq!(place(32 << 20, image_end, 64 << 20), None);
+        assert_eq!(place(64 << 20, image_end, u64::MAX - 10), None);
+        assert_eq!(place(64 << 20, u64::MAX - 10, 1), None);
+        assert_eq!(place((64 << 20) + 4096, image_end, 0), None);
+        assert_eq!(place(0, image_end, 0), None);
     }
 }

@@ -138,14 +138,14 @@ mod tests {
 
     #[test]
     fn boot_info_layout_is_stable() {
-        assert_eq!(size_of::<BootInfo>(), 80);
+        assert_eq!(size_of::<BootInfo>(), 72);
         assert_eq!(align_of::<BootInfo>(), 8);
         assert_eq!(offset_of!(BootInfo, abi_version), 8);
         assert_eq!(offset_of!(BootInfo, mem_size), 16);
         assert_eq!(offset_of!(BootInfo, module_addr), 24);
         assert_eq!(offset_of!(BootInfo, heap_start), 40);
         assert_eq!(offset_of!(BootInfo, stack_top), 56);
-        assert_eq!(offset_of!(BootInfo, mmio_base), 72);
+        assert_eq!(offset_of!(BootInfo, mmio_base), 64);
     }
 
     #[test]

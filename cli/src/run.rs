@@ -48,6 +48,7 @@ pub fn main(a: RunArgs) -> i32 {
     let config = VmConfig {
         memory_mib: a.memory_mib,
         timeout: (a.timeout_ms > 0).then(|| Duration::from_millis(a.timeout_ms)),
+        ..VmConfig::default()
     };
     let mut args = vec![a.module.display().to_string()];
     args.extend(a.args);

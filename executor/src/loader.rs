@@ -9,8 +9,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use flint_abi::layout::{
-    Placement, BOOT_INFO_ADDR, CLOCK_PAGE_ADDR, GUEST_IMAGE_MAX, GUEST_LOAD_ADDR, MMIO_BASE, MODULE_ADDR,
-    SEED_PAGE_ADDR,
+    Placement, BOOT_INFO_ADDR, CLOCK_PAGE_ADDR, GUEST_IMAGE_MAX, GUEST_LOAD_ADDR, MMIO_BASE, SEED_PAGE_ADDR,
 };
 use flint_abi::{BootInfo, ClockPage, SeedPage, ABI_VERSION, BOOT_MAGIC};
 use linux_loader::loader::{elf::Elf, KernelLoader};
@@ -33,13 +32,9 @@ pub enum LoadError {
     Write(u64, #[source] vm_memory::GuestMemoryError),
 }
 
-/// linux-loader reads from a seekable file; the embedded ELF is copied into
-/// one memfd per process, shared (under a lock, for its file offset).
-fn guest_image_file() -> Result<&'static Mutex<File>, LoadError> {
-    static FILE: OnceLock<Mutex<File>> = OnceLock::new();
-    if let Some(f) = FILE.get() {
-        return Ok(f);
-    }
+/// An anonymous in-memory file holding `bytes` (linux-loader reads from a
+/// seekable file).
+fn memfd_with(bytes: &[u8]) -> Result<File, LoadError> {
     // SAFETY: memfd_create with a valid NUL-terminated name; the returned fd
     // is checked and then owned by the File.
     let fd = unsafe { libc::memfd_create(c"flint-guest".as_ptr(), libc::MFD_CLOEXEC) };
@@ -48,19 +43,40 @@ fn guest_image_file() -> Result<&'static Mutex<File>, LoadError> {
     }
     // SAFETY: `fd` is a fresh, valid descriptor nobody else owns.
     let mut file = unsafe { File::from_raw_fd(fd) };
-    file.write_all(GUEST_ELF).map_err(LoadError::Memfd)?;
+    file.write_all(bytes).map_err(LoadError::Memfd)?;
+    Ok(file)
+}
+
+/// The built-in guest runtime, in one memfd per process, shared under a lock
+/// (for its file offset).
+fn builtin_image() -> Result<&'static Mutex<File>, LoadError> {
+    static FILE: OnceLock<Mutex<File>> = OnceLock::new();
+    if let Some(f) = FILE.get() {
+        return Ok(f);
+    }
+    let file = memfd_with(GUEST_ELF)?;
     Ok(FILE.get_or_init(|| Mutex::new(file)))
 }
 
-/// Loads the guest runtime; returns its entry point.
-pub fn load_guest(mem: &GuestMemoryMmap) -> Result<u64, LoadError> {
-    let file = guest_image_file()?;
-    let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
-    let result = Elf::load(mem, None, &mut *file, Some(GuestAddress(GUEST_LOAD_ADDR))).map_err(LoadError::Elf)?;
+/// Where the guest image went.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadedGuest {
+    pub entry: u64,
+    /// First byte past the image.
+    pub end: u64,
+}
+
+/// Loads the guest (the built-in runtime unless `custom` is given).
+pub fn load_guest(mem: &GuestMemoryMmap, custom: Option<&[u8]>) -> Result<LoadedGuest, LoadError> {
+    let load = |file: &mut File| Elf::load(mem, None, file, Some(GuestAddress(GUEST_LOAD_ADDR))).map_err(LoadError::Elf);
+    let result = match custom {
+        Some(bytes) => load(&mut memfd_with(bytes)?)?,
+        None => load(&mut builtin_image()?.lock().unwrap_or_else(|e| e.into_inner()))?,
+    };
     if result.kernel_end > GUEST_LOAD_ADDR + GUEST_IMAGE_MAX {
         return Err(LoadError::ImageTooLarge(result.kernel_end));
     }
-    Ok(result.kernel_load.0)
+    Ok(LoadedGuest { entry: result.kernel_load.0, end: result.kernel_end })
 }
 
 fn write(mem: &GuestMemoryMmap, addr: u64, bytes: &[u8]) -> Result<(), LoadError> {
@@ -79,13 +95,13 @@ pub fn load_module(mem: &GuestMemoryMmap, mem_size: u64, placement: &Placement, 
         let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
         write(mem, addr, &bytes)?;
     }
-    write(mem, MODULE_ADDR, module)?;
+    write(mem, placement.module_addr, module)?;
     let boot = BootInfo {
         magic: BOOT_MAGIC,
         abi_version: ABI_VERSION,
         channel_index: 0,
         mem_size,
-        module_addr: MODULE_ADDR,
+        module_addr: placement.module_addr,
         module_len: module.len() as u64,
         heap_start: placement.heap_start,
         heap_end: placement.heap_end,
@@ -145,21 +161,22 @@ mod tests {
     #[test]
     fn guest_image_loads_at_its_slot() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
-        let entry = load_guest(&mem).unwrap();
-        assert!((GUEST_LOAD_ADDR..GUEST_LOAD_ADDR + GUEST_IMAGE_MAX).contains(&entry));
+        let g = load_guest(&mem, None).unwrap();
+        assert!((GUEST_LOAD_ADDR..GUEST_LOAD_ADDR + GUEST_IMAGE_MAX).contains(&g.entry));
+        assert!(g.entry < g.end && g.end <= GUEST_LOAD_ADDR + GUEST_IMAGE_MAX);
     }
 
     #[test]
     fn boot_info_lands_where_the_guest_reads_it() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
-        let p = flint_abi::layout::place(64 << 20, 3).unwrap();
+        let p = flint_abi::layout::place(64 << 20, 0x60_0000, 3).unwrap();
         load_module(&mem, 64 << 20, &p, b"abc").unwrap();
         let magic: u64 = mem.read_obj(GuestAddress(BOOT_INFO_ADDR)).unwrap();
         assert_eq!(magic, BOOT_MAGIC);
         let len: u64 = mem.read_obj(GuestAddress(BOOT_INFO_ADDR + 32)).unwrap();
         assert_eq!(len, 3);
         let mut m = [0u8; 3];
-        mem.read_slice(&mut m, GuestAddress(MODULE_ADDR)).unwrap();
+        mem.read_slice(&mut m, GuestAddress(0x60_0000)).unwrap();
         assert_eq!(&m, b"abc");
     }
 }

@@ -8,7 +8,7 @@
 //! are dropped before it returns.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use flint_abi::layout::{self, MMIO_BASE, MMIO_WINDOW, PANIC_PORT, SERIAL_PORT};
@@ -35,11 +35,14 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// Wall-clock limit for the whole run; `None` for no limit.
     pub timeout: Option<Duration>,
+    /// An ELF image to boot instead of the built-in guest runtime. Only for
+    /// testing the VMM against misbehaving guests.
+    pub guest_elf: Option<Arc<[u8]>>,
 }
 
 impl Default for VmConfig {
     fn default() -> Self {
-        Self { memory_mib: 128, timeout: Some(Duration::from_secs(60)) }
+        Self { memory_mib: 128, timeout: Some(Duration::from_secs(60)), guest_elf: None }
     }
 }
 
@@ -95,7 +98,7 @@ struct Bus {
 }
 
 /// Refuses obviously wrong input before any VM exists.
-fn precheck(config: &VmConfig, module: &[u8]) -> Result<(u64, layout::Placement), RunError> {
+fn precheck(config: &VmConfig, module: &[u8]) -> Result<u64, RunError> {
     if !(layout::MIN_MEMORY_MIB..=layout::MAX_MEMORY_MIB).contains(&config.memory_mib) {
         return Err(RunError::Config(format!(
             "memory must be between {} and {} MiB, not {}",
@@ -114,18 +117,13 @@ fn precheck(config: &VmConfig, module: &[u8]) -> Result<(u64, layout::Placement)
         };
         return Err(RunError::InvalidModule(hint.into()));
     }
-    let mem_size = layout::align_up(config.memory_mib << 20, layout::HUGE_PAGE).unwrap_or(u64::MAX);
-    let placement = layout::place(mem_size, module.len() as u64).ok_or_else(|| RunError::OutOfMemory {
-        memory_mib: config.memory_mib,
-        detail: format!("a {}-byte module does not fit in guest memory beside the runtime", module.len()),
-    })?;
-    Ok((mem_size, placement))
+    Ok(layout::align_up(config.memory_mib << 20, layout::HUGE_PAGE).unwrap_or(u64::MAX))
 }
 
 /// Boots a fresh micro-VM, runs `module` as a WASI command with
 /// `invocation`, streams its output through `io`, and tears the VM down.
 pub fn run(config: &VmConfig, module: &[u8], invocation: &Invocation, io: &mut dyn GuestIo) -> Result<RunReport, RunError> {
-    let (mem_size, placement) = precheck(config, module)?;
+    let mem_size = precheck(config, module)?;
     vcpu::init_kick_signal();
     let mut phases = Phases::default();
 
@@ -135,10 +133,14 @@ pub fn run(config: &VmConfig, module: &[u8], invocation: &Invocation, io: &mut d
     let t1 = Instant::now();
     phases.vm_create = t1 - t0;
 
-    let entry = loader::load_guest(vm.memory())?;
+    let guest = loader::load_guest(vm.memory(), config.guest_elf.as_deref())?;
+    let placement = layout::place(mem_size, guest.end, module.len() as u64).ok_or_else(|| RunError::OutOfMemory {
+        memory_mib: config.memory_mib,
+        detail: format!("a {}-byte module does not fit in guest memory beside the runtime", module.len()),
+    })?;
     loader::load_module(vm.memory(), mem_size, &placement, module)?;
     loader::write_seed(vm.memory(), 1)?;
-    vcpu.setup_long_mode(entry, placement.stack_top)?;
+    vcpu.setup_long_mode(guest.entry, placement.stack_top)?;
     let tsc_khz = vcpu.tsc_khz().map(u64::from).unwrap_or_else(loader::host_tsc_khz);
     loader::write_clock(vm.memory(), 1, vcpu.guest_tsc()?, tsc_khz)?;
     let boot = Instant::now();

@@ -23,6 +23,10 @@ const HEAP_RESERVE: usize = 1 << 20;
 #[derive(Debug, Default)]
 pub struct Limiter {
     pub denied: bool,
+    /// The linear-memory size (bytes) last refused.
+    pub refused_size: Option<usize>,
+    /// The size of the growth under way, for `memory_grow_failed`.
+    growing_to: usize,
 }
 
 impl ResourceLimiter for Limiter {
@@ -30,9 +34,11 @@ impl ResourceLimiter for Limiter {
         if maximum.is_some_and(|m| desired > m) {
             return Ok(false);
         }
+        self.growing_to = desired;
         let extra = desired.saturating_sub(current);
         if extra.saturating_add(HEAP_RESERVE) > HEAP.free_bytes() {
             self.denied = true;
+            self.refused_size = Some(desired);
             return Ok(false);
         }
         Ok(true)
@@ -40,6 +46,7 @@ impl ResourceLimiter for Limiter {
 
     fn memory_grow_failed(&mut self, _error: &wasmi::errors::MemoryError) -> Result<(), LimiterError> {
         self.denied = true;
+        self.refused_size = Some(self.growing_to);
         Ok(())
     }
 
@@ -78,8 +85,12 @@ fn classify(err: &wasmi::Error, limiter: &Limiter) -> Outcome {
     if let Some(code) = err.i32_exit_status() {
         return Outcome::Exit(code);
     }
+    if let Some(size) = limiter.refused_size {
+        let msg = format!("it asked to grow its linear memory to {} MiB", size.div_ceil(1 << 20));
+        return Outcome::Failure(FailureKind::OutOfMemory, msg);
+    }
     if limiter.denied || HEAP.exhausted() {
-        return Outcome::Failure(FailureKind::OutOfMemory, format!("the module ran out of memory ({err})"));
+        return Outcome::Failure(FailureKind::OutOfMemory, format!("the guest heap is exhausted ({err})"));
     }
     match err.as_trap_code() {
         Some(trap) => Outcome::Failure(FailureKind::Trap, String::from(trap.trap_message())),

@@ -206,8 +206,9 @@ mod tests {
     fn rx_splits_bytes_over_posted_buffers_and_keeps_the_rest() {
         let m = mem();
         let mock = MockSplitQueue::new(&m, 16);
-        add_chain(&mock, &[SplitDescriptor::new(0x8000, 4, F_WRITE, 0)]);
-        add_chain(&mock, &[SplitDescriptor::new(0x9000, 4, F_WRITE, 0)]);
+        // Two one-descriptor chains.
+        let descs = [SplitDescriptor::new(0x8000, 4, F_WRITE, 0), SplitDescriptor::new(0x9000, 4, F_WRITE, 0)];
+        mock.add_desc_chains(&descs.map(RawDescriptor::from), 0).unwrap();
         let mut c = console_with(&m, &mock, RX_QUEUE);
         c.send(b"0123456789");
         c.fill_rx(&m).unwrap();

@@ -6,6 +6,11 @@
 //! VMM. No GDT or IDT is needed in guest memory: any exception the guest
 //! takes escalates to a triple fault, which KVM reports as a shutdown and
 //! the VMM treats as a guest crash.
+//!
+//! The first 2 MiB (page tables; descriptor-table bases point here) are
+//! mapped supervisor-only: CPL-3 code faults on them (null pointers), but
+//! the CPU's own accesses succeed. PVM (nested KVM without VT-x) needs that
+//! mapping to emulate `out` at CPL 3; without it every `out` triple-faults.
 
 use flint_abi::layout::{
     HUGE_PAGE, MMIO_BASE, PAGE_SIZE, PDPT_ADDR, PD_ADDR, PD_COUNT, PML4_ADDR, SHARED_BASE, STACK_GUARD, STACK_SIZE,
@@ -40,8 +45,8 @@ pub type TablePage = (u64, [u64; 512]);
 ///
 /// Mapped (2 MiB pages, user, writable): `[SHARED_BASE, heap end)` and the
 /// stack `[mem_size - STACK_SIZE, mem_size)`, plus the first 2 MiB of the
-/// MMIO windows (uncached). Unmapped: the first 2 MiB (page tables; catches
-/// null pointers) and the stack guard.
+/// MMIO windows (uncached). Supervisor-only: the first 2 MiB (page tables;
+/// catches null pointers). Unmapped: the stack guard.
 pub fn page_tables(mem_size: u64) -> Vec<TablePage> {
     let mut pml4 = [0u64; 512];
     pml4[0] = PDPT_ADDR | TABLE;
@@ -50,23 +55,24 @@ pub fn page_tables(mem_size: u64) -> Vec<TablePage> {
     for (i, entry) in pdpt.iter_mut().take(PD_COUNT as usize).enumerate() {
         *entry = (PD_ADDR + i as u64 * PAGE_SIZE) | TABLE;
     }
-    let mut map = |addr: u64, extra: u64| {
+    let mut map = |addr: u64, flags: u64| {
         let gib = (addr >> 30) as usize;
         let idx = ((addr >> 21) & 511) as usize;
-        pds[gib][idx] = addr | TABLE | PTE_HUGE | extra;
+        pds[gib][idx] = addr | PTE_PRESENT | PTE_HUGE | flags;
     };
+    map(0, PTE_WRITABLE);
     let guard_start = mem_size - STACK_SIZE - STACK_GUARD;
     let mut addr = SHARED_BASE;
     while addr < guard_start {
-        map(addr, 0);
+        map(addr, PTE_WRITABLE | PTE_USER);
         addr += HUGE_PAGE;
     }
     let mut addr = mem_size - STACK_SIZE;
     while addr < mem_size {
-        map(addr, 0);
+        map(addr, PTE_WRITABLE | PTE_USER);
         addr += HUGE_PAGE;
     }
-    map(MMIO_BASE, PTE_CACHE_DISABLE | PTE_WRITE_THROUGH);
+    map(MMIO_BASE, PTE_WRITABLE | PTE_USER | PTE_CACHE_DISABLE | PTE_WRITE_THROUGH);
 
     let mut pages = vec![(PML4_ADDR, pml4), (PDPT_ADDR, pdpt)];
     for (i, pd) in pds.into_iter().enumerate() {
@@ -113,6 +119,7 @@ pub fn entry_regs(entry: u64, stack_top: u64) -> kvm_regs {
 mod tests {
     use super::*;
 
+    /// Translates a CPL-3 access; `None` if it would fault.
     fn lookup(tables: &[TablePage], vaddr: u64) -> Option<u64> {
         let find = |addr: u64| tables.iter().find(|(a, _)| *a == addr).map(|(_, t)| t);
         let pml4 = find(PML4_ADDR)?;
@@ -131,7 +138,9 @@ mod tests {
             return None;
         }
         assert_ne!(e & PTE_HUGE, 0);
-        assert_ne!(e & PTE_USER, 0, "every guest mapping is for CPL 3");
+        if e & PTE_USER == 0 {
+            return None;
+        }
         Some((e & !0x1f_ffff & !(1 << 63)) + (vaddr & 0x1f_ffff))
     }
 
@@ -141,6 +150,8 @@ mod tests {
         let t = page_tables(mem);
         assert_eq!(lookup(&t, 0), None, "null page must fault");
         assert_eq!(lookup(&t, 0x1000), None, "page tables are not guest-visible");
+        let pd0 = t.iter().find(|(a, _)| *a == PD_ADDR).unwrap().1[0];
+        assert_eq!(pd0 & (PTE_PRESENT | PTE_USER), PTE_PRESENT, "low 2 MiB is supervisor-only");
         assert_eq!(lookup(&t, SHARED_BASE), Some(SHARED_BASE));
         assert_eq!(lookup(&t, 0x40_1234), Some(0x40_1234));
         let guard = mem - STACK_SIZE - STACK_GUARD;

@@ -73,7 +73,7 @@ impl Vcpu {
     /// Where the guest was, for crash reports.
     pub fn describe(&self) -> String {
         match (self.fd.get_regs(), self.fd.get_sregs()) {
-            (Ok(r), Ok(s)) => format!("rip={:#x} rsp={:#x} cr2={:#x}", r.rip, r.rsp, s.cr2),
+            (Ok(r), Ok(s)) => format!("rip={:#x} rsp={:#x} rflags={:#x} cr2={:#x} cs={:#x}", r.rip, r.rsp, r.rflags, s.cr2, s.cs.selector),
             _ => "registers unavailable".into(),
         }
     }

@@ -84,6 +84,8 @@ impl Phases {
 pub struct RunReport {
     pub exit_code: i32,
     pub phases: Phases,
+    /// Guest RAM resident in host memory at the end of the run.
+    pub guest_resident_bytes: u64,
 }
 
 /// How the vCPU loop ended.
@@ -186,6 +188,7 @@ pub fn run(config: &VmConfig, module: &[u8], invocation: &Invocation, io: &mut d
     });
     let marks = session.marks;
     let guest_log = bus.serial.log();
+    let guest_resident_bytes = vm.resident_bytes();
     drop(session);
 
     let t_end = Instant::now();
@@ -200,7 +203,7 @@ pub fn run(config: &VmConfig, module: &[u8], invocation: &Invocation, io: &mut d
     phases.run = marks.ended.zip(marks.ready).map(|(e, r)| e - r).unwrap_or_default();
 
     match outcome {
-        Ok(Stop::Guest(GuestEnd::Exited(code))) => Ok(RunReport { exit_code: code, phases }),
+        Ok(Stop::Guest(GuestEnd::Exited(code))) => Ok(RunReport { exit_code: code, phases, guest_resident_bytes }),
         Ok(Stop::Guest(GuestEnd::Failed(kind, msg))) => Err(match kind {
             FailureKind::InvalidModule => RunError::InvalidModule(msg),
             FailureKind::MissingImport => RunError::MissingImport(msg),

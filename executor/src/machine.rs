@@ -24,6 +24,9 @@ use crate::session::{start_frame, GuestEnd, Session, SessionError};
 use crate::vstate::vcpu::{self, Vcpu, VcpuEvent};
 use crate::vstate::vm::Vm;
 
+/// Bytes at the top of the stack backed before the guest runs.
+const PREFAULT_STACK: u64 = 256 << 10;
+
 /// Panic-port values (see the guest runtime).
 const HALT_OUT_OF_MEMORY: u8 = 2;
 const HALT_BAD_BOOT: u8 = 3;
@@ -35,6 +38,10 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// Wall-clock limit for the whole run; `None` for no limit.
     pub timeout: Option<Duration>,
+    /// MiB at the start of the guest heap backed with host memory before
+    /// the guest runs (where the module's linear memory goes). Trades a
+    /// little memory for far fewer page faults during instantiation.
+    pub prefault_mib: u64,
     /// An ELF image to boot instead of the built-in guest runtime. Only for
     /// testing the VMM against misbehaving guests.
     pub guest_elf: Option<Arc<[u8]>>,
@@ -42,7 +49,7 @@ pub struct VmConfig {
 
 impl Default for VmConfig {
     fn default() -> Self {
-        Self { memory_mib: 128, timeout: Some(Duration::from_secs(60)), guest_elf: None }
+        Self { memory_mib: 128, timeout: Some(Duration::from_secs(60)), prefault_mib: 4, guest_elf: None }
     }
 }
 
@@ -142,6 +149,12 @@ pub fn run(config: &VmConfig, module: &[u8], invocation: &Invocation, io: &mut d
     })?;
     loader::load_module(vm.memory(), mem_size, &placement, module)?;
     loader::write_seed(vm.memory(), 1)?;
+    // Back the start of the heap and the top of the stack with host pages in
+    // one call: faulting them in one by one while the guest runs costs an
+    // exit each (about 36 µs here, against about 3 µs now).
+    let heap_len = config.prefault_mib << 20;
+    vm.prefault(placement.heap_start, heap_len.min(placement.heap_end - placement.heap_start));
+    vm.prefault(mem_size - PREFAULT_STACK, PREFAULT_STACK);
     vcpu.setup_long_mode(guest.entry, placement.stack_top)?;
     let tsc_khz = vcpu.tsc_khz().map(u64::from).unwrap_or_else(loader::host_tsc_khz);
     loader::write_clock(vm.memory(), 1, vcpu.guest_tsc()?, tsc_khz)?;

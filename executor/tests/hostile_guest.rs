@@ -98,6 +98,7 @@ fn boot(asm: &Asm) -> Result<i32, RunError> {
         memory_mib: 64,
         timeout: Some(Duration::from_secs(5)),
         guest_elf: Some(asm.elf()),
+        ..VmConfig::default()
     };
     let mut io = BufferIo::default();
     run(&config, b"\0asm\x01\0\0\0", &Invocation::default(), &mut io).map(|r| r.exit_code)
@@ -140,6 +141,7 @@ fn a_silent_spinning_guest_is_stopped_by_the_timeout() {
         memory_mib: 64,
         timeout: Some(Duration::from_millis(200)),
         guest_elf: Some(Asm::default().spin().elf()),
+        ..VmConfig::default()
     };
     let err = run(&config, b"\0asm\x01\0\0\0", &Invocation::default(), &mut BufferIo::default()).unwrap_err();
     assert!(matches!(err, RunError::Timeout(d) if d == Duration::from_millis(200)), "{err:?}");

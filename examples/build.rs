@@ -16,8 +16,12 @@ fn main() {
         let visible = root.join("examples").join(format!("{name}.wasm"));
         let fresh = std::fs::read(&out).ok();
         if std::fs::read(&visible).ok() != fresh {
-            std::fs::copy(&out, &visible).unwrap_or_else(|e| panic!("copying to {}: {e}", visible.display()));
+            std::fs::copy(&out, &visible)
+                .unwrap_or_else(|e| panic!("copying to {}: {e}", visible.display()));
         }
     }
-    println!("cargo:rustc-env=FLINT_EXAMPLES_DIR={}", std::env::var("OUT_DIR").unwrap());
+    println!(
+        "cargo:rustc-env=FLINT_EXAMPLES_DIR={}",
+        std::env::var("OUT_DIR").unwrap()
+    );
 }

@@ -75,7 +75,10 @@ impl core::fmt::Display for FrameError {
         match self {
             Self::UnknownKind(k) => write!(f, "unknown frame kind {k:#x}"),
             Self::ReservedNotZero(r) => write!(f, "reserved header field is {r:#x}, not zero"),
-            Self::TooLong(l) => write!(f, "frame payload of {l} bytes exceeds the {MAX_PAYLOAD}-byte limit"),
+            Self::TooLong(l) => write!(
+                f,
+                "frame payload of {l} bytes exceeds the {MAX_PAYLOAD}-byte limit"
+            ),
             Self::Truncated => write!(f, "frame payload ends inside a field"),
             Self::BadUtf8 => write!(f, "frame payload holds a string that is not UTF-8"),
             Self::TrailingBytes => write!(f, "frame payload has bytes after its last field"),
@@ -129,7 +132,10 @@ pub fn put_bytes(out: &mut impl Extend<u8>, b: &[u8]) {
 }
 
 /// Appends a list of strings: a count, then each string length-prefixed.
-pub fn put_string_list<'a>(out: &mut impl Extend<u8>, items: impl ExactSizeIterator<Item = &'a [u8]>) {
+pub fn put_string_list<'a>(
+    out: &mut impl Extend<u8>,
+    items: impl ExactSizeIterator<Item = &'a [u8]>,
+) {
     put_u32(out, items.len() as u32);
     for item in items {
         put_bytes(out, item);
@@ -148,7 +154,10 @@ impl<'a> PayloadReader<'a> {
     }
 
     pub fn u32(&mut self) -> Result<u32, FrameError> {
-        let (head, rest) = self.buf.split_first_chunk::<4>().ok_or(FrameError::Truncated)?;
+        let (head, rest) = self
+            .buf
+            .split_first_chunk::<4>()
+            .ok_or(FrameError::Truncated)?;
         self.buf = rest;
         Ok(u32::from_le_bytes(*head))
     }
@@ -207,11 +216,20 @@ mod tests {
 
     #[test]
     fn header_rejects_garbage() {
-        assert_eq!(Header::decode(&[9, 9, 0, 0, 0, 0, 0, 0]), Err(FrameError::UnknownKind(0x909)));
-        assert_eq!(Header::decode(&[2, 0, 1, 0, 0, 0, 0, 0]), Err(FrameError::ReservedNotZero(1)));
+        assert_eq!(
+            Header::decode(&[9, 9, 0, 0, 0, 0, 0, 0]),
+            Err(FrameError::UnknownKind(0x909))
+        );
+        assert_eq!(
+            Header::decode(&[2, 0, 1, 0, 0, 0, 0, 0]),
+            Err(FrameError::ReservedNotZero(1))
+        );
         let mut b = Header::new(Kind::Stdout, 0).encode();
         b[4..8].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
-        assert_eq!(Header::decode(&b), Err(FrameError::TooLong(MAX_PAYLOAD + 1)));
+        assert_eq!(
+            Header::decode(&b),
+            Err(FrameError::TooLong(MAX_PAYLOAD + 1))
+        );
     }
 
     #[test]
@@ -239,12 +257,24 @@ mod tests {
 
     #[test]
     fn reader_refuses_short_and_lying_input() {
-        assert_eq!(PayloadReader::new(&[1, 0]).u32(), Err(FrameError::Truncated));
+        assert_eq!(
+            PayloadReader::new(&[1, 0]).u32(),
+            Err(FrameError::Truncated)
+        );
         // Length prefix says 100 bytes, 2 follow.
-        assert_eq!(PayloadReader::new(&[100, 0, 0, 0, 1, 2]).bytes(), Err(FrameError::Truncated));
+        assert_eq!(
+            PayloadReader::new(&[100, 0, 0, 0, 1, 2]).bytes(),
+            Err(FrameError::Truncated)
+        );
         // A list claiming 2^32-1 entries in 4 bytes.
-        assert_eq!(PayloadReader::new(&[0xff; 8]).list_len(), Err(FrameError::Truncated));
-        assert_eq!(PayloadReader::new(&[1, 0, 0, 0, 0xff]).str(), Err(FrameError::BadUtf8));
+        assert_eq!(
+            PayloadReader::new(&[0xff; 8]).list_len(),
+            Err(FrameError::Truncated)
+        );
+        assert_eq!(
+            PayloadReader::new(&[1, 0, 0, 0, 0xff]).str(),
+            Err(FrameError::BadUtf8)
+        );
         let mut r = PayloadReader::new(&[1, 2, 3, 4, 5]);
         r.u32().unwrap();
         assert_eq!(r.finish(), Err(FrameError::TrailingBytes));

@@ -96,7 +96,12 @@ pub const fn place(mem_size: u64, image_end: u64, module_len: u64) -> Option<Pla
     if heap_end <= heap_start {
         return None;
     }
-    Some(Placement { module_addr, heap_start, heap_end, stack_top: mem_size - 16 })
+    Some(Placement {
+        module_addr,
+        heap_start,
+        heap_end,
+        stack_top: mem_size - 16,
+    })
 }
 
 #[cfg(test)]

@@ -30,7 +30,12 @@ fn ms(d: Duration) -> f64 {
 fn flint_process(flint: &PathBuf, module: &PathBuf) -> Result<(f64, u64)> {
     let t = Instant::now();
     let child = Command::new(flint)
-        .args(["run".as_ref(), module.as_os_str(), "--".as_ref(), "world".as_ref()])
+        .args([
+            "run".as_ref(),
+            module.as_os_str(),
+            "--".as_ref(),
+            "world".as_ref(),
+        ])
         .stdout(Stdio::null())
         .spawn()
         .context("spawning flint")?;
@@ -47,11 +52,18 @@ fn flint_process(flint: &PathBuf, module: &PathBuf) -> Result<(f64, u64)> {
 }
 
 fn main() -> Result<()> {
-    let iterations: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(50);
+    let iterations: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(50);
     let name = "hello";
     let module_path = flint_examples::path(name);
     let module = flint_examples::bytes(name);
-    let inv = Invocation { args: vec![format!("{name}.wasm"), "world".into()], env: vec![] };
+    let inv = Invocation {
+        args: vec![format!("{name}.wasm"), "world".into()],
+        env: vec![],
+    };
     let config = VmConfig::default();
 
     // 1. In-process: one VM per run, phase by phase.
@@ -60,7 +72,10 @@ fn main() -> Result<()> {
         let mut io = BufferIo::default();
         let r = run(&config, &module, &inv, &mut io)?;
         if io.stdout != b"hello, world\n" {
-            bail!("unexpected output {:?}", String::from_utf8_lossy(&io.stdout));
+            bail!(
+                "unexpected output {:?}",
+                String::from_utf8_lossy(&io.stdout)
+            );
         }
         if i > 0 {
             runs.push((r.phases, r.guest_resident_bytes));
@@ -100,16 +115,33 @@ fn main() -> Result<()> {
     println!("| phase | Flint (KVM micro-VM) |");
     println!("| --- | --- |");
     println!("| VM + vCPU creation | {:.2} |", phase(|p| p.vm_create));
-    println!("| guest load (page tables, runtime ELF, module) | {:.2} |", phase(|p| p.guest_load));
-    println!("| guest entry to runtime up | {:.2} |", phase(|p| p.guest_entry));
-    println!("| module compile (wasmi, in the guest) | {:.2} |", phase(|p| p.compile));
+    println!(
+        "| guest load (page tables, runtime ELF, module) | {:.2} |",
+        phase(|p| p.guest_load)
+    );
+    println!(
+        "| guest entry to runtime up | {:.2} |",
+        phase(|p| p.guest_entry)
+    );
+    println!(
+        "| module compile (wasmi, in the guest) | {:.2} |",
+        phase(|p| p.compile)
+    );
     println!("| instantiate | {:.2} |", phase(|p| p.instantiate));
     println!("| run `_start` to exit | {:.2} |", phase(|p| p.run));
     println!("| teardown | {:.2} |", phase(|p| p.teardown));
-    println!("| **total, in-process** | **{:.2}** (p90 {:.2}) |", median(totals.clone()), p90(totals.clone()));
+    println!(
+        "| **total, in-process** | **{:.2}** (p90 {:.2}) |",
+        median(totals.clone()),
+        p90(totals.clone())
+    );
     if !walls.is_empty() {
         let rss_kib = median(rss);
-        println!("| `flint run` process, wall | {:.2} (p90 {:.2}) |", median(walls.clone()), p90(walls));
+        println!(
+            "| `flint run` process, wall | {:.2} (p90 {:.2}) |",
+            median(walls.clone()),
+            p90(walls)
+        );
         println!("\nPeak RSS of the `flint run` process: {:.1} MiB, of which guest memory {:.1} MiB; host overhead {:.1} MiB.",
             rss_kib / 1024.0, guest_kib as f64 / 1024.0, (rss_kib - guest_kib as f64) / 1024.0);
     }
@@ -117,11 +149,26 @@ fn main() -> Result<()> {
         Some(p) => {
             println!("\n| same module, in-process | Flint | wasmtime (no VM) |");
             println!("| --- | --- | --- |");
-            println!("| compile | {:.2} | {:.2} |", phase(|p| p.compile), p.compile_ms);
-            println!("| instantiate | {:.2} | {:.2} |", phase(|p| p.instantiate), p.instantiate_ms);
+            println!(
+                "| compile | {:.2} | {:.2} |",
+                phase(|p| p.compile),
+                p.compile_ms
+            );
+            println!(
+                "| instantiate | {:.2} | {:.2} |",
+                phase(|p| p.instantiate),
+                p.instantiate_ms
+            );
             println!("| run | {:.2} | {:.2} |", phase(|p| p.run), p.run_ms);
-            println!("| total | {:.2} | {:.2} |", median(totals.clone()), p.total_ms);
-            println!("\nFlint / wasmtime total: {:.2}x", median(totals) / p.total_ms);
+            println!(
+                "| total | {:.2} | {:.2} |",
+                median(totals.clone()),
+                p.total_ms
+            );
+            println!(
+                "\nFlint / wasmtime total: {:.2}x",
+                median(totals) / p.total_ms
+            );
         }
         None => println!("\nwasmtime peer skipped: `pip install wasmtime` (bench/run.sh does)."),
     }

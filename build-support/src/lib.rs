@@ -9,14 +9,23 @@ use std::process::Command;
 /// The main workspace's root, from the calling build script's package dir.
 pub fn workspace_root() -> PathBuf {
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("run from a build script"));
-    dir.parent().expect("crate inside the workspace").to_path_buf()
+    dir.parent()
+        .expect("crate inside the workspace")
+        .to_path_buf()
 }
 
 /// Builds the workspace at `project` for `target` in release mode into
 /// `<root>/target/<target_dir_name>`, and returns that target's release dir.
 /// Panics with a message that says how to fix a missing target.
 pub fn build(project: &Path, target: &str, target_dir_name: &str) -> PathBuf {
-    for p in ["src", "Cargo.toml", "Cargo.lock", "build.rs", "link.ld", ".cargo/config.toml"] {
+    for p in [
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        "link.ld",
+        ".cargo/config.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", project.join(p).display());
     }
     check_target_installed(target);
@@ -27,9 +36,14 @@ pub fn build(project: &Path, target: &str, target_dir_name: &str) -> PathBuf {
         .args(["build", "--release", "--target", target, "--target-dir"])
         .arg(&target_dir);
     scrub_cargo_env(&mut cmd);
-    let status = cmd.status().expect("could not run cargo for a nested build");
+    let status = cmd
+        .status()
+        .expect("could not run cargo for a nested build");
     if !status.success() {
-        panic!("building {} for {target} failed (see the errors above)", project.display());
+        panic!(
+            "building {} for {target} failed (see the errors above)",
+            project.display()
+        );
     }
     target_dir.join(target).join("release")
 }
@@ -44,9 +58,16 @@ pub fn copy_to_out_dir(from: &Path, name: &str) -> PathBuf {
 /// Fails early, with the fix, when the target's standard library is missing.
 fn check_target_installed(target: &str) {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let out = Command::new(rustc).args(["--print", "sysroot"]).output().expect("running rustc");
+    let out = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .expect("running rustc");
     let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !Path::new(&sysroot).join("lib/rustlib").join(target).exists() {
+    if !Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(target)
+        .exists()
+    {
         panic!(
             "the Rust target {target} is not installed; run `rustup target add x86_64-unknown-none wasm32-wasip1` (scripts/setup does it)"
         );
@@ -62,7 +83,8 @@ fn scrub_cargo_env(cmd: &mut Command) {
             || k.starts_with("CARGO_NET")
             || k.starts_with("CARGO_REGISTR")
             || k.starts_with("CARGO_HTTP");
-        if (k.starts_with("CARGO_") && !keep) || k == "RUSTFLAGS" || k == "RUSTC_WORKSPACE_WRAPPER" {
+        if (k.starts_with("CARGO_") && !keep) || k == "RUSTFLAGS" || k == "RUSTC_WORKSPACE_WRAPPER"
+        {
             cmd.env_remove(&k);
         }
     }

@@ -22,7 +22,9 @@ pub fn code(e: &RunError) -> i32 {
         RunError::OutOfMemory { .. } => OUT_OF_MEMORY,
         RunError::Timeout(_) => TIMEOUT,
         RunError::Kvm(_) => KVM_UNAVAILABLE,
-        RunError::GuestCrash(_) | RunError::GuestProtocol(_) | RunError::GuestInternal(_) => GUEST_CRASH,
+        RunError::GuestCrash(_) | RunError::GuestProtocol(_) | RunError::GuestInternal(_) => {
+            GUEST_CRASH
+        }
         RunError::Config(_) => USAGE,
         RunError::Output(_) | RunError::Input(_) | RunError::Setup(_) => FLINT_ERROR,
     }

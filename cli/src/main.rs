@@ -8,7 +8,11 @@ mod run;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "flint", version, about = "Run WebAssembly functions in KVM micro-VMs")]
+#[command(
+    name = "flint",
+    version,
+    about = "Run WebAssembly functions in KVM micro-VMs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,7 +26,10 @@ enum Command {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FLINT_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLINT_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -33,7 +33,9 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some(("", _)) => Err("the variable name is empty".into()),
         Some((k, v)) => Ok((k.into(), v.into())),
-        None => std::env::var(s).map(|v| (s.into(), v)).map_err(|_| format!("`{s}` has no `=` and is not set on the host")),
+        None => std::env::var(s)
+            .map(|v| (s.into(), v))
+            .map_err(|_| format!("`{s}` has no `=` and is not set on the host")),
     }
 }
 

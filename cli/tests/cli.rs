@@ -7,12 +7,20 @@ use std::process::{Command, Output, Stdio};
 
 fn flint(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flint"));
-    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -44,7 +52,16 @@ fn hello_world() {
 #[test]
 fn fib_json_from_the_issue() {
     let o = flint(
-        &["run", &example("fib"), "--env", "MODE=json", "--memory-mib", "64", "--timeout-ms", "2000"],
+        &[
+            "run",
+            &example("fib"),
+            "--env",
+            "MODE=json",
+            "--memory-mib",
+            "64",
+            "--timeout-ms",
+            "2000",
+        ],
         "{\"n\":5}\n",
         &[],
     );
@@ -54,7 +71,11 @@ fn fib_json_from_the_issue() {
 
 #[test]
 fn echo_stdin_and_env() {
-    let o = flint(&["run", "-e", "X=1", "--env", "FROM_HOST", &example("echo")], "piped\n", &[("FROM_HOST", "yes")]);
+    let o = flint(
+        &["run", "-e", "X=1", "--env", "FROM_HOST", &example("echo")],
+        "piped\n",
+        &[("FROM_HOST", "yes")],
+    );
     assert_eq!(text(&o.stdout), "piped\n");
     assert_eq!(text(&o.stderr), "FROM_HOST=yes\nX=1\n");
     assert_eq!(o.status.code(), Some(0));
@@ -63,7 +84,11 @@ fn echo_stdin_and_env() {
 #[test]
 fn argv0_is_the_module_path() {
     // hello joins argv[1..]; args after `--` go to the function verbatim.
-    let o = flint(&["run", &example("hello"), "--", "--not-a-flag", "-x"], "", &[]);
+    let o = flint(
+        &["run", &example("hello"), "--", "--not-a-flag", "-x"],
+        "",
+        &[],
+    );
     assert_eq!(text(&o.stdout), "hello, --not-a-flag -x\n");
 }
 
@@ -79,7 +104,10 @@ fn trap_exits_122_and_names_the_trap() {
     let o = flint(&["run", &example("trap")], "", &[]);
     assert_eq!(o.status.code(), Some(122));
     assert_eq!(text(&o.stdout), "about to trap\n");
-    assert_eq!(text(&o.stderr), "flint: the function trapped: wasm `unreachable` instruction executed\n");
+    assert_eq!(
+        text(&o.stderr),
+        "flint: the function trapped: wasm `unreachable` instruction executed\n"
+    );
 }
 
 #[test]
@@ -87,15 +115,25 @@ fn timeout_exits_124() {
     let o = flint(&["run", "--timeout-ms", "300", &example("spin")], "", &[]);
     assert_eq!(o.status.code(), Some(124));
     assert_eq!(text(&o.stdout), "spinning\n");
-    assert_eq!(text(&o.stderr), "flint: the function did not finish within 300 ms; its VM was stopped\n");
+    assert_eq!(
+        text(&o.stderr),
+        "flint: the function did not finish within 300 ms; its VM was stopped\n"
+    );
 }
 
 #[test]
 fn out_of_memory_exits_123() {
-    let o = flint(&["run", "--memory-mib", "48", &example("alloc"), "--", "64"], "", &[]);
+    let o = flint(
+        &["run", "--memory-mib", "48", &example("alloc"), "--", "64"],
+        "",
+        &[],
+    );
     assert_eq!(o.status.code(), Some(123));
     let err = text(&o.stderr);
-    assert!(err.contains("flint: the function needs more memory than the VM's 48 MiB"), "{err}");
+    assert!(
+        err.contains("flint: the function needs more memory than the VM's 48 MiB"),
+        "{err}"
+    );
     assert!(err.trim_end().ends_with("raise --memory-mib"), "{err}");
 }
 
@@ -120,7 +158,10 @@ fn corrupt_webassembly_exits_120_with_the_parser_message() {
     let o = flint(&["run", p.to_str().unwrap()], "", &[]);
     assert_eq!(o.status.code(), Some(120));
     let err = text(&o.stderr);
-    assert!(err.starts_with("flint: the file is not a valid WebAssembly module: "), "{err}");
+    assert!(
+        err.starts_with("flint: the file is not a valid WebAssembly module: "),
+        "{err}"
+    );
     let p = temp_module("truncated.wasm", &flint_examples::bytes("hello")[..1000]);
     let o = flint(&["run", p.to_str().unwrap()], "", &[]);
     assert_eq!(o.status.code(), Some(120), "{}", text(&o.stderr));
@@ -131,7 +172,11 @@ fn module_without_start_exits_120() {
     let p = temp_module("empty.wasm", b"\0asm\x01\0\0\0");
     let o = flint(&["run", p.to_str().unwrap()], "", &[]);
     assert_eq!(o.status.code(), Some(120));
-    assert!(text(&o.stderr).contains("not a WASI command"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("not a WASI command"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 #[test]
@@ -141,7 +186,10 @@ fn unknown_import_exits_121_and_names_it() {
     let p = temp_module("import.wasm", module);
     let o = flint(&["run", p.to_str().unwrap()], "", &[]);
     assert_eq!(o.status.code(), Some(121));
-    assert_eq!(text(&o.stderr), "flint: the module imports env::foo (function), which Flint does not provide\n");
+    assert_eq!(
+        text(&o.stderr),
+        "flint: the module imports env::foo (function), which Flint does not provide\n"
+    );
 }
 
 #[test]
@@ -157,17 +205,28 @@ fn wasi_import_with_the_wrong_signature_exits_121() {
 
 #[test]
 fn missing_kvm_exits_126_and_says_how_to_fix_it() {
-    let o = flint(&["run", &example("hello")], "", &[("FLINT_KVM_DEVICE", "/nonexistent/kvm")]);
+    let o = flint(
+        &["run", &example("hello")],
+        "",
+        &[("FLINT_KVM_DEVICE", "/nonexistent/kvm")],
+    );
     assert_eq!(o.status.code(), Some(126));
     let err = text(&o.stderr);
-    assert!(err.starts_with("flint: /nonexistent/kvm does not exist"), "{err}");
+    assert!(
+        err.starts_with("flint: /nonexistent/kvm does not exist"),
+        "{err}"
+    );
     assert!(err.contains("modprobe kvm_intel"), "{err}");
 }
 
 #[test]
 fn unusable_kvm_device_exits_126() {
     let p = temp_module("not-kvm", b"");
-    let o = flint(&["run", &example("hello")], "", &[("FLINT_KVM_DEVICE", p.to_str().unwrap())]);
+    let o = flint(
+        &["run", &example("hello")],
+        "",
+        &[("FLINT_KVM_DEVICE", p.to_str().unwrap())],
+    );
     assert_eq!(o.status.code(), Some(126), "{}", text(&o.stderr));
 }
 

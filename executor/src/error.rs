@@ -67,9 +67,10 @@ pub enum SetupError {
 impl From<VmError> for RunError {
     fn from(e: VmError) -> Self {
         match e {
-            VmError::KvmMissing { .. } | VmError::KvmDenied { .. } | VmError::KvmOpen { .. } | VmError::KvmVersion(_) => {
-                RunError::Kvm(e)
-            }
+            VmError::KvmMissing { .. }
+            | VmError::KvmDenied { .. }
+            | VmError::KvmOpen { .. }
+            | VmError::KvmVersion(_) => RunError::Kvm(e),
             other => RunError::Setup(SetupError::Vm(other)),
         }
     }

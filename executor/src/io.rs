@@ -42,7 +42,10 @@ pub struct BufferIo {
 
 impl BufferIo {
     pub fn with_stdin(stdin: impl Into<Vec<u8>>) -> Self {
-        Self { stdin: io::Cursor::new(stdin.into()), ..Self::default() }
+        Self {
+            stdin: io::Cursor::new(stdin.into()),
+            ..Self::default()
+        }
     }
 }
 

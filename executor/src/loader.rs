@@ -9,7 +9,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use flint_abi::layout::{
-    Placement, BOOT_INFO_ADDR, CLOCK_PAGE_ADDR, GUEST_IMAGE_MAX, GUEST_LOAD_ADDR, MMIO_BASE, SEED_PAGE_ADDR,
+    Placement, BOOT_INFO_ADDR, CLOCK_PAGE_ADDR, GUEST_IMAGE_MAX, GUEST_LOAD_ADDR, MMIO_BASE,
+    SEED_PAGE_ADDR,
 };
 use flint_abi::{BootInfo, ClockPage, SeedPage, ABI_VERSION, BOOT_MAGIC};
 use linux_loader::loader::{elf::Elf, KernelLoader};
@@ -68,7 +69,9 @@ pub struct LoadedGuest {
 
 /// Loads the guest (the built-in runtime unless `custom` is given).
 pub fn load_guest(mem: &GuestMemoryMmap, custom: Option<&[u8]>) -> Result<LoadedGuest, LoadError> {
-    let load = |file: &mut File| Elf::load(mem, None, file, Some(GuestAddress(GUEST_LOAD_ADDR))).map_err(LoadError::Elf);
+    let load = |file: &mut File| {
+        Elf::load(mem, None, file, Some(GuestAddress(GUEST_LOAD_ADDR))).map_err(LoadError::Elf)
+    };
     let result = match custom {
         Some(bytes) => load(&mut memfd_with(bytes)?)?,
         None => load(&mut builtin_image()?.lock().unwrap_or_else(|e| e.into_inner()))?,
@@ -76,11 +79,15 @@ pub fn load_guest(mem: &GuestMemoryMmap, custom: Option<&[u8]>) -> Result<Loaded
     if result.kernel_end > GUEST_LOAD_ADDR + GUEST_IMAGE_MAX {
         return Err(LoadError::ImageTooLarge(result.kernel_end));
     }
-    Ok(LoadedGuest { entry: result.kernel_load.0, end: result.kernel_end })
+    Ok(LoadedGuest {
+        entry: result.kernel_load.0,
+        end: result.kernel_end,
+    })
 }
 
 fn write(mem: &GuestMemoryMmap, addr: u64, bytes: &[u8]) -> Result<(), LoadError> {
-    mem.write_slice(bytes, GuestAddress(addr)).map_err(|e| LoadError::Write(addr, e))
+    mem.write_slice(bytes, GuestAddress(addr))
+        .map_err(|e| LoadError::Write(addr, e))
 }
 
 fn as_bytes<T: Copy>(v: &T) -> &[u8] {
@@ -90,7 +97,12 @@ fn as_bytes<T: Copy>(v: &T) -> &[u8] {
 }
 
 /// Writes page tables, the module and BootInfo.
-pub fn load_module(mem: &GuestMemoryMmap, mem_size: u64, placement: &Placement, module: &[u8]) -> Result<(), LoadError> {
+pub fn load_module(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    placement: &Placement,
+    module: &[u8],
+) -> Result<(), LoadError> {
     for (addr, table) in page_tables(mem_size) {
         let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
         write(mem, addr, &bytes)?;
@@ -112,9 +124,22 @@ pub fn load_module(mem: &GuestMemoryMmap, mem_size: u64, placement: &Placement, 
 }
 
 /// Writes the clock page: the guest's TSC `guest_tsc` corresponds to now.
-pub fn write_clock(mem: &GuestMemoryMmap, generation: u64, guest_tsc: u64, tsc_khz: u64) -> Result<(), LoadError> {
-    let wall_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    let page = ClockPage { generation, wall_ns, tsc_base: guest_tsc, tsc_khz };
+pub fn write_clock(
+    mem: &GuestMemoryMmap,
+    generation: u64,
+    guest_tsc: u64,
+    tsc_khz: u64,
+) -> Result<(), LoadError> {
+    let wall_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let page = ClockPage {
+        generation,
+        wall_ns,
+        tsc_base: guest_tsc,
+        tsc_khz,
+    };
     write(mem, CLOCK_PAGE_ADDR, as_bytes(&page))
 }
 
@@ -122,14 +147,19 @@ pub fn write_clock(mem: &GuestMemoryMmap, generation: u64, guest_tsc: u64, tsc_k
 pub fn write_seed(mem: &GuestMemoryMmap, generation: u64) -> Result<(), LoadError> {
     let mut seed = [0u8; 32];
     fill_random(&mut seed);
-    write(mem, SEED_PAGE_ADDR, as_bytes(&SeedPage { generation, seed }))
+    write(
+        mem,
+        SEED_PAGE_ADDR,
+        as_bytes(&SeedPage { generation, seed }),
+    )
 }
 
 fn fill_random(buf: &mut [u8]) {
     let mut filled = 0;
     while filled < buf.len() {
         // SAFETY: writes at most `buf.len() - filled` bytes into `buf`.
-        let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
         if n > 0 {
             filled += n as usize;
         } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {

@@ -49,7 +49,12 @@ pub struct VmConfig {
 
 impl Default for VmConfig {
     fn default() -> Self {
-        Self { memory_mib: 128, timeout: Some(Duration::from_secs(60)), prefault_mib: 4, guest_elf: None }
+        Self {
+            memory_mib: 128,
+            timeout: Some(Duration::from_secs(60)),
+            prefault_mib: 4,
+            guest_elf: None,
+        }
     }
 }
 
@@ -82,7 +87,13 @@ pub struct Phases {
 
 impl Phases {
     pub fn total(&self) -> Duration {
-        self.vm_create + self.guest_load + self.guest_entry + self.compile + self.instantiate + self.run + self.teardown
+        self.vm_create
+            + self.guest_load
+            + self.guest_entry
+            + self.compile
+            + self.instantiate
+            + self.run
+            + self.teardown
     }
 }
 
@@ -131,7 +142,12 @@ fn precheck(config: &VmConfig, module: &[u8]) -> Result<u64, RunError> {
 
 /// Boots a fresh micro-VM, runs `module` as a WASI command with
 /// `invocation`, streams its output through `io`, and tears the VM down.
-pub fn run(config: &VmConfig, module: &[u8], invocation: &Invocation, io: &mut dyn GuestIo) -> Result<RunReport, RunError> {
+pub fn run(
+    config: &VmConfig,
+    module: &[u8],
+    invocation: &Invocation,
+    io: &mut dyn GuestIo,
+) -> Result<RunReport, RunError> {
     let mem_size = precheck(config, module)?;
     vcpu::init_kick_signal();
     let mut phases = Phases::default();
@@ -143,9 +159,14 @@ pub fn run(config: &VmConfig, module: &[u8], invocation: &Invocation, io: &mut d
     phases.vm_create = t1 - t0;
 
     let guest = loader::load_guest(vm.memory(), config.guest_elf.as_deref())?;
-    let placement = layout::place(mem_size, guest.end, module.len() as u64).ok_or_else(|| RunError::OutOfMemory {
-        memory_mib: config.memory_mib,
-        detail: format!("a {}-byte module does not fit in guest memory beside the runtime", module.len()),
+    let placement = layout::place(mem_size, guest.end, module.len() as u64).ok_or_else(|| {
+        RunError::OutOfMemory {
+            memory_mib: config.memory_mib,
+            detail: format!(
+                "a {}-byte module does not fit in guest memory beside the runtime",
+                module.len()
+            ),
+        }
     })?;
     loader::load_module(vm.memory(), mem_size, &placement, module)?;
     loader::write_seed(vm.memory(), 1)?;
@@ -153,16 +174,25 @@ pub fn run(config: &VmConfig, module: &[u8], invocation: &Invocation, io: &mut d
     // one call: faulting them in one by one while the guest runs costs an
     // exit each (about 36 µs here, against about 3 µs now).
     let heap_len = config.prefault_mib << 20;
-    vm.prefault(placement.heap_start, heap_len.min(placement.heap_end - placement.heap_start));
+    vm.prefault(
+        placement.heap_start,
+        heap_len.min(placement.heap_end - placement.heap_start),
+    );
     vm.prefault(mem_size - PREFAULT_STACK, PREFAULT_STACK);
     vcpu.setup_long_mode(guest.entry, placement.stack_top)?;
-    let tsc_khz = vcpu.tsc_khz().map(u64::from).unwrap_or_else(loader::host_tsc_khz);
+    let tsc_khz = vcpu
+        .tsc_khz()
+        .map(u64::from)
+        .unwrap_or_else(loader::host_tsc_khz);
     loader::write_clock(vm.memory(), 1, vcpu.guest_tsc()?, tsc_khz)?;
     let boot = Instant::now();
     phases.guest_load = boot - t1;
 
     let mut session = Session::new(io, start_frame(&invocation.args, &invocation.env));
-    let mut bus = Bus { serial: SerialConsole::new(), console: Console::new() };
+    let mut bus = Bus {
+        serial: SerialConsole::new(),
+        console: Console::new(),
+    };
     let stop = AtomicBool::new(false);
     let mem = vm.memory();
 
@@ -180,7 +210,10 @@ pub fn run(config: &VmConfig, module: &[u8], invocation: &Invocation, io: &mut d
             .map_err(|e| RunError::Setup(SetupError::Thread(e)))?;
         let tid = tid_rx.recv().ok();
         let finished = match config.timeout {
-            Some(limit) => !matches!(done_rx.recv_timeout(limit), Err(mpsc::RecvTimeoutError::Timeout)),
+            Some(limit) => !matches!(
+                done_rx.recv_timeout(limit),
+                Err(mpsc::RecvTimeoutError::Timeout)
+            ),
             None => {
                 let _ = done_rx.recv();
                 true
@@ -191,13 +224,18 @@ pub fn run(config: &VmConfig, module: &[u8], invocation: &Invocation, io: &mut d
             if let Some(tid) = tid {
                 loop {
                     vcpu::kick(tid);
-                    if !matches!(done_rx.recv_timeout(Duration::from_millis(5)), Err(mpsc::RecvTimeoutError::Timeout)) {
+                    if !matches!(
+                        done_rx.recv_timeout(Duration::from_millis(5)),
+                        Err(mpsc::RecvTimeoutError::Timeout)
+                    ) {
                         break;
                     }
                 }
             }
         }
-        handle.join().map_err(|_| RunError::Setup(SetupError::VcpuPanic))?
+        handle
+            .join()
+            .map_err(|_| RunError::Setup(SetupError::VcpuPanic))?
     });
     let marks = session.marks;
     let guest_log = bus.serial.log();
@@ -209,29 +247,52 @@ pub fn run(config: &VmConfig, module: &[u8], invocation: &Invocation, io: &mut d
     drop(vcpu);
     drop(vm);
     phases.teardown = t_end.elapsed();
-    let since = |a: Option<Instant>, b: Instant| a.map(|a| a.saturating_duration_since(b)).unwrap_or_default();
+    let since = |a: Option<Instant>, b: Instant| {
+        a.map(|a| a.saturating_duration_since(b))
+            .unwrap_or_default()
+    };
     phases.guest_entry = since(marks.entered, boot);
-    phases.compile = marks.compiled.zip(marks.entered).map(|(c, e)| c - e).unwrap_or_default();
-    phases.instantiate = marks.ready.zip(marks.compiled).map(|(r, c)| r - c).unwrap_or_default();
-    phases.run = marks.ended.zip(marks.ready).map(|(e, r)| e - r).unwrap_or_default();
+    phases.compile = marks
+        .compiled
+        .zip(marks.entered)
+        .map(|(c, e)| c - e)
+        .unwrap_or_default();
+    phases.instantiate = marks
+        .ready
+        .zip(marks.compiled)
+        .map(|(r, c)| r - c)
+        .unwrap_or_default();
+    phases.run = marks
+        .ended
+        .zip(marks.ready)
+        .map(|(e, r)| e - r)
+        .unwrap_or_default();
 
     match outcome {
-        Ok(Stop::Guest(GuestEnd::Exited(code))) => Ok(RunReport { exit_code: code, phases, guest_resident_bytes }),
+        Ok(Stop::Guest(GuestEnd::Exited(code))) => Ok(RunReport {
+            exit_code: code,
+            phases,
+            guest_resident_bytes,
+        }),
         Ok(Stop::Guest(GuestEnd::Failed(kind, msg))) => Err(match kind {
             FailureKind::InvalidModule => RunError::InvalidModule(msg),
             FailureKind::MissingImport => RunError::MissingImport(msg),
             FailureKind::Trap => RunError::Trap(msg),
-            FailureKind::OutOfMemory => RunError::OutOfMemory { memory_mib: config.memory_mib, detail: msg },
+            FailureKind::OutOfMemory => RunError::OutOfMemory {
+                memory_mib: config.memory_mib,
+                detail: msg,
+            },
             FailureKind::NotACommand => RunError::NotACommand(msg),
             FailureKind::Internal => RunError::GuestInternal(msg),
         }),
         Ok(Stop::Kicked) => Err(RunError::Timeout(config.timeout.unwrap_or_default())),
-        Err(RunError::GuestCrash(why)) if !guest_log.is_empty() => {
-            Err(RunError::GuestCrash(format!("{why}; guest log: {guest_log}")))
-        }
-        Err(RunError::GuestCrash(why)) if why == "out of memory" => {
-            Err(RunError::OutOfMemory { memory_mib: config.memory_mib, detail: "the guest runtime's heap is exhausted".into() })
-        }
+        Err(RunError::GuestCrash(why)) if !guest_log.is_empty() => Err(RunError::GuestCrash(
+            format!("{why}; guest log: {guest_log}"),
+        )),
+        Err(RunError::GuestCrash(why)) if why == "out of memory" => Err(RunError::OutOfMemory {
+            memory_mib: config.memory_mib,
+            detail: "the guest runtime's heap is exhausted".into(),
+        }),
         Err(e) => Err(e),
     }
 }
@@ -256,13 +317,21 @@ fn run_vcpu(
             VcpuEvent::IoOut(PANIC_PORT, data) => {
                 let log = bus.serial.log();
                 return Err(match data[0] {
-                    HALT_OUT_OF_MEMORY if log.is_empty() => RunError::GuestCrash("out of memory".into()),
+                    HALT_OUT_OF_MEMORY if log.is_empty() => {
+                        RunError::GuestCrash("out of memory".into())
+                    }
                     HALT_OUT_OF_MEMORY => RunError::OutOfMemory {
                         memory_mib: mem_mib(mem),
                         detail: format!("the guest runtime's heap is exhausted: {log}"),
                     },
-                    HALT_BAD_BOOT => RunError::GuestCrash("the guest runtime refused its boot information".into()),
-                    _ if session.end.is_some() => return Ok(Stop::Guest(session.end.take().unwrap_or(GuestEnd::Exited(0)))),
+                    HALT_BAD_BOOT => RunError::GuestCrash(
+                        "the guest runtime refused its boot information".into(),
+                    ),
+                    _ if session.end.is_some() => {
+                        return Ok(Stop::Guest(
+                            session.end.take().unwrap_or(GuestEnd::Exited(0)),
+                        ))
+                    }
                     _ => RunError::GuestCrash("the guest runtime panicked".into()),
                 });
             }
@@ -274,12 +343,16 @@ fn run_vcpu(
                     data.fill(0xff);
                 }
             }
-            VcpuEvent::MmioRead(addr, data) => match addr.checked_sub(MMIO_BASE).filter(|o| *o < MMIO_WINDOW) {
-                Some(off) => bus.console.mmio_read(off, data)?,
-                None => data.fill(0xff),
-            },
+            VcpuEvent::MmioRead(addr, data) => {
+                match addr.checked_sub(MMIO_BASE).filter(|o| *o < MMIO_WINDOW) {
+                    Some(off) => bus.console.mmio_read(off, data)?,
+                    None => data.fill(0xff),
+                }
+            }
             VcpuEvent::MmioWrite(addr, data) => {
-                let Some(off) = addr.checked_sub(MMIO_BASE).filter(|o| *o < MMIO_WINDOW) else { continue };
+                let Some(off) = addr.checked_sub(MMIO_BASE).filter(|o| *o < MMIO_WINDOW) else {
+                    continue;
+                };
                 match bus.console.mmio_write(mem, off, data)? {
                     Some(TX_QUEUE) => {
                         let bytes = bus.console.take_tx(mem)?;
@@ -299,7 +372,12 @@ fn run_vcpu(
                     vcpu.describe()
                 )))
             }
-            VcpuEvent::Fault(why) => return Err(RunError::GuestCrash(format!("{why} at {}", vcpu.describe()))),
+            VcpuEvent::Fault(why) => {
+                return Err(RunError::GuestCrash(format!(
+                    "{why} at {}",
+                    vcpu.describe()
+                )))
+            }
         }
     }
 }
@@ -324,5 +402,8 @@ fn serve(
 
 fn mem_mib(mem: &GuestMemoryMmap) -> u64 {
     use vm_memory::GuestMemoryBackend;
-    mem.iter().map(|r| vm_memory::GuestMemoryRegion::len(r)).sum::<u64>() >> 20
+    mem.iter()
+        .map(|r| vm_memory::GuestMemoryRegion::len(r))
+        .sum::<u64>()
+        >> 20
 }

@@ -7,7 +7,9 @@
 
 use std::time::Instant;
 
-use flint_abi::frame::{self, FrameError, Header, Kind, PayloadReader, HEADER_LEN, MAX_OUTPUT_CHUNK};
+use flint_abi::frame::{
+    self, FrameError, Header, Kind, PayloadReader, HEADER_LEN, MAX_OUTPUT_CHUNK,
+};
 use flint_abi::{FailureKind, Milestone};
 
 use crate::devices::virtio::console::Console;
@@ -61,7 +63,10 @@ pub struct Session<'a> {
 
 impl std::fmt::Debug for Session<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("started", &self.started).field("end", &self.end).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("started", &self.started)
+            .field("end", &self.end)
+            .finish_non_exhaustive()
     }
 }
 
@@ -91,7 +96,9 @@ fn exact_u32(payload: &[u8]) -> Result<u32, SessionError> {
 /// Keeps printable text and newlines, at most [`MAX_MESSAGE`] bytes.
 fn sanitize(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_MESSAGE)]);
-    s.chars().filter(|c| !c.is_control() || *c == '\n' || *c == '\t').collect()
+    s.chars()
+        .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
+        .collect()
 }
 
 impl<'a> Session<'a> {
@@ -124,23 +131,39 @@ impl<'a> Session<'a> {
             if self.end.is_some() {
                 return Ok(());
             }
-            let Some((kind, len)) = self.next_header()? else { return Ok(()) };
-            let payload: Vec<u8> = self.stream.drain(..HEADER_LEN + len).skip(HEADER_LEN).collect();
+            let Some((kind, len)) = self.next_header()? else {
+                return Ok(());
+            };
+            let payload: Vec<u8> = self
+                .stream
+                .drain(..HEADER_LEN + len)
+                .skip(HEADER_LEN)
+                .collect();
             self.handle(kind, &payload, console)?;
         }
     }
 
     fn next_header(&self) -> Result<Option<(Kind, usize)>, SessionError> {
-        let Some(h) = self.stream.first_chunk::<HEADER_LEN>() else { return Ok(None) };
+        let Some(h) = self.stream.first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
         let header = Header::decode(h).map_err(SessionError::Frame)?;
         if !header.kind.is_from_guest() {
-            return Err(SessionError::Protocol(format!("a {:?} frame, which only the host may send", header.kind)));
+            return Err(SessionError::Protocol(format!(
+                "a {:?} frame, which only the host may send",
+                header.kind
+            )));
         }
         let len = header.len as usize;
         Ok((self.stream.len() >= HEADER_LEN + len).then_some((header.kind, len)))
     }
 
-    fn handle(&mut self, kind: Kind, payload: &[u8], console: &mut Console) -> Result<(), SessionError> {
+    fn handle(
+        &mut self,
+        kind: Kind,
+        payload: &[u8],
+        console: &mut Console,
+    ) -> Result<(), SessionError> {
         match kind {
             Kind::Milestone => {
                 let m = exact_u32(payload)?;
@@ -156,14 +179,18 @@ impl<'a> Session<'a> {
                         self.started = true;
                         console.send(&std::mem::take(&mut self.start));
                     }
-                    None => return Err(SessionError::Protocol(format!("an unknown milestone {m}"))),
+                    None => {
+                        return Err(SessionError::Protocol(format!("an unknown milestone {m}")))
+                    }
                 }
             }
             Kind::Stdout => self.io.stdout(payload).map_err(SessionError::Output)?,
             Kind::Stderr => self.io.stderr(payload).map_err(SessionError::Output)?,
             Kind::StdinRequest => {
                 if !self.started {
-                    return Err(SessionError::Protocol("a stdin request before the invocation started".into()));
+                    return Err(SessionError::Protocol(
+                        "a stdin request before the invocation started".into(),
+                    ));
                 }
                 let max = exact_u32(payload)? as usize;
                 self.stdin_wanted = Some(max.clamp(1, MAX_OUTPUT_CHUNK as usize));
@@ -175,11 +202,14 @@ impl<'a> Session<'a> {
             Kind::Failure => {
                 let mut r = PayloadReader::new(payload);
                 let k = r.u32().map_err(SessionError::Frame)?;
-                let kind = FailureKind::from_u32(k)
-                    .ok_or_else(|| SessionError::Protocol(format!("an unknown failure kind {k}")))?;
+                let kind = FailureKind::from_u32(k).ok_or_else(|| {
+                    SessionError::Protocol(format!("an unknown failure kind {k}"))
+                })?;
                 self.finish(GuestEnd::Failed(kind, sanitize(r.rest_bytes())));
             }
-            Kind::Start | Kind::StdinData => unreachable!("host-only kinds are refused in next_header"),
+            Kind::Start | Kind::StdinData => {
+                unreachable!("host-only kinds are refused in next_header")
+            }
         }
         Ok(())
     }
@@ -196,7 +226,9 @@ impl<'a> Session<'a> {
         } else {
             match self.io.stdin(&mut buf) {
                 Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Err(SessionError::Interrupted),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    return Err(SessionError::Interrupted)
+                }
                 Err(e) => return Err(SessionError::Input(e)),
             }
         };
@@ -230,8 +262,13 @@ mod tests {
         for b in &bytes {
             s.feed(std::slice::from_ref(b), &mut console).unwrap();
         }
-        assert_eq!(console.pending(), start.len(), "Start frame queued once ready");
-        s.feed(&frame_u32(Kind::StdinRequest, 100), &mut console).unwrap();
+        assert_eq!(
+            console.pending(),
+            start.len(),
+            "Start frame queued once ready"
+        );
+        s.feed(&frame_u32(Kind::StdinRequest, 100), &mut console)
+            .unwrap();
         assert_eq!(console.pending(), start.len() + HEADER_LEN + 2);
         s.feed(&frame_u32(Kind::Exit, 3), &mut console).unwrap();
         assert_eq!(s.end, Some(GuestEnd::Exited(3)));
@@ -245,14 +282,14 @@ mod tests {
         let mut io = BufferIo::default();
         let mut console = Console::new();
         let cases: Vec<Vec<u8>> = vec![
-            vec![0xff; 8],                                   // unknown kind
-            encode(Kind::Start, b""),                        // host-only kind
-            encode(Kind::StdinData, b"x"),                   // host-only kind
-            encode(Kind::Milestone, b"12345"),               // wrong payload size
-            frame_u32(Kind::Milestone, 77),                  // unknown milestone
-            frame_u32(Kind::StdinRequest, 10),               // before Start
-            encode(Kind::Failure, &[99, 0, 0, 0, b'x']),     // unknown failure kind
-            encode(Kind::Exit, b""),                         // truncated
+            vec![0xff; 8],                               // unknown kind
+            encode(Kind::Start, b""),                    // host-only kind
+            encode(Kind::StdinData, b"x"),               // host-only kind
+            encode(Kind::Milestone, b"12345"),           // wrong payload size
+            frame_u32(Kind::Milestone, 77),              // unknown milestone
+            frame_u32(Kind::StdinRequest, 10),           // before Start
+            encode(Kind::Failure, &[99, 0, 0, 0, b'x']), // unknown failure kind
+            encode(Kind::Exit, b""),                     // truncated
         ];
         for bytes in cases {
             let mut s = Session::new(&mut io, start_frame(&[], &[]));
@@ -267,7 +304,10 @@ mod tests {
         let mut s = Session::new(&mut io, Vec::new());
         let mut h = Header::new(Kind::Stdout, 0).encode();
         h[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(s.feed(&h, &mut console), Err(SessionError::Frame(FrameError::TooLong(_)))));
+        assert!(matches!(
+            s.feed(&h, &mut console),
+            Err(SessionError::Frame(FrameError::TooLong(_)))
+        ));
     }
 
     #[test]
@@ -278,6 +318,12 @@ mod tests {
         let mut p = (FailureKind::Trap as u32).to_le_bytes().to_vec();
         p.extend_from_slice(b"bad\x1b[31m\xff thing");
         s.feed(&encode(Kind::Failure, &p), &mut console).unwrap();
-        assert_eq!(s.end, Some(GuestEnd::Failed(FailureKind::Trap, "bad[31m\u{fffd} thing".into())));
+        assert_eq!(
+            s.end,
+            Some(GuestEnd::Failed(
+                FailureKind::Trap,
+                "bad[31m\u{fffd} thing".into()
+            ))
+        );
     }
 }

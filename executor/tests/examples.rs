@@ -4,11 +4,23 @@ use std::time::Duration;
 
 use flint_executor::{run, BufferIo, Invocation, RunError, RunReport, VmConfig};
 
-fn invoke(name: &str, args: &[&str], env: &[(&str, &str)], stdin: &str, config: &VmConfig) -> (Result<RunReport, RunError>, BufferIo) {
+fn invoke(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &str,
+    config: &VmConfig,
+) -> (Result<RunReport, RunError>, BufferIo) {
     let module = flint_examples::bytes(name);
     let mut argv = vec![format!("{name}.wasm")];
     argv.extend(args.iter().map(|a| a.to_string()));
-    let inv = Invocation { args: argv, env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+    let inv = Invocation {
+        args: argv,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
     let mut io = BufferIo::with_stdin(stdin);
     let r = run(config, &module, &inv, &mut io);
     (r, io)
@@ -17,13 +29,23 @@ fn invoke(name: &str, args: &[&str], env: &[(&str, &str)], stdin: &str, config: 
 fn ok(name: &str, args: &[&str], env: &[(&str, &str)], stdin: &str) -> (i32, String, String) {
     let (r, io) = invoke(name, args, env, stdin, &VmConfig::default());
     let report = r.unwrap_or_else(|e| panic!("{name}: {e}"));
-    (report.exit_code, String::from_utf8(io.stdout).unwrap(), String::from_utf8(io.stderr).unwrap())
+    (
+        report.exit_code,
+        String::from_utf8(io.stdout).unwrap(),
+        String::from_utf8(io.stderr).unwrap(),
+    )
 }
 
 #[test]
 fn hello_greets_its_arguments() {
-    assert_eq!(ok("hello", &["world"], &[], ""), (0, "hello, world\n".into(), String::new()));
-    assert_eq!(ok("hello", &["big", "wide", "world"], &[], "").1, "hello, big wide world\n");
+    assert_eq!(
+        ok("hello", &["world"], &[], ""),
+        (0, "hello, world\n".into(), String::new())
+    );
+    assert_eq!(
+        ok("hello", &["big", "wide", "world"], &[], "").1,
+        "hello, big wide world\n"
+    );
     assert_eq!(ok("hello", &[], &[], "").1, "hello, world\n");
 }
 
@@ -78,14 +100,23 @@ fn alloc_grows_memory_within_the_limit() {
 
 #[test]
 fn alloc_beyond_the_vm_memory_is_out_of_memory() {
-    let config = VmConfig { memory_mib: 64, ..VmConfig::default() };
+    let config = VmConfig {
+        memory_mib: 64,
+        ..VmConfig::default()
+    };
     let (r, io) = invoke("alloc", &["100"], &[], "", &config);
     match r {
-        Err(RunError::OutOfMemory { memory_mib: 64, detail }) => assert!(detail.contains("linear memory"), "{detail}"),
+        Err(RunError::OutOfMemory {
+            memory_mib: 64,
+            detail,
+        }) => assert!(detail.contains("linear memory"), "{detail}"),
         other => panic!("expected out of memory, got {other:?}"),
     }
     let err = String::from_utf8_lossy(&io.stderr);
-    assert!(err.contains("memory allocation of"), "the function's own message is kept: {err}");
+    assert!(
+        err.contains("memory allocation of"),
+        "the function's own message is kept: {err}"
+    );
 }
 
 #[test]
@@ -95,25 +126,43 @@ fn trap_is_reported_with_its_name() {
         Err(RunError::Trap(msg)) => assert_eq!(msg, "wasm `unreachable` instruction executed"),
         other => panic!("expected a trap, got {other:?}"),
     }
-    assert_eq!(io.stdout, b"about to trap\n", "output before the trap is delivered");
+    assert_eq!(
+        io.stdout, b"about to trap\n",
+        "output before the trap is delivered"
+    );
 }
 
 #[test]
 fn spin_is_stopped_by_the_host() {
-    let config = VmConfig { timeout: Some(Duration::from_millis(300)), ..VmConfig::default() };
+    let config = VmConfig {
+        timeout: Some(Duration::from_millis(300)),
+        ..VmConfig::default()
+    };
     let start = std::time::Instant::now();
     let (r, io) = invoke("spin", &[], &[], "", &config);
-    assert!(matches!(r, Err(RunError::Timeout(d)) if d == Duration::from_millis(300)), "{r:?}");
+    assert!(
+        matches!(r, Err(RunError::Timeout(d)) if d == Duration::from_millis(300)),
+        "{r:?}"
+    );
     assert_eq!(io.stdout, b"spinning\n");
-    assert!(start.elapsed() < Duration::from_secs(10), "the VM was not stopped promptly");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the VM was not stopped promptly"
+    );
 }
 
 #[test]
 fn memory_outside_the_supported_range_is_refused() {
     for memory_mib in [0, 16, 100_000] {
-        let config = VmConfig { memory_mib, ..VmConfig::default() };
+        let config = VmConfig {
+            memory_mib,
+            ..VmConfig::default()
+        };
         let (r, _) = invoke("hello", &[], &[], "", &config);
-        assert!(matches!(r, Err(RunError::Config(ref m)) if m.contains("memory must be between")), "{r:?}");
+        assert!(
+            matches!(r, Err(RunError::Config(ref m)) if m.contains("memory must be between")),
+            "{r:?}"
+        );
     }
 }
 
@@ -125,13 +174,35 @@ fn random_and_clock_work_inside_the_vm() {
     let module = clock_and_random_module();
     let mut a = BufferIo::default();
     let mut b = BufferIo::default();
-    run(&VmConfig::default(), &module, &Invocation::default(), &mut a).unwrap();
-    run(&VmConfig::default(), &module, &Invocation::default(), &mut b).unwrap();
+    run(
+        &VmConfig::default(),
+        &module,
+        &Invocation::default(),
+        &mut a,
+    )
+    .unwrap();
+    run(
+        &VmConfig::default(),
+        &module,
+        &Invocation::default(),
+        &mut b,
+    )
+    .unwrap();
     assert_eq!(a.stdout.len(), 16);
-    assert_ne!(a.stdout[..8], b.stdout[..8], "two VMs drew the same random numbers");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    assert_ne!(
+        a.stdout[..8],
+        b.stdout[..8],
+        "two VMs drew the same random numbers"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     let t = u64::from_le_bytes(a.stdout[8..16].try_into().unwrap());
-    assert!(t <= now && now - t < 60_000_000_000, "guest clock {t} vs host {now}");
+    assert!(
+        t <= now && now - t < 60_000_000_000,
+        "guest clock {t} vs host {now}"
+    );
 }
 
 /// A command module that writes 8 random bytes and the 8-byte realtime
@@ -159,7 +230,14 @@ fn clock_and_random_module() -> Vec<u8> {
     }
     let mut m = b"\0asm\x01\0\0\0".to_vec();
     // types: 0 (i32,i32)->i32, 1 (i32,i64,i32)->i32, 2 (i32,i32,i32,i32)->i32, 3 ()->()
-    section(1, vec![4, 0x60, 2, 0x7f, 0x7f, 1, 0x7f, 0x60, 3, 0x7f, 0x7e, 0x7f, 1, 0x7f, 0x60, 4, 0x7f, 0x7f, 0x7f, 0x7f, 1, 0x7f, 0x60, 0, 0], &mut m);
+    section(
+        1,
+        vec![
+            4, 0x60, 2, 0x7f, 0x7f, 1, 0x7f, 0x60, 3, 0x7f, 0x7e, 0x7f, 1, 0x7f, 0x60, 4, 0x7f,
+            0x7f, 0x7f, 0x7f, 1, 0x7f, 0x60, 0, 0,
+        ],
+        &mut m,
+    );
     let mut imports = vec![3];
     for (n, ty) in [("random_get", 0u8), ("clock_time_get", 1), ("fd_write", 2)] {
         name("wasi_snapshot_preview1", &mut imports);

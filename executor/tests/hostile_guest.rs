@@ -46,12 +46,15 @@ impl Asm {
         self.mmio(0x70, 1).mmio(0x70, 3);
         self.mmio(0x24, 1).mmio(0x20, 1).mmio(0x70, 0xb);
         self.mmio(0x30, 1).mmio(0x38, 16);
-        self.mmio(0x80, desc as u32).mmio(0x90, avail as u32).mmio(0xa0, used as u32);
+        self.mmio(0x80, desc as u32)
+            .mmio(0x90, avail as u32)
+            .mmio(0xa0, used as u32);
         self.mmio(0x44, 1).mmio(0x70, 0xf)
     }
     /// Publishes descriptor 0 = (addr, len) on the avail ring and notifies.
     fn send_desc(&mut self, desc: u64, avail: u64, addr: u64, len: u32) -> &mut Self {
-        self.store32(desc, addr as u32).store32(desc + 4, (addr >> 32) as u32);
+        self.store32(desc, addr as u32)
+            .store32(desc + 4, (addr >> 32) as u32);
         self.store32(desc + 8, len).store32(desc + 12, 0);
         self.store32(avail, 1 << 16).store32(avail + 4, 0);
         self.mmio(0x50, 1)
@@ -143,8 +146,17 @@ fn a_silent_spinning_guest_is_stopped_by_the_timeout() {
         guest_elf: Some(Asm::default().spin().elf()),
         ..VmConfig::default()
     };
-    let err = run(&config, b"\0asm\x01\0\0\0", &Invocation::default(), &mut BufferIo::default()).unwrap_err();
-    assert!(matches!(err, RunError::Timeout(d) if d == Duration::from_millis(200)), "{err:?}");
+    let err = run(
+        &config,
+        b"\0asm\x01\0\0\0",
+        &Invocation::default(),
+        &mut BufferIo::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, RunError::Timeout(d) if d == Duration::from_millis(200)),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -160,13 +172,19 @@ fn a_ring_outside_guest_memory_is_refused() {
     let mut a = Asm::default();
     a.console_tx_ready(0x7000_0000, AVAIL, USED).spin();
     let err = boot(&a).unwrap_err();
-    assert!(message(&err).contains("invalid size or ring addresses"), "{}", message(&err));
+    assert!(
+        message(&err).contains("invalid size or ring addresses"),
+        "{}",
+        message(&err)
+    );
 }
 
 #[test]
 fn a_descriptor_pointing_outside_guest_memory_is_refused() {
     let mut a = Asm::default();
-    a.console_tx_ready(DESC, AVAIL, USED).send_desc(DESC, AVAIL, 0xffff_0000_0000, 64).spin();
+    a.console_tx_ready(DESC, AVAIL, USED)
+        .send_desc(DESC, AVAIL, 0xffff_0000_0000, 64)
+        .spin();
     let err = boot(&a).unwrap_err();
     let msg = message(&err);
     assert!(matches!(err, RunError::GuestProtocol(_)), "{err:?}");
@@ -186,7 +204,9 @@ fn an_avail_index_beyond_the_ring_is_refused() {
 fn garbage_bytes_on_the_channel_are_refused() {
     let mut a = Asm::default();
     a.store32(DATA, 0xdead_beef).store32(DATA + 4, 0xffff_ffff);
-    a.console_tx_ready(DESC, AVAIL, USED).send_desc(DESC, AVAIL, DATA, 8).spin();
+    a.console_tx_ready(DESC, AVAIL, USED)
+        .send_desc(DESC, AVAIL, DATA, 8)
+        .spin();
     let err = boot(&a).unwrap_err();
     let msg = message(&err);
     assert!(matches!(err, RunError::GuestProtocol(_)), "{err:?}");
@@ -198,7 +218,9 @@ fn a_frame_claiming_a_huge_length_is_refused() {
     let mut a = Asm::default();
     // Stdout frame header with a 4 GiB payload length.
     a.store32(DATA, 2).store32(DATA + 4, 0xffff_ffff);
-    a.console_tx_ready(DESC, AVAIL, USED).send_desc(DESC, AVAIL, DATA, 8).spin();
+    a.console_tx_ready(DESC, AVAIL, USED)
+        .send_desc(DESC, AVAIL, DATA, 8)
+        .spin();
     let msg = message(&boot(&a).unwrap_err());
     assert!(msg.contains("exceeds"), "{msg}");
 }
@@ -210,9 +232,11 @@ fn the_host_keeps_working_after_hostile_guests() {
     }
     let module = flint_examples::bytes("hello");
     let mut io = BufferIo::default();
-    let inv = Invocation { args: vec!["hello".into(), "again".into()], env: vec![] };
+    let inv = Invocation {
+        args: vec!["hello".into(), "again".into()],
+        env: vec![],
+    };
     let report = run(&VmConfig::default(), &module, &inv, &mut io).unwrap();
     assert_eq!(report.exit_code, 0);
     assert_eq!(String::from_utf8_lossy(&io.stdout), "hello, again\n");
 }
-

@@ -17,8 +17,14 @@ fn status(field: &str) -> u64 {
 #[test]
 fn twenty_vms_back_to_back_leave_nothing_behind() {
     let module = flint_examples::bytes("alloc");
-    let inv = Invocation { args: vec!["alloc".into(), "8".into()], env: vec![] };
-    let config = VmConfig { memory_mib: 64, ..VmConfig::default() };
+    let inv = Invocation {
+        args: vec!["alloc".into(), "8".into()],
+        env: vec![],
+    };
+    let config = VmConfig {
+        memory_mib: 64,
+        ..VmConfig::default()
+    };
     let once = || {
         let mut io = BufferIo::default();
         let r = run(&config, &module, &inv, &mut io).unwrap();
@@ -34,5 +40,8 @@ fn twenty_vms_back_to_back_leave_nothing_behind() {
     assert_eq!(status("Threads:"), threads0, "threads leaked");
     let rss = status("VmRSS:");
     // Each VM touched at least 8 MiB of guest memory; 20 of them kept would be 160 MiB.
-    assert!(rss < rss0 + 16 * 1024, "RSS grew from {rss0} kB to {rss} kB");
+    assert!(
+        rss < rss0 + 16 * 1024,
+        "RSS grew from {rss0} kB to {rss} kB"
+    );
 }

@@ -7,7 +7,9 @@ use core::arch::asm;
 pub fn outb(port: u16, value: u8) {
     // SAFETY: the VMM runs the guest with IOPL 3, so `out` is permitted at
     // CPL 3; it touches no guest memory.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// The guest's time-stamp counter.

@@ -13,7 +13,10 @@ pub struct Channel {
 
 impl Channel {
     pub fn new(console: Console) -> Self {
-        Self { console, pending: Vec::new() }
+        Self {
+            console,
+            pending: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, kind: Kind, payload: &[u8]) {
@@ -28,7 +31,8 @@ impl Channel {
     /// Sends a payload made of a `u32` and a string.
     pub fn send_u32_str(&mut self, kind: Kind, v: u32, s: &str) {
         let header = Header::new(kind, 4 + s.len() as u32).encode();
-        self.console.send(&[&header, &v.to_le_bytes(), s.as_bytes()]);
+        self.console
+            .send(&[&header, &v.to_le_bytes(), s.as_bytes()]);
     }
 
     /// Waits for the next frame from the host. A malformed frame from the

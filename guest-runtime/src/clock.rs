@@ -41,7 +41,10 @@ pub struct Random {
 
 impl Random {
     pub const fn new() -> Self {
-        Self { generation: 0, rng: None }
+        Self {
+            generation: 0,
+            rng: None,
+        }
     }
 
     pub fn fill(&mut self, buf: &mut [u8]) {

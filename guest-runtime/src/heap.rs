@@ -26,7 +26,12 @@ impl GuestHeap {
     /// The range must be unused, writable guest RAM for the rest of the run.
     pub unsafe fn init(&self, start: u64, end: u64) -> bool {
         // SAFETY: the caller guarantees the range is free RAM we own.
-        unsafe { self.talc.lock().claim(start as *mut u8, (end - start) as usize).is_some() }
+        unsafe {
+            self.talc
+                .lock()
+                .claim(start as *mut u8, (end - start) as usize)
+                .is_some()
+        }
     }
 
     /// Bytes not yet handed out.

@@ -43,7 +43,12 @@ extern "C" fn guest_main() -> ! {
     // the first instruction; any bit pattern is a valid BootInfo.
     let boot: BootInfo = unsafe { core::ptr::read_volatile(BOOT_INFO_ADDR as *const BootInfo) };
     if boot.magic != BOOT_MAGIC || boot.abi_version != ABI_VERSION {
-        let _ = writeln!(serial::Serial, "flint-guest: bad boot info (magic {:#x}, abi {})", boot.magic, boot.abi_version);
+        let _ = writeln!(
+            serial::Serial,
+            "flint-guest: bad boot info (magic {:#x}, abi {})",
+            boot.magic,
+            boot.abi_version
+        );
         arch::halt(HALT_BAD_BOOT);
     }
     // SAFETY: the VMM reserves [heap_start, heap_end) for the heap: it is
@@ -61,7 +66,9 @@ extern "C" fn guest_main() -> ! {
 
     // SAFETY: the VMM copied the module's bytes to this range of guest RAM
     // and nothing writes there (the heap starts above it).
-    let module = unsafe { core::slice::from_raw_parts(boot.module_addr as *const u8, boot.module_len as usize) };
+    let module = unsafe {
+        core::slice::from_raw_parts(boot.module_addr as *const u8, boot.module_len as usize)
+    };
     let (mut chan, outcome) = runtime::run(chan, module);
     match outcome {
         runtime::Outcome::Exit(code) => chan.send(Kind::Exit, &code.to_le_bytes()),
@@ -88,7 +95,11 @@ fn truncate(s: &str, max: usize) -> &str {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let _ = writeln!(serial::Serial, "flint-guest panicked: {info}");
-    let reason = if heap::HEAP.exhausted() { HALT_OUT_OF_MEMORY } else { HALT_PANIC };
+    let reason = if heap::HEAP.exhausted() {
+        HALT_OUT_OF_MEMORY
+    } else {
+        HALT_PANIC
+    };
     arch::halt(reason)
 }
 

@@ -11,8 +11,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use flint_abi::frame::{Kind, PayloadReader};
 use flint_abi::{FailureKind, Milestone};
-use wasmi_core::LimiterError;
 use wasmi::{Engine, ExternType, Linker, Module, ResourceLimiter, Store};
+use wasmi_core::LimiterError;
 
 /// Heap kept back from linear-memory growth for the interpreter itself.
 const HEAP_RESERVE: usize = 1 << 20;
@@ -30,7 +30,12 @@ pub struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> Result<bool, LimiterError> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> Result<bool, LimiterError> {
         if maximum.is_some_and(|m| desired > m) {
             return Ok(false);
         }
@@ -44,13 +49,21 @@ impl ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn memory_grow_failed(&mut self, _error: &wasmi::errors::MemoryError) -> Result<(), LimiterError> {
+    fn memory_grow_failed(
+        &mut self,
+        _error: &wasmi::errors::MemoryError,
+    ) -> Result<(), LimiterError> {
         self.denied = true;
         self.refused_size = Some(self.growing_to);
         Ok(())
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> Result<bool, LimiterError> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> Result<bool, LimiterError> {
         Ok(maximum.is_none_or(|m| desired <= m))
     }
 
@@ -86,11 +99,17 @@ fn classify(err: &wasmi::Error, limiter: &Limiter) -> Outcome {
         return Outcome::Exit(code);
     }
     if let Some(size) = limiter.refused_size {
-        let msg = format!("it asked to grow its linear memory to {} MiB", size.div_ceil(1 << 20));
+        let msg = format!(
+            "it asked to grow its linear memory to {} MiB",
+            size.div_ceil(1 << 20)
+        );
         return Outcome::Failure(FailureKind::OutOfMemory, msg);
     }
     if limiter.denied || HEAP.exhausted() {
-        return Outcome::Failure(FailureKind::OutOfMemory, format!("the guest heap is exhausted ({err})"));
+        return Outcome::Failure(
+            FailureKind::OutOfMemory,
+            format!("the guest heap is exhausted ({err})"),
+        );
     }
     match err.as_trap_code() {
         Some(trap) => Outcome::Failure(FailureKind::Trap, String::from(trap.trap_message())),
@@ -118,7 +137,11 @@ pub fn run(chan: Channel, module_bytes: &[u8]) -> (Channel, Outcome) {
     let module = match Module::new(&engine, module_bytes) {
         Ok(m) => m,
         Err(e) => {
-            let kind = if HEAP.exhausted() { FailureKind::OutOfMemory } else { FailureKind::InvalidModule };
+            let kind = if HEAP.exhausted() {
+                FailureKind::OutOfMemory
+            } else {
+                FailureKind::InvalidModule
+            };
             return (chan, Outcome::Failure(kind, format!("{e}")));
         }
     };
@@ -127,7 +150,12 @@ pub fn run(chan: Channel, module_bytes: &[u8]) -> (Channel, Outcome) {
             && matches!(import.ty(), ExternType::Func(_))
             && wasi::provides(import.name());
         if !provided {
-            let msg = format!("{}::{} ({})", import.module(), import.name(), describe_kind(import.ty()));
+            let msg = format!(
+                "{}::{} ({})",
+                import.module(),
+                import.name(),
+                describe_kind(import.ty())
+            );
             return (chan, Outcome::Failure(FailureKind::MissingImport, msg));
         }
     }
@@ -135,7 +163,10 @@ pub fn run(chan: Channel, module_bytes: &[u8]) -> (Channel, Outcome) {
 
     let mut linker = Linker::new(&engine);
     if let Err(e) = wasi::add_to_linker(&mut linker) {
-        return (chan, Outcome::Failure(FailureKind::Internal, format!("defining WASI: {e}")));
+        return (
+            chan,
+            Outcome::Failure(FailureKind::Internal, format!("defining WASI: {e}")),
+        );
     }
     let ctx = Ctx {
         chan,
@@ -157,8 +188,10 @@ pub fn run(chan: Channel, module_bytes: &[u8]) -> (Channel, Outcome) {
         Ok(i) => i,
         Err(e) => {
             // A function import with the wrong signature lands here.
-            if matches!(e.kind(), wasmi::errors::ErrorKind::Linker(_) | wasmi::errors::ErrorKind::Instantiation(_))
-                && !(store.data().limiter.denied || HEAP.exhausted())
+            if matches!(
+                e.kind(),
+                wasmi::errors::ErrorKind::Linker(_) | wasmi::errors::ErrorKind::Instantiation(_)
+            ) && !(store.data().limiter.denied || HEAP.exhausted())
             {
                 finish!(Outcome::Failure(FailureKind::MissingImport, format!("{e}")));
             }
@@ -180,7 +213,10 @@ pub fn run(chan: Channel, module_bytes: &[u8]) -> (Channel, Outcome) {
     };
 
     // The snapshot point: everything above is the same for every invocation.
-    store.data_mut().chan.send_u32(Kind::Milestone, Milestone::Ready as u32);
+    store
+        .data_mut()
+        .chan
+        .send_u32(Kind::Milestone, Milestone::Ready as u32);
     let payload = loop {
         match store.data_mut().chan.recv() {
             (Kind::Start, p) => break p,

@@ -79,7 +79,11 @@ struct SplitQueue {
 
 impl SplitQueue {
     const fn new(base: u64) -> Self {
-        Self { base, avail_idx: 0, last_used: 0 }
+        Self {
+            base,
+            avail_idx: 0,
+            last_used: 0,
+        }
     }
     fn desc_addr(&self) -> u64 {
         self.base
@@ -95,7 +99,17 @@ impl SplitQueue {
         let d = (self.desc_addr() + 16 * i as u64) as *mut Desc;
         // SAFETY: the queue area is identity-mapped guest RAM reserved for
         // these rings (flint_abi::layout); `i < QUEUE_SIZE`.
-        unsafe { write_volatile(d, Desc { addr, len, flags, next: 0 }) };
+        unsafe {
+            write_volatile(
+                d,
+                Desc {
+                    addr,
+                    len,
+                    flags,
+                    next: 0,
+                },
+            )
+        };
     }
 
     /// Makes descriptor `i` available to the device.
@@ -123,7 +137,12 @@ impl SplitQueue {
         let slot = (self.last_used % QUEUE_SIZE) as u64;
         let elem = self.used_addr() + 4 + 8 * slot;
         // SAFETY: used ring element `slot < QUEUE_SIZE`.
-        let (id, len) = unsafe { (read_volatile(elem as *const u32), read_volatile((elem + 4) as *const u32)) };
+        let (id, len) = unsafe {
+            (
+                read_volatile(elem as *const u32),
+                read_volatile((elem + 4) as *const u32),
+            )
+        };
         self.last_used = self.last_used.wrapping_add(1);
         Some((id, len))
     }
@@ -160,7 +179,11 @@ impl Console {
 
     /// Negotiates with the device and sets up both queues.
     pub fn init(mmio: u64) -> Result<Self, InitError> {
-        let mut c = Self { mmio, rx: SplitQueue::new(RX_RING), tx: SplitQueue::new(TX_RING) };
+        let mut c = Self {
+            mmio,
+            rx: SplitQueue::new(RX_RING),
+            tx: SplitQueue::new(TX_RING),
+        };
         let magic = c.read(MAGIC);
         if magic != MMIO_MAGIC || c.read(VERSION) != 2 {
             return Err(InitError::NotVirtio(magic));
@@ -180,7 +203,10 @@ impl Console {
         c.write(DRIVER_FEATURES, 0);
         c.write(DRIVER_FEATURES_SEL, 1);
         c.write(DRIVER_FEATURES, F_VERSION_1_HIGH);
-        c.write(STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        c.write(
+            STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         if c.read(STATUS) & STATUS_FEATURES_OK == 0 {
             return Err(InitError::FeaturesRefused);
         }
@@ -200,9 +226,17 @@ impl Console {
             c.write(QUEUE_USED_HIGH, (u >> 32) as u32);
             c.write(QUEUE_READY, 1);
         }
-        c.write(STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        c.write(
+            STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
         for i in 0..QUEUE_SIZE {
-            c.rx.set_desc(i, RX_BUFS + i as u64 * RX_BUF_SIZE as u64, RX_BUF_SIZE, DESC_F_WRITE);
+            c.rx.set_desc(
+                i,
+                RX_BUFS + i as u64 * RX_BUF_SIZE as u64,
+                RX_BUF_SIZE,
+                DESC_F_WRITE,
+            );
             c.rx.push_avail(i);
         }
         c.write(QUEUE_NOTIFY, RX_QUEUE as u32);
@@ -217,7 +251,13 @@ impl Console {
             assert!(len + p.len() <= TX_BUF_SIZE as usize, "tx frame too large");
             // SAFETY: the bounce buffer is reserved guest RAM of TX_BUF_SIZE
             // bytes and the bound is checked above.
-            unsafe { core::ptr::copy_nonoverlapping(p.as_ptr(), (TX_BUF + len as u64) as *mut u8, p.len()) };
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    p.as_ptr(),
+                    (TX_BUF + len as u64) as *mut u8,
+                    p.len(),
+                )
+            };
             len += p.len();
         }
         self.tx.set_desc(0, TX_BUF, len as u32, 0);

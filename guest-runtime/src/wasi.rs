@@ -73,7 +73,9 @@ fn get_u32(mem: &mut [u8], ptr: u32) -> Result<u32, i32> {
 /// Runs `f` with linear memory and the context, turning a missing memory
 /// export or an out-of-bounds pointer into an errno.
 fn with_mem(caller: &mut C<'_>, f: impl FnOnce(&mut [u8], &mut Ctx) -> Result<(), i32>) -> i32 {
-    let Some(m) = memory(caller) else { return EFAULT };
+    let Some(m) = memory(caller) else {
+        return EFAULT;
+    };
     let (mem, ctx) = m.data_and_store_mut(caller);
     match f(mem, ctx) {
         Ok(()) => SUCCESS,
@@ -82,7 +84,12 @@ fn with_mem(caller: &mut C<'_>, f: impl FnOnce(&mut [u8], &mut Ctx) -> Result<()
 }
 
 /// `*_sizes_get`: count and total size of NUL-terminated strings.
-fn sizes(caller: &mut C<'_>, which: fn(&Ctx) -> &Vec<Vec<u8>>, count_ptr: u32, size_ptr: u32) -> i32 {
+fn sizes(
+    caller: &mut C<'_>,
+    which: fn(&Ctx) -> &Vec<Vec<u8>>,
+    count_ptr: u32,
+    size_ptr: u32,
+) -> i32 {
     with_mem(caller, |mem, ctx| {
         let list = which(ctx);
         let total: usize = list.iter().map(|s| s.len() + 1).sum();
@@ -249,7 +256,11 @@ fn poll_oneoff(mut caller: C<'_>, input: i32, out: i32, nsubs: i32, nevents: i32
             if tag == 0 {
                 let timeout = u64::from_le_bytes(s[24..32].try_into().unwrap_or_default());
                 let flags = u16::from_le_bytes([s[40], s[41]]);
-                let abs = if flags & 1 == 1 { timeout } else { now.saturating_add(timeout) };
+                let abs = if flags & 1 == 1 {
+                    timeout
+                } else {
+                    now.saturating_add(timeout)
+                };
                 deadline = Some(deadline.map_or(abs, |d| d.min(abs)));
             } else if tag > 2 {
                 errno = EINVAL as u16;
@@ -259,7 +270,11 @@ fn poll_oneoff(mut caller: C<'_>, input: i32, out: i32, nsubs: i32, nevents: i32
                     errno = EBADF as u16;
                 }
             }
-            let ev = slice(mem, (out as u32).checked_add(32 * events).ok_or(EFAULT)?, 32)?;
+            let ev = slice(
+                mem,
+                (out as u32).checked_add(32 * events).ok_or(EFAULT)?,
+                32,
+            )?;
             ev.fill(0);
             ev[0..8].copy_from_slice(userdata);
             ev[8..10].copy_from_slice(&errno.to_le_bytes());
@@ -306,9 +321,17 @@ const UNSUPPORTED: &[(&str, &[ValType], bool)] = &[
     ("fd_tell", &[I32, I32], true),
     ("path_create_directory", &[I32, I32, I32], true),
     ("path_filestat_get", &[I32, I32, I32, I32, I32], true),
-    ("path_filestat_set_times", &[I32, I32, I32, I32, I64, I64, I32], true),
+    (
+        "path_filestat_set_times",
+        &[I32, I32, I32, I32, I64, I64, I32],
+        true,
+    ),
     ("path_link", &[I32, I32, I32, I32, I32, I32, I32], true),
-    ("path_open", &[I32, I32, I32, I32, I32, I64, I64, I32, I32], true),
+    (
+        "path_open",
+        &[I32, I32, I32, I32, I32, I64, I64, I32, I32],
+        true,
+    ),
     ("path_readlink", &[I32, I32, I32, I32, I32, I32], true),
     ("path_remove_directory", &[I32, I32, I32], true),
     ("path_rename", &[I32, I32, I32, I32, I32, I32], true),
@@ -360,10 +383,20 @@ pub fn add_to_linker(linker: &mut Linker<Ctx>) -> Result<(), wasmi::errors::Link
     fn env(c: &Ctx) -> &Vec<Vec<u8>> {
         &c.env
     }
-    linker.func_wrap(MODULE, "args_sizes_get", |mut c: C<'_>, a: i32, b: i32| sizes(&mut c, args, a as u32, b as u32))?;
-    linker.func_wrap(MODULE, "args_get", |mut c: C<'_>, a: i32, b: i32| strings(&mut c, args, a as u32, b as u32))?;
-    linker.func_wrap(MODULE, "environ_sizes_get", |mut c: C<'_>, a: i32, b: i32| sizes(&mut c, env, a as u32, b as u32))?;
-    linker.func_wrap(MODULE, "environ_get", |mut c: C<'_>, a: i32, b: i32| strings(&mut c, env, a as u32, b as u32))?;
+    linker.func_wrap(MODULE, "args_sizes_get", |mut c: C<'_>, a: i32, b: i32| {
+        sizes(&mut c, args, a as u32, b as u32)
+    })?;
+    linker.func_wrap(MODULE, "args_get", |mut c: C<'_>, a: i32, b: i32| {
+        strings(&mut c, args, a as u32, b as u32)
+    })?;
+    linker.func_wrap(
+        MODULE,
+        "environ_sizes_get",
+        |mut c: C<'_>, a: i32, b: i32| sizes(&mut c, env, a as u32, b as u32),
+    )?;
+    linker.func_wrap(MODULE, "environ_get", |mut c: C<'_>, a: i32, b: i32| {
+        strings(&mut c, env, a as u32, b as u32)
+    })?;
     linker.func_wrap(MODULE, "clock_res_get", clock_res_get)?;
     linker.func_wrap(MODULE, "clock_time_get", clock_time_get)?;
     linker.func_wrap(MODULE, "fd_write", fd_write)?;
@@ -376,14 +409,19 @@ pub fn add_to_linker(linker: &mut Linker<Ctx>) -> Result<(), wasmi::errors::Link
     linker.func_wrap(MODULE, "sched_yield", |_: C<'_>| SUCCESS)?;
     for &(name, params, takes_fd) in UNSUPPORTED {
         let ty = FuncType::new(params.iter().copied(), [I32]);
-        linker.func_new(MODULE, name, ty, move |_, args: &[Val], results: &mut [Val]| {
-            let fd = match (takes_fd, args.first()) {
-                (true, Some(Val::I32(fd))) => Some(*fd),
-                _ => None,
-            };
-            results[0] = Val::I32(unsupported_errno(name, fd));
-            Ok(())
-        })?;
+        linker.func_new(
+            MODULE,
+            name,
+            ty,
+            move |_, args: &[Val], results: &mut [Val]| {
+                let fd = match (takes_fd, args.first()) {
+                    (true, Some(Val::I32(fd))) => Some(*fd),
+                    _ => None,
+                };
+                results[0] = Val::I32(unsupported_errno(name, fd));
+                Ok(())
+            },
+        )?;
     }
     Ok(())
 }

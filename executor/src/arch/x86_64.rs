@@ -13,7 +13,8 @@
 //! mapping to emulate `out` at CPL 3; without it every `out` triple-faults.
 
 use flint_abi::layout::{
-    HUGE_PAGE, MMIO_BASE, PAGE_SIZE, PDPT_ADDR, PD_ADDR, PD_COUNT, PML4_ADDR, SHARED_BASE, STACK_GUARD, STACK_SIZE,
+    HUGE_PAGE, MMIO_BASE, PAGE_SIZE, PDPT_ADDR, PD_ADDR, PD_COUNT, PML4_ADDR, SHARED_BASE,
+    STACK_GUARD, STACK_SIZE,
 };
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 
@@ -72,7 +73,10 @@ pub fn page_tables(mem_size: u64) -> Vec<TablePage> {
         map(addr, PTE_WRITABLE | PTE_USER);
         addr += HUGE_PAGE;
     }
-    map(MMIO_BASE, PTE_WRITABLE | PTE_USER | PTE_CACHE_DISABLE | PTE_WRITE_THROUGH);
+    map(
+        MMIO_BASE,
+        PTE_WRITABLE | PTE_USER | PTE_CACHE_DISABLE | PTE_WRITE_THROUGH,
+    );
 
     let mut pages = vec![(PML4_ADDR, pml4), (PDPT_ADDR, pdpt)];
     for (i, pd) in pds.into_iter().enumerate() {
@@ -96,7 +100,11 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
         g: 1,
         ..Default::default()
     };
-    let data = kvm_segment { selector: (2 << 3) | 3, type_: 3, ..code };
+    let data = kvm_segment {
+        selector: (2 << 3) | 3,
+        type_: 3,
+        ..code
+    };
     sregs.cs = code;
     sregs.ds = data;
     sregs.es = data;
@@ -112,7 +120,12 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
 
 /// General registers at the guest's first instruction.
 pub fn entry_regs(entry: u64, stack_top: u64) -> kvm_regs {
-    kvm_regs { rip: entry, rsp: stack_top, rflags: RFLAGS_IOPL3, ..Default::default() }
+    kvm_regs {
+        rip: entry,
+        rsp: stack_top,
+        rflags: RFLAGS_IOPL3,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -149,9 +162,17 @@ mod tests {
         let mem = 64u64 << 20;
         let t = page_tables(mem);
         assert_eq!(lookup(&t, 0), None, "null page must fault");
-        assert_eq!(lookup(&t, 0x1000), None, "page tables are not guest-visible");
+        assert_eq!(
+            lookup(&t, 0x1000),
+            None,
+            "page tables are not guest-visible"
+        );
         let pd0 = t.iter().find(|(a, _)| *a == PD_ADDR).unwrap().1[0];
-        assert_eq!(pd0 & (PTE_PRESENT | PTE_USER), PTE_PRESENT, "low 2 MiB is supervisor-only");
+        assert_eq!(
+            pd0 & (PTE_PRESENT | PTE_USER),
+            PTE_PRESENT,
+            "low 2 MiB is supervisor-only"
+        );
         assert_eq!(lookup(&t, SHARED_BASE), Some(SHARED_BASE));
         assert_eq!(lookup(&t, 0x40_1234), Some(0x40_1234));
         let guard = mem - STACK_SIZE - STACK_GUARD;
@@ -169,7 +190,10 @@ mod tests {
         let t = page_tables(mem);
         assert_eq!(t.len(), 2 + PD_COUNT as usize);
         assert_eq!(lookup(&t, (1 << 30) + 5), Some((1 << 30) + 5));
-        assert_eq!(lookup(&t, (2 << 30) + (7 << 21)), Some((2 << 30) + (7 << 21)));
+        assert_eq!(
+            lookup(&t, (2 << 30) + (7 << 21)),
+            Some((2 << 30) + (7 << 21))
+        );
     }
 
     #[test]

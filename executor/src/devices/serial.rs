@@ -44,7 +44,9 @@ pub struct SerialConsole {
 
 impl SerialConsole {
     pub fn new() -> Self {
-        Self { uart: Serial::new(NoInterrupt, BoundedLog::default()) }
+        Self {
+            uart: Serial::new(NoInterrupt, BoundedLog::default()),
+        }
     }
 
     pub fn write(&mut self, offset: u8, value: u8) {
@@ -58,7 +60,9 @@ impl SerialConsole {
 
     /// The guest's log so far, lossily decoded and trimmed.
     pub fn log(&self) -> String {
-        String::from_utf8_lossy(&self.uart.writer().0).trim().to_string()
+        String::from_utf8_lossy(&self.uart.writer().0)
+            .trim()
+            .to_string()
     }
 }
 

@@ -50,14 +50,21 @@ impl Vcpu {
     /// Puts the vCPU in 64-bit mode at CPL 3 at `entry` with stack `stack_top`.
     pub fn setup_long_mode(&self, entry: u64, stack_top: u64) -> Result<(), VcpuError> {
         let sregs = self.fd.get_sregs().map_err(VcpuError::GetSregs)?;
-        self.fd.set_sregs(&long_mode_sregs(sregs)).map_err(VcpuError::SetRegs)?;
-        self.fd.set_regs(&entry_regs(entry, stack_top)).map_err(VcpuError::SetRegs)
+        self.fd
+            .set_sregs(&long_mode_sregs(sregs))
+            .map_err(VcpuError::SetRegs)?;
+        self.fd
+            .set_regs(&entry_regs(entry, stack_top))
+            .map_err(VcpuError::SetRegs)
     }
 
     /// The guest's current TSC value.
     pub fn guest_tsc(&self) -> Result<u64, VcpuError> {
-        let mut msrs = Msrs::from_entries(&[kvm_msr_entry { index: MSR_IA32_TSC, ..Default::default() }])
-            .expect("one MSR fits");
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index: MSR_IA32_TSC,
+            ..Default::default()
+        }])
+        .expect("one MSR fits");
         let n = self.fd.get_msrs(&mut msrs).map_err(VcpuError::Tsc)?;
         if n != 1 {
             return Err(VcpuError::Tsc(kvm_ioctls::Error::new(libc::EINVAL)));
@@ -73,7 +80,10 @@ impl Vcpu {
     /// Where the guest was, for crash reports.
     pub fn describe(&self) -> String {
         match (self.fd.get_regs(), self.fd.get_sregs()) {
-            (Ok(r), Ok(s)) => format!("rip={:#x} rsp={:#x} rflags={:#x} cr2={:#x} cs={:#x}", r.rip, r.rsp, r.rflags, s.cr2, s.cs.selector),
+            (Ok(r), Ok(s)) => format!(
+                "rip={:#x} rsp={:#x} rflags={:#x} cr2={:#x} cs={:#x}",
+                r.rip, r.rsp, r.rflags, s.cr2, s.cs.selector
+            ),
             _ => "registers unavailable".into(),
         }
     }
@@ -89,11 +99,17 @@ impl Vcpu {
                 VcpuExit::Shutdown => VcpuEvent::Shutdown,
                 VcpuExit::Intr => VcpuEvent::Interrupted,
                 VcpuExit::Hlt => VcpuEvent::Fault("the guest executed hlt".into()),
-                VcpuExit::InternalError => VcpuEvent::Fault("KVM internal error (an instruction KVM cannot emulate)".into()),
-                VcpuExit::FailEntry(reason, _) => VcpuEvent::Fault(format!("VM entry failed (reason {reason:#x})")),
+                VcpuExit::InternalError => VcpuEvent::Fault(
+                    "KVM internal error (an instruction KVM cannot emulate)".into(),
+                ),
+                VcpuExit::FailEntry(reason, _) => {
+                    VcpuEvent::Fault(format!("VM entry failed (reason {reason:#x})"))
+                }
                 other => VcpuEvent::Fault(format!("unexpected VM exit {other:?}")),
             }),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(VcpuEvent::Interrupted),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                Ok(VcpuEvent::Interrupted)
+            }
             Err(e) => Err(VcpuError::Run(e)),
         }
     }

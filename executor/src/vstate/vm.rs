@@ -38,15 +38,21 @@ pub enum VmError {
 
 /// The KVM device path in force.
 pub fn kvm_device_path() -> PathBuf {
-    std::env::var_os("FLINT_KVM_DEVICE").map(PathBuf::from).unwrap_or_else(|| DEFAULT_KVM_DEVICE.into())
+    std::env::var_os("FLINT_KVM_DEVICE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| DEFAULT_KVM_DEVICE.into())
 }
 
 fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| VmError::KvmMissing { path: path.into() })?;
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| VmError::KvmMissing { path: path.into() })?;
     let kvm = Kvm::new_with_path(&c).map_err(|e| match e.errno() {
         libc::ENOENT | libc::ENODEV | libc::ENXIO => VmError::KvmMissing { path: path.into() },
         libc::EACCES | libc::EPERM | libc::EROFS => VmError::KvmDenied { path: path.into() },
-        _ => VmError::KvmOpen { path: path.into(), source: e },
+        _ => VmError::KvmOpen {
+            path: path.into(),
+            source: e,
+        },
     })?;
     let version = kvm.get_api_version();
     if version != 12 {
@@ -72,7 +78,9 @@ impl Vm {
         let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size)])
             .map_err(|e| VmError::Memory(mem_size, e))?;
         for (slot, region) in memory.iter().enumerate() {
-            let host = memory.get_host_address(region.start_addr()).expect("region start is mapped");
+            let host = memory
+                .get_host_address(region.start_addr())
+                .expect("region start is mapped");
             let r = kvm_userspace_memory_region {
                 slot: slot as u32,
                 guest_phys_addr: region.start_addr().0,
@@ -96,7 +104,9 @@ impl Vm {
     /// guest runs. Best effort: older kernels lack MADV_POPULATE_WRITE.
     pub fn prefault(&self, start: u64, len: u64) {
         const MADV_POPULATE_WRITE: libc::c_int = 23;
-        let Ok(host) = self.memory.get_host_address(GuestAddress(start)) else { return };
+        let Ok(host) = self.memory.get_host_address(GuestAddress(start)) else {
+            return;
+        };
         if !self.memory.check_range(GuestAddress(start), len as usize) {
             return;
         }
@@ -113,7 +123,9 @@ impl Vm {
         let mut total = 0u64;
         for region in self.memory.iter() {
             let len = region.len() as usize;
-            let Ok(host) = self.memory.get_host_address(region.start_addr()) else { continue };
+            let Ok(host) = self.memory.get_host_address(region.start_addr()) else {
+                continue;
+            };
             let mut vec = vec![0u8; len.div_ceil(page)];
             // SAFETY: `host..host+len` is one live mapping owned by `memory`;
             // `vec` has one byte per page of it.
@@ -126,7 +138,10 @@ impl Vm {
     }
 
     pub fn create_vcpu(&self, id: u64) -> Result<Vcpu, VmError> {
-        let fd = self.fd.create_vcpu(id).map_err(|e| VmError::CreateVcpu(id, e))?;
+        let fd = self
+            .fd
+            .create_vcpu(id)
+            .map_err(|e| VmError::CreateVcpu(id, e))?;
         Ok(Vcpu::new(fd, &self.kvm))
     }
 }

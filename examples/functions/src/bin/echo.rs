@@ -4,7 +4,9 @@ use std::io::{Read, Write};
 
 fn main() {
     let mut input = Vec::new();
-    std::io::stdin().read_to_end(&mut input).expect("reading stdin");
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .expect("reading stdin");
     std::io::stdout().write_all(&input).expect("writing stdout");
     let mut env: Vec<(String, String)> = std::env::vars().collect();
     env.sort();

@@ -14,7 +14,9 @@ fn fib(n: u64) -> u64 {
 fn main() {
     if std::env::var("MODE").as_deref() == Ok("json") {
         let mut input = String::new();
-        std::io::stdin().read_to_string(&mut input).expect("reading stdin");
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .expect("reading stdin");
         let v: serde_json::Value = match serde_json::from_str(&input) {
             Ok(v) => v,
             Err(e) => {

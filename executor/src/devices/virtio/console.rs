@@ -39,9 +39,14 @@ impl Default for Console {
 
 /// Checks that the guest has not published more buffers than the ring holds.
 fn check_avail(q: &Queue, index: u16, mem: &GuestMemoryMmap) -> Result<(), DeviceError> {
-    let avail = q.avail_idx(mem, Ordering::Acquire).map_err(|e| DeviceError::Queue(index, e))?;
+    let avail = q
+        .avail_idx(mem, Ordering::Acquire)
+        .map_err(|e| DeviceError::Queue(index, e))?;
     if (avail - Wrapping(q.next_avail())).0 > q.size() {
-        return Err(DeviceError::Queue(index, virtio_queue::Error::InvalidAvailRingIndex));
+        return Err(DeviceError::Queue(
+            index,
+            virtio_queue::Error::InvalidAvailRingIndex,
+        ));
     }
     Ok(())
 }
@@ -59,7 +64,12 @@ impl Console {
     }
 
     /// Handles a register write; returns the queue notified, if any.
-    pub fn mmio_write(&mut self, mem: &GuestMemoryMmap, offset: u64, data: &[u8]) -> Result<Option<u16>, DeviceError> {
+    pub fn mmio_write(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<Option<u16>, DeviceError> {
         self.transport.write(mem, offset, data)
     }
 
@@ -71,15 +81,20 @@ impl Console {
         let mut out = Vec::new();
         while let Some(chain) = q.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let mut reader = chain.reader(mem).map_err(|e| DeviceError::Chain(TX_QUEUE, e))?;
+            let mut reader = chain
+                .reader(mem)
+                .map_err(|e| DeviceError::Chain(TX_QUEUE, e))?;
             let n = reader.available_bytes();
             if n > MAX_TX_CHAIN {
                 return Err(DeviceError::TxTooLarge(n, MAX_TX_CHAIN));
             }
             let start = out.len();
             out.resize(start + n, 0);
-            reader.read_exact(&mut out[start..]).map_err(DeviceError::Memory)?;
-            q.add_used(mem, head, 0).map_err(|e| DeviceError::Queue(TX_QUEUE, e))?;
+            reader
+                .read_exact(&mut out[start..])
+                .map_err(DeviceError::Memory)?;
+            q.add_used(mem, head, 0)
+                .map_err(|e| DeviceError::Queue(TX_QUEUE, e))?;
         }
         Ok(out)
     }
@@ -107,9 +122,13 @@ impl Console {
         }
         check_avail(q, RX_QUEUE, mem)?;
         while !self.to_guest.is_empty() {
-            let Some(chain) = q.pop_descriptor_chain(mem) else { break };
+            let Some(chain) = q.pop_descriptor_chain(mem) else {
+                break;
+            };
             let head = chain.head_index();
-            let mut writer = chain.writer(mem).map_err(|e| DeviceError::Chain(RX_QUEUE, e))?;
+            let mut writer = chain
+                .writer(mem)
+                .map_err(|e| DeviceError::Chain(RX_QUEUE, e))?;
             let room = writer.available_bytes();
             if room == 0 {
                 return Err(DeviceError::RxNotWritable);
@@ -118,9 +137,12 @@ impl Console {
             let (a, b) = self.to_guest.as_slices();
             let first = n.min(a.len());
             writer.write_all(&a[..first]).map_err(DeviceError::Memory)?;
-            writer.write_all(&b[..n - first]).map_err(DeviceError::Memory)?;
+            writer
+                .write_all(&b[..n - first])
+                .map_err(DeviceError::Memory)?;
             self.to_guest.drain(..n);
-            q.add_used(mem, head, n as u32).map_err(|e| DeviceError::Queue(RX_QUEUE, e))?;
+            q.add_used(mem, head, n as u32)
+                .map_err(|e| DeviceError::Queue(RX_QUEUE, e))?;
         }
         Ok(())
     }
@@ -136,7 +158,11 @@ mod tests {
     const F_WRITE: u16 = 2;
 
     /// A console whose queue `index` is the mock queue's, ready to use.
-    fn console_with(mem: &GuestMemoryMmap, mock: &MockSplitQueue<'_, GuestMemoryMmap>, index: u16) -> Console {
+    fn console_with(
+        mem: &GuestMemoryMmap,
+        mock: &MockSplitQueue<'_, GuestMemoryMmap>,
+        index: u16,
+    ) -> Console {
         let mut c = Console::new();
         let q: Queue = mock.create_queue().unwrap();
         c.transport.queues[index as usize] = q;
@@ -159,7 +185,13 @@ mod tests {
         let mock = MockSplitQueue::new(&m, 16);
         m.write_slice(b"hello ", GuestAddress(0x8000)).unwrap();
         m.write_slice(b"world", GuestAddress(0x9000)).unwrap();
-        add_chain(&mock, &[SplitDescriptor::new(0x8000, 6, 0, 0), SplitDescriptor::new(0x9000, 5, 0, 0)]);
+        add_chain(
+            &mock,
+            &[
+                SplitDescriptor::new(0x8000, 6, 0, 0),
+                SplitDescriptor::new(0x9000, 5, 0, 0),
+            ],
+        );
         let mut c = console_with(&m, &mock, TX_QUEUE);
         assert_eq!(c.take_tx(&m).unwrap(), b"hello world");
         assert_eq!(c.take_tx(&m).unwrap(), b"", "a chain is consumed once");
@@ -171,7 +203,10 @@ mod tests {
         let mock = MockSplitQueue::new(&m, 16);
         add_chain(&mock, &[SplitDescriptor::new(0xff_0000, 100, 0, 0)]);
         let mut c = console_with(&m, &mock, TX_QUEUE);
-        assert!(matches!(c.take_tx(&m), Err(DeviceError::Chain(TX_QUEUE, _))));
+        assert!(matches!(
+            c.take_tx(&m),
+            Err(DeviceError::Chain(TX_QUEUE, _))
+        ));
     }
 
     #[test]
@@ -187,7 +222,15 @@ mod tests {
     fn tx_oversized_chain_is_refused() {
         let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
         let mock = MockSplitQueue::new(&m, 16);
-        add_chain(&mock, &[SplitDescriptor::new(0x10_0000, (MAX_TX_CHAIN + 1) as u32, 0, 0)]);
+        add_chain(
+            &mock,
+            &[SplitDescriptor::new(
+                0x10_0000,
+                (MAX_TX_CHAIN + 1) as u32,
+                0,
+                0,
+            )],
+        );
         let mut c = console_with(&m, &mock, TX_QUEUE);
         assert!(matches!(c.take_tx(&m), Err(DeviceError::TxTooLarge(_, _))));
     }
@@ -199,7 +242,10 @@ mod tests {
         add_chain(&mock, &[SplitDescriptor::new(0x8000, 4, 0, 0)]);
         mock.avail().idx().store(u16::to_le(500));
         let mut c = console_with(&m, &mock, TX_QUEUE);
-        assert!(matches!(c.take_tx(&m), Err(DeviceError::Queue(TX_QUEUE, _))));
+        assert!(matches!(
+            c.take_tx(&m),
+            Err(DeviceError::Queue(TX_QUEUE, _))
+        ));
     }
 
     #[test]
@@ -207,8 +253,12 @@ mod tests {
         let m = mem();
         let mock = MockSplitQueue::new(&m, 16);
         // Two one-descriptor chains.
-        let descs = [SplitDescriptor::new(0x8000, 4, F_WRITE, 0), SplitDescriptor::new(0x9000, 4, F_WRITE, 0)];
-        mock.add_desc_chains(&descs.map(RawDescriptor::from), 0).unwrap();
+        let descs = [
+            SplitDescriptor::new(0x8000, 4, F_WRITE, 0),
+            SplitDescriptor::new(0x9000, 4, F_WRITE, 0),
+        ];
+        mock.add_desc_chains(&descs.map(RawDescriptor::from), 0)
+            .unwrap();
         let mut c = console_with(&m, &mock, RX_QUEUE);
         c.send(b"0123456789");
         c.fill_rx(&m).unwrap();

@@ -58,7 +58,10 @@ pub struct MmioTransport {
 
 impl MmioTransport {
     pub fn new(device_id: u32, device_features: u64, queue_max_sizes: &[u16]) -> Self {
-        let queues = queue_max_sizes.iter().map(|&m| Queue::new(m).expect("queue size is a power of two")).collect();
+        let queues = queue_max_sizes
+            .iter()
+            .map(|&m| Queue::new(m).expect("queue size is a power of two"))
+            .collect();
         Self {
             device_id,
             device_features: device_features | F_VERSION_1,
@@ -121,7 +124,12 @@ impl MmioTransport {
 
     /// Applies a register write. Returns the index of the queue the guest
     /// notified, if this write was a notification.
-    pub fn write(&mut self, mem: &GuestMemoryMmap, offset: u64, data: &[u8]) -> Result<Option<u16>, DeviceError> {
+    pub fn write(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<Option<u16>, DeviceError> {
         if offset >= reg::CONFIG {
             return Ok(None); // read-only config space
         }
@@ -166,8 +174,12 @@ impl MmioTransport {
                     }
                 }
             }
-            reg::QUEUE_DESC_LOW | reg::QUEUE_DESC_HIGH | reg::QUEUE_AVAIL_LOW | reg::QUEUE_AVAIL_HIGH
-            | reg::QUEUE_USED_LOW | reg::QUEUE_USED_HIGH => {
+            reg::QUEUE_DESC_LOW
+            | reg::QUEUE_DESC_HIGH
+            | reg::QUEUE_AVAIL_LOW
+            | reg::QUEUE_AVAIL_HIGH
+            | reg::QUEUE_USED_LOW
+            | reg::QUEUE_USED_HIGH => {
                 if let Some(q) = self.selected().filter(|q| !q.ready()) {
                     match offset {
                         reg::QUEUE_DESC_LOW => q.set_desc_table_address(Some(v), None),
@@ -214,7 +226,12 @@ mod tests {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
     }
 
-    fn w(t: &mut MmioTransport, m: &GuestMemoryMmap, off: u64, v: u32) -> Result<Option<u16>, DeviceError> {
+    fn w(
+        t: &mut MmioTransport,
+        m: &GuestMemoryMmap,
+        off: u64,
+        v: u32,
+    ) -> Result<Option<u16>, DeviceError> {
         t.write(m, off, &v.to_le_bytes())
     }
 
@@ -249,10 +266,22 @@ mod tests {
         let m = mem();
         let mut t = MmioTransport::new(3, 0, &[16]);
         let mut b = [0u8; 2];
-        assert!(matches!(t.read(reg::MAGIC, &mut b), Err(DeviceError::BadAccess(2, 0))));
-        assert!(matches!(t.write(&m, reg::STATUS, &[1]), Err(DeviceError::BadAccess(1, _))));
-        assert!(matches!(w(&mut t, &m, reg::QUEUE_NOTIFY, 0), Err(DeviceError::QueueNotReady(0))));
-        assert!(matches!(w(&mut t, &m, reg::QUEUE_NOTIFY, 7), Err(DeviceError::QueueNotReady(7))));
+        assert!(matches!(
+            t.read(reg::MAGIC, &mut b),
+            Err(DeviceError::BadAccess(2, 0))
+        ));
+        assert!(matches!(
+            t.write(&m, reg::STATUS, &[1]),
+            Err(DeviceError::BadAccess(1, _))
+        ));
+        assert!(matches!(
+            w(&mut t, &m, reg::QUEUE_NOTIFY, 0),
+            Err(DeviceError::QueueNotReady(0))
+        ));
+        assert!(matches!(
+            w(&mut t, &m, reg::QUEUE_NOTIFY, 7),
+            Err(DeviceError::QueueNotReady(7))
+        ));
     }
 
     #[test]
@@ -262,7 +291,10 @@ mod tests {
         w(&mut t, &m, reg::QUEUE_SEL, 0).unwrap();
         w(&mut t, &m, reg::QUEUE_NUM, 16).unwrap();
         w(&mut t, &m, reg::QUEUE_DESC_LOW, 0xfff_0000).unwrap();
-        assert!(matches!(w(&mut t, &m, reg::QUEUE_READY, 1), Err(DeviceError::InvalidQueue(0))));
+        assert!(matches!(
+            w(&mut t, &m, reg::QUEUE_READY, 1),
+            Err(DeviceError::InvalidQueue(0))
+        ));
         assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
     }
 
@@ -270,8 +302,14 @@ mod tests {
     fn queue_size_must_be_a_power_of_two_within_max() {
         let m = mem();
         let mut t = MmioTransport::new(3, 0, &[16]);
-        assert!(matches!(w(&mut t, &m, reg::QUEUE_NUM, 3), Err(DeviceError::InvalidQueue(0))));
-        assert!(matches!(w(&mut t, &m, reg::QUEUE_NUM, 64), Err(DeviceError::InvalidQueue(0))));
+        assert!(matches!(
+            w(&mut t, &m, reg::QUEUE_NUM, 3),
+            Err(DeviceError::InvalidQueue(0))
+        ));
+        assert!(matches!(
+            w(&mut t, &m, reg::QUEUE_NUM, 64),
+            Err(DeviceError::InvalidQueue(0))
+        ));
         assert!(w(&mut t, &m, reg::QUEUE_NUM, 8).unwrap().is_none());
     }
 }

@@ -5,7 +5,7 @@
 //! peer from PyPI), or `cargo run --release -p flint-bench -- [ITERATIONS]`.
 //! Prints a Markdown table; the README quotes it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Runs `flint run` as a child process; returns wall time and peak RSS (KiB).
-fn flint_process(flint: &PathBuf, module: &PathBuf) -> Result<(f64, u64)> {
+fn flint_process(flint: &Path, module: &Path) -> Result<(f64, u64)> {
     let t = Instant::now();
     let child = Command::new(flint)
         .args([
@@ -81,7 +81,7 @@ fn main() -> Result<()> {
             runs.push((r.phases, r.guest_resident_bytes));
         }
     }
-    let phase = |f: fn(&Phases) -> Duration| median(runs.iter().map(|(p, _)| ms(f(&p))).collect());
+    let phase = |f: fn(&Phases) -> Duration| median(runs.iter().map(|(p, _)| ms(f(p))).collect());
     let totals: Vec<f64> = runs.iter().map(|(p, _)| ms(p.total())).collect();
     let guest_kib = runs[0].1 / 1024;
 

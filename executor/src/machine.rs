@@ -16,7 +16,7 @@ use flint_abi::FailureKind;
 use vm_memory::GuestMemoryMmap;
 
 use crate::devices::serial::SerialConsole;
-use crate::devices::virtio::console::{Console, RX_QUEUE, TX_QUEUE};
+use crate::devices::virtio::console::{Console, TX_QUEUE};
 use crate::error::{RunError, SetupError};
 use crate::io::GuestIo;
 use crate::loader;
@@ -353,12 +353,10 @@ fn run_vcpu(
                 let Some(off) = addr.checked_sub(MMIO_BASE).filter(|o| *o < MMIO_WINDOW) else {
                     continue;
                 };
-                match bus.console.mmio_write(mem, off, data)? {
-                    Some(TX_QUEUE) => {
-                        let bytes = bus.console.take_tx(mem)?;
-                        serve(session, &mut bus.console, stop, |s, c| s.feed(&bytes, c))?;
-                    }
-                    Some(RX_QUEUE) | Some(_) | None => {}
+                // A receive notify needs nothing more than the fill below.
+                if bus.console.mmio_write(mem, off, data)? == Some(TX_QUEUE) {
+                    let bytes = bus.console.take_tx(mem)?;
+                    serve(session, &mut bus.console, stop, |s, c| s.feed(&bytes, c))?;
                 }
                 bus.console.fill_rx(mem)?;
                 if let Some(end) = session.end.take() {
@@ -403,7 +401,7 @@ fn serve(
 fn mem_mib(mem: &GuestMemoryMmap) -> u64 {
     use vm_memory::GuestMemoryBackend;
     mem.iter()
-        .map(|r| vm_memory::GuestMemoryRegion::len(r))
+        .map(vm_memory::GuestMemoryRegion::len)
         .sum::<u64>()
         >> 20
 }

@@ -156,8 +156,10 @@ pub struct Console {
     tx: SplitQueue,
 }
 
-/// Why the device could not be brought up.
+/// Why the device could not be brought up (printed with `{:?}` in the
+/// guest's panic message, which is how the fields are read).
 #[derive(Debug)]
+#[allow(dead_code)]
 pub enum InitError {
     NotVirtio(u32),
     NotConsole(u32),

@@ -5,6 +5,7 @@
 use flint_executor::RunError;
 
 pub const USAGE: i32 = 2;
+pub const INVALID_SNAPSHOT: i32 = 119;
 pub const INVALID_MODULE: i32 = 120;
 pub const MISSING_IMPORT: i32 = 121;
 pub const TRAP: i32 = 122;
@@ -26,6 +27,7 @@ pub fn code(e: &RunError) -> i32 {
             GUEST_CRASH
         }
         RunError::Config(_) => USAGE,
+        RunError::InvalidState(_) => INVALID_SNAPSHOT,
         RunError::Output(_) | RunError::Input(_) | RunError::Setup(_) => FLINT_ERROR,
     }
 }

@@ -39,6 +39,9 @@ pub enum RunError {
     Setup(#[source] SetupError),
     #[error("the guest runtime failed: {0}")]
     GuestInternal(String),
+    /// Saved state (a snapshot) that cannot be restored.
+    #[error("invalid VM state: {0}")]
+    InvalidState(String),
 }
 
 /// A guest misbehaving on the data channel or its device.

@@ -143,6 +143,11 @@ pub fn write_clock(
     write(mem, CLOCK_PAGE_ADDR, as_bytes(&page))
 }
 
+/// The generation of the seed page (the clock page shares it).
+pub fn read_generation(mem: &GuestMemoryMmap) -> u64 {
+    mem.read_obj::<u64>(GuestAddress(SEED_PAGE_ADDR)).unwrap_or(0)
+}
+
 /// Writes a fresh random seed.
 pub fn write_seed(mem: &GuestMemoryMmap, generation: u64) -> Result<(), LoadError> {
     let mut seed = [0u8; 32];

@@ -17,11 +17,13 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::devices::serial::SerialConsole;
 use crate::devices::virtio::console::{Console, TX_QUEUE};
-use crate::error::{RunError, SetupError};
+use crate::devices::serial::SerialState;
+use crate::devices::virtio::console::ConsoleState;
+use crate::error::{ProtocolViolation, RunError, SetupError};
 use crate::io::GuestIo;
 use crate::loader;
-use crate::session::{start_frame, GuestEnd, Session, SessionError};
-use crate::vstate::vcpu::{self, Vcpu, VcpuEvent};
+use crate::session::{start_frame, GuestEnd, Marks, Session, SessionError};
+use crate::vstate::vcpu::{self, Vcpu, VcpuEvent, VcpuState};
 use crate::vstate::vm::Vm;
 
 /// Bytes at the top of the stack backed before the guest runs.
@@ -109,6 +111,8 @@ pub struct RunReport {
 /// How the vCPU loop ended.
 enum Stop {
     Guest(GuestEnd),
+    /// The guest reached its ready point and waits for an invocation.
+    Ready,
     Kicked,
 }
 
@@ -140,6 +144,167 @@ fn precheck(config: &VmConfig, module: &[u8]) -> Result<u64, RunError> {
     Ok(layout::align_up(config.memory_mib << 20, layout::HUGE_PAGE).unwrap_or(u64::MAX))
 }
 
+/// A VM with its devices, created but not running.
+struct Machine {
+    vm: Vm,
+    vcpu: Vcpu,
+    bus: Bus,
+    memory_mib: u64,
+    /// Generation last written to the clock and seed pages.
+    generation: u64,
+    phases: Phases,
+    /// When the guest was last set running (boot or restore).
+    started: Instant,
+}
+
+impl Machine {
+    /// Creates a VM and loads the guest runtime and `module` into it.
+    fn boot(config: &VmConfig, module: &[u8]) -> Result<Self, RunError> {
+        let mem_size = precheck(config, module)?;
+        vcpu::init_kick_signal();
+        let mut phases = Phases::default();
+        let t0 = Instant::now();
+        let vm = Vm::new(mem_size as usize)?;
+        let vcpu = vm.create_vcpu(0)?;
+        let t1 = Instant::now();
+        phases.vm_create = t1 - t0;
+
+        let guest = loader::load_guest(vm.memory(), config.guest_elf.as_deref())?;
+        let placement = layout::place(mem_size, guest.end, module.len() as u64).ok_or_else(|| RunError::OutOfMemory {
+            memory_mib: config.memory_mib,
+            detail: format!("a {}-byte module does not fit in guest memory beside the runtime", module.len()),
+        })?;
+        loader::load_module(vm.memory(), mem_size, &placement, module)?;
+        // Back the start of the heap and the top of the stack with host pages
+        // in one call: faulting them in one by one while the guest runs costs
+        // an exit each (about 36 µs here, against about 3 µs now).
+        let heap_len = config.prefault_mib << 20;
+        vm.prefault(placement.heap_start, heap_len.min(placement.heap_end - placement.heap_start));
+        vm.prefault(mem_size - PREFAULT_STACK, PREFAULT_STACK);
+        vcpu.setup_long_mode(guest.entry, placement.stack_top)?;
+        let mut m = Self {
+            vm,
+            vcpu,
+            bus: Bus { serial: SerialConsole::new(), console: Console::new() },
+            memory_mib: config.memory_mib,
+            generation: 0,
+            phases,
+            started: t1,
+        };
+        m.refresh_entropy_and_time()?;
+        m.phases.guest_load = t1.elapsed();
+        m.started = Instant::now();
+        Ok(m)
+    }
+
+    /// Writes a fresh clock page and random seed under a new generation.
+    fn refresh_entropy_and_time(&mut self) -> Result<(), RunError> {
+        self.generation += 1;
+        let mem = self.vm.memory();
+        loader::write_seed(mem, self.generation)?;
+        let tsc_khz = self.vcpu.tsc_khz().map(u64::from).unwrap_or_else(loader::host_tsc_khz);
+        loader::write_clock(mem, self.generation, self.vcpu.guest_tsc()?, tsc_khz)?;
+        Ok(())
+    }
+
+    /// Runs the vCPU on its own thread until the guest ends, fails, reaches
+    /// its ready point (when the session pauses there) or `timeout` passes.
+    fn drive(&mut self, session: &mut Session<'_>, timeout: Option<Duration>) -> Result<Stop, RunError> {
+        let stop = AtomicBool::new(false);
+        let mem = self.vm.memory();
+        let (vcpu, bus, stop_ref) = (&mut self.vcpu, &mut self.bus, &stop);
+        let outcome = std::thread::scope(|scope| {
+            let (tid_tx, tid_rx) = mpsc::channel();
+            let (done_tx, done_rx) = mpsc::channel::<()>();
+            let handle = std::thread::Builder::new()
+                .name("flint-vcpu0".into())
+                .spawn_scoped(scope, move || {
+                    let _done = done_tx; // dropped when this thread ends, however it ends
+                    let _ = tid_tx.send(vcpu::current_thread());
+                    run_vcpu(vcpu, mem, bus, session, stop_ref)
+                })
+                .map_err(|e| RunError::Setup(SetupError::Thread(e)))?;
+            let tid = tid_rx.recv().ok();
+            let finished = match timeout {
+                Some(limit) => !matches!(done_rx.recv_timeout(limit), Err(mpsc::RecvTimeoutError::Timeout)),
+                None => {
+                    let _ = done_rx.recv();
+                    true
+                }
+            };
+            if !finished {
+                stop.store(true, Ordering::SeqCst);
+                if let Some(tid) = tid {
+                    loop {
+                        vcpu::kick(tid);
+                        if !matches!(
+                            done_rx.recv_timeout(Duration::from_millis(5)),
+                            Err(mpsc::RecvTimeoutError::Timeout)
+                        ) {
+                            break;
+                        }
+                    }
+                }
+            }
+            handle.join().map_err(|_| RunError::Setup(SetupError::VcpuPanic))?
+        });
+        match outcome {
+            Err(RunError::GuestCrash(why)) => {
+                let log = self.bus.serial.log();
+                Err(if why == "out of memory" {
+                    RunError::OutOfMemory {
+                        memory_mib: self.memory_mib,
+                        detail: "the guest runtime's heap is exhausted".into(),
+                    }
+                } else if log.is_empty() {
+                    RunError::GuestCrash(why)
+                } else {
+                    RunError::GuestCrash(format!("{why}; guest log: {log}"))
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// Turns the end of a run into its report or error, and tears the VM down.
+    fn conclude(mut self, stop: Result<Stop, RunError>, marks: Marks, timeout: Option<Duration>) -> Result<RunReport, RunError> {
+        let guest_resident_bytes = self.vm.resident_bytes();
+        let t_end = Instant::now();
+        let memory_mib = self.memory_mib;
+        let mut phases = self.phases;
+        phases.run = marks.ended.map(|e| e.saturating_duration_since(marks.ready.unwrap_or(self.started))).unwrap_or_default();
+        self.phases = Phases::default();
+        drop(self);
+        phases.teardown = t_end.elapsed();
+        match stop? {
+            Stop::Guest(GuestEnd::Exited(code)) => Ok(RunReport { exit_code: code, phases, guest_resident_bytes }),
+            Stop::Guest(GuestEnd::Failed(kind, msg)) => Err(match kind {
+                FailureKind::InvalidModule => RunError::InvalidModule(msg),
+                FailureKind::MissingImport => RunError::MissingImport(msg),
+                FailureKind::Trap => RunError::Trap(msg),
+                FailureKind::OutOfMemory => RunError::OutOfMemory { memory_mib, detail: msg },
+                FailureKind::NotACommand => RunError::NotACommand(msg),
+                FailureKind::Internal => RunError::GuestInternal(msg),
+            }),
+            Stop::Kicked => Err(RunError::Timeout(timeout.unwrap_or_default())),
+            Stop::Ready => Err(RunError::GuestProtocol(ProtocolViolation::Session(SessionError::Protocol(
+                "a second Ready milestone".into(),
+            )))),
+        }
+    }
+
+    /// Records the boot phases the guest reported up to its ready point.
+    fn note_boot_phases(&mut self, marks: &Marks) {
+        let since = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+            (Some(a), Some(b)) => a.saturating_duration_since(b),
+            _ => Duration::ZERO,
+        };
+        self.phases.guest_entry = since(marks.entered, Some(self.started));
+        self.phases.compile = since(marks.compiled, marks.entered);
+        self.phases.instantiate = since(marks.ready, marks.compiled);
+    }
+}
+
 /// Boots a fresh micro-VM, runs `module` as a WASI command with
 /// `invocation`, streams its output through `io`, and tears the VM down.
 pub fn run(
@@ -148,153 +313,144 @@ pub fn run(
     invocation: &Invocation,
     io: &mut dyn GuestIo,
 ) -> Result<RunReport, RunError> {
-    let mem_size = precheck(config, module)?;
-    vcpu::init_kick_signal();
-    let mut phases = Phases::default();
-
-    let t0 = Instant::now();
-    let vm = Vm::new(mem_size as usize)?;
-    let mut vcpu = vm.create_vcpu(0)?;
-    let t1 = Instant::now();
-    phases.vm_create = t1 - t0;
-
-    let guest = loader::load_guest(vm.memory(), config.guest_elf.as_deref())?;
-    let placement = layout::place(mem_size, guest.end, module.len() as u64).ok_or_else(|| {
-        RunError::OutOfMemory {
-            memory_mib: config.memory_mib,
-            detail: format!(
-                "a {}-byte module does not fit in guest memory beside the runtime",
-                module.len()
-            ),
-        }
-    })?;
-    loader::load_module(vm.memory(), mem_size, &placement, module)?;
-    loader::write_seed(vm.memory(), 1)?;
-    // Back the start of the heap and the top of the stack with host pages in
-    // one call: faulting them in one by one while the guest runs costs an
-    // exit each (about 36 µs here, against about 3 µs now).
-    let heap_len = config.prefault_mib << 20;
-    vm.prefault(
-        placement.heap_start,
-        heap_len.min(placement.heap_end - placement.heap_start),
-    );
-    vm.prefault(mem_size - PREFAULT_STACK, PREFAULT_STACK);
-    vcpu.setup_long_mode(guest.entry, placement.stack_top)?;
-    let tsc_khz = vcpu
-        .tsc_khz()
-        .map(u64::from)
-        .unwrap_or_else(loader::host_tsc_khz);
-    loader::write_clock(vm.memory(), 1, vcpu.guest_tsc()?, tsc_khz)?;
-    let boot = Instant::now();
-    phases.guest_load = boot - t1;
-
-    let mut session = Session::new(io, start_frame(&invocation.args, &invocation.env));
-    let mut bus = Bus {
-        serial: SerialConsole::new(),
-        console: Console::new(),
-    };
-    let stop = AtomicBool::new(false);
-    let mem = vm.memory();
-
-    let outcome = std::thread::scope(|scope| {
-        let (tid_tx, tid_rx) = mpsc::channel();
-        let (done_tx, done_rx) = mpsc::channel::<()>();
-        let (vcpu, bus, session, stop) = (&mut vcpu, &mut bus, &mut session, &stop);
-        let handle = std::thread::Builder::new()
-            .name("flint-vcpu0".into())
-            .spawn_scoped(scope, move || {
-                let _done = done_tx; // dropped when this thread ends, however it ends
-                let _ = tid_tx.send(vcpu::current_thread());
-                run_vcpu(vcpu, mem, bus, session, stop)
-            })
-            .map_err(|e| RunError::Setup(SetupError::Thread(e)))?;
-        let tid = tid_rx.recv().ok();
-        let finished = match config.timeout {
-            Some(limit) => !matches!(
-                done_rx.recv_timeout(limit),
-                Err(mpsc::RecvTimeoutError::Timeout)
-            ),
-            None => {
-                let _ = done_rx.recv();
-                true
-            }
-        };
-        if !finished {
-            stop.store(true, Ordering::SeqCst);
-            if let Some(tid) = tid {
-                loop {
-                    vcpu::kick(tid);
-                    if !matches!(
-                        done_rx.recv_timeout(Duration::from_millis(5)),
-                        Err(mpsc::RecvTimeoutError::Timeout)
-                    ) {
-                        break;
-                    }
-                }
-            }
-        }
-        handle
-            .join()
-            .map_err(|_| RunError::Setup(SetupError::VcpuPanic))?
-    });
+    let mut machine = Machine::boot(config, module)?;
+    let mut session = Session::new(io, Some(start_frame(&invocation.args, &invocation.env)));
+    let stop = machine.drive(&mut session, config.timeout);
     let marks = session.marks;
-    let guest_log = bus.serial.log();
-    let guest_resident_bytes = vm.resident_bytes();
-    drop(session);
+    machine.note_boot_phases(&marks);
+    machine.conclude(stop, marks, config.timeout)
+}
 
-    let t_end = Instant::now();
-    drop(bus);
-    drop(vcpu);
-    drop(vm);
-    phases.teardown = t_end.elapsed();
-    let since = |a: Option<Instant>, b: Instant| {
-        a.map(|a| a.saturating_duration_since(b))
-            .unwrap_or_default()
-    };
-    phases.guest_entry = since(marks.entered, boot);
-    phases.compile = marks
-        .compiled
-        .zip(marks.entered)
-        .map(|(c, e)| c - e)
-        .unwrap_or_default();
-    phases.instantiate = marks
-        .ready
-        .zip(marks.compiled)
-        .map(|(r, c)| r - c)
-        .unwrap_or_default();
-    phases.run = marks
-        .ended
-        .zip(marks.ready)
-        .map(|(e, r)| e - r)
-        .unwrap_or_default();
+/// A VM stopped at its ready point: the module is compiled and
+/// instantiated (and `_initialize` has run), and no invocation has started.
+/// It can be saved (see [`ReadyVm::save`]), invoked once, or dropped.
+pub struct ReadyVm {
+    machine: Machine,
+}
 
-    match outcome {
-        Ok(Stop::Guest(GuestEnd::Exited(code))) => Ok(RunReport {
-            exit_code: code,
-            phases,
-            guest_resident_bytes,
-        }),
-        Ok(Stop::Guest(GuestEnd::Failed(kind, msg))) => Err(match kind {
-            FailureKind::InvalidModule => RunError::InvalidModule(msg),
-            FailureKind::MissingImport => RunError::MissingImport(msg),
-            FailureKind::Trap => RunError::Trap(msg),
-            FailureKind::OutOfMemory => RunError::OutOfMemory {
-                memory_mib: config.memory_mib,
-                detail: msg,
-            },
-            FailureKind::NotACommand => RunError::NotACommand(msg),
-            FailureKind::Internal => RunError::GuestInternal(msg),
-        }),
-        Ok(Stop::Kicked) => Err(RunError::Timeout(config.timeout.unwrap_or_default())),
-        Err(RunError::GuestCrash(why)) if !guest_log.is_empty() => Err(RunError::GuestCrash(
-            format!("{why}; guest log: {guest_log}"),
-        )),
-        Err(RunError::GuestCrash(why)) if why == "out of memory" => Err(RunError::OutOfMemory {
-            memory_mib: config.memory_mib,
-            detail: "the guest runtime's heap is exhausted".into(),
-        }),
-        Err(e) => Err(e),
+impl std::fmt::Debug for ReadyVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadyVm").field("memory_mib", &self.machine.memory_mib).finish_non_exhaustive()
     }
+}
+
+impl ReadyVm {
+    /// Boots a VM for `module` and runs it to its ready point. Output the
+    /// module writes while initialising goes to `io`.
+    pub fn boot(config: &VmConfig, module: &[u8], io: &mut dyn GuestIo) -> Result<Self, RunError> {
+        let mut machine = Machine::boot(config, module)?;
+        let mut session = Session::new(io, None);
+        let stop = machine.drive(&mut session, config.timeout);
+        let marks = session.marks;
+        machine.note_boot_phases(&marks);
+        match stop {
+            Ok(Stop::Ready) => Ok(Self { machine }),
+            other => match machine.conclude(other, marks, config.timeout) {
+                Err(e) => Err(e),
+                Ok(report) => Err(RunError::GuestProtocol(ProtocolViolation::Session(SessionError::Protocol(
+                    format!("an exit ({}) before its ready point", report.exit_code),
+                )))),
+            },
+        }
+    }
+
+    /// The guest's RAM.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        self.machine.vm.memory()
+    }
+
+    /// The guest's RAM size in MiB.
+    pub fn memory_mib(&self) -> u64 {
+        self.machine.memory_mib
+    }
+
+    /// Time spent so far, by phase (boot phases, or zero after a restore).
+    pub fn phases(&self) -> Phases {
+        self.machine.phases
+    }
+
+    /// Bytes of guest RAM resident in host memory now.
+    pub fn resident_bytes(&self) -> u64 {
+        self.machine.vm.resident_bytes()
+    }
+
+    /// Captures the vCPU and device state (guest memory is read separately
+    /// through [`Self::memory`]).
+    pub fn save(&mut self) -> Result<VmState, RunError> {
+        let m = &mut self.machine;
+        Ok(VmState {
+            memory_mib: m.memory_mib,
+            vcpu: m.vcpu.save()?,
+            console: m.bus.console.save(),
+            serial: m.bus.serial.save(),
+        })
+    }
+
+    /// Rebuilds a ready VM from saved state over `memory` (already holding
+    /// the saved RAM, or backed lazily by the caller). Everything in `state`
+    /// is validated; then the clock page and the random seed are renewed and
+    /// the data channel is emptied, so nothing crosses from the run that was
+    /// saved into this one.
+    pub fn restore(state: &VmState, memory: GuestMemoryMmap) -> Result<Self, RunError> {
+        let t0 = Instant::now();
+        let expected = state.memory_mib << 20;
+        let actual: u64 = {
+            use vm_memory::GuestMemoryBackend;
+            memory.iter().map(vm_memory::GuestMemoryRegion::len).sum()
+        };
+        if !(layout::MIN_MEMORY_MIB..=layout::MAX_MEMORY_MIB).contains(&state.memory_mib) || expected != actual {
+            return Err(RunError::InvalidState(format!(
+                "the state is for {} MiB of memory but {} bytes were given",
+                state.memory_mib, actual
+            )));
+        }
+        vcpu::init_kick_signal();
+        let vm = Vm::with_memory(memory)?;
+        let vcpu = vm.create_vcpu(0)?;
+        let mut phases = Phases { vm_create: t0.elapsed(), ..Phases::default() };
+        let t1 = Instant::now();
+        vcpu.restore(&state.vcpu).map_err(|e| RunError::InvalidState(format!("the vCPU state was refused: {e}")))?;
+        let console = Console::restore(&state.console, vm.memory())
+            .map_err(|e| RunError::InvalidState(format!("the data channel's state is invalid: {e}")))?;
+        let serial = SerialConsole::restore(&state.serial);
+        let mut machine = Machine {
+            vm,
+            vcpu,
+            bus: Bus { serial, console },
+            memory_mib: state.memory_mib,
+            generation: 0,
+            phases: Phases::default(),
+            started: t1,
+        };
+        machine.generation = loader::read_generation(machine.vm.memory());
+        machine.refresh_entropy_and_time()?;
+        phases.guest_load = t1.elapsed();
+        machine.phases = phases;
+        machine.started = Instant::now();
+        Ok(Self { machine })
+    }
+
+    /// Starts the invocation and runs it to the end; the VM is torn down.
+    pub fn invoke(mut self, invocation: &Invocation, io: &mut dyn GuestIo, timeout: Option<Duration>) -> Result<RunReport, RunError> {
+        let m = &mut self.machine;
+        m.bus.console.clear();
+        m.bus.console.send(&start_frame(&invocation.args, &invocation.env));
+        m.bus.console.fill_rx(m.vm.memory())?;
+        let mut session = Session::resumed(io);
+        m.started = Instant::now();
+        let stop = m.drive(&mut session, timeout);
+        let marks = session.marks;
+        self.machine.conclude(stop, marks, timeout)
+    }
+}
+
+/// Everything of a ready VM but its RAM, for snapshots.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VmState {
+    pub memory_mib: u64,
+    pub vcpu: VcpuState,
+    pub console: ConsoleState,
+    pub serial: SerialState,
 }
 
 /// The vCPU thread: run the guest, handle each exit, until the guest ends,
@@ -361,6 +517,9 @@ fn run_vcpu(
                 bus.console.fill_rx(mem)?;
                 if let Some(end) = session.end.take() {
                     return Ok(Stop::Guest(end));
+                }
+                if session.paused {
+                    return Ok(Stop::Ready);
                 }
             }
             VcpuEvent::Interrupted => {}

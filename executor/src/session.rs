@@ -51,9 +51,12 @@ pub struct Marks {
 
 pub struct Session<'a> {
     io: &'a mut dyn GuestIo,
-    /// The encoded `Start` frame, sent once the guest is ready.
-    start: Vec<u8>,
+    /// The encoded `Start` frame, sent once the guest is ready; `None` to
+    /// pause at the ready point instead.
+    start: Option<Vec<u8>>,
     started: bool,
+    /// The guest reached its ready point and no `Start` was given.
+    pub paused: bool,
     stream: Vec<u8>,
     stdin_wanted: Option<usize>,
     stdin_eof: bool,
@@ -102,17 +105,26 @@ fn sanitize(bytes: &[u8]) -> String {
 }
 
 impl<'a> Session<'a> {
-    pub fn new(io: &'a mut dyn GuestIo, start: Vec<u8>) -> Self {
+    pub fn new(io: &'a mut dyn GuestIo, start: Option<Vec<u8>>) -> Self {
         Self {
             io,
             start,
             started: false,
+            paused: false,
             stream: Vec::new(),
             stdin_wanted: None,
             stdin_eof: false,
             marks: Marks::default(),
             end: None,
         }
+    }
+
+    /// A session for a guest restored at its ready point, whose `Start`
+    /// frame the caller has already queued.
+    pub fn resumed(io: &'a mut dyn GuestIo) -> Self {
+        let mut s = Self::new(io, None);
+        s.started = true;
+        s
     }
 
     /// Takes bytes the guest transmitted and acts on every complete frame.
@@ -128,7 +140,7 @@ impl<'a> Session<'a> {
                 self.serve_stdin(max, console)?;
                 self.stdin_wanted = None;
             }
-            if self.end.is_some() {
+            if self.end.is_some() || self.paused {
                 return Ok(());
             }
             let Some((kind, len)) = self.next_header()? else {
@@ -173,11 +185,16 @@ impl<'a> Session<'a> {
                     Some(Milestone::Compiled) => self.marks.compiled = now,
                     Some(Milestone::Ready) => {
                         self.marks.ready = now;
-                        if self.started {
+                        if self.started || self.paused {
                             return Err(SessionError::Protocol("a second Ready milestone".into()));
                         }
-                        self.started = true;
-                        console.send(&std::mem::take(&mut self.start));
+                        match self.start.take() {
+                            Some(start) => {
+                                self.started = true;
+                                console.send(&start);
+                            }
+                            None => self.paused = true,
+                        }
                     }
                     None => {
                         return Err(SessionError::Protocol(format!("an unknown milestone {m}")))
@@ -254,7 +271,7 @@ mod tests {
         let mut io = BufferIo::with_stdin("in");
         let mut console = Console::new();
         let start = start_frame(&["f".into()], &[("K".into(), "V".into())]);
-        let mut s = Session::new(&mut io, start.clone());
+        let mut s = Session::new(&mut io, Some(start.clone()));
         let mut bytes = frame_u32(Kind::Milestone, Milestone::Entered as u32);
         bytes.extend(frame_u32(Kind::Milestone, Milestone::Ready as u32));
         bytes.extend(encode(Kind::Stdout, b"hello"));
@@ -292,7 +309,7 @@ mod tests {
             encode(Kind::Exit, b""),                     // truncated
         ];
         for bytes in cases {
-            let mut s = Session::new(&mut io, start_frame(&[], &[]));
+            let mut s = Session::new(&mut io, Some(start_frame(&[], &[])));
             assert!(s.feed(&bytes, &mut console).is_err(), "{bytes:?} accepted");
         }
     }
@@ -301,7 +318,7 @@ mod tests {
     fn oversized_length_is_refused_before_buffering() {
         let mut io = BufferIo::default();
         let mut console = Console::new();
-        let mut s = Session::new(&mut io, Vec::new());
+        let mut s = Session::new(&mut io, None);
         let mut h = Header::new(Kind::Stdout, 0).encode();
         h[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
@@ -314,7 +331,7 @@ mod tests {
     fn failure_messages_are_sanitized() {
         let mut io = BufferIo::default();
         let mut console = Console::new();
-        let mut s = Session::new(&mut io, Vec::new());
+        let mut s = Session::new(&mut io, None);
         let mut p = (FailureKind::Trap as u32).to_le_bytes().to_vec();
         p.extend_from_slice(b"bad\x1b[31m\xff thing");
         s.feed(&encode(Kind::Failure, &p), &mut console).unwrap();

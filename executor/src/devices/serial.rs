@@ -37,6 +37,13 @@ impl Write for BoundedLog {
     }
 }
 
+/// The UART's registers, saved (vm-superio's `SerialState`, with serde).
+/// The log is not kept.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct SerialState {
+    pub regs: [u8; 9],
+}
+
 #[allow(missing_debug_implementations)]
 pub struct SerialConsole {
     uart: Serial<NoInterrupt, vm_superio::serial::NoEvents, BoundedLog>,
@@ -46,6 +53,46 @@ impl SerialConsole {
     pub fn new() -> Self {
         Self {
             uart: Serial::new(NoInterrupt, BoundedLog::default()),
+        }
+    }
+
+    pub fn save(&self) -> SerialState {
+        let s = self.uart.state();
+        SerialState {
+            regs: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+        }
+    }
+
+    /// Any register values are harmless: the UART only shapes what the
+    /// guest reads back from it.
+    pub fn restore(state: &SerialState) -> Self {
+        let [baud_divisor_low, baud_divisor_high, interrupt_enable, interrupt_identification, line_control, line_status, modem_control, modem_status, scratch] =
+            state.regs;
+        let st = vm_superio::serial::SerialState {
+            baud_divisor_low,
+            baud_divisor_high,
+            interrupt_enable,
+            interrupt_identification,
+            line_control,
+            line_status,
+            modem_control,
+            modem_status,
+            scratch,
+            in_buffer: Vec::new(),
+        };
+        match Serial::from_state(&st, NoInterrupt, vm_superio::serial::NoEvents, BoundedLog::default()) {
+            Ok(uart) => Self { uart },
+            Err(_) => Self::new(),
         }
     }
 

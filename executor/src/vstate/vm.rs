@@ -73,10 +73,16 @@ impl Vm {
     /// Creates a VM with `mem_size` bytes of anonymous RAM (reserved, not
     /// committed: pages cost host memory only once touched).
     pub fn new(mem_size: usize) -> Result<Self, VmError> {
-        let kvm = open_kvm(&kvm_device_path())?;
-        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
         let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size)])
             .map_err(|e| VmError::Memory(mem_size, e))?;
+        Self::with_memory(memory)
+    }
+
+    /// Creates a VM over memory the caller prepared (for instance a private
+    /// mapping of a snapshot's memory file).
+    pub fn with_memory(memory: GuestMemoryMmap) -> Result<Self, VmError> {
+        let kvm = open_kvm(&kvm_device_path())?;
+        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
         for (slot, region) in memory.iter().enumerate() {
             let host = memory
                 .get_host_address(region.start_addr())

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::mmio::MmioTransport;
+use super::mmio::{MmioTransport, TransportState};
 use super::DeviceError;
 
 pub const DEVICE_ID_CONSOLE: u32 = 3;
@@ -23,6 +23,13 @@ pub const QUEUE_MAX_SIZE: u16 = 32;
 /// Most bytes accepted in one transmit chain (a frame header plus the
 /// largest payload, with room to spare).
 pub const MAX_TX_CHAIN: usize = flint_abi::frame::MAX_PAYLOAD as usize + 4096;
+
+/// The saved console. Bytes in flight are not kept: restoring empties the
+/// channel, so nothing crosses from the saved run into the next.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConsoleState {
+    pub transport: TransportState,
+}
 
 #[derive(Debug)]
 pub struct Console {
@@ -57,6 +64,16 @@ impl Console {
             transport: MmioTransport::new(DEVICE_ID_CONSOLE, 0, &[QUEUE_MAX_SIZE, QUEUE_MAX_SIZE]),
             to_guest: VecDeque::new(),
         }
+    }
+
+    pub fn save(&self) -> ConsoleState {
+        ConsoleState { transport: self.transport.save() }
+    }
+
+    pub fn restore(state: &ConsoleState, mem: &GuestMemoryMmap) -> Result<Self, String> {
+        let mut c = Self::new();
+        c.transport.restore(&state.transport, mem)?;
+        Ok(c)
     }
 
     pub fn mmio_read(&mut self, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {

@@ -44,6 +44,30 @@ mod reg {
     pub const CONFIG: u64 = 0x100;
 }
 
+/// The saved form of a virtqueue (virtio-queue's `QueueState`, with serde).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueSnap {
+    pub max_size: u16,
+    pub size: u16,
+    pub ready: bool,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+}
+
+/// The saved form of the transport.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportState {
+    pub device_features_sel: u32,
+    pub driver_features: u64,
+    pub driver_features_sel: u32,
+    pub status: u32,
+    pub queue_sel: u32,
+    pub queues: Vec<QueueSnap>,
+}
+
 #[derive(Debug)]
 pub struct MmioTransport {
     device_id: u32,
@@ -85,6 +109,71 @@ impl MmioTransport {
         for q in &mut self.queues {
             q.reset();
         }
+    }
+
+    pub fn save(&self) -> TransportState {
+        TransportState {
+            device_features_sel: self.device_features_sel,
+            driver_features: self.driver_features,
+            driver_features_sel: self.driver_features_sel,
+            status: self.status,
+            queue_sel: self.queue_sel,
+            queues: self
+                .queues
+                .iter()
+                .map(|q| {
+                    let st = q.state();
+                    QueueSnap {
+                        max_size: st.max_size,
+                        size: st.size,
+                        ready: st.ready,
+                        next_avail: st.next_avail,
+                        next_used: st.next_used,
+                        desc_table: st.desc_table,
+                        avail_ring: st.avail_ring,
+                        used_ring: st.used_ring,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies saved state to a fresh transport of the same device, checking
+    /// it against what this device offers and against guest memory.
+    pub fn restore(&mut self, state: &TransportState, mem: &GuestMemoryMmap) -> Result<(), String> {
+        if state.queues.len() != self.queues.len() {
+            return Err(format!("{} queues saved, the device has {}", state.queues.len(), self.queues.len()));
+        }
+        if state.driver_features & !self.device_features != 0 {
+            return Err(format!("driver features {:#x} were never offered", state.driver_features));
+        }
+        for (i, (q, snap)) in self.queues.iter_mut().zip(&state.queues).enumerate() {
+            if snap.max_size != q.max_size() {
+                return Err(format!("queue {i} has maximum size {}, not {}", snap.max_size, q.max_size()));
+            }
+            let st = virtio_queue::QueueState {
+                max_size: snap.max_size,
+                next_avail: snap.next_avail,
+                next_used: snap.next_used,
+                event_idx_enabled: false,
+                size: snap.size,
+                ready: snap.ready,
+                desc_table: snap.desc_table,
+                avail_ring: snap.avail_ring,
+                used_ring: snap.used_ring,
+            };
+            let restored = Queue::try_from(st).map_err(|e| format!("queue {i}: {e}"))?;
+            if restored.ready() && !restored.is_valid(mem) {
+                return Err(format!("queue {i}'s rings lie outside guest memory"));
+            }
+            *q = restored;
+        }
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features = state.driver_features;
+        self.driver_features_sel = state.driver_features_sel;
+        self.status = state.status;
+        self.queue_sel = state.queue_sel;
+        Ok(())
     }
 
     /// Whether the driver has finished negotiating.

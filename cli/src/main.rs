@@ -4,6 +4,7 @@
 
 mod exit;
 mod run;
+mod snapshot;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,11 @@ struct Cli {
 enum Command {
     /// Boot a fresh micro-VM and run a WASI command module in it.
     Run(run::RunArgs),
+    /// Boot a module to its ready point and save the VM to a directory
+    /// (`flint snapshot inspect DIR` describes one).
+    Snapshot(snapshot::SnapshotArgs),
+    /// Restore a snapshot into a new VM and run one invocation.
+    Invoke(snapshot::InvokeArgs),
 }
 
 fn main() {
@@ -35,6 +41,8 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => run::main(args),
+        Command::Snapshot(args) => snapshot::snapshot(args),
+        Command::Invoke(args) => snapshot::invoke(args),
     };
     std::process::exit(code);
 }

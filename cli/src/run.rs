@@ -29,7 +29,7 @@ pub struct RunArgs {
     args: Vec<String>,
 }
 
-fn parse_env(s: &str) -> Result<(String, String), String> {
+pub fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some(("", _)) => Err("the variable name is empty".into()),
         Some((k, v)) => Ok((k.into(), v.into())),
@@ -58,18 +58,27 @@ pub fn main(a: RunArgs) -> i32 {
     match flint_executor::run(&config, &module, &invocation, &mut StdIo) {
         Ok(report) => {
             if a.timings {
-                let p = report.phases;
-                eprintln!(
-                    "flint: vm_create {:?} guest_load {:?} guest_entry {:?} compile {:?} instantiate {:?} run {:?} teardown {:?} total {:?}; guest memory resident {} KiB",
-                    p.vm_create, p.guest_load, p.guest_entry, p.compile, p.instantiate, p.run, p.teardown, p.total(),
-                    report.guest_resident_bytes / 1024
-                );
+                print_phases(&report);
             }
             report.exit_code
         }
         Err(e) => {
             exit::report(&e);
             exit::code(&e)
+        }
+    }
+}
+
+/// `--timings` output for a run.
+pub fn print_phases(report: &flint_executor::RunReport) {
+    {
+        {
+                let p = report.phases;
+                eprintln!(
+                    "flint: vm_create {:?} guest_load {:?} guest_entry {:?} compile {:?} instantiate {:?} run {:?} teardown {:?} total {:?}; guest memory resident {} KiB",
+                    p.vm_create, p.guest_load, p.guest_entry, p.compile, p.instantiate, p.run, p.teardown, p.total(),
+                    report.guest_resident_bytes / 1024
+                );
         }
     }
 }

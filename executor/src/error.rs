@@ -39,6 +39,9 @@ pub enum RunError {
     Setup(#[source] SetupError),
     #[error("the guest runtime failed: {0}")]
     GuestInternal(String),
+    /// The caller's abort flag stopped the VM (its memory backend failed).
+    #[error("the VM was stopped because its memory could not be served")]
+    Aborted,
     /// Saved state (a snapshot) that cannot be restored.
     #[error("invalid VM state: {0}")]
     InvalidState(String),

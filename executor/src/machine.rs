@@ -26,6 +26,9 @@ use crate::session::{start_frame, GuestEnd, Marks, Session, SessionError};
 use crate::vstate::vcpu::{self, Vcpu, VcpuEvent, VcpuState};
 use crate::vstate::vm::Vm;
 
+/// How often a waiting run checks its abort flag.
+const ABORT_POLL: Duration = Duration::from_millis(10);
+
 /// Bytes at the top of the stack backed before the guest runs.
 const PREFAULT_STACK: u64 = 256 << 10;
 
@@ -209,8 +212,14 @@ impl Machine {
 
     /// Runs the vCPU on its own thread until the guest ends, fails, reaches
     /// its ready point (when the session pauses there) or `timeout` passes.
-    fn drive(&mut self, session: &mut Session<'_>, timeout: Option<Duration>) -> Result<Stop, RunError> {
+    fn drive(
+        &mut self,
+        session: &mut Session<'_>,
+        timeout: Option<Duration>,
+        abort: Option<&AtomicBool>,
+    ) -> Result<Stop, RunError> {
         let stop = AtomicBool::new(false);
+        let mut aborted = false;
         let mem = self.vm.memory();
         let (vcpu, bus, stop_ref) = (&mut self.vcpu, &mut self.bus, &stop);
         let outcome = std::thread::scope(|scope| {
@@ -225,11 +234,24 @@ impl Machine {
                 })
                 .map_err(|e| RunError::Setup(SetupError::Thread(e)))?;
             let tid = tid_rx.recv().ok();
-            let finished = match timeout {
-                Some(limit) => !matches!(done_rx.recv_timeout(limit), Err(mpsc::RecvTimeoutError::Timeout)),
-                None => {
-                    let _ = done_rx.recv();
-                    true
+            let deadline = timeout.map(|t| Instant::now() + t);
+            // Wait for the vCPU thread, in slices so that an abort request
+            // (a failing memory backend) is seen promptly.
+            let finished = loop {
+                let slice = match deadline {
+                    Some(d) => d.saturating_duration_since(Instant::now()).min(ABORT_POLL),
+                    None => ABORT_POLL,
+                };
+                match done_rx.recv_timeout(slice) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => break true,
+                }
+                if abort.is_some_and(|a| a.load(Ordering::SeqCst)) {
+                    aborted = true;
+                    break false;
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break false;
                 }
             };
             if !finished {
@@ -248,6 +270,9 @@ impl Machine {
             }
             handle.join().map_err(|_| RunError::Setup(SetupError::VcpuPanic))?
         });
+        if aborted {
+            return Err(RunError::Aborted);
+        }
         match outcome {
             Err(RunError::GuestCrash(why)) => {
                 let log = self.bus.serial.log();
@@ -315,7 +340,7 @@ pub fn run(
 ) -> Result<RunReport, RunError> {
     let mut machine = Machine::boot(config, module)?;
     let mut session = Session::new(io, Some(start_frame(&invocation.args, &invocation.env)));
-    let stop = machine.drive(&mut session, config.timeout);
+    let stop = machine.drive(&mut session, config.timeout, None);
     let marks = session.marks;
     machine.note_boot_phases(&marks);
     machine.conclude(stop, marks, config.timeout)
@@ -340,7 +365,7 @@ impl ReadyVm {
     pub fn boot(config: &VmConfig, module: &[u8], io: &mut dyn GuestIo) -> Result<Self, RunError> {
         let mut machine = Machine::boot(config, module)?;
         let mut session = Session::new(io, None);
-        let stop = machine.drive(&mut session, config.timeout);
+        let stop = machine.drive(&mut session, config.timeout, None);
         let marks = session.marks;
         machine.note_boot_phases(&marks);
         match stop {
@@ -431,14 +456,26 @@ impl ReadyVm {
     }
 
     /// Starts the invocation and runs it to the end; the VM is torn down.
-    pub fn invoke(mut self, invocation: &Invocation, io: &mut dyn GuestIo, timeout: Option<Duration>) -> Result<RunReport, RunError> {
+    pub fn invoke(self, invocation: &Invocation, io: &mut dyn GuestIo, timeout: Option<Duration>) -> Result<RunReport, RunError> {
+        self.invoke_abortable(invocation, io, timeout, None)
+    }
+
+    /// [`Self::invoke`], also stopping the VM with [`RunError::Aborted`] as
+    /// soon as `abort` becomes true (set by a failing memory backend).
+    pub fn invoke_abortable(
+        mut self,
+        invocation: &Invocation,
+        io: &mut dyn GuestIo,
+        timeout: Option<Duration>,
+        abort: Option<&AtomicBool>,
+    ) -> Result<RunReport, RunError> {
         let m = &mut self.machine;
         m.bus.console.clear();
         m.bus.console.send(&start_frame(&invocation.args, &invocation.env));
         m.bus.console.fill_rx(m.vm.memory())?;
         let mut session = Session::resumed(io);
         m.started = Instant::now();
-        let stop = m.drive(&mut session, timeout);
+        let stop = m.drive(&mut session, timeout, abort);
         let marks = session.marks;
         self.machine.conclude(stop, marks, timeout)
     }

@@ -1,0 +1,181 @@
+//! `flint snapshot MODULE -o DIR`, `flint snapshot inspect DIR` and
+//! `flint invoke DIR [-- ARGS...]`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use flint_executor::{Invocation, StdIo, VmConfig};
+use flint_snapshotter::{Backend, InvokeOptions, Snapshot, SnapshotError};
+
+use crate::exit;
+use crate::run::parse_env;
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SnapshotArgs {
+    #[command(subcommand)]
+    command: Option<SnapshotCommand>,
+    /// The WebAssembly module (a WASI command) to boot and snapshot.
+    module: Option<PathBuf>,
+    /// The snapshot directory to write.
+    #[arg(short = 'o', long = "output")]
+    output: Option<PathBuf>,
+    /// Guest memory in MiB (32 to 3072).
+    #[arg(long, default_value_t = 128)]
+    memory_mib: u64,
+    /// Give up on booting to the ready point after this many milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    timeout_ms: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// Describe a snapshot: format version, sizes, checksum, working set.
+    Inspect { dir: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Uffd,
+    File,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    /// A snapshot directory made by `flint snapshot`.
+    dir: PathBuf,
+    /// Where the restored VM's memory comes from.
+    #[arg(long, value_enum, default_value = "uffd")]
+    memory_backend: BackendArg,
+    /// Install the recorded working set before resuming (uffd backend).
+    #[arg(long, value_enum, default_value = "on")]
+    prefetch: OnOff,
+    /// Stop the VM after this many milliseconds (0: no limit).
+    #[arg(long, default_value_t = 60_000)]
+    timeout_ms: u64,
+    /// An environment variable for the function: K=V, or K to pass the host's value.
+    #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Print how long each phase took to stderr.
+    #[arg(long)]
+    timings: bool,
+    /// Arguments for the function (argv[1..]).
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+fn timeout(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+fn fail(e: &SnapshotError) -> i32 {
+    exit::report(e);
+    match e {
+        SnapshotError::Run(r) => exit::code(r),
+        SnapshotError::Format { .. } | SnapshotError::MemorySize { .. } | SnapshotError::WorkingSet { .. } => {
+            exit::INVALID_SNAPSHOT
+        }
+        SnapshotError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => exit::INVALID_SNAPSHOT,
+        _ => exit::FLINT_ERROR,
+    }
+}
+
+pub fn snapshot(a: SnapshotArgs) -> i32 {
+    if let Some(SnapshotCommand::Inspect { dir }) = a.command {
+        return inspect(&dir);
+    }
+    let (Some(module_path), Some(out)) = (a.module, a.output) else {
+        eprintln!("flint: usage: flint snapshot MODULE -o DIR, or flint snapshot inspect DIR");
+        return exit::USAGE;
+    };
+    let module = match std::fs::read(&module_path) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("flint: cannot read module {}: {e}", module_path.display());
+            return exit::FLINT_ERROR;
+        }
+    };
+    let config = VmConfig { memory_mib: a.memory_mib, timeout: timeout(a.timeout_ms), ..VmConfig::default() };
+    let name = module_path.display().to_string();
+    match flint_snapshotter::create(&module, &name, &out, &config, &mut StdIo) {
+        Ok(info) => {
+            eprintln!(
+                "flint: snapshot of {} written to {} ({} MiB memory, {} pages of data)",
+                name,
+                out.display(),
+                info.memory_bytes >> 20,
+                info.data_pages
+            );
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn inspect(dir: &std::path::Path) -> i32 {
+    match Snapshot::open(dir) {
+        Ok(s) => {
+            let i = s.info();
+            println!("snapshot:        {}", dir.display());
+            println!("format version:  {}", i.header.version);
+            println!("architecture:    x86_64");
+            println!("guest ABI:       {}", i.header.abi);
+            println!("checksum:        {:016x} (CRC-64/ECMA-182, verified)", i.header.crc);
+            println!("state:           {} bytes", i.state_bytes);
+            println!("memory:          {} MiB, {} pages of data ({} KiB)", i.memory_bytes >> 20, i.data_pages, i.data_pages * 4);
+            println!("module:          {} ({} bytes)", i.module_name, i.module_len);
+            println!("created:         {} (Unix time)", i.created);
+            match i.working_set_pages {
+                Some(n) => println!("working set:     {n} pages ({} KiB)", n * 4),
+                None => println!("working set:     not recorded yet (the first uffd invocation records it)"),
+            }
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn invoke(a: InvokeArgs) -> i32 {
+    let snap = match Snapshot::open(&a.dir) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let mut args = vec![snap.module_name().to_string()];
+    args.extend(a.args);
+    let invocation = Invocation { args, env: a.env };
+    let opts = InvokeOptions {
+        backend: match a.memory_backend {
+            BackendArg::Uffd => Backend::Uffd,
+            BackendArg::File => Backend::File,
+        },
+        prefetch: matches!(a.prefetch, OnOff::On),
+        timeout: timeout(a.timeout_ms),
+    };
+    match snap.invoke(&invocation, &mut StdIo, &opts) {
+        Ok(r) => {
+            if a.timings {
+                eprintln!(
+                    "flint: load {:?} memory_setup {:?} (prefetched {} pages) restore {:?} run {:?} teardown {:?}; faulted {} pages in {:?}{}",
+                    r.load,
+                    r.memory_setup,
+                    r.prefetched_pages,
+                    r.restore,
+                    r.run.phases.run,
+                    r.run.phases.teardown,
+                    r.faulted_pages,
+                    r.fault_time,
+                    if r.recorded_working_set { "; working set recorded" } else { "" }
+                );
+            }
+            r.run.exit_code
+        }
+        Err(e) => fail(&e),
+    }
+}

@@ -1,0 +1,248 @@
+//! The userfaultfd memory backend: guest RAM is anonymous memory registered
+//! with userfaultfd; a handler thread fills each page on its first touch,
+//! from the memory file (`UFFDIO_COPY`) or with zeros for a hole
+//! (`UFFDIO_ZEROPAGE`). It can record the order of faults (the working set)
+//! and install a recorded working set in one pass before the guest runs.
+//!
+//! If serving a page fails, the handler raises the abort flag (the VM is
+//! stopped with an error) and keeps answering faults with zeros so that no
+//! thread is left waiting.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use userfaultfd::{Event, Uffd, UffdBuilder};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::memory::PAGE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UffdError {
+    #[error("creating the userfaultfd failed (is it allowed? root, or vm.unprivileged_userfaultfd=1)")]
+    Create(#[source] userfaultfd::Error),
+    #[error("registering guest memory with userfaultfd failed")]
+    Register(#[source] userfaultfd::Error),
+    #[error("starting the page-fault handler thread failed")]
+    Thread(#[source] std::io::Error),
+    #[error("prefetching the working set failed at page {0}: {1}")]
+    Prefetch(u64, String),
+}
+
+/// What the handler did, returned when it stops.
+#[derive(Debug, Default, Clone)]
+pub struct HandlerReport {
+    /// Page faults served one by one.
+    pub faults: u64,
+    /// Time spent serving them (reading the file and copying).
+    pub fault_time: Duration,
+    /// Page indices in the order they were first faulted (when recording).
+    pub recorded: Vec<u32>,
+    /// Why serving stopped working, if it did.
+    pub error: Option<String>,
+}
+
+/// Where pages come from: the memory file and which of its pages hold data.
+struct Source {
+    file: File,
+    data: Vec<bool>,
+}
+
+impl Source {
+    /// Reads `count` pages from `first` into `buf` (holes read as zeros).
+    fn read(&self, first: u64, buf: &mut [u8]) -> Result<(), String> {
+        let at = first * PAGE;
+        self.file.read_exact_at(buf, at).map_err(|e| format!("reading the memory file at {at:#x}: {e}"))
+    }
+}
+
+/// Raw guest-memory base, sent to the handler thread. The mapping outlives
+/// every fault on it (faults only come from accesses to live memory).
+#[derive(Clone, Copy)]
+struct Base(usize);
+
+pub struct UffdBackend {
+    uffd: Arc<Uffd>,
+    base: Base,
+    pages: u64,
+    source: Arc<Source>,
+    stop: Arc<AtomicBool>,
+    abort: Arc<AtomicBool>,
+    thread: Option<JoinHandle<HandlerReport>>,
+}
+
+impl std::fmt::Debug for UffdBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UffdBackend").field("pages", &self.pages).finish_non_exhaustive()
+    }
+}
+
+impl UffdBackend {
+    /// Registers `mem` (anonymous, untouched) and starts serving its faults
+    /// from `file`, whose data pages `data` marks.
+    pub fn start(mem: &GuestMemoryMmap, file: File, data: Vec<bool>, record: bool) -> Result<Self, UffdError> {
+        let uffd = UffdBuilder::new()
+            .close_on_exec(true)
+            .non_blocking(true)
+            .user_mode_only(false)
+            .create()
+            .map_err(UffdError::Create)?;
+        let region = mem.iter().next().expect("one region");
+        let len = vm_memory::GuestMemoryRegion::len(region);
+        let host = mem.get_host_address(GuestAddress(0)).expect("address 0 is mapped");
+        uffd.register(host.cast(), len as usize).map_err(UffdError::Register)?;
+        let uffd = Arc::new(uffd);
+        let pages = len / PAGE;
+        let source = Arc::new(Source { file, data });
+        let stop = Arc::new(AtomicBool::new(false));
+        let abort = Arc::new(AtomicBool::new(false));
+        let base = Base(host as usize);
+        let thread = {
+            let (uffd, source, stop, abort) = (uffd.clone(), source.clone(), stop.clone(), abort.clone());
+            std::thread::Builder::new()
+                .name("flint-uffd".into())
+                .spawn(move || serve(&uffd, base, pages, &source, &stop, &abort, record))
+                .map_err(UffdError::Thread)?
+        };
+        Ok(Self { uffd, base, pages, source, stop, abort, thread: Some(thread) })
+    }
+
+    /// Raised when the handler could not serve a page.
+    pub fn abort_flag(&self) -> &AtomicBool {
+        &self.abort
+    }
+
+    /// Installs `pages` (a recorded working set) now, in runs of contiguous
+    /// pages, one read and one `UFFDIO_COPY` per run. Returns pages installed.
+    pub fn prefetch(&self, pages: &[u32]) -> Result<u64, UffdError> {
+        let mut sorted: Vec<u64> = pages.iter().map(|&p| p as u64).filter(|&p| p < self.pages).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut installed = 0;
+        let mut buf = Vec::new();
+        let mut i = 0;
+        while i < sorted.len() {
+            let first = sorted[i];
+            let mut n = 1;
+            while i + n < sorted.len() && sorted[i + n] == first + n as u64 && n < 512 {
+                n += 1;
+            }
+            buf.resize(n * PAGE as usize, 0);
+            self.source.read(first, &mut buf).map_err(|e| UffdError::Prefetch(first, e))?;
+            let dst = (self.base.0 + (first * PAGE) as usize) as *mut libc::c_void;
+            // SAFETY: `dst..dst + buf.len()` lies inside the registered guest
+            // mapping (pages < self.pages), which is alive while `self` is;
+            // `buf` holds exactly that many bytes.
+            match unsafe { self.uffd.copy(buf.as_ptr().cast(), dst, buf.len(), true) } {
+                Ok(_) => installed += n as u64,
+                Err(_) => {
+                    // Some page of the run is already there: go page by page.
+                    for k in 0..n {
+                        let page = &buf[k * PAGE as usize..(k + 1) * PAGE as usize];
+                        let d = (dst as usize + k * PAGE as usize) as *mut libc::c_void;
+                        // SAFETY: one page inside the registered mapping.
+                        if unsafe { self.uffd.copy(page.as_ptr().cast(), d, PAGE as usize, true) }.is_ok() {
+                            installed += 1;
+                        }
+                    }
+                }
+            }
+            i += n;
+        }
+        Ok(installed)
+    }
+
+    /// Stops the handler and returns what it did.
+    pub fn finish(mut self) -> HandlerReport {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for UffdBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(
+    uffd: &Uffd,
+    base: Base,
+    pages: u64,
+    source: &Source,
+    stop: &AtomicBool,
+    abort: &AtomicBool,
+    record: bool,
+) -> HandlerReport {
+    let mut report = HandlerReport::default();
+    let mut seen = if record { vec![false; pages as usize] } else { Vec::new() };
+    let mut buf = vec![0u8; PAGE as usize];
+    let fd = std::os::fd::AsRawFd::as_raw_fd(uffd);
+    while !stop.load(Ordering::SeqCst) {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: polls one valid fd; `pfd` lives across the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 20) };
+        if ready <= 0 {
+            continue;
+        }
+        loop {
+            let event = match uffd.read_event() {
+                Ok(Some(e)) => e,
+                Ok(None) => break,
+                Err(e) => {
+                    fail(&mut report, abort, format!("reading userfaultfd events: {e}"));
+                    break;
+                }
+            };
+            let Event::Pagefault { addr, .. } = event else { continue };
+            let t = Instant::now();
+            let offset = (addr as usize).wrapping_sub(base.0) as u64;
+            let index = offset / PAGE;
+            let dst = (base.0 + (index * PAGE) as usize) as *mut libc::c_void;
+            if index >= pages {
+                fail(&mut report, abort, format!("a fault at {addr:?} outside guest memory"));
+                continue;
+            }
+            let has_data = report.error.is_none() && source.data.get(index as usize).copied().unwrap_or(false);
+            let result = if has_data {
+                match source.read(index, &mut buf) {
+                    // SAFETY: one page inside the registered, live mapping.
+                    Ok(()) => unsafe { uffd.copy(buf.as_ptr().cast(), dst, PAGE as usize, true) }.map(|_| ()),
+                    Err(e) => {
+                        fail(&mut report, abort, e);
+                        // SAFETY: as above; zeros unblock the faulting thread.
+                        unsafe { uffd.zeropage(dst, PAGE as usize, true) }.map(|_| ())
+                    }
+                }
+            } else {
+                // SAFETY: one page inside the registered, live mapping.
+                unsafe { uffd.zeropage(dst, PAGE as usize, true) }.map(|_| ())
+            };
+            if result.is_err() {
+                // Already populated (a race with prefetch): just wake the waiter.
+                let _ = uffd.wake(dst, PAGE as usize);
+            }
+            report.faults += 1;
+            report.fault_time += t.elapsed();
+            if record && !seen[index as usize] {
+                seen[index as usize] = true;
+                report.recorded.push(index as u32);
+            }
+        }
+    }
+    report
+}
+
+fn fail(report: &mut HandlerReport, abort: &AtomicBool, why: String) {
+    if report.error.is_none() {
+        tracing::error!("userfaultfd handler: {why}");
+        report.error = Some(why);
+    }
+    abort.store(true, Ordering::SeqCst);
+}

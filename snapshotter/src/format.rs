@@ -150,3 +150,95 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, SnapshotState), FormatError> {
     }
     Ok((header, state))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flint_executor::devices::virtio::mmio::{QueueSnap, TransportState};
+    use flint_executor::{ConsoleState, SerialState, VcpuState};
+
+    fn sample() -> SnapshotState {
+        let q = QueueSnap {
+            max_size: 32,
+            size: 16,
+            ready: true,
+            next_avail: 3,
+            next_used: 3,
+            desc_table: 0x21_0000,
+            avail_ring: 0x21_0400,
+            used_ring: 0x21_1000,
+        };
+        SnapshotState {
+            vm: flint_executor::VmState {
+                memory_mib: 64,
+                vcpu: VcpuState {
+                    regs: Default::default(),
+                    sregs: Default::default(),
+                    xsave: vec![7; 1024],
+                    xcrs: Default::default(),
+                    events: Default::default(),
+                    msrs: vec![kvm_bindings::kvm_msr_entry { index: 0x10, data: 42, ..Default::default() }],
+                },
+                console: ConsoleState {
+                    transport: TransportState {
+                        device_features_sel: 1,
+                        driver_features: 1 << 32,
+                        driver_features_sel: 1,
+                        status: 15,
+                        queue_sel: 1,
+                        queues: vec![q, q],
+                    },
+                },
+                serial: SerialState::default(),
+            },
+            memory_bytes: 64 << 20,
+            data_pages: 300,
+            module_name: "hello.wasm".into(),
+            module_len: 1000,
+            module_crc: 5,
+            created: 1,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let s = sample();
+        let bytes = encode(&s).unwrap();
+        let (h, back) = decode(&bytes).unwrap();
+        assert_eq!((h.version, h.arch, h.abi), (FORMAT_VERSION, ARCH_X86_64, flint_abi::ABI_VERSION));
+        assert_eq!(encode(&back).unwrap(), bytes, "decode(encode(s)) re-encodes to the same bytes");
+        assert_eq!(back.vm.vcpu.msrs[0].data, 42);
+        assert_eq!(back.vm.console, s.vm.console);
+    }
+
+    #[test]
+    fn every_flipped_byte_is_caught() {
+        let bytes = encode(&sample()).unwrap();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            assert!(decode(&b).is_err(), "flipping byte {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_caught() {
+        let bytes = encode(&sample()).unwrap();
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len]).is_err(), "truncation to {len} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn header_errors_name_the_problem() {
+        let bytes = encode(&sample()).unwrap();
+        let mut b = bytes.clone();
+        b[8] = 2;
+        assert_eq!(decode(&b).unwrap_err(), FormatError::Version(2));
+        let mut b = bytes.clone();
+        b[12] = 2;
+        assert_eq!(decode(&b).unwrap_err(), FormatError::Architecture(2));
+        assert_eq!(decode(b"NOTASNAPSHOT-AT-ALL-BUT-LONG-ENOUGH-TO-READ-IT").unwrap_err(), FormatError::BadMagic);
+        assert_eq!(decode(&vec![0; (MAX_STATE_FILE + 1) as usize]).unwrap_err(), FormatError::TooLarge(MAX_STATE_FILE + 1));
+    }
+}

@@ -330,6 +330,59 @@ mod tests {
         u32::from_le_bytes(b)
     }
 
+    /// Drives a transport the way the guest driver does.
+    fn negotiated(m: &GuestMemoryMmap) -> MmioTransport {
+        let mut t = MmioTransport::new(3, 0, &[16, 16]);
+        for (off, v) in [(reg::STATUS, 1), (reg::STATUS, 3), (reg::DRIVER_FEATURES_SEL, 1), (reg::DRIVER_FEATURES, 1)] {
+            w(&mut t, m, off, v).unwrap();
+        }
+        w(&mut t, m, reg::STATUS, 0xb).unwrap();
+        for (q, base) in [(0u32, 0x1000u32), (1, 0x4000)] {
+            w(&mut t, m, reg::QUEUE_SEL, q).unwrap();
+            w(&mut t, m, reg::QUEUE_NUM, 16).unwrap();
+            w(&mut t, m, reg::QUEUE_DESC_LOW, base).unwrap();
+            w(&mut t, m, reg::QUEUE_AVAIL_LOW, base + 0x400).unwrap();
+            w(&mut t, m, reg::QUEUE_USED_LOW, base + 0x1000).unwrap();
+            w(&mut t, m, reg::QUEUE_READY, 1).unwrap();
+        }
+        w(&mut t, m, reg::STATUS, 0xf).unwrap();
+        t
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let m = mem();
+        let t = negotiated(&m);
+        let saved = t.save();
+        let mut back = MmioTransport::new(3, 0, &[16, 16]);
+        back.restore(&saved, &m).unwrap();
+        assert_eq!(back.save(), saved);
+        assert!(back.features_ok());
+        assert_eq!(w(&mut back, &m, reg::QUEUE_NOTIFY, 1).unwrap(), Some(1));
+    }
+
+    #[test]
+    fn restore_refuses_bad_state() {
+        let m = mem();
+        let good = negotiated(&m).save();
+        let fresh = || MmioTransport::new(3, 0, &[16, 16]);
+        let mut s = good.clone();
+        s.queues.pop();
+        assert!(fresh().restore(&s, &m).unwrap_err().contains("queues saved"));
+        let mut s = good.clone();
+        s.driver_features |= 1 << 7;
+        assert!(fresh().restore(&s, &m).unwrap_err().contains("never offered"));
+        let mut s = good.clone();
+        s.queues[0].size = 3;
+        assert!(fresh().restore(&s, &m).is_err());
+        let mut s = good.clone();
+        s.queues[1].desc_table = 0xfff_0000;
+        assert!(fresh().restore(&s, &m).unwrap_err().contains("outside guest memory"));
+        let mut s = good;
+        s.queues[0].max_size = 1024;
+        assert!(fresh().restore(&s, &m).unwrap_err().contains("maximum size"));
+    }
+
     #[test]
     fn identifies_as_virtio_mmio_v2() {
         let mut t = MmioTransport::new(3, 0, &[16, 16]);

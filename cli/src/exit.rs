@@ -28,7 +28,9 @@ pub fn code(e: &RunError) -> i32 {
         }
         RunError::Config(_) => USAGE,
         RunError::InvalidState(_) => INVALID_SNAPSHOT,
-        RunError::Output(_) | RunError::Input(_) | RunError::Setup(_) | RunError::Aborted => FLINT_ERROR,
+        RunError::Output(_) | RunError::Input(_) | RunError::Setup(_) | RunError::Aborted => {
+            FLINT_ERROR
+        }
     }
 }
 

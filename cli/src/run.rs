@@ -73,8 +73,8 @@ pub fn main(a: RunArgs) -> i32 {
 pub fn print_phases(report: &flint_executor::RunReport) {
     {
         {
-                let p = report.phases;
-                eprintln!(
+            let p = report.phases;
+            eprintln!(
                     "flint: vm_create {:?} guest_load {:?} guest_entry {:?} compile {:?} instantiate {:?} run {:?} teardown {:?} total {:?}; guest memory resident {} KiB",
                     p.vm_create, p.guest_load, p.guest_entry, p.compile, p.instantiate, p.run, p.teardown, p.total(),
                     report.guest_resident_bytes / 1024

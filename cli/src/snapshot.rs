@@ -79,10 +79,12 @@ fn fail(e: &SnapshotError) -> i32 {
     exit::report(e);
     match e {
         SnapshotError::Run(r) => exit::code(r),
-        SnapshotError::Format { .. } | SnapshotError::MemorySize { .. } | SnapshotError::WorkingSet { .. } => {
+        SnapshotError::Format { .. }
+        | SnapshotError::MemorySize { .. }
+        | SnapshotError::WorkingSet { .. } => exit::INVALID_SNAPSHOT,
+        SnapshotError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             exit::INVALID_SNAPSHOT
         }
-        SnapshotError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => exit::INVALID_SNAPSHOT,
         _ => exit::FLINT_ERROR,
     }
 }
@@ -102,7 +104,11 @@ pub fn snapshot(a: SnapshotArgs) -> i32 {
             return exit::FLINT_ERROR;
         }
     };
-    let config = VmConfig { memory_mib: a.memory_mib, timeout: timeout(a.timeout_ms), ..VmConfig::default() };
+    let config = VmConfig {
+        memory_mib: a.memory_mib,
+        timeout: timeout(a.timeout_ms),
+        ..VmConfig::default()
+    };
     let name = module_path.display().to_string();
     match flint_snapshotter::create(&module, &name, &out, &config, &mut StdIo) {
         Ok(info) => {
@@ -127,14 +133,27 @@ fn inspect(dir: &std::path::Path) -> i32 {
             println!("format version:  {}", i.header.version);
             println!("architecture:    x86_64");
             println!("guest ABI:       {}", i.header.abi);
-            println!("checksum:        {:016x} (CRC-64/ECMA-182, verified)", i.header.crc);
+            println!(
+                "checksum:        {:016x} (CRC-64/ECMA-182, verified)",
+                i.header.crc
+            );
             println!("state:           {} bytes", i.state_bytes);
-            println!("memory:          {} MiB, {} pages of data ({} KiB)", i.memory_bytes >> 20, i.data_pages, i.data_pages * 4);
-            println!("module:          {} ({} bytes)", i.module_name, i.module_len);
+            println!(
+                "memory:          {} MiB, {} pages of data ({} KiB)",
+                i.memory_bytes >> 20,
+                i.data_pages,
+                i.data_pages * 4
+            );
+            println!(
+                "module:          {} ({} bytes)",
+                i.module_name, i.module_len
+            );
             println!("created:         {} (Unix time)", i.created);
             match i.working_set_pages {
                 Some(n) => println!("working set:     {n} pages ({} KiB)", n * 4),
-                None => println!("working set:     not recorded yet (the first uffd invocation records it)"),
+                None => println!(
+                    "working set:     not recorded yet (the first uffd invocation records it)"
+                ),
             }
             0
         }

@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 
 /// Every example, by name.
-pub const NAMES: &[&str] = &["hello", "echo", "fib", "alloc", "trap", "spin", "counter", "entropy"];
+pub const NAMES: &[&str] = &[
+    "hello", "echo", "fib", "alloc", "trap", "spin", "counter", "entropy",
+];
 
 /// The path of example `name`'s module (built into this crate's OUT_DIR).
 pub fn path(name: &str) -> PathBuf {

@@ -23,10 +23,10 @@ mod machine;
 mod session;
 pub mod vstate;
 
-pub use error::{ProtocolViolation, RunError, SetupError};
-pub use io::{BufferIo, GuestIo, StdIo};
 pub use devices::serial::SerialState;
 pub use devices::virtio::console::ConsoleState;
+pub use error::{ProtocolViolation, RunError, SetupError};
+pub use io::{BufferIo, GuestIo, StdIo};
 pub use machine::{run, Invocation, Phases, ReadyVm, RunReport, VmConfig, VmState};
 pub use vstate::vcpu::VcpuState;
 pub use vstate::vm::{kvm_device_path, VmError};

@@ -145,7 +145,8 @@ pub fn write_clock(
 
 /// The generation of the seed page (the clock page shares it).
 pub fn read_generation(mem: &GuestMemoryMmap) -> u64 {
-    mem.read_obj::<u64>(GuestAddress(SEED_PAGE_ADDR)).unwrap_or(0)
+    mem.read_obj::<u64>(GuestAddress(SEED_PAGE_ADDR))
+        .unwrap_or(0)
 }
 
 /// Writes a fresh random seed.

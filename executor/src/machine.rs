@@ -16,9 +16,9 @@ use flint_abi::FailureKind;
 use vm_memory::GuestMemoryMmap;
 
 use crate::devices::serial::SerialConsole;
-use crate::devices::virtio::console::{Console, TX_QUEUE};
 use crate::devices::serial::SerialState;
 use crate::devices::virtio::console::ConsoleState;
+use crate::devices::virtio::console::{Console, TX_QUEUE};
 use crate::error::{ProtocolViolation, RunError, SetupError};
 use crate::io::GuestIo;
 use crate::loader;
@@ -173,22 +173,34 @@ impl Machine {
         phases.vm_create = t1 - t0;
 
         let guest = loader::load_guest(vm.memory(), config.guest_elf.as_deref())?;
-        let placement = layout::place(mem_size, guest.end, module.len() as u64).ok_or_else(|| RunError::OutOfMemory {
-            memory_mib: config.memory_mib,
-            detail: format!("a {}-byte module does not fit in guest memory beside the runtime", module.len()),
-        })?;
+        let placement =
+            layout::place(mem_size, guest.end, module.len() as u64).ok_or_else(|| {
+                RunError::OutOfMemory {
+                    memory_mib: config.memory_mib,
+                    detail: format!(
+                        "a {}-byte module does not fit in guest memory beside the runtime",
+                        module.len()
+                    ),
+                }
+            })?;
         loader::load_module(vm.memory(), mem_size, &placement, module)?;
         // Back the start of the heap and the top of the stack with host pages
         // in one call: faulting them in one by one while the guest runs costs
         // an exit each (about 36 µs here, against about 3 µs now).
         let heap_len = config.prefault_mib << 20;
-        vm.prefault(placement.heap_start, heap_len.min(placement.heap_end - placement.heap_start));
+        vm.prefault(
+            placement.heap_start,
+            heap_len.min(placement.heap_end - placement.heap_start),
+        );
         vm.prefault(mem_size - PREFAULT_STACK, PREFAULT_STACK);
         vcpu.setup_long_mode(guest.entry, placement.stack_top)?;
         let mut m = Self {
             vm,
             vcpu,
-            bus: Bus { serial: SerialConsole::new(), console: Console::new() },
+            bus: Bus {
+                serial: SerialConsole::new(),
+                console: Console::new(),
+            },
             memory_mib: config.memory_mib,
             generation: 0,
             phases,
@@ -205,7 +217,11 @@ impl Machine {
         self.generation += 1;
         let mem = self.vm.memory();
         loader::write_seed(mem, self.generation)?;
-        let tsc_khz = self.vcpu.tsc_khz().map(u64::from).unwrap_or_else(loader::host_tsc_khz);
+        let tsc_khz = self
+            .vcpu
+            .tsc_khz()
+            .map(u64::from)
+            .unwrap_or_else(loader::host_tsc_khz);
         loader::write_clock(mem, self.generation, self.vcpu.guest_tsc()?, tsc_khz)?;
         Ok(())
     }
@@ -268,7 +284,9 @@ impl Machine {
                     }
                 }
             }
-            handle.join().map_err(|_| RunError::Setup(SetupError::VcpuPanic))?
+            handle
+                .join()
+                .map_err(|_| RunError::Setup(SetupError::VcpuPanic))?
         });
         if aborted {
             return Err(RunError::Aborted);
@@ -292,29 +310,44 @@ impl Machine {
     }
 
     /// Turns the end of a run into its report or error, and tears the VM down.
-    fn conclude(mut self, stop: Result<Stop, RunError>, marks: Marks, timeout: Option<Duration>) -> Result<RunReport, RunError> {
+    fn conclude(
+        mut self,
+        stop: Result<Stop, RunError>,
+        marks: Marks,
+        timeout: Option<Duration>,
+    ) -> Result<RunReport, RunError> {
         let guest_resident_bytes = self.vm.resident_bytes();
         let t_end = Instant::now();
         let memory_mib = self.memory_mib;
         let mut phases = self.phases;
-        phases.run = marks.ended.map(|e| e.saturating_duration_since(marks.ready.unwrap_or(self.started))).unwrap_or_default();
+        phases.run = marks
+            .ended
+            .map(|e| e.saturating_duration_since(marks.ready.unwrap_or(self.started)))
+            .unwrap_or_default();
         self.phases = Phases::default();
         drop(self);
         phases.teardown = t_end.elapsed();
         match stop? {
-            Stop::Guest(GuestEnd::Exited(code)) => Ok(RunReport { exit_code: code, phases, guest_resident_bytes }),
+            Stop::Guest(GuestEnd::Exited(code)) => Ok(RunReport {
+                exit_code: code,
+                phases,
+                guest_resident_bytes,
+            }),
             Stop::Guest(GuestEnd::Failed(kind, msg)) => Err(match kind {
                 FailureKind::InvalidModule => RunError::InvalidModule(msg),
                 FailureKind::MissingImport => RunError::MissingImport(msg),
                 FailureKind::Trap => RunError::Trap(msg),
-                FailureKind::OutOfMemory => RunError::OutOfMemory { memory_mib, detail: msg },
+                FailureKind::OutOfMemory => RunError::OutOfMemory {
+                    memory_mib,
+                    detail: msg,
+                },
                 FailureKind::NotACommand => RunError::NotACommand(msg),
                 FailureKind::Internal => RunError::GuestInternal(msg),
             }),
             Stop::Kicked => Err(RunError::Timeout(timeout.unwrap_or_default())),
-            Stop::Ready => Err(RunError::GuestProtocol(ProtocolViolation::Session(SessionError::Protocol(
-                "a second Ready milestone".into(),
-            )))),
+            Stop::Ready => Err(RunError::GuestProtocol(ProtocolViolation::Session(
+                SessionError::Protocol("a second Ready milestone".into()),
+            ))),
         }
     }
 
@@ -355,7 +388,9 @@ pub struct ReadyVm {
 
 impl std::fmt::Debug for ReadyVm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadyVm").field("memory_mib", &self.machine.memory_mib).finish_non_exhaustive()
+        f.debug_struct("ReadyVm")
+            .field("memory_mib", &self.machine.memory_mib)
+            .finish_non_exhaustive()
     }
 }
 
@@ -372,9 +407,12 @@ impl ReadyVm {
             Ok(Stop::Ready) => Ok(Self { machine }),
             other => match machine.conclude(other, marks, config.timeout) {
                 Err(e) => Err(e),
-                Ok(report) => Err(RunError::GuestProtocol(ProtocolViolation::Session(SessionError::Protocol(
-                    format!("an exit ({}) before its ready point", report.exit_code),
-                )))),
+                Ok(report) => Err(RunError::GuestProtocol(ProtocolViolation::Session(
+                    SessionError::Protocol(format!(
+                        "an exit ({}) before its ready point",
+                        report.exit_code
+                    )),
+                ))),
             },
         }
     }
@@ -423,7 +461,9 @@ impl ReadyVm {
             use vm_memory::GuestMemoryBackend;
             memory.iter().map(vm_memory::GuestMemoryRegion::len).sum()
         };
-        if !(layout::MIN_MEMORY_MIB..=layout::MAX_MEMORY_MIB).contains(&state.memory_mib) || expected != actual {
+        if !(layout::MIN_MEMORY_MIB..=layout::MAX_MEMORY_MIB).contains(&state.memory_mib)
+            || expected != actual
+        {
             return Err(RunError::InvalidState(format!(
                 "the state is for {} MiB of memory but {} bytes were given",
                 state.memory_mib, actual
@@ -432,11 +472,16 @@ impl ReadyVm {
         vcpu::init_kick_signal();
         let vm = Vm::with_memory(memory)?;
         let vcpu = vm.create_vcpu(0)?;
-        let mut phases = Phases { vm_create: t0.elapsed(), ..Phases::default() };
+        let mut phases = Phases {
+            vm_create: t0.elapsed(),
+            ..Phases::default()
+        };
         let t1 = Instant::now();
-        vcpu.restore(&state.vcpu).map_err(|e| RunError::InvalidState(format!("the vCPU state was refused: {e}")))?;
-        let console = Console::restore(&state.console, vm.memory())
-            .map_err(|e| RunError::InvalidState(format!("the data channel's state is invalid: {e}")))?;
+        vcpu.restore(&state.vcpu)
+            .map_err(|e| RunError::InvalidState(format!("the vCPU state was refused: {e}")))?;
+        let console = Console::restore(&state.console, vm.memory()).map_err(|e| {
+            RunError::InvalidState(format!("the data channel's state is invalid: {e}"))
+        })?;
         let serial = SerialConsole::restore(&state.serial);
         let mut machine = Machine {
             vm,
@@ -456,7 +501,12 @@ impl ReadyVm {
     }
 
     /// Starts the invocation and runs it to the end; the VM is torn down.
-    pub fn invoke(self, invocation: &Invocation, io: &mut dyn GuestIo, timeout: Option<Duration>) -> Result<RunReport, RunError> {
+    pub fn invoke(
+        self,
+        invocation: &Invocation,
+        io: &mut dyn GuestIo,
+        timeout: Option<Duration>,
+    ) -> Result<RunReport, RunError> {
         self.invoke_abortable(invocation, io, timeout, None)
     }
 
@@ -471,7 +521,9 @@ impl ReadyVm {
     ) -> Result<RunReport, RunError> {
         let m = &mut self.machine;
         m.bus.console.clear();
-        m.bus.console.send(&start_frame(&invocation.args, &invocation.env));
+        m.bus
+            .console
+            .send(&start_frame(&invocation.args, &invocation.env));
         m.bus.console.fill_rx(m.vm.memory())?;
         let mut session = Session::resumed(io);
         m.started = Instant::now();

@@ -24,15 +24,23 @@ fn a_restored_vm_runs_the_invocation() {
     for name in ["ada", "grace"] {
         let restored = ReadyVm::restore(&state, copy_memory_from(&mem)).unwrap();
         let mut io = BufferIo::default();
-        let inv = Invocation { args: vec!["hello".into(), name.into()], env: vec![] };
+        let inv = Invocation {
+            args: vec!["hello".into(), name.into()],
+            env: vec![],
+        };
         let report = restored.invoke(&inv, &mut io, None).unwrap();
         assert_eq!(report.exit_code, 0);
-        assert_eq!(String::from_utf8_lossy(&io.stdout), format!("hello, {name}\n"));
+        assert_eq!(
+            String::from_utf8_lossy(&io.stdout),
+            format!("hello, {name}\n")
+        );
     }
 }
 
 fn copy_memory_from(mem: &GuestMemoryMmap) -> GuestMemoryMmap {
-    let size = vm_memory::GuestMemoryBackend::iter(mem).map(vm_memory::GuestMemoryRegion::len).sum::<u64>() as usize;
+    let size = vm_memory::GuestMemoryBackend::iter(mem)
+        .map(vm_memory::GuestMemoryRegion::len)
+        .sum::<u64>() as usize;
     let mut buf = vec![0u8; size];
     mem.read_slice(&mut buf, GuestAddress(0)).unwrap();
     let m = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size)]).unwrap();

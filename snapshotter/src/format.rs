@@ -69,7 +69,9 @@ pub enum FormatError {
 }
 
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_fixed_int_encoding().with_limit::<{ MAX_STATE_FILE as usize }>()
+    bincode::config::standard()
+        .with_fixed_int_encoding()
+        .with_limit::<{ MAX_STATE_FILE as usize }>()
 }
 
 pub fn module_crc(module: &[u8]) -> u64 {
@@ -77,7 +79,8 @@ pub fn module_crc(module: &[u8]) -> u64 {
 }
 
 pub fn encode(state: &SnapshotState) -> Result<Vec<u8>, FormatError> {
-    let payload = bincode::serde::encode_to_vec(state, config()).map_err(|e| FormatError::Payload(e.to_string()))?;
+    let payload = bincode::serde::encode_to_vec(state, config())
+        .map_err(|e| FormatError::Payload(e.to_string()))?;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + CRC_LEN);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -138,15 +141,20 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, SnapshotState), FormatError> {
         return Err(FormatError::Abi(header.abi));
     }
     if u32_at(bytes, 20) != 0 {
-        return Err(FormatError::Payload("reserved header field is not zero".into()));
+        return Err(FormatError::Payload(
+            "reserved header field is not zero".into(),
+        ));
     }
     if header.payload_len != (body.len() - HEADER_LEN) as u64 {
         return Err(FormatError::Length(header.payload_len));
     }
     let (state, used): (SnapshotState, usize) =
-        bincode::serde::decode_from_slice(&body[HEADER_LEN..], config()).map_err(|e| FormatError::Payload(e.to_string()))?;
+        bincode::serde::decode_from_slice(&body[HEADER_LEN..], config())
+            .map_err(|e| FormatError::Payload(e.to_string()))?;
     if used != body.len() - HEADER_LEN {
-        return Err(FormatError::Payload("trailing bytes after the payload".into()));
+        return Err(FormatError::Payload(
+            "trailing bytes after the payload".into(),
+        ));
     }
     Ok((header, state))
 }
@@ -177,7 +185,11 @@ mod tests {
                     xsave: vec![7; 1024],
                     xcrs: Default::default(),
                     events: Default::default(),
-                    msrs: vec![kvm_bindings::kvm_msr_entry { index: 0x10, data: 42, ..Default::default() }],
+                    msrs: vec![kvm_bindings::kvm_msr_entry {
+                        index: 0x10,
+                        data: 42,
+                        ..Default::default()
+                    }],
                 },
                 console: ConsoleState {
                     transport: TransportState {
@@ -205,8 +217,15 @@ mod tests {
         let s = sample();
         let bytes = encode(&s).unwrap();
         let (h, back) = decode(&bytes).unwrap();
-        assert_eq!((h.version, h.arch, h.abi), (FORMAT_VERSION, ARCH_X86_64, flint_abi::ABI_VERSION));
-        assert_eq!(encode(&back).unwrap(), bytes, "decode(encode(s)) re-encodes to the same bytes");
+        assert_eq!(
+            (h.version, h.arch, h.abi),
+            (FORMAT_VERSION, ARCH_X86_64, flint_abi::ABI_VERSION)
+        );
+        assert_eq!(
+            encode(&back).unwrap(),
+            bytes,
+            "decode(encode(s)) re-encodes to the same bytes"
+        );
         assert_eq!(back.vm.vcpu.msrs[0].data, 42);
         assert_eq!(back.vm.console, s.vm.console);
     }
@@ -225,7 +244,10 @@ mod tests {
     fn every_truncation_is_caught() {
         let bytes = encode(&sample()).unwrap();
         for len in 0..bytes.len() {
-            assert!(decode(&bytes[..len]).is_err(), "truncation to {len} went unnoticed");
+            assert!(
+                decode(&bytes[..len]).is_err(),
+                "truncation to {len} went unnoticed"
+            );
         }
     }
 
@@ -238,7 +260,13 @@ mod tests {
         let mut b = bytes.clone();
         b[12] = 2;
         assert_eq!(decode(&b).unwrap_err(), FormatError::Architecture(2));
-        assert_eq!(decode(b"NOTASNAPSHOT-AT-ALL-BUT-LONG-ENOUGH-TO-READ-IT").unwrap_err(), FormatError::BadMagic);
-        assert_eq!(decode(&vec![0; (MAX_STATE_FILE + 1) as usize]).unwrap_err(), FormatError::TooLarge(MAX_STATE_FILE + 1));
+        assert_eq!(
+            decode(b"NOTASNAPSHOT-AT-ALL-BUT-LONG-ENOUGH-TO-READ-IT").unwrap_err(),
+            FormatError::BadMagic
+        );
+        assert_eq!(
+            decode(&vec![0; (MAX_STATE_FILE + 1) as usize]).unwrap_err(),
+            FormatError::TooLarge(MAX_STATE_FILE + 1)
+        );
     }
 }

@@ -52,7 +52,11 @@ pub enum SnapshotError {
         source: FormatError,
     },
     #[error("the memory file {path} is {actual} bytes; the snapshot needs exactly {expected}")]
-    MemorySize { path: PathBuf, expected: u64, actual: u64 },
+    MemorySize {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
     #[error("the working-set file {path} is unusable: {why}")]
     WorkingSet { path: PathBuf, why: String },
     #[error("the userfaultfd memory backend failed")]
@@ -88,7 +92,11 @@ pub struct InvokeOptions {
 
 impl Default for InvokeOptions {
     fn default() -> Self {
-        Self { backend: Backend::Uffd, prefetch: true, timeout: Some(Duration::from_secs(60)) }
+        Self {
+            backend: Backend::Uffd,
+            prefetch: true,
+            timeout: Some(Duration::from_secs(60)),
+        }
     }
 }
 
@@ -128,14 +136,21 @@ pub struct Info {
 /// Boots `module`, runs it to its ready point and saves it to `dir`
 /// (created if needed; an older snapshot there is replaced). Output the
 /// module writes while initialising goes to `io`.
-pub fn create(module: &[u8], module_name: &str, dir: &Path, config: &VmConfig, io: &mut dyn GuestIo) -> Result<Info, SnapshotError> {
+pub fn create(
+    module: &[u8],
+    module_name: &str,
+    dir: &Path,
+    config: &VmConfig,
+    io: &mut dyn GuestIo,
+) -> Result<Info, SnapshotError> {
     std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
     let mut vm = ReadyVm::boot(config, module, io)?;
     let vm_state = vm.save()?;
     let memory_bytes = vm.memory_mib() << 20;
     let mem_path = dir.join(MEMORY_FILE);
     let mut mem_file = File::create(&mem_path).map_err(io_err("creating", &mem_path))?;
-    let data_pages = memory::write(vm.memory(), memory_bytes, &mut mem_file).map_err(io_err("writing", &mem_path))?;
+    let data_pages = memory::write(vm.memory(), memory_bytes, &mut mem_file)
+        .map_err(io_err("writing", &mem_path))?;
     drop(vm);
     let state = SnapshotState {
         vm: vm_state,
@@ -144,13 +159,21 @@ pub fn create(module: &[u8], module_name: &str, dir: &Path, config: &VmConfig, i
         module_name: module_name.to_string(),
         module_len: module.len() as u64,
         module_crc: format::module_crc(module),
-        created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
     };
-    let bytes = format::encode(&state).map_err(|source| SnapshotError::Format { path: dir.join(STATE_FILE), source })?;
+    let bytes = format::encode(&state).map_err(|source| SnapshotError::Format {
+        path: dir.join(STATE_FILE),
+        source,
+    })?;
     // Write the state last, atomically: a snapshot without it is not one.
     let tmp = dir.join(format!("{STATE_FILE}.tmp"));
     let mut f = File::create(&tmp).map_err(io_err("creating", &tmp))?;
-    f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io_err("writing", &tmp))?;
+    f.write_all(&bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io_err("writing", &tmp))?;
     let ws = dir.join(WORKING_SET_FILE);
     let _ = std::fs::remove_file(&ws); // recorded against the old memory
     let state_path = dir.join(STATE_FILE);
@@ -175,12 +198,17 @@ impl Snapshot {
         let state_path = dir.join(STATE_FILE);
         let f = File::open(&state_path).map_err(io_err("opening", &state_path))?;
         let len = f.metadata().map_err(io_err("reading", &state_path))?.len();
-        let format_err = |source| SnapshotError::Format { path: state_path.clone(), source };
+        let format_err = |source| SnapshotError::Format {
+            path: state_path.clone(),
+            source,
+        };
         if len > format::MAX_STATE_FILE {
             return Err(format_err(FormatError::TooLarge(len)));
         }
         let mut bytes = Vec::with_capacity(len as usize);
-        f.take(format::MAX_STATE_FILE + 1).read_to_end(&mut bytes).map_err(io_err("reading", &state_path))?;
+        f.take(format::MAX_STATE_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err("reading", &state_path))?;
         let (header, state) = format::decode(&bytes).map_err(format_err)?;
         if state.memory_bytes != state.vm.memory_mib << 20 || state.memory_bytes % PAGE != 0 {
             return Err(format_err(FormatError::Payload(format!(
@@ -192,19 +220,32 @@ impl Snapshot {
         let mut mem = File::open(&mem_path).map_err(io_err("opening", &mem_path))?;
         let actual = mem.metadata().map_err(io_err("reading", &mem_path))?.len();
         if actual != state.memory_bytes {
-            return Err(SnapshotError::MemorySize { path: mem_path, expected: state.memory_bytes, actual });
+            return Err(SnapshotError::MemorySize {
+                path: mem_path,
+                expected: state.memory_bytes,
+                actual,
+            });
         }
         let data_map = memory::data_map(&mut mem, actual).map_err(io_err("reading", &mem_path))?;
         let ws_path = dir.join(WORKING_SET_FILE);
         let working_set = match std::fs::read(&ws_path) {
-            Ok(b) => Some(
-                working_set::decode(&b, actual / PAGE)
-                    .map_err(|why| SnapshotError::WorkingSet { path: ws_path.clone(), why })?,
-            ),
+            Ok(b) => Some(working_set::decode(&b, actual / PAGE).map_err(|why| {
+                SnapshotError::WorkingSet {
+                    path: ws_path.clone(),
+                    why,
+                }
+            })?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_err("reading", &ws_path)(e)),
         };
-        Ok(Self { dir: dir.to_path_buf(), header, state, state_bytes: len, data_map, working_set })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            header,
+            state,
+            state_bytes: len,
+            data_map,
+            working_set,
+        })
     }
 
     pub fn info(&self) -> Info {
@@ -227,18 +268,30 @@ impl Snapshot {
 
     /// Restores the VM and runs one invocation in it. With the uffd backend
     /// and no working set yet, records one beside the snapshot.
-    pub fn invoke(&self, invocation: &Invocation, io: &mut dyn GuestIo, opts: &InvokeOptions) -> Result<InvokeReport, SnapshotError> {
+    pub fn invoke(
+        &self,
+        invocation: &Invocation,
+        io: &mut dyn GuestIo,
+        opts: &InvokeOptions,
+    ) -> Result<InvokeReport, SnapshotError> {
         let t0 = Instant::now();
         let mem_path = self.dir.join(MEMORY_FILE);
         let file = File::open(&mem_path).map_err(io_err("opening", &mem_path))?;
         let load = t0.elapsed();
         let t1 = Instant::now();
         let (memory, backend, prefetched) = match opts.backend {
-            Backend::File => (memory::map_private(file, self.state.memory_bytes).map_err(io_err("mapping", &mem_path))?, None, 0),
+            Backend::File => (
+                memory::map_private(file, self.state.memory_bytes)
+                    .map_err(io_err("mapping", &mem_path))?,
+                None,
+                0,
+            ),
             Backend::Uffd => {
-                let mem = memory::anonymous(self.state.memory_bytes).map_err(io_err("allocating memory for", &mem_path))?;
+                let mem = memory::anonymous(self.state.memory_bytes)
+                    .map_err(io_err("allocating memory for", &mem_path))?;
                 let record = self.working_set.is_none();
-                let b = UffdBackend::start(&mem, file, self.data_map.clone(), record).map_err(SnapshotError::Uffd)?;
+                let b = UffdBackend::start(&mem, file, self.data_map.clone(), record)
+                    .map_err(SnapshotError::Uffd)?;
                 let prefetched = match (&self.working_set, opts.prefetch) {
                     (Some(ws), true) => b.prefetch(ws).map_err(SnapshotError::Uffd)?,
                     _ => 0,
@@ -260,9 +313,14 @@ impl Snapshot {
         }
         let run = result?;
         let mut recorded_working_set = false;
-        if opts.backend == Backend::Uffd && self.working_set.is_none() && !handler.recorded.is_empty() {
+        if opts.backend == Backend::Uffd
+            && self.working_set.is_none()
+            && !handler.recorded.is_empty()
+        {
             let ws_path = self.dir.join(WORKING_SET_FILE);
-            let tmp = self.dir.join(format!("{WORKING_SET_FILE}.{}.tmp", std::process::id()));
+            let tmp = self
+                .dir
+                .join(format!("{WORKING_SET_FILE}.{}.tmp", std::process::id()));
             // Best effort: a read-only snapshot directory still restores.
             if std::fs::write(&tmp, working_set::encode(&handler.recorded)).is_ok() {
                 recorded_working_set = OpenOptions::new().read(true).open(&ws_path).is_err()

@@ -3,8 +3,8 @@
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
@@ -22,7 +22,8 @@ pub fn write(mem: &GuestMemoryMmap, size: u64, file: &mut File) -> std::io::Resu
     let mut at = 0u64;
     while at < size {
         let len = (size - at).min(CHUNK_PAGES * PAGE) as usize;
-        mem.read_slice(&mut buf[..len], GuestAddress(at)).map_err(std::io::Error::other)?;
+        mem.read_slice(&mut buf[..len], GuestAddress(at))
+            .map_err(std::io::Error::other)?;
         for (i, page) in buf[..len].chunks(PAGE as usize).enumerate() {
             if page.iter().any(|b| *b != 0) {
                 file.write_all_at(page, at + i as u64 * PAGE)?;
@@ -50,7 +51,11 @@ pub fn data_map(file: &mut File, size: u64) -> std::io::Result<Vec<bool>> {
         }
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { size } else { (hole as u64).min(size) };
+        let end = if hole < 0 {
+            size
+        } else {
+            (hole as u64).min(size)
+        };
         for p in (data as u64 / PAGE)..end.div_ceil(PAGE) {
             map[p as usize] = true;
         }
@@ -70,7 +75,8 @@ pub fn map_private(file: File, size: u64) -> std::io::Result<GuestMemoryMmap> {
         libc::MAP_PRIVATE | libc::MAP_NORESERVE,
     )
     .map_err(std::io::Error::other)?;
-    let region = GuestRegionMmap::new(region, GuestAddress(0)).ok_or_else(|| std::io::Error::other("bad region"))?;
+    let region = GuestRegionMmap::new(region, GuestAddress(0))
+        .ok_or_else(|| std::io::Error::other("bad region"))?;
     GuestMemoryMmap::from_regions(vec![region]).map_err(std::io::Error::other)
 }
 

@@ -22,7 +22,9 @@ use crate::memory::PAGE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UffdError {
-    #[error("creating the userfaultfd failed (is it allowed? root, or vm.unprivileged_userfaultfd=1)")]
+    #[error(
+        "creating the userfaultfd failed (is it allowed? root, or vm.unprivileged_userfaultfd=1)"
+    )]
     Create(#[source] userfaultfd::Error),
     #[error("registering guest memory with userfaultfd failed")]
     Register(#[source] userfaultfd::Error),
@@ -55,7 +57,9 @@ impl Source {
     /// Reads `count` pages from `first` into `buf` (holes read as zeros).
     fn read(&self, first: u64, buf: &mut [u8]) -> Result<(), String> {
         let at = first * PAGE;
-        self.file.read_exact_at(buf, at).map_err(|e| format!("reading the memory file at {at:#x}: {e}"))
+        self.file
+            .read_exact_at(buf, at)
+            .map_err(|e| format!("reading the memory file at {at:#x}: {e}"))
     }
 }
 
@@ -76,14 +80,21 @@ pub struct UffdBackend {
 
 impl std::fmt::Debug for UffdBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UffdBackend").field("pages", &self.pages).finish_non_exhaustive()
+        f.debug_struct("UffdBackend")
+            .field("pages", &self.pages)
+            .finish_non_exhaustive()
     }
 }
 
 impl UffdBackend {
     /// Registers `mem` (anonymous, untouched) and starts serving its faults
     /// from `file`, whose data pages `data` marks.
-    pub fn start(mem: &GuestMemoryMmap, file: File, data: Vec<bool>, record: bool) -> Result<Self, UffdError> {
+    pub fn start(
+        mem: &GuestMemoryMmap,
+        file: File,
+        data: Vec<bool>,
+        record: bool,
+    ) -> Result<Self, UffdError> {
         let uffd = UffdBuilder::new()
             .close_on_exec(true)
             .non_blocking(true)
@@ -92,8 +103,11 @@ impl UffdBackend {
             .map_err(UffdError::Create)?;
         let region = mem.iter().next().expect("one region");
         let len = vm_memory::GuestMemoryRegion::len(region);
-        let host = mem.get_host_address(GuestAddress(0)).expect("address 0 is mapped");
-        uffd.register(host.cast(), len as usize).map_err(UffdError::Register)?;
+        let host = mem
+            .get_host_address(GuestAddress(0))
+            .expect("address 0 is mapped");
+        uffd.register(host.cast(), len as usize)
+            .map_err(UffdError::Register)?;
         let uffd = Arc::new(uffd);
         let pages = len / PAGE;
         let source = Arc::new(Source { file, data });
@@ -101,13 +115,22 @@ impl UffdBackend {
         let abort = Arc::new(AtomicBool::new(false));
         let base = Base(host as usize);
         let thread = {
-            let (uffd, source, stop, abort) = (uffd.clone(), source.clone(), stop.clone(), abort.clone());
+            let (uffd, source, stop, abort) =
+                (uffd.clone(), source.clone(), stop.clone(), abort.clone());
             std::thread::Builder::new()
                 .name("flint-uffd".into())
                 .spawn(move || serve(&uffd, base, pages, &source, &stop, &abort, record))
                 .map_err(UffdError::Thread)?
         };
-        Ok(Self { uffd, base, pages, source, stop, abort, thread: Some(thread) })
+        Ok(Self {
+            uffd,
+            base,
+            pages,
+            source,
+            stop,
+            abort,
+            thread: Some(thread),
+        })
     }
 
     /// Raised when the handler could not serve a page.
@@ -118,7 +141,11 @@ impl UffdBackend {
     /// Installs `pages` (a recorded working set) now, in runs of contiguous
     /// pages, one read and one `UFFDIO_COPY` per run. Returns pages installed.
     pub fn prefetch(&self, pages: &[u32]) -> Result<u64, UffdError> {
-        let mut sorted: Vec<u64> = pages.iter().map(|&p| p as u64).filter(|&p| p < self.pages).collect();
+        let mut sorted: Vec<u64> = pages
+            .iter()
+            .map(|&p| p as u64)
+            .filter(|&p| p < self.pages)
+            .collect();
         sorted.sort_unstable();
         sorted.dedup();
         let mut installed = 0;
@@ -131,7 +158,9 @@ impl UffdBackend {
                 n += 1;
             }
             buf.resize(n * PAGE as usize, 0);
-            self.source.read(first, &mut buf).map_err(|e| UffdError::Prefetch(first, e))?;
+            self.source
+                .read(first, &mut buf)
+                .map_err(|e| UffdError::Prefetch(first, e))?;
             let dst = (self.base.0 + (first * PAGE) as usize) as *mut libc::c_void;
             // SAFETY: `dst..dst + buf.len()` lies inside the registered guest
             // mapping (pages < self.pages), which is alive while `self` is;
@@ -144,7 +173,9 @@ impl UffdBackend {
                         let page = &buf[k * PAGE as usize..(k + 1) * PAGE as usize];
                         let d = (dst as usize + k * PAGE as usize) as *mut libc::c_void;
                         // SAFETY: one page inside the registered mapping.
-                        if unsafe { self.uffd.copy(page.as_ptr().cast(), d, PAGE as usize, true) }.is_ok() {
+                        if unsafe { self.uffd.copy(page.as_ptr().cast(), d, PAGE as usize, true) }
+                            .is_ok()
+                        {
                             installed += 1;
                         }
                     }
@@ -158,7 +189,10 @@ impl UffdBackend {
     /// Stops the handler and returns what it did.
     pub fn finish(mut self) -> HandlerReport {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
     }
 }
 
@@ -181,11 +215,19 @@ fn serve(
     record: bool,
 ) -> HandlerReport {
     let mut report = HandlerReport::default();
-    let mut seen = if record { vec![false; pages as usize] } else { Vec::new() };
+    let mut seen = if record {
+        vec![false; pages as usize]
+    } else {
+        Vec::new()
+    };
     let mut buf = vec![0u8; PAGE as usize];
     let fd = std::os::fd::AsRawFd::as_raw_fd(uffd);
     while !stop.load(Ordering::SeqCst) {
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: polls one valid fd; `pfd` lives across the call.
         let ready = unsafe { libc::poll(&mut pfd, 1, 20) };
         if ready <= 0 {
@@ -196,24 +238,36 @@ fn serve(
                 Ok(Some(e)) => e,
                 Ok(None) => break,
                 Err(e) => {
-                    fail(&mut report, abort, format!("reading userfaultfd events: {e}"));
+                    fail(
+                        &mut report,
+                        abort,
+                        format!("reading userfaultfd events: {e}"),
+                    );
                     break;
                 }
             };
-            let Event::Pagefault { addr, .. } = event else { continue };
+            let Event::Pagefault { addr, .. } = event else {
+                continue;
+            };
             let t = Instant::now();
             let offset = (addr as usize).wrapping_sub(base.0) as u64;
             let index = offset / PAGE;
             let dst = (base.0 + (index * PAGE) as usize) as *mut libc::c_void;
             if index >= pages {
-                fail(&mut report, abort, format!("a fault at {addr:?} outside guest memory"));
+                fail(
+                    &mut report,
+                    abort,
+                    format!("a fault at {addr:?} outside guest memory"),
+                );
                 continue;
             }
-            let has_data = report.error.is_none() && source.data.get(index as usize).copied().unwrap_or(false);
+            let has_data =
+                report.error.is_none() && source.data.get(index as usize).copied().unwrap_or(false);
             let result = if has_data {
                 match source.read(index, &mut buf) {
                     // SAFETY: one page inside the registered, live mapping.
-                    Ok(()) => unsafe { uffd.copy(buf.as_ptr().cast(), dst, PAGE as usize, true) }.map(|_| ()),
+                    Ok(()) => unsafe { uffd.copy(buf.as_ptr().cast(), dst, PAGE as usize, true) }
+                        .map(|_| ()),
                     Err(e) => {
                         fail(&mut report, abort, e);
                         // SAFETY: as above; zeros unblock the faulting thread.

@@ -28,11 +28,19 @@ pub fn decode(bytes: &[u8], total_pages: u64) -> Result<Vec<u32>, String> {
     }
     let count = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")) as usize;
     if body.len() != 12 + 4 * count || count as u64 > total_pages {
-        return Err(format!("it claims {count} pages but holds {} bytes", body.len()));
+        return Err(format!(
+            "it claims {count} pages but holds {} bytes",
+            body.len()
+        ));
     }
-    let pages: Vec<u32> = body[12..].chunks(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+    let pages: Vec<u32> = body[12..]
+        .chunks(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
     if let Some(bad) = pages.iter().find(|&&p| p as u64 >= total_pages) {
-        return Err(format!("page {bad} is beyond the {total_pages}-page memory"));
+        return Err(format!(
+            "page {bad} is beyond the {total_pages}-page memory"
+        ));
     }
     Ok(pages)
 }
@@ -53,7 +61,9 @@ mod tests {
         let mut b = encode(&[1, 2, 3]);
         b[13] ^= 1;
         assert!(decode(&b, 1000).unwrap_err().contains("checksum"));
-        assert!(decode(&encode(&[1, 2000]), 1000).unwrap_err().contains("beyond"));
+        assert!(decode(&encode(&[1, 2000]), 1000)
+            .unwrap_err()
+            .contains("beyond"));
         assert!(decode(b"FLINTWS1", 1000).is_err());
         assert!(decode(&encode(&[1])[..15], 1000).is_err());
     }

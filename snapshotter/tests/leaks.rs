@@ -11,19 +11,43 @@ fn fds() -> usize {
 
 fn status(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines().find(|l| l.starts_with(field)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
 fn fifty_restores_leave_nothing_behind() {
     let dir = std::env::temp_dir().join(format!("flint-snap-leaks-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    create(&flint_examples::bytes("alloc"), "alloc.wasm", &dir, &VmConfig::default(), &mut BufferIo::default()).unwrap();
+    create(
+        &flint_examples::bytes("alloc"),
+        "alloc.wasm",
+        &dir,
+        &VmConfig::default(),
+        &mut BufferIo::default(),
+    )
+    .unwrap();
     let snap = Snapshot::open(&dir).unwrap();
-    let inv = Invocation { args: vec!["alloc".into(), "8".into()], env: vec![] };
+    let inv = Invocation {
+        args: vec!["alloc".into(), "8".into()],
+        env: vec![],
+    };
     let one = |i: usize| {
-        let backend = if i % 2 == 0 { Backend::Uffd } else { Backend::File };
-        let opts = InvokeOptions { backend, ..InvokeOptions::default() };
+        let backend = if i % 2 == 0 {
+            Backend::Uffd
+        } else {
+            Backend::File
+        };
+        let opts = InvokeOptions {
+            backend,
+            ..InvokeOptions::default()
+        };
         let mut io = BufferIo::default();
         let r = snap.invoke(&inv, &mut io, &opts).unwrap();
         assert_eq!(r.run.exit_code, 0);
@@ -45,6 +69,9 @@ fn fifty_restores_leave_nothing_behind() {
     assert_eq!(fds(), fds0, "file descriptors leaked");
     assert_eq!(status("Threads:"), threads0, "threads leaked");
     let rss = status("VmRSS:");
-    assert!(rss < rss0 + 32 * 1024, "RSS grew from {rss0} kB to {rss} kB");
+    assert!(
+        rss < rss0 + 32 * 1024,
+        "RSS grew from {rss0} kB to {rss} kB"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -10,7 +10,11 @@ use flint_snapshotter::{create, Backend, InvokeOptions, Snapshot, SnapshotError}
 
 fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!("flint-snap-{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let d = std::env::temp_dir().join(format!(
+        "flint-snap-{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
     let _ = std::fs::remove_dir_all(&d);
     d
 }
@@ -18,14 +22,24 @@ fn temp_dir(tag: &str) -> PathBuf {
 fn snapshot(name: &str) -> PathBuf {
     let dir = temp_dir(name);
     let mut io = BufferIo::default();
-    create(&flint_examples::bytes(name), &format!("{name}.wasm"), &dir, &VmConfig::default(), &mut io).unwrap();
+    create(
+        &flint_examples::bytes(name),
+        &format!("{name}.wasm"),
+        &dir,
+        &VmConfig::default(),
+        &mut io,
+    )
+    .unwrap();
     dir
 }
 
 fn inv(args: &[&str], env: &[(&str, &str)]) -> Invocation {
     Invocation {
         args: args.iter().map(|s| s.to_string()).collect(),
-        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     }
 }
 
@@ -33,7 +47,11 @@ fn all_options() -> Vec<InvokeOptions> {
     let mut v = Vec::new();
     for backend in [Backend::File, Backend::Uffd] {
         for prefetch in [true, false] {
-            v.push(InvokeOptions { backend, prefetch, timeout: Some(Duration::from_secs(30)) });
+            v.push(InvokeOptions {
+                backend,
+                prefetch,
+                timeout: Some(Duration::from_secs(30)),
+            });
         }
     }
     v
@@ -44,17 +62,27 @@ fn all_options() -> Vec<InvokeOptions> {
 /// against a cold `flint run` of the same module.
 fn same_as_cold_boot(name: &str, invocation: Invocation, stdin: &str) {
     let mut cold = BufferIo::with_stdin(stdin);
-    let cold_result = run(&VmConfig::default(), &flint_examples::bytes(name), &invocation, &mut cold).map(|r| r.exit_code);
+    let cold_result = run(
+        &VmConfig::default(),
+        &flint_examples::bytes(name),
+        &invocation,
+        &mut cold,
+    )
+    .map(|r| r.exit_code);
     let dir = snapshot(name);
     for opts in all_options() {
         for round in 0..2 {
             let snap = Snapshot::open(&dir).unwrap();
             let mut io = BufferIo::with_stdin(stdin);
-            let got = snap.invoke(&invocation, &mut io, &opts).map(|r| r.run.exit_code);
+            let got = snap
+                .invoke(&invocation, &mut io, &opts)
+                .map(|r| r.run.exit_code);
             let ctx = format!("{name} {opts:?} round {round}");
             match (&cold_result, &got) {
                 (Ok(a), Ok(b)) => assert_eq!(a, b, "{ctx}"),
-                (Err(a), Err(SnapshotError::Run(b))) => assert_eq!(a.to_string(), b.to_string(), "{ctx}"),
+                (Err(a), Err(SnapshotError::Run(b))) => {
+                    assert_eq!(a.to_string(), b.to_string(), "{ctx}")
+                }
                 other => panic!("{ctx}: {other:?}"),
             }
             assert_eq!(io.stdout, cold.stdout, "{ctx}");
@@ -71,7 +99,11 @@ fn hello_restored_matches_cold_boot() {
 
 #[test]
 fn echo_restored_gets_this_invocations_stdin_and_env() {
-    same_as_cold_boot("echo", inv(&["echo.wasm"], &[("K", "v"), ("Z", "last")]), "from stdin\n");
+    same_as_cold_boot(
+        "echo",
+        inv(&["echo.wasm"], &[("K", "v"), ("Z", "last")]),
+        "from stdin\n",
+    );
 }
 
 #[test]
@@ -89,10 +121,19 @@ fn trap_restored_reports_the_trap() {
 fn spin_restored_is_stopped_by_the_timeout() {
     let dir = snapshot("spin");
     for backend in [Backend::File, Backend::Uffd] {
-        let opts = InvokeOptions { backend, prefetch: true, timeout: Some(Duration::from_millis(300)) };
+        let opts = InvokeOptions {
+            backend,
+            prefetch: true,
+            timeout: Some(Duration::from_millis(300)),
+        };
         let mut io = BufferIo::default();
-        let r = Snapshot::open(&dir).unwrap().invoke(&inv(&["spin"], &[]), &mut io, &opts);
-        assert!(matches!(r, Err(SnapshotError::Run(RunError::Timeout(_)))), "{r:?}");
+        let r = Snapshot::open(&dir)
+            .unwrap()
+            .invoke(&inv(&["spin"], &[]), &mut io, &opts);
+        assert!(
+            matches!(r, Err(SnapshotError::Run(RunError::Timeout(_)))),
+            "{r:?}"
+        );
         assert_eq!(io.stdout, b"spinning\n");
     }
 }
@@ -102,18 +143,39 @@ fn the_first_uffd_invocation_records_the_working_set_and_later_ones_prefetch_it(
     let dir = snapshot("hello");
     assert_eq!(Snapshot::open(&dir).unwrap().info().working_set_pages, None);
     let opts = InvokeOptions::default();
-    let first = Snapshot::open(&dir).unwrap().invoke(&inv(&["hello"], &[]), &mut BufferIo::default(), &opts).unwrap();
+    let first = Snapshot::open(&dir)
+        .unwrap()
+        .invoke(&inv(&["hello"], &[]), &mut BufferIo::default(), &opts)
+        .unwrap();
     assert!(first.recorded_working_set);
     assert!(first.faulted_pages > 0);
     assert_eq!(first.prefetched_pages, 0);
-    let ws = Snapshot::open(&dir).unwrap().info().working_set_pages.unwrap();
+    let ws = Snapshot::open(&dir)
+        .unwrap()
+        .info()
+        .working_set_pages
+        .unwrap();
     assert!(ws > 10, "{ws} pages");
-    let second = Snapshot::open(&dir).unwrap().invoke(&inv(&["hello"], &[]), &mut BufferIo::default(), &opts).unwrap();
+    let second = Snapshot::open(&dir)
+        .unwrap()
+        .invoke(&inv(&["hello"], &[]), &mut BufferIo::default(), &opts)
+        .unwrap();
     assert!(!second.recorded_working_set);
     assert_eq!(second.prefetched_pages, ws as u64);
-    assert!(second.faulted_pages < first.faulted_pages, "{} vs {}", second.faulted_pages, first.faulted_pages);
-    let off = InvokeOptions { prefetch: false, ..opts };
-    let third = Snapshot::open(&dir).unwrap().invoke(&inv(&["hello"], &[]), &mut BufferIo::default(), &off).unwrap();
+    assert!(
+        second.faulted_pages < first.faulted_pages,
+        "{} vs {}",
+        second.faulted_pages,
+        first.faulted_pages
+    );
+    let off = InvokeOptions {
+        prefetch: false,
+        ..opts
+    };
+    let third = Snapshot::open(&dir)
+        .unwrap()
+        .invoke(&inv(&["hello"], &[]), &mut BufferIo::default(), &off)
+        .unwrap();
     assert_eq!(third.prefetched_pages, 0);
     assert!(third.faulted_pages >= ws as u64 / 2);
 }
@@ -124,18 +186,43 @@ fn two_restores_draw_different_random_numbers_and_read_the_current_time() {
     std::thread::sleep(Duration::from_millis(50));
     let mut outs = Vec::new();
     for backend in [Backend::File, Backend::Uffd] {
-        let opts = InvokeOptions { backend, ..InvokeOptions::default() };
+        let opts = InvokeOptions {
+            backend,
+            ..InvokeOptions::default()
+        };
         let mut io = BufferIo::default();
-        let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        Snapshot::open(&dir).unwrap().invoke(&inv(&["entropy"], &[]), &mut io, &opts).unwrap();
-        let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        Snapshot::open(&dir)
+            .unwrap()
+            .invoke(&inv(&["entropy"], &[]), &mut io, &opts)
+            .unwrap();
+        let after = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
         let out = String::from_utf8(io.stdout).unwrap();
-        let time: u128 = out.lines().nth(1).unwrap().strip_prefix("time ").unwrap().parse().unwrap();
+        let time: u128 = out
+            .lines()
+            .nth(1)
+            .unwrap()
+            .strip_prefix("time ")
+            .unwrap()
+            .parse()
+            .unwrap();
         // The guest's clock reads now, not the snapshot's time (allow for TSC rounding).
-        assert!(time + 5_000_000 >= before && time <= after + 5_000_000, "{before} <= {time} <= {after}");
+        assert!(
+            time + 5_000_000 >= before && time <= after + 5_000_000,
+            "{before} <= {time} <= {after}"
+        );
         outs.push(out.lines().next().unwrap().to_string());
     }
-    assert_ne!(outs[0], outs[1], "two restores drew the same random numbers");
+    assert_ne!(
+        outs[0], outs[1],
+        "two restores drew the same random numbers"
+    );
 }
 
 #[test]
@@ -149,10 +236,19 @@ fn fifty_restores_eight_at_a_time_are_independent() {
                 .map(|i| {
                     let snap = &snap;
                     s.spawn(move || {
-                        let backend = if i % 2 == 0 { Backend::File } else { Backend::Uffd };
-                        let opts = InvokeOptions { backend, ..InvokeOptions::default() };
+                        let backend = if i % 2 == 0 {
+                            Backend::File
+                        } else {
+                            Backend::Uffd
+                        };
+                        let opts = InvokeOptions {
+                            backend,
+                            ..InvokeOptions::default()
+                        };
                         let mut io = BufferIo::default();
-                        let r = snap.invoke(&inv(&["counter"], &[]), &mut io, &opts).unwrap();
+                        let r = snap
+                            .invoke(&inv(&["counter"], &[]), &mut io, &opts)
+                            .unwrap();
                         assert_eq!(r.run.exit_code, 0);
                         String::from_utf8(io.stdout).unwrap()
                     })
@@ -201,11 +297,19 @@ fn corrupted_snapshots_are_refused_with_the_reason() {
         let mid = b.len() / 2;
         b[mid] ^= 0x40;
     });
-    assert!(open_err(&d).contains("checksum does not match"), "{}", open_err(&d));
+    assert!(
+        open_err(&d).contains("checksum does not match"),
+        "{}",
+        open_err(&d)
+    );
 
     let d = copy("version");
     corrupt(&d, "state.bin", |b| b[8] = 99);
-    assert!(open_err(&d).contains("format version 99"), "{}", open_err(&d));
+    assert!(
+        open_err(&d).contains("format version 99"),
+        "{}",
+        open_err(&d)
+    );
 
     let d = copy("arch");
     corrupt(&d, "state.bin", |b| b[12] = 7);
@@ -213,18 +317,29 @@ fn corrupted_snapshots_are_refused_with_the_reason() {
 
     let d = copy("magic");
     corrupt(&d, "state.bin", |b| b[0] = b'X');
-    assert!(open_err(&d).contains("not a Flint snapshot"), "{}", open_err(&d));
+    assert!(
+        open_err(&d).contains("not a Flint snapshot"),
+        "{}",
+        open_err(&d)
+    );
 
     let d = copy("truncstate");
     corrupt(&d, "state.bin", |b| b.truncate(b.len() / 3));
-    assert!(open_err(&d).contains("checksum") || open_err(&d).contains("truncated"), "{}", open_err(&d));
+    assert!(
+        open_err(&d).contains("checksum") || open_err(&d).contains("truncated"),
+        "{}",
+        open_err(&d)
+    );
 
     let d = copy("emptystate");
     corrupt(&d, "state.bin", |b| b.clear());
     assert!(open_err(&d).contains("truncated"), "{}", open_err(&d));
 
     let d = copy("truncmem");
-    let f = std::fs::OpenOptions::new().write(true).open(d.join("memory.bin")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("memory.bin"))
+        .unwrap();
     f.set_len(4096 * 100).unwrap();
     assert!(open_err(&d).contains("needs exactly"), "{}", open_err(&d));
 
@@ -243,7 +358,11 @@ fn corrupted_snapshots_are_refused_with_the_reason() {
     assert!(open_err(&d).contains("limit"), "{}", open_err(&d));
 
     // The good one still works after all that.
-    let r = Snapshot::open(&good).unwrap().invoke(&inv(&["hello", "ok"], &[]), &mut BufferIo::default(), &InvokeOptions::default());
+    let r = Snapshot::open(&good).unwrap().invoke(
+        &inv(&["hello", "ok"], &[]),
+        &mut BufferIo::default(),
+        &InvokeOptions::default(),
+    );
     assert_eq!(r.unwrap().run.exit_code, 0);
 }
 
@@ -252,8 +371,17 @@ fn a_memory_file_that_shrinks_under_a_uffd_restore_stops_the_vm_with_an_error() 
     let dir = snapshot("hello");
     let snap = Snapshot::open(&dir).unwrap();
     // Truncate after the checks: the handler finds the pages missing.
-    std::fs::OpenOptions::new().write(true).open(dir.join("memory.bin")).unwrap().set_len(0).unwrap();
-    let opts = InvokeOptions { backend: Backend::Uffd, prefetch: false, timeout: Some(Duration::from_secs(10)) };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("memory.bin"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let opts = InvokeOptions {
+        backend: Backend::Uffd,
+        prefetch: false,
+        timeout: Some(Duration::from_secs(10)),
+    };
     let r = snap.invoke(&inv(&["hello"], &[]), &mut BufferIo::default(), &opts);
     match r {
         Err(SnapshotError::MemoryBackend(why)) => assert!(why.contains("memory file"), "{why}"),

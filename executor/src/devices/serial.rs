@@ -90,7 +90,12 @@ impl SerialConsole {
             scratch,
             in_buffer: Vec::new(),
         };
-        match Serial::from_state(&st, NoInterrupt, vm_superio::serial::NoEvents, BoundedLog::default()) {
+        match Serial::from_state(
+            &st,
+            NoInterrupt,
+            vm_superio::serial::NoEvents,
+            BoundedLog::default(),
+        ) {
             Ok(uart) => Self { uart },
             Err(_) => Self::new(),
         }

@@ -3,7 +3,9 @@
 
 use std::sync::{Once, OnceLock};
 
-use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs};
+use kvm_bindings::{
+    kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::arch::x86_64::{entry_regs, long_mode_sregs};
@@ -48,7 +50,12 @@ pub struct VcpuState {
 /// The MSR indices KVM reports, asked once per process.
 fn msr_index_list(kvm: &kvm_ioctls::Kvm) -> Vec<u32> {
     static LIST: OnceLock<Vec<u32>> = OnceLock::new();
-    LIST.get_or_init(|| kvm.get_msr_index_list().map(|l| l.as_slice().to_vec()).unwrap_or_default()).clone()
+    LIST.get_or_init(|| {
+        kvm.get_msr_index_list()
+            .map(|l| l.as_slice().to_vec())
+            .unwrap_or_default()
+    })
+    .clone()
 }
 
 /// What the guest did that needs the VMM, in hypervisor-neutral terms.
@@ -74,7 +81,10 @@ pub struct Vcpu {
 
 impl Vcpu {
     pub(super) fn new(fd: VcpuFd, kvm: &kvm_ioctls::Kvm) -> Self {
-        Self { fd, msr_indices: msr_index_list(kvm) }
+        Self {
+            fd,
+            msr_indices: msr_index_list(kvm),
+        }
     }
 
     /// Captures the vCPU's state. The vCPU must be stopped after an exit;
@@ -85,14 +95,32 @@ impl Vcpu {
         self.fd.set_kvm_immediate_exit(1);
         let _ = self.fd.run();
         self.fd.set_kvm_immediate_exit(0);
-        let regs = self.fd.get_regs().map_err(|e| VcpuError::Save("registers", e))?;
-        let sregs = self.fd.get_sregs().map_err(|e| VcpuError::Save("special registers", e))?;
-        let xsave = self.fd.get_xsave().map_err(|e| VcpuError::Save("XSAVE area", e))?.region.to_vec();
+        let regs = self
+            .fd
+            .get_regs()
+            .map_err(|e| VcpuError::Save("registers", e))?;
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(|e| VcpuError::Save("special registers", e))?;
+        let xsave = self
+            .fd
+            .get_xsave()
+            .map_err(|e| VcpuError::Save("XSAVE area", e))?
+            .region
+            .to_vec();
         let xcrs = self.fd.get_xcrs().map_err(|e| VcpuError::Save("XCRs", e))?;
-        let events = self.fd.get_vcpu_events().map_err(|e| VcpuError::Save("events", e))?;
+        let events = self
+            .fd
+            .get_vcpu_events()
+            .map_err(|e| VcpuError::Save("events", e))?;
         let mut msrs = Vec::new();
         for &index in &self.msr_indices {
-            let mut one = Msrs::from_entries(&[kvm_msr_entry { index, ..Default::default() }]).expect("one MSR fits");
+            let mut one = Msrs::from_entries(&[kvm_msr_entry {
+                index,
+                ..Default::default()
+            }])
+            .expect("one MSR fits");
             if self.fd.get_msrs(&mut one).ok() != Some(1) {
                 continue;
             }
@@ -102,40 +130,67 @@ impl Vcpu {
                 msrs.push(one.as_slice()[0]);
             }
         }
-        Ok(VcpuState { regs, sregs, xsave, xcrs, events, msrs })
+        Ok(VcpuState {
+            regs,
+            sregs,
+            xsave,
+            xcrs,
+            events,
+            msrs,
+        })
     }
 
     /// Loads saved state into this (fresh) vCPU, after checking it.
     pub fn restore(&self, state: &VcpuState) -> Result<(), VcpuError> {
         if state.sregs.cs.dpl != 3 || state.sregs.cs.selector & 3 != 3 {
-            return Err(VcpuError::Invalid("the vCPU was not running at CPL 3".into()));
+            return Err(VcpuError::Invalid(
+                "the vCPU was not running at CPL 3".into(),
+            ));
         }
         if state.xsave.len() != XSAVE_WORDS {
-            return Err(VcpuError::Invalid(format!("the XSAVE area has {} words, not {XSAVE_WORDS}", state.xsave.len())));
+            return Err(VcpuError::Invalid(format!(
+                "the XSAVE area has {} words, not {XSAVE_WORDS}",
+                state.xsave.len()
+            )));
         }
         if state.msrs.len() > self.msr_indices.len().max(64) {
-            return Err(VcpuError::Invalid(format!("{} MSRs is more than KVM has", state.msrs.len())));
+            return Err(VcpuError::Invalid(format!(
+                "{} MSRs is more than KVM has",
+                state.msrs.len()
+            )));
         }
-        self.fd.set_sregs(&state.sregs).map_err(|e| VcpuError::Restore("special registers", e))?;
+        self.fd
+            .set_sregs(&state.sregs)
+            .map_err(|e| VcpuError::Restore("special registers", e))?;
         let mut regs = state.regs;
         // The guest always runs with IOPL 3; PVM does not report it back.
         regs.rflags |= 0x3000;
-        self.fd.set_regs(&regs).map_err(|e| VcpuError::Restore("registers", e))?;
+        self.fd
+            .set_regs(&regs)
+            .map_err(|e| VcpuError::Restore("registers", e))?;
         let mut xsave = kvm_xsave::default();
         xsave.region.copy_from_slice(&state.xsave);
         // SAFETY: `xsave` is a complete kvm_xsave (the legacy 4 KiB area),
         // which is what KVM_SET_XSAVE reads.
         unsafe { self.fd.set_xsave(&xsave) }.map_err(|e| VcpuError::Restore("XSAVE area", e))?;
-        self.fd.set_xcrs(&state.xcrs).map_err(|e| VcpuError::Restore("XCRs", e))?;
+        self.fd
+            .set_xcrs(&state.xcrs)
+            .map_err(|e| VcpuError::Restore("XCRs", e))?;
         if !state.msrs.is_empty() {
-            let msrs = Msrs::from_entries(&state.msrs).map_err(|_| VcpuError::Invalid("too many MSRs".into()))?;
-            let n = self.fd.set_msrs(&msrs).map_err(|e| VcpuError::Restore("MSRs", e))?;
+            let msrs = Msrs::from_entries(&state.msrs)
+                .map_err(|_| VcpuError::Invalid("too many MSRs".into()))?;
+            let n = self
+                .fd
+                .set_msrs(&msrs)
+                .map_err(|e| VcpuError::Restore("MSRs", e))?;
             if n != state.msrs.len() {
                 let bad = state.msrs[n].index;
                 return Err(VcpuError::Invalid(format!("KVM refused MSR {bad:#x}")));
             }
         }
-        self.fd.set_vcpu_events(&state.events).map_err(|e| VcpuError::Restore("events", e))
+        self.fd
+            .set_vcpu_events(&state.events)
+            .map_err(|e| VcpuError::Restore("events", e))
     }
 
     /// Puts the vCPU in 64-bit mode at CPL 3 at `entry` with stack `stack_top`.

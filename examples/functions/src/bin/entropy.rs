@@ -7,7 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 fn main() {
     let random = RandomState::new().hash_one(0u64);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_nanos();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
     println!("random {random:016x}");
     println!("time {now}");
 }

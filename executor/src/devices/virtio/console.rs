@@ -67,7 +67,9 @@ impl Console {
     }
 
     pub fn save(&self) -> ConsoleState {
-        ConsoleState { transport: self.transport.save() }
+        ConsoleState {
+            transport: self.transport.save(),
+        }
     }
 
     pub fn restore(state: &ConsoleState, mem: &GuestMemoryMmap) -> Result<Self, String> {

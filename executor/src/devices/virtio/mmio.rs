@@ -142,14 +142,25 @@ impl MmioTransport {
     /// it against what this device offers and against guest memory.
     pub fn restore(&mut self, state: &TransportState, mem: &GuestMemoryMmap) -> Result<(), String> {
         if state.queues.len() != self.queues.len() {
-            return Err(format!("{} queues saved, the device has {}", state.queues.len(), self.queues.len()));
+            return Err(format!(
+                "{} queues saved, the device has {}",
+                state.queues.len(),
+                self.queues.len()
+            ));
         }
         if state.driver_features & !self.device_features != 0 {
-            return Err(format!("driver features {:#x} were never offered", state.driver_features));
+            return Err(format!(
+                "driver features {:#x} were never offered",
+                state.driver_features
+            ));
         }
         for (i, (q, snap)) in self.queues.iter_mut().zip(&state.queues).enumerate() {
             if snap.max_size != q.max_size() {
-                return Err(format!("queue {i} has maximum size {}, not {}", snap.max_size, q.max_size()));
+                return Err(format!(
+                    "queue {i} has maximum size {}, not {}",
+                    snap.max_size,
+                    q.max_size()
+                ));
             }
             let st = virtio_queue::QueueState {
                 max_size: snap.max_size,
@@ -333,7 +344,12 @@ mod tests {
     /// Drives a transport the way the guest driver does.
     fn negotiated(m: &GuestMemoryMmap) -> MmioTransport {
         let mut t = MmioTransport::new(3, 0, &[16, 16]);
-        for (off, v) in [(reg::STATUS, 1), (reg::STATUS, 3), (reg::DRIVER_FEATURES_SEL, 1), (reg::DRIVER_FEATURES, 1)] {
+        for (off, v) in [
+            (reg::STATUS, 1),
+            (reg::STATUS, 3),
+            (reg::DRIVER_FEATURES_SEL, 1),
+            (reg::DRIVER_FEATURES, 1),
+        ] {
             w(&mut t, m, off, v).unwrap();
         }
         w(&mut t, m, reg::STATUS, 0xb).unwrap();
@@ -368,19 +384,31 @@ mod tests {
         let fresh = || MmioTransport::new(3, 0, &[16, 16]);
         let mut s = good.clone();
         s.queues.pop();
-        assert!(fresh().restore(&s, &m).unwrap_err().contains("queues saved"));
+        assert!(fresh()
+            .restore(&s, &m)
+            .unwrap_err()
+            .contains("queues saved"));
         let mut s = good.clone();
         s.driver_features |= 1 << 7;
-        assert!(fresh().restore(&s, &m).unwrap_err().contains("never offered"));
+        assert!(fresh()
+            .restore(&s, &m)
+            .unwrap_err()
+            .contains("never offered"));
         let mut s = good.clone();
         s.queues[0].size = 3;
         assert!(fresh().restore(&s, &m).is_err());
         let mut s = good.clone();
         s.queues[1].desc_table = 0xfff_0000;
-        assert!(fresh().restore(&s, &m).unwrap_err().contains("outside guest memory"));
+        assert!(fresh()
+            .restore(&s, &m)
+            .unwrap_err()
+            .contains("outside guest memory"));
         let mut s = good;
         s.queues[0].max_size = 1024;
-        assert!(fresh().restore(&s, &m).unwrap_err().contains("maximum size"));
+        assert!(fresh()
+            .restore(&s, &m)
+            .unwrap_err()
+            .contains("maximum size"));
     }
 
     #[test]

@@ -1,0 +1,169 @@
+//! `flint snapshot`, `flint invoke` and `flint snapshot inspect` as a user
+//! runs them.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+fn flint(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flint"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("flint-cli-snap-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn snapshot_invoke_inspect() {
+    let d = dir("hello");
+    let ds = d.to_str().unwrap();
+    let hello = flint_examples::path("hello");
+    let o = flint(&["snapshot", hello.to_str().unwrap(), "-o", ds], "");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    for backend in ["uffd", "file"] {
+        for prefetch in ["on", "off"] {
+            let o = flint(
+                &[
+                    "invoke",
+                    ds,
+                    "--memory-backend",
+                    backend,
+                    "--prefetch",
+                    prefetch,
+                    "--",
+                    "world",
+                ],
+                "",
+            );
+            assert_eq!(
+                text(&o.stdout),
+                "hello, world\n",
+                "{backend} {prefetch}: {}",
+                text(&o.stderr)
+            );
+            assert_eq!(o.status.code(), Some(0));
+        }
+    }
+    let o = flint(&["snapshot", "inspect", ds], "");
+    assert_eq!(o.status.code(), Some(0));
+    let out = text(&o.stdout);
+    for want in [
+        "format version:  1",
+        "architecture:    x86_64",
+        "checksum:",
+        "memory:          128 MiB",
+        "working set:     ",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+    assert!(
+        out.contains(" pages ("),
+        "the working set was recorded by the first uffd invoke:\n{out}"
+    );
+}
+
+#[test]
+fn invoke_passes_stdin_env_and_exit_codes() {
+    let d = dir("echo");
+    let ds = d.to_str().unwrap();
+    let o = flint(
+        &[
+            "snapshot",
+            flint_examples::path("echo").to_str().unwrap(),
+            "-o",
+            ds,
+            "--memory-mib",
+            "64",
+        ],
+        "",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let o = flint(&["invoke", ds, "-e", "A=1"], "piped\n");
+    assert_eq!(text(&o.stdout), "piped\n");
+    assert_eq!(text(&o.stderr), "A=1\n");
+
+    let d = dir("trap");
+    let ds = d.to_str().unwrap();
+    flint(
+        &[
+            "snapshot",
+            flint_examples::path("trap").to_str().unwrap(),
+            "-o",
+            ds,
+        ],
+        "",
+    );
+    let o = flint(&["invoke", ds], "");
+    assert_eq!(o.status.code(), Some(122));
+    assert_eq!(
+        text(&o.stderr),
+        "flint: the function trapped: wasm `unreachable` instruction executed\n"
+    );
+}
+
+#[test]
+fn bad_snapshots_exit_119_with_the_reason() {
+    let d = dir("bad");
+    let ds = d.to_str().unwrap();
+    let o = flint(&["invoke", ds], "");
+    assert_eq!(o.status.code(), Some(119));
+    assert!(text(&o.stderr).contains("state.bin"), "{}", text(&o.stderr));
+
+    flint(
+        &[
+            "snapshot",
+            flint_examples::path("hello").to_str().unwrap(),
+            "-o",
+            ds,
+        ],
+        "",
+    );
+    let state = d.join("state.bin");
+    let mut b = std::fs::read(&state).unwrap();
+    let n = b.len();
+    b[n / 2] ^= 0xff;
+    std::fs::write(&state, b).unwrap();
+    for args in [vec!["invoke", ds], vec!["snapshot", "inspect", ds]] {
+        let o = flint(&args, "");
+        assert_eq!(o.status.code(), Some(119));
+        assert!(
+            text(&o.stderr).contains("checksum does not match"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
+}
+
+#[test]
+fn snapshotting_a_bad_module_fails_like_run() {
+    let d = dir("notwasm");
+    let p = std::env::temp_dir().join(format!("flint-cli-snap-{}.txt", std::process::id()));
+    std::fs::write(&p, "text").unwrap();
+    let o = flint(
+        &["snapshot", p.to_str().unwrap(), "-o", d.to_str().unwrap()],
+        "",
+    );
+    assert_eq!(o.status.code(), Some(120));
+    assert!(!d.join("state.bin").exists());
+    let o = flint(&["snapshot", "only-a-module.wasm"], "");
+    assert_eq!(o.status.code(), Some(2));
+}

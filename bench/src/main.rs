@@ -12,17 +12,17 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use flint_executor::{run, BufferIo, Invocation, Phases, VmConfig};
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
-fn p90(mut v: Vec<f64>) -> f64 {
+pub fn p90(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[(v.len() * 9 / 10).min(v.len() - 1)]
 }
 
-fn ms(d: Duration) -> f64 {
+pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
@@ -51,12 +51,25 @@ fn flint_process(flint: &Path, module: &Path) -> Result<(f64, u64)> {
     Ok((wall, usage.ru_maxrss as u64))
 }
 
+mod snapshot;
+
 fn main() -> Result<()> {
-    let iterations: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(50);
+    let mut args = std::env::args().skip(1);
+    let what = args.next().unwrap_or_else(|| "all".into());
+    let iterations: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(50);
+    match what.as_str() {
+        "cold" => cold(iterations),
+        "snapshot" => snapshot::main(iterations),
+        "all" => {
+            cold(iterations)?;
+            println!();
+            snapshot::main(iterations)
+        }
+        other => bail!("unknown benchmark {other:?}: use cold, snapshot or all"),
+    }
+}
+
+fn cold(iterations: usize) -> Result<()> {
     let name = "hello";
     let module_path = flint_examples::path(name);
     let module = flint_examples::bytes(name);

@@ -88,6 +88,10 @@ pub struct Phases {
     pub run: Duration,
     /// Joining the vCPU thread and freeing the VM.
     pub teardown: Duration,
+    /// From starting the vCPU thread to the guest's first exit (after a
+    /// restore: resuming to the first guest instructions). Part of `run`
+    /// or `guest_entry`, not added to the total.
+    pub first_exit: Duration,
 }
 
 impl Phases {
@@ -237,6 +241,9 @@ impl Machine {
         let stop = AtomicBool::new(false);
         let mut aborted = false;
         let mem = self.vm.memory();
+        let t0 = Instant::now();
+        let mut first = None;
+        let first_exit = &mut first;
         let (vcpu, bus, stop_ref) = (&mut self.vcpu, &mut self.bus, &stop);
         let outcome = std::thread::scope(|scope| {
             let (tid_tx, tid_rx) = mpsc::channel();
@@ -246,7 +253,7 @@ impl Machine {
                 .spawn_scoped(scope, move || {
                     let _done = done_tx; // dropped when this thread ends, however it ends
                     let _ = tid_tx.send(vcpu::current_thread());
-                    run_vcpu(vcpu, mem, bus, session, stop_ref)
+                    run_vcpu(vcpu, mem, bus, session, stop_ref, first_exit)
                 })
                 .map_err(|e| RunError::Setup(SetupError::Thread(e)))?;
             let tid = tid_rx.recv().ok();
@@ -288,6 +295,7 @@ impl Machine {
                 .join()
                 .map_err(|_| RunError::Setup(SetupError::VcpuPanic))?
         });
+        self.phases.first_exit = first.map(|t: Instant| t - t0).unwrap_or_default();
         if aborted {
             return Err(RunError::Aborted);
         }
@@ -550,12 +558,15 @@ fn run_vcpu(
     bus: &mut Bus,
     session: &mut Session<'_>,
     stop: &AtomicBool,
+    first_exit: &mut Option<Instant>,
 ) -> Result<Stop, RunError> {
     loop {
         if stop.load(Ordering::SeqCst) {
             return Ok(Stop::Kicked);
         }
-        match vcpu.run()? {
+        let event = vcpu.run()?;
+        first_exit.get_or_insert_with(Instant::now);
+        match event {
             VcpuEvent::IoOut(port, data) if (SERIAL_PORT..SERIAL_PORT + 8).contains(&port) => {
                 bus.serial.write((port - SERIAL_PORT) as u8, data[0]);
             }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use userfaultfd::{Event, Uffd, UffdBuilder};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::PAGE;
 
@@ -30,6 +31,8 @@ pub enum UffdError {
     Register(#[source] userfaultfd::Error),
     #[error("starting the page-fault handler thread failed")]
     Thread(#[source] std::io::Error),
+    #[error("creating the handler's wake-up eventfd failed")]
+    EventFd(#[source] std::io::Error),
     #[error("prefetching the working set failed at page {0}: {1}")]
     Prefetch(u64, String),
 }
@@ -74,6 +77,8 @@ pub struct UffdBackend {
     pages: u64,
     source: Arc<Source>,
     stop: Arc<AtomicBool>,
+    /// Wakes the handler from poll() when it should stop.
+    wake: Arc<EventFd>,
     abort: Arc<AtomicBool>,
     thread: Option<JoinHandle<HandlerReport>>,
 }
@@ -114,12 +119,19 @@ impl UffdBackend {
         let stop = Arc::new(AtomicBool::new(false));
         let abort = Arc::new(AtomicBool::new(false));
         let base = Base(host as usize);
+        let wake =
+            Arc::new(EventFd::new(libc::EFD_CLOEXEC).map_err(|e| UffdError::EventFd(e.into()))?);
         let thread = {
-            let (uffd, source, stop, abort) =
-                (uffd.clone(), source.clone(), stop.clone(), abort.clone());
+            let (uffd, source, stop, abort, wake) = (
+                uffd.clone(),
+                source.clone(),
+                stop.clone(),
+                abort.clone(),
+                wake.clone(),
+            );
             std::thread::Builder::new()
                 .name("flint-uffd".into())
-                .spawn(move || serve(&uffd, base, pages, &source, &stop, &abort, record))
+                .spawn(move || serve(&uffd, &wake, base, pages, &source, &stop, &abort, record))
                 .map_err(UffdError::Thread)?
         };
         Ok(Self {
@@ -128,6 +140,7 @@ impl UffdBackend {
             pages,
             source,
             stop,
+            wake,
             abort,
             thread: Some(thread),
         })
@@ -189,6 +202,7 @@ impl UffdBackend {
     /// Stops the handler and returns what it did.
     pub fn finish(mut self) -> HandlerReport {
         self.stop.store(true, Ordering::SeqCst);
+        let _ = self.wake.write(1);
         self.thread
             .take()
             .and_then(|t| t.join().ok())
@@ -199,14 +213,17 @@ impl UffdBackend {
 impl Drop for UffdBackend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        let _ = self.wake.write(1);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn serve(
     uffd: &Uffd,
+    wake: &EventFd,
     base: Base,
     pages: u64,
     source: &Source,
@@ -222,15 +239,23 @@ fn serve(
     };
     let mut buf = vec![0u8; PAGE as usize];
     let fd = std::os::fd::AsRawFd::as_raw_fd(uffd);
+    let wake_fd = std::os::fd::AsRawFd::as_raw_fd(wake);
     while !stop.load(Ordering::SeqCst) {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: polls one valid fd; `pfd` lives across the call.
-        let ready = unsafe { libc::poll(&mut pfd, 1, 20) };
-        if ready <= 0 {
+        let mut pfds = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: polls two valid fds; `pfds` lives across the call.
+        let ready = unsafe { libc::poll(pfds.as_mut_ptr(), 2, 1000) };
+        if ready <= 0 || pfds[0].revents & libc::POLLIN == 0 {
             continue;
         }
         loop {

@@ -37,8 +37,20 @@ pub extern "C" fn _initialize() {
 #[no_mangle]
 pub extern "C" fn _start() {
     let table = TABLE.get_or_init(build);
-    let picks: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let picks = if picks.is_empty() { vec![0, ENTRIES / 2, ENTRIES - 1] } else { picks };
-    let sum = picks.iter().fold(0u64, |acc, &i| acc.wrapping_add(table[i % ENTRIES]));
-    println!("bigheap: {} MiB table, checksum {sum:016x}", table.len() * 8 >> 20);
+    let picks: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let picks = if picks.is_empty() {
+        vec![0, ENTRIES / 2, ENTRIES - 1]
+    } else {
+        picks
+    };
+    let sum = picks
+        .iter()
+        .fold(0u64, |acc, &i| acc.wrapping_add(table[i % ENTRIES]));
+    println!(
+        "bigheap: {} MiB table, checksum {sum:016x}",
+        table.len() * 8 >> 20
+    );
 }

@@ -15,18 +15,41 @@ pub struct RunArgs {
     /// Guest memory in MiB (32 to 3072).
     #[arg(long, default_value_t = 128)]
     memory_mib: u64,
+    #[command(flatten)]
+    call: CallArgs,
+}
+
+/// What `run` and `invoke` share: the limits and inputs of one invocation.
+#[derive(Debug, Args)]
+pub struct CallArgs {
     /// Stop the VM after this many milliseconds (0: no limit).
     #[arg(long, default_value_t = 60_000)]
-    timeout_ms: u64,
+    pub timeout_ms: u64,
     /// An environment variable for the function: K=V, or K to pass the host's value.
     #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
-    env: Vec<(String, String)>,
+    pub env: Vec<(String, String)>,
     /// Print how long each phase took to stderr.
     #[arg(long)]
-    timings: bool,
+    pub timings: bool,
     /// Arguments for the function (argv[1..]).
     #[arg(last = true)]
-    args: Vec<String>,
+    pub args: Vec<String>,
+}
+
+impl CallArgs {
+    pub fn timeout(&self) -> Option<Duration> {
+        (self.timeout_ms > 0).then(|| Duration::from_millis(self.timeout_ms))
+    }
+
+    /// The invocation, with `argv0` before the arguments.
+    pub fn invocation(&self, argv0: String) -> Invocation {
+        let mut args = vec![argv0];
+        args.extend(self.args.iter().cloned());
+        Invocation {
+            args,
+            env: self.env.clone(),
+        }
+    }
 }
 
 pub fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -49,15 +72,13 @@ pub fn main(a: RunArgs) -> i32 {
     };
     let config = VmConfig {
         memory_mib: a.memory_mib,
-        timeout: (a.timeout_ms > 0).then(|| Duration::from_millis(a.timeout_ms)),
+        timeout: a.call.timeout(),
         ..VmConfig::default()
     };
-    let mut args = vec![a.module.display().to_string()];
-    args.extend(a.args);
-    let invocation = Invocation { args, env: a.env };
+    let invocation = a.call.invocation(a.module.display().to_string());
     match flint_executor::run(&config, &module, &invocation, &mut StdIo) {
         Ok(report) => {
-            if a.timings {
+            if a.call.timings {
                 print_phases(&report);
             }
             report.exit_code

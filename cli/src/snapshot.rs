@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use flint_executor::{Invocation, StdIo, VmConfig};
+use flint_executor::{StdIo, VmConfig};
 use flint_snapshotter::{Backend, InvokeOptions, Snapshot, SnapshotError};
 
 use crate::exit;
-use crate::run::parse_env;
+use crate::run::CallArgs;
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -57,18 +57,8 @@ pub struct InvokeArgs {
     /// Install the recorded working set before resuming (uffd backend).
     #[arg(long, value_enum, default_value = "on")]
     prefetch: OnOff,
-    /// Stop the VM after this many milliseconds (0: no limit).
-    #[arg(long, default_value_t = 60_000)]
-    timeout_ms: u64,
-    /// An environment variable for the function: K=V, or K to pass the host's value.
-    #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
-    env: Vec<(String, String)>,
-    /// Print how long each phase took to stderr.
-    #[arg(long)]
-    timings: bool,
-    /// Arguments for the function (argv[1..]).
-    #[arg(last = true)]
-    args: Vec<String>,
+    #[command(flatten)]
+    call: CallArgs,
 }
 
 fn timeout(ms: u64) -> Option<Duration> {
@@ -166,20 +156,18 @@ pub fn invoke(a: InvokeArgs) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    let mut args = vec![snap.module_name().to_string()];
-    args.extend(a.args);
-    let invocation = Invocation { args, env: a.env };
+    let invocation = a.call.invocation(snap.module_name().to_string());
     let opts = InvokeOptions {
         backend: match a.memory_backend {
             BackendArg::Uffd => Backend::Uffd,
             BackendArg::File => Backend::File,
         },
         prefetch: matches!(a.prefetch, OnOff::On),
-        timeout: timeout(a.timeout_ms),
+        timeout: a.call.timeout(),
     };
     match snap.invoke(&invocation, &mut StdIo, &opts) {
         Ok(r) => {
-            if a.timings {
+            if a.call.timings {
                 eprintln!(
                     "flint: load {:?} memory_setup {:?} (prefetched {} pages) restore {:?} run {:?} teardown {:?}; faulted {} pages in {:?}{}",
                     r.load,

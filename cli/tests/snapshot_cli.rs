@@ -1,7 +1,6 @@
 //! `flint snapshot`, `flint invoke` and `flint snapshot inspect` as a user
 //! runs them.
 
-use std::io::Write;
 mod common;
 
 use std::path::PathBuf;

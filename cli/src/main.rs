@@ -4,6 +4,7 @@
 
 mod exit;
 mod run;
+mod serve;
 mod snapshot;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,9 @@ enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// Restore a snapshot into a new VM and run one invocation.
     Invoke(snapshot::InvokeArgs),
+    /// Serve Knative Services over HTTP, each request in a VM restored
+    /// from the revision's snapshot.
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -43,6 +47,7 @@ fn main() {
         Command::Run(args) => run::main(args),
         Command::Snapshot(args) => snapshot::snapshot(args),
         Command::Invoke(args) => snapshot::invoke(args),
+        Command::Serve(args) => serve::main(args),
     };
     std::process::exit(code);
 }

@@ -1,0 +1,24 @@
+//! `greet`: an HTTP function (CGI contract, see docs/function-contract.md).
+//! `GET /greet?name=ada` answers `hello, ada`; other paths answer 404; a
+//! POST body is echoed back after the greeting.
+use std::io::Read;
+
+fn main() {
+    let path = std::env::var("PATH_INFO").unwrap_or_default();
+    let query = std::env::var("QUERY_STRING").unwrap_or_default();
+    if path != "/" && path != "/greet" {
+        print!("Status: 404 Not Found\r\nContent-Type: text/plain\r\n\r\nno such path: {path}\n");
+        return;
+    }
+    let name = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("name="))
+        .filter(|n| !n.is_empty())
+        .unwrap_or("world");
+    let mut body = String::new();
+    std::io::stdin()
+        .read_to_string(&mut body)
+        .expect("reading the body");
+    let revision = std::env::var("K_REVISION").unwrap_or_default();
+    print!("Content-Type: text/plain\r\nX-Revision: {revision}\r\n\r\nhello, {name}\n{body}");
+}

@@ -1,0 +1,225 @@
+//! The function contract: a request reaches the function as in CGI/WAGI
+//! (method, path, query and headers as environment variables, the body on
+//! stdin) and the function answers in CGI on stdout (`Status:` and other
+//! headers, a blank line, the body). See docs/function-contract.md.
+
+/// What the environment is built from.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub headers: Vec<(&'a str, &'a str)>,
+    pub body_len: usize,
+    pub remote_addr: &'a str,
+    pub server_name: &'a str,
+    pub server_port: u16,
+    pub service: &'a str,
+    pub revision: &'a str,
+}
+
+/// The CGI environment for `req`, then Knative's `K_*` variables.
+pub fn environment(req: &Request<'_>) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("GATEWAY_INTERFACE".into(), "CGI/1.1".into()),
+        ("SERVER_PROTOCOL".into(), "HTTP/1.1".into()),
+        ("SERVER_SOFTWARE".into(), "flint".into()),
+        ("REQUEST_METHOD".into(), req.method.into()),
+        ("SCRIPT_NAME".into(), String::new()),
+        ("PATH_INFO".into(), req.path.into()),
+        ("QUERY_STRING".into(), req.query.into()),
+        ("REMOTE_ADDR".into(), req.remote_addr.into()),
+        ("SERVER_NAME".into(), req.server_name.into()),
+        ("SERVER_PORT".into(), req.server_port.to_string()),
+    ];
+    let mut has_type = false;
+    for (name, value) in &req.headers {
+        let upper: String = name
+            .chars()
+            .map(|c| {
+                if c == '-' {
+                    '_'
+                } else {
+                    c.to_ascii_uppercase()
+                }
+            })
+            .collect();
+        match upper.as_str() {
+            "CONTENT_TYPE" => {
+                has_type = true;
+                env.push(("CONTENT_TYPE".into(), value.to_string()));
+            }
+            "CONTENT_LENGTH" => {}
+            // Never let a client set the proxy variable (httpoxy).
+            "PROXY" => {}
+            _ => env.push((format!("HTTP_{upper}"), value.to_string())),
+        }
+    }
+    if !has_type && req.body_len > 0 {
+        env.push(("CONTENT_TYPE".into(), String::new()));
+    }
+    env.push(("CONTENT_LENGTH".into(), req.body_len.to_string()));
+    env.push(("K_SERVICE".into(), req.service.into()));
+    env.push(("K_CONFIGURATION".into(), req.service.into()));
+    env.push(("K_REVISION".into(), req.revision.into()));
+    env
+}
+
+/// A response read back from the function's stdout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CgiError {
+    #[error("the function's output has no header block (a CGI response starts with headers such as `Content-Type:` and a blank line)")]
+    NoHeaders,
+    #[error("the function's output has a malformed header line {0:?}")]
+    BadHeader(String),
+    #[error("the function's output has an invalid Status {0:?}")]
+    BadStatus(String),
+}
+
+/// Longest header block accepted.
+const MAX_HEADER_BLOCK: usize = 64 * 1024;
+
+/// Parses CGI output: header lines (`\n` or `\r\n`), a blank line, the body.
+pub fn parse_response(out: &[u8]) -> Result<Response, CgiError> {
+    let (head_end, body_start) =
+        find_blank_line(&out[..out.len().min(MAX_HEADER_BLOCK)]).ok_or(CgiError::NoHeaders)?;
+    let head = std::str::from_utf8(&out[..head_end])
+        .map_err(|_| CgiError::BadHeader("<not UTF-8>".into()))?;
+    let mut status = None;
+    let mut headers = Vec::new();
+    let mut location = false;
+    for line in head
+        .split('\n')
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.is_empty())
+    {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| CgiError::BadHeader(line.into()))?;
+        let (name, value) = (name.trim(), value.trim());
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(CgiError::BadHeader(line.into()));
+        }
+        if name.eq_ignore_ascii_case("status") {
+            let code = value.split_whitespace().next().unwrap_or("");
+            let code: u16 = code
+                .parse()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+                .ok_or_else(|| CgiError::BadStatus(value.into()))?;
+            status = Some(code);
+        } else {
+            location |= name.eq_ignore_ascii_case("location");
+            headers.push((name.to_string(), value.to_string()));
+        }
+    }
+    if headers.is_empty() && status.is_none() {
+        return Err(CgiError::NoHeaders);
+    }
+    let status = status.unwrap_or(if location { 302 } else { 200 });
+    Ok(Response {
+        status,
+        headers,
+        body: out[body_start..].to_vec(),
+    })
+}
+
+fn find_blank_line(b: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\n' {
+            if b.get(i + 1) == Some(&b'\n') {
+                return Some((i, i + 2));
+            }
+            if b.get(i + 1) == Some(&b'\r') && b.get(i + 2) == Some(&b'\n') {
+                return Some((i, i + 3));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_headers_and_body() {
+        let r = parse_response(b"Status: 404 Not Found\r\nContent-Type: text/plain\r\n\r\nnope\n")
+            .unwrap();
+        assert_eq!(r.status, 404);
+        assert_eq!(
+            r.headers,
+            vec![("Content-Type".into(), "text/plain".into())]
+        );
+        assert_eq!(r.body, b"nope\n");
+        let r = parse_response(b"Content-Type: text/html\n\n<p>hi</p>").unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"<p>hi</p>"[..]));
+        let r = parse_response(b"Location: /elsewhere\n\n").unwrap();
+        assert_eq!(r.status, 302);
+    }
+
+    #[test]
+    fn refuses_what_is_not_cgi() {
+        assert_eq!(parse_response(b"hello, world\n"), Err(CgiError::NoHeaders));
+        assert_eq!(parse_response(b""), Err(CgiError::NoHeaders));
+        assert!(matches!(
+            parse_response(b"no colon here\n\nbody"),
+            Err(CgiError::BadHeader(_))
+        ));
+        assert!(matches!(
+            parse_response(b"Status: 99\n\n"),
+            Err(CgiError::BadStatus(_))
+        ));
+        assert!(matches!(
+            parse_response(b"Status: abc\n\n"),
+            Err(CgiError::BadStatus(_))
+        ));
+        assert!(matches!(
+            parse_response(b"Bad Name: x\n\n"),
+            Err(CgiError::BadHeader(_))
+        ));
+    }
+
+    #[test]
+    fn environment_follows_cgi_and_knative() {
+        let env = environment(&Request {
+            method: "POST",
+            path: "/greet",
+            query: "name=ada",
+            headers: vec![
+                ("Content-Type", "application/json"),
+                ("X-Thing", "1"),
+                ("Proxy", "evil"),
+                ("Content-Length", "9"),
+            ],
+            body_len: 2,
+            remote_addr: "127.0.0.1",
+            server_name: "hello.default.example.com",
+            server_port: 8080,
+            service: "hello",
+            revision: "hello-00001",
+        });
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("REQUEST_METHOD"), Some("POST"));
+        assert_eq!(get("PATH_INFO"), Some("/greet"));
+        assert_eq!(get("QUERY_STRING"), Some("name=ada"));
+        assert_eq!(get("CONTENT_TYPE"), Some("application/json"));
+        assert_eq!(get("CONTENT_LENGTH"), Some("2"));
+        assert_eq!(get("HTTP_X_THING"), Some("1"));
+        assert_eq!(get("HTTP_PROXY"), None);
+        assert_eq!(get("K_REVISION"), Some("hello-00001"));
+    }
+}

@@ -1,0 +1,13 @@
+//! Flint's gateway: a Knative-compatible HTTP front end. Services are
+//! deployed from Knative `Service` manifests ([`manifest`]), each revision
+//! is snapshotted once ([`registry`]), and requests are routed by `Host`
+//! and run as CGI-style invocations ([`cgi`]) in VMs restored from the
+//! snapshot ([`server`]).
+
+pub mod cgi;
+pub mod manifest;
+pub mod metrics;
+pub mod registry;
+pub mod server;
+
+pub use server::{serve, Gateway, Settings};

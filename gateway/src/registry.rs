@@ -1,0 +1,257 @@
+//! Deployed services and their revisions. Applying a manifest creates a new
+//! revision (`NAME-00001`, `NAME-00002`, ...) and snapshots the function
+//! once (its readiness check: it must boot to its ready point), as Knative
+//! checks a revision's readiness before routing to it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, RwLock};
+
+use flint_executor::{BufferIo, VmConfig};
+use flint_snapshotter::{Snapshot, SnapshotError};
+use tokio::sync::Semaphore;
+
+use crate::manifest::{ManifestError, Service};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("spec.template.spec.containers[0].image: cannot read {path}")]
+    Image {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the revision {0} failed its readiness check (booting to its ready point)")]
+    NotReady(String, #[source] SnapshotError),
+    #[error("spec.traffic: revision {0:?} does not exist")]
+    NoSuchRevision(String),
+}
+
+/// One immutable revision: its settings and its snapshot.
+#[derive(Debug)]
+pub struct Revision {
+    pub name: String,
+    pub service: Service,
+    pub snapshot: Snapshot,
+    /// `containerConcurrency` slots (None: unlimited).
+    pub slots: Option<Arc<Semaphore>>,
+    /// Requests waiting for a slot.
+    pub queued: AtomicUsize,
+    /// Most requests allowed to wait.
+    pub queue_limit: usize,
+    pub requests: AtomicU64,
+}
+
+/// Where a service's traffic goes.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// (revision, percent), percents adding up to 100.
+    pub split: Vec<(Arc<Revision>, u32)>,
+    pub tags: HashMap<String, Arc<Revision>>,
+}
+
+#[derive(Debug, Default)]
+struct ServiceEntry {
+    generation: u32,
+    revisions: Vec<Arc<Revision>>,
+    route: Option<Route>,
+}
+
+/// Every service, by (namespace, name).
+#[derive(Debug, Default)]
+pub struct Registry {
+    services: RwLock<HashMap<(String, String), ServiceEntry>>,
+    counter: AtomicU64,
+}
+
+/// Where the module behind `image` is: a `.wasm` file, or an OCI image
+/// layout directory holding one (the first `.wasm` found).
+fn resolve_image(image: &str, base: &Path) -> Result<PathBuf, DeployError> {
+    let p = base.join(image);
+    if p.is_dir() {
+        let found = walk_for_wasm(&p).ok_or_else(|| DeployError::Image {
+            path: p.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no .wasm module in the directory",
+            ),
+        })?;
+        return Ok(found);
+    }
+    Ok(p)
+}
+
+fn walk_for_wasm(dir: &Path) -> Option<PathBuf> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for e in &entries {
+        if e.extension().is_some_and(|x| x == "wasm") && e.is_file() {
+            return Some(e.clone());
+        }
+    }
+    entries
+        .iter()
+        .filter(|e| e.is_dir())
+        .find_map(|d| walk_for_wasm(d))
+}
+
+impl Registry {
+    /// Deploys `service` as a new revision (blocking: it boots a VM).
+    /// `base` resolves a relative image path; `state_dir` holds snapshots.
+    pub fn apply(
+        &self,
+        service: Service,
+        base: &Path,
+        state_dir: &Path,
+    ) -> Result<Arc<Revision>, DeployError> {
+        let key = (service.namespace.clone(), service.name.clone());
+        let generation = {
+            let mut map = self.services.write().unwrap_or_else(|e| e.into_inner());
+            let entry = map.entry(key.clone()).or_default();
+            entry.generation += 1;
+            entry.generation
+        };
+        let name = service
+            .revision_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{generation:05}", service.name));
+        let path = resolve_image(&service.image, base)?;
+        let module = std::fs::read(&path).map_err(|source| DeployError::Image {
+            path: path.clone(),
+            source,
+        })?;
+        let dir = state_dir.join(&service.namespace).join(&name);
+        let config = VmConfig {
+            memory_mib: service.memory_mib.unwrap_or(128).max(32),
+            timeout: Some(service.timeout),
+            ..VmConfig::default()
+        };
+        let argv0 = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "function.wasm".into());
+        flint_snapshotter::create(&module, &argv0, &dir, &config, &mut BufferIo::default())
+            .map_err(|e| DeployError::NotReady(name.clone(), e))?;
+        let snapshot = Snapshot::open(&dir).map_err(|e| DeployError::NotReady(name.clone(), e))?;
+        let cc = service.container_concurrency as usize;
+        let revision = Arc::new(Revision {
+            name,
+            slots: (cc > 0).then(|| Arc::new(Semaphore::new(cc))),
+            queue_limit: if cc > 0 { (cc * 10).max(10) } else { 1000 },
+            queued: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            snapshot,
+            service,
+        });
+        let mut map = self.services.write().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(key).or_default();
+        entry.revisions.push(revision.clone());
+        entry.route = Some(route(&revision.service, &entry.revisions)?);
+        Ok(revision)
+    }
+
+    /// Removes a service; returns whether it existed.
+    pub fn delete(&self, namespace: &str, name: &str) -> bool {
+        let mut map = self.services.write().unwrap_or_else(|e| e.into_inner());
+        map.remove(&(namespace.to_string(), name.to_string()))
+            .is_some()
+    }
+
+    /// (namespace, name, latest revision) of every service.
+    pub fn list(&self) -> Vec<(String, String, String)> {
+        let map = self.services.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = map
+            .iter()
+            .filter_map(|((ns, n), e)| {
+                e.revisions
+                    .last()
+                    .map(|r| (ns.clone(), n.clone(), r.name.clone()))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Picks the revision for a request to `host` (`[TAG-]NAME.NAMESPACE.DOMAIN`).
+    pub fn resolve(&self, host: &str, domain: &str) -> Option<Arc<Revision>> {
+        let host = host
+            .rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(h, _)| h);
+        let host = host.to_ascii_lowercase();
+        let rest = host.strip_suffix(domain)?.strip_suffix('.')?;
+        let (first, namespace) = rest.split_once('.')?;
+        let map = self.services.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(route) = map
+            .get(&(namespace.to_string(), first.to_string()))
+            .and_then(|e| e.route.as_ref())
+        {
+            let n = self
+                .counter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return pick(route, n);
+        }
+        // TAG-NAME: try every split point.
+        for (i, _) in first.match_indices('-') {
+            let (tag, name) = (&first[..i], &first[i + 1..]);
+            if let Some(route) = map
+                .get(&(namespace.to_string(), name.to_string()))
+                .and_then(|e| e.route.as_ref())
+            {
+                if let Some(r) = route.tags.get(tag) {
+                    return Some(r.clone());
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Spreads requests over the split by percent, deterministically.
+fn pick(route: &Route, n: u64) -> Option<Arc<Revision>> {
+    let slot = (n % 100) as u32;
+    let mut acc = 0;
+    for (r, pct) in &route.split {
+        acc += pct;
+        if slot < acc {
+            return Some(r.clone());
+        }
+    }
+    route.split.last().map(|(r, _)| r.clone())
+}
+
+fn route(service: &Service, revisions: &[Arc<Revision>]) -> Result<Route, DeployError> {
+    let latest = revisions.last().expect("at least the new revision").clone();
+    if service.traffic.is_empty() {
+        return Ok(Route {
+            split: vec![(latest, 100)],
+            tags: HashMap::new(),
+        });
+    }
+    let mut split = Vec::new();
+    let mut tags = HashMap::new();
+    for t in &service.traffic {
+        let r = match &t.revision_name {
+            None => latest.clone(),
+            Some(n) => revisions
+                .iter()
+                .find(|r| &r.name == n)
+                .cloned()
+                .ok_or_else(|| DeployError::NoSuchRevision(n.clone()))?,
+        };
+        if let Some(tag) = &t.tag {
+            tags.insert(tag.clone(), r.clone());
+        }
+        if t.percent > 0 {
+            split.push((r, t.percent));
+        }
+    }
+    Ok(Route { split, tags })
+}

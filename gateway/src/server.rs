@@ -1,0 +1,405 @@
+//! The HTTP data plane (hyper 1.x on tokio) and the admin/metrics port.
+//!
+//! A request is routed by `Host` to a revision, its body read (capped),
+//! a `containerConcurrency` slot taken (or the request queued, bounded),
+//! and the function invoked in a VM restored from the revision's snapshot
+//! (every request a fresh VM: nothing leaks between requests). The VM work
+//! runs on tokio's blocking pool; the revision's timeout bounds it, both
+//! here (504) and in the VM (stopped by the host).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flint_executor::{BufferIo, Invocation, RunError};
+use flint_snapshotter::{Backend, InvokeOptions, SnapshotError};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::cgi;
+use crate::metrics::{labels, Metrics};
+use crate::registry::{Registry, Revision};
+
+/// Gateway-wide settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Services answer at `NAME.NAMESPACE.DOMAIN`.
+    pub domain: String,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Where revisions' snapshots go.
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct Gateway {
+    pub settings: Settings,
+    pub registry: Registry,
+    pub metrics: Metrics,
+    inflight: AtomicUsize,
+    draining: AtomicBool,
+}
+
+type Body = Full<Bytes>;
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(msg.into() + "\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+impl Gateway {
+    pub fn new(settings: Settings) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            registry: Registry::default(),
+            metrics: Metrics::default(),
+            inflight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Requests being handled now.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+        let host = req
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let Some(rev) = self.registry.resolve(&host, &self.settings.domain) else {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("no service answers at host {host:?}"),
+            );
+        };
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        let start = Instant::now();
+        let resp = self.clone().invoke(&rev, req, remote).await;
+        self.inflight.fetch_sub(1, Ordering::SeqCst);
+        let code = resp.status().as_u16().to_string();
+        let class = format!("{}xx", &code[..1]);
+        let l = labels(&[
+            ("namespace_name", &rev.service.namespace),
+            ("service_name", &rev.service.name),
+            ("configuration_name", &rev.service.name),
+            ("revision_name", &rev.name),
+            ("response_code", &code),
+            ("response_code_class", &class),
+        ]);
+        self.metrics.inc("revision_request_count", &l, 1.0);
+        self.metrics.observe_ms(
+            "revision_request_latencies",
+            &l,
+            start.elapsed().as_secs_f64() * 1e3,
+        );
+        resp
+    }
+
+    async fn invoke(
+        self: Arc<Self>,
+        rev: &Arc<Revision>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.settings.max_body_bytes)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the request body is larger than the {}-byte limit",
+                        self.settings.max_body_bytes
+                    ),
+                )
+            }
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the request body failed: {e}"),
+                )
+            }
+        };
+        let rev_labels = labels(&[("revision_name", &rev.name)]);
+        // A containerConcurrency slot, waiting in a bounded queue for it.
+        let _permit = match &rev.slots {
+            None => None,
+            Some(slots) => match slots.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    if rev.queued.fetch_add(1, Ordering::SeqCst) >= rev.queue_limit {
+                        rev.queued.fetch_sub(1, Ordering::SeqCst);
+                        return text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("revision {} is at capacity and its queue is full", rev.name),
+                        );
+                    }
+                    self.metrics.set(
+                        "revision_queue_depth",
+                        &rev_labels,
+                        rev.queued.load(Ordering::SeqCst) as f64,
+                    );
+                    let p = slots.clone().acquire_owned().await;
+                    rev.queued.fetch_sub(1, Ordering::SeqCst);
+                    self.metrics.set(
+                        "revision_queue_depth",
+                        &rev_labels,
+                        rev.queued.load(Ordering::SeqCst) as f64,
+                    );
+                    p.ok()
+                }
+            },
+        };
+        let headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (k.as_str().to_string(), v.to_string()))
+            })
+            .collect();
+        let host = parts
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let (server_name, server_port) = match host.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().unwrap_or(80)),
+            None => (host.to_string(), 80),
+        };
+        let remote_addr = remote.ip().to_string();
+        let mut env = cgi::environment(&cgi::Request {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            body_len: body.len(),
+            remote_addr: &remote_addr,
+            server_name: &server_name,
+            server_port,
+            service: &rev.service.name,
+            revision: &rev.name,
+        });
+        env.extend(rev.service.env.iter().cloned());
+        let mut args = vec![rev.snapshot.module_name().to_string()];
+        args.extend(rev.service.args.iter().cloned());
+        let invocation = Invocation { args, env };
+        let timeout = rev.service.timeout;
+        let opts = InvokeOptions {
+            backend: Backend::File,
+            prefetch: false,
+            timeout: Some(timeout),
+        };
+        let rev2 = rev.clone();
+        let started = Instant::now();
+        let job = tokio::task::spawn_blocking(move || {
+            let mut io = BufferIo::with_stdin(body.to_vec());
+            let r = rev2.snapshot.invoke(&invocation, &mut io, &opts);
+            (r, io)
+        });
+        // A little grace beyond the VM's own limit, which stops it.
+        let outcome = match tokio::time::timeout(timeout + Duration::from_millis(500), job).await {
+            Err(_) => return timeout_response(timeout),
+            Ok(Err(e)) => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the invocation task failed: {e}"),
+                )
+            }
+            Ok(Ok(o)) => o,
+        };
+        rev.requests.fetch_add(1, Ordering::Relaxed);
+        let (result, io) = outcome;
+        if !io.stderr.is_empty() {
+            tracing::info!(revision = %rev.name, stderr = %String::from_utf8_lossy(&io.stderr), "function stderr");
+        }
+        match result {
+            Ok(report) => {
+                self.metrics.observe_ms(
+                    "flint_restore_latencies",
+                    &rev_labels,
+                    (report.restore + report.memory_setup).as_secs_f64() * 1e3,
+                );
+                self.metrics.inc(
+                    "flint_pages_faulted_total",
+                    &rev_labels,
+                    report.faulted_pages as f64,
+                );
+                self.metrics.inc(
+                    "flint_requests_total",
+                    &labels(&[("revision_name", &rev.name), ("start", "cold")]),
+                    1.0,
+                );
+                let l = labels(&[("revision_name", &rev.name), ("response_code", "200")]);
+                self.metrics.inc("revision_app_request_count", &l, 1.0);
+                self.metrics.observe_ms(
+                    "revision_app_request_latencies",
+                    &l,
+                    started.elapsed().as_secs_f64() * 1e3,
+                );
+                if report.run.exit_code != 0 {
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("the function exited with status {}", report.run.exit_code),
+                    );
+                }
+                match cgi::parse_response(&io.stdout) {
+                    Ok(r) => cgi_response(r),
+                    Err(e) => text(StatusCode::BAD_GATEWAY, e.to_string()),
+                }
+            }
+            Err(SnapshotError::Run(RunError::Timeout(_))) => timeout_response(timeout),
+            Err(SnapshotError::Run(RunError::Trap(t))) => text(
+                StatusCode::BAD_GATEWAY,
+                format!("the function trapped: {t}"),
+            ),
+            Err(e) => text(StatusCode::BAD_GATEWAY, error_chain(&e)),
+        }
+    }
+}
+
+fn timeout_response(t: Duration) -> Response<Body> {
+    text(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "the function did not respond within {} s (timeoutSeconds)",
+            t.as_secs()
+        ),
+    )
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+fn cgi_response(r: cgi::Response) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(r.body)));
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+    for (k, v) in r.headers {
+        if let (Ok(k), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            resp.headers_mut().append(k, v);
+        }
+    }
+    resp
+}
+
+/// The admin port: `/healthz`, `/readyz`, `/metrics`.
+async fn admin(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok"),
+        "/readyz" if gw.draining.load(Ordering::SeqCst) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+        }
+        "/readyz" => text(StatusCode::OK, "ready"),
+        "/metrics" => {
+            for (ns, name, rev) in gw.registry.list() {
+                let _ = (ns, name);
+                gw.metrics.set(
+                    "flint_instances",
+                    &labels(&[("revision_name", &rev), ("state", "active")]),
+                    0.0,
+                );
+            }
+            let mut r = Response::new(Full::new(Bytes::from(gw.metrics.render())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "try /healthz, /readyz or /metrics"),
+    }
+}
+
+/// Serves the data plane on `listener` (and the admin port on `admin`)
+/// until `shutdown` resolves; then stops accepting, lets in-flight requests
+/// finish, and returns.
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    if let Some(l) = admin_listener {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = l.accept().await else {
+                    continue;
+                };
+                let gw = gw.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let gw = gw.clone();
+                        async move { Ok::<_, Infallible>(admin(gw, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    }
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, remote)) = accepted else { continue };
+                let gw = gw.clone();
+                let svc = service_fn(move |req| {
+                    let gw = gw.clone();
+                    async move { Ok::<_, Infallible>(gw.handle(req, remote).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    gw.draining.store(true, Ordering::SeqCst);
+    drop(listener);
+    graceful.shutdown().await;
+}

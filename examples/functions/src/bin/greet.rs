@@ -1,6 +1,6 @@
 //! `greet`: an HTTP function (CGI contract, see docs/function-contract.md).
 //! `GET /greet?name=ada` answers `hello, ada`; other paths answer 404; a
-//! POST body is echoed back after the greeting.
+//! POST body is echoed back after the greeting; `sleep_ms=N` waits first.
 use std::io::Read;
 
 fn main() {
@@ -15,6 +15,13 @@ fn main() {
         .find_map(|kv| kv.strip_prefix("name="))
         .filter(|n| !n.is_empty())
         .unwrap_or("world");
+    if let Some(ms) = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("sleep_ms="))
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     let mut body = String::new();
     std::io::stdin()
         .read_to_string(&mut body)

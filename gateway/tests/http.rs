@@ -1,0 +1,268 @@
+//! The gateway over real HTTP on loopback: routing, the CGI contract,
+//! limits, errors, metrics and drain. Each test deploys its own services.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flint_gateway::{manifest, serve, Gateway, Settings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+struct Running {
+    addr: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+    gw: Arc<Gateway>,
+}
+
+fn manifest(name: &str, example: &str, spec_extra: &str) -> String {
+    format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n{spec_extra}      containers:\n        - image: {}\n          env:\n            - name: FROM_MANIFEST\n              value: yes\n",
+        flint_examples::path(example).display()
+    )
+}
+
+async fn start(services: &[String], max_body: usize) -> Running {
+    let state =
+        std::env::temp_dir().join(format!("flint-gw-{}-{}", std::process::id(), rand_suffix()));
+    let gw = Gateway::new(Settings {
+        domain: "example.com".into(),
+        max_body_bytes: max_body,
+        state_dir: state.clone(),
+    });
+    for yaml in services {
+        let s = manifest::parse(yaml).unwrap();
+        let gw2 = gw.clone();
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || {
+            gw2.registry.apply(s, &PathBuf::from("."), &st).unwrap()
+        })
+        .await
+        .unwrap();
+    }
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, admin) = (l.local_addr().unwrap(), a.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    let done = tokio::spawn(serve(gw.clone(), l, Some(a), async move {
+        let _ = rx.await;
+    }));
+    Running {
+        addr,
+        admin,
+        stop: Some(tx),
+        done,
+        gw,
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns (status, head, body).
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).await.unwrap();
+    let _ = s.write_all(body).await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, out[split + 4..].to_vec())
+}
+
+impl Running {
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.done.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn routes_by_host_and_follows_the_cgi_contract() {
+    let gw = start(&[manifest("hello", "greet", "")], 1 << 20).await;
+    let (code, head, body) = http(
+        gw.addr,
+        "GET",
+        "hello.default.example.com",
+        "/greet?name=ada",
+        b"",
+    )
+    .await;
+    assert_eq!(code, 200, "{head}");
+    assert_eq!(body, b"hello, ada\n");
+    assert!(
+        head.to_lowercase().contains("x-revision: hello-00001"),
+        "{head}"
+    );
+    let (code, _, body) = http(
+        gw.addr,
+        "POST",
+        "hello.default.example.com:8080",
+        "/greet?name=bob",
+        b"payload",
+    )
+    .await;
+    assert_eq!((code, body.as_slice()), (200, &b"hello, bob\npayload"[..]));
+    let (code, _, _) = http(gw.addr, "GET", "hello.default.example.com", "/nowhere", b"").await;
+    assert_eq!(code, 404, "the function's own Status passes through");
+    let (code, _, body) = http(gw.addr, "GET", "other.default.example.com", "/", b"").await;
+    assert_eq!(code, 404);
+    assert!(String::from_utf8_lossy(&body).contains("no service answers"));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn errors_map_to_status_codes() {
+    let services = [
+        manifest("trap", "trap", ""),
+        manifest("spin", "spin", "      timeoutSeconds: 1\n"),
+        manifest("plain", "hello", ""),
+        manifest("hello", "greet", ""),
+    ];
+    let gw = start(&services, 1000).await;
+    let (code, _, body) = http(gw.addr, "GET", "trap.default.example.com", "/", b"").await;
+    assert_eq!(code, 502);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "the function trapped: wasm `unreachable` instruction executed\n"
+    );
+    let (code, _, body) = http(gw.addr, "GET", "spin.default.example.com", "/", b"").await;
+    assert_eq!(code, 504);
+    assert!(String::from_utf8_lossy(&body).contains("did not respond within 1 s"));
+    let (code, _, body) = http(gw.addr, "GET", "plain.default.example.com", "/", b"").await;
+    assert_eq!(code, 502, "output that is not CGI");
+    assert!(String::from_utf8_lossy(&body).contains("no header block"));
+    let (code, _, body) = http(
+        gw.addr,
+        "POST",
+        "hello.default.example.com",
+        "/",
+        &vec![b'x'; 5000],
+    )
+    .await;
+    assert_eq!(code, 413);
+    assert!(String::from_utf8_lossy(&body).contains("1000-byte limit"));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn container_concurrency_queues_and_overflows_with_503() {
+    let gw = start(
+        &[manifest("slow", "greet", "      containerConcurrency: 1\n")],
+        1 << 20,
+    )
+    .await;
+    let addr = gw.addr;
+    // 1 running + 10 queued fit; the rest are refused at once.
+    let tasks: Vec<_> = (0..14)
+        .map(|_| {
+            tokio::spawn(async move {
+                http(
+                    addr,
+                    "GET",
+                    "slow.default.example.com",
+                    "/?sleep_ms=150",
+                    b"",
+                )
+                .await
+                .0
+            })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    let ok = codes.iter().filter(|c| **c == 200).count();
+    let busy = codes.iter().filter(|c| **c == 503).count();
+    assert_eq!(ok + busy, 14, "{codes:?}");
+    assert!(busy >= 1 && ok >= 11, "{codes:?}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_and_health_are_served_on_the_admin_port() {
+    let gw = start(&[manifest("hello", "greet", "")], 1 << 20).await;
+    http(gw.addr, "GET", "hello.default.example.com", "/", b"").await;
+    let (code, _, body) = http(gw.admin, "GET", "x", "/metrics", b"").await;
+    assert_eq!(code, 200);
+    let m = String::from_utf8_lossy(&body);
+    assert!(m.contains("revision_request_count{namespace_name=\"default\",service_name=\"hello\",configuration_name=\"hello\",revision_name=\"hello-00001\",response_code=\"200\",response_code_class=\"2xx\"} 1"), "{m}");
+    assert!(m.contains("revision_request_latencies_count"), "{m}");
+    assert!(m.contains("revision_app_request_count"), "{m}");
+    assert!(m.contains("flint_restore_latencies_count"), "{m}");
+    assert_eq!(http(gw.admin, "GET", "x", "/healthz", b"").await.0, 200);
+    assert_eq!(http(gw.admin, "GET", "x", "/readyz", b"").await.0, 200);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drain_lets_in_flight_requests_finish() {
+    let gw = start(&[manifest("hello", "greet", "")], 1 << 20).await;
+    let addr = gw.addr;
+    let slow = tokio::spawn(async move {
+        http(
+            addr,
+            "GET",
+            "hello.default.example.com",
+            "/?name=late&sleep_ms=400",
+            b"",
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(gw.gw.inflight(), 1);
+    let stopping = tokio::spawn(gw.stop());
+    let (code, _, body) = slow.await.unwrap();
+    assert_eq!((code, body.as_slice()), (200, &b"hello, late\n"[..]));
+    stopping.await.unwrap();
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revisions_traffic_split_and_tags() {
+    let gw = start(&[manifest("hello", "greet", "")], 1 << 20).await;
+    // Apply again: a new revision, with 100% to it and the first one tagged.
+    let v2 = format!("{}  traffic:\n    - latestRevision: true\n      percent: 100\n    - revisionName: hello-00001\n      percent: 0\n      tag: old\n", manifest("hello", "greet", ""));
+    let s = manifest::parse(&v2).unwrap();
+    let g = gw.gw.clone();
+    let state = g.settings.state_dir.clone();
+    let rev = tokio::task::spawn_blocking(move || {
+        g.registry.apply(s, &PathBuf::from("."), &state).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(rev.name, "hello-00002");
+    let (_, head, _) = http(gw.addr, "GET", "hello.default.example.com", "/", b"").await;
+    assert!(
+        head.to_lowercase().contains("x-revision: hello-00002"),
+        "{head}"
+    );
+    let (_, head, _) = http(gw.addr, "GET", "old-hello.default.example.com", "/", b"").await;
+    assert!(
+        head.to_lowercase().contains("x-revision: hello-00001"),
+        "{head}"
+    );
+    gw.stop().await;
+}

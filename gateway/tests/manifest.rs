@@ -1,0 +1,168 @@
+//! Knative Service manifests: every field, valid and invalid.
+
+use std::time::Duration;
+
+use flint_gateway::manifest::{parse, Isolation, ManifestError, Metric};
+
+const FULL: &str = r#"
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: hello
+  namespace: team-a
+  annotations:
+    owner: me
+spec:
+  template:
+    metadata:
+      name: hello-v2
+      annotations:
+        autoscaling.knative.dev/min-scale: "1"
+        autoscaling.knative.dev/max-scale: "5"
+        autoscaling.knative.dev/initial-scale: "2"
+        autoscaling.knative.dev/target: "10"
+        autoscaling.knative.dev/metric: rps
+        autoscaling.knative.dev/window: 40s
+        autoscaling.knative.dev/panic-window-percentage: "20"
+        autoscaling.knative.dev/panic-threshold-percentage: "150"
+        autoscaling.knative.dev/scale-down-delay: 1m30s
+        flint.dev/isolation: request
+    spec:
+      containerConcurrency: 4
+      timeoutSeconds: 30
+      responseStartTimeoutSeconds: 10
+      idleTimeoutSeconds: 20
+      runtimeClassName: flint
+      containers:
+        - name: fn
+          image: greet.wasm
+          args: ["--flag", "x"]
+          env:
+            - name: A
+              value: "1"
+            - name: EMPTY
+          resources:
+            limits:
+              memory: 256Mi
+              cpu: "1"
+  traffic:
+    - latestRevision: true
+      percent: 80
+    - revisionName: hello-00001
+      percent: 20
+      tag: old
+"#;
+
+#[test]
+fn every_field_is_read() {
+    let s = parse(FULL).unwrap();
+    assert_eq!((s.name.as_str(), s.namespace.as_str()), ("hello", "team-a"));
+    assert_eq!(s.annotations.get("owner").map(String::as_str), Some("me"));
+    assert_eq!(s.revision_name.as_deref(), Some("hello-v2"));
+    let a = &s.autoscaling;
+    assert_eq!((a.min_scale, a.max_scale, a.initial_scale), (1, 5, 2));
+    assert_eq!((a.target, a.metric), (10.0, Metric::Rps));
+    assert_eq!(a.window, Duration::from_secs(40));
+    assert_eq!(
+        (a.panic_window_percentage, a.panic_threshold_percentage),
+        (20.0, 150.0)
+    );
+    assert_eq!(a.scale_down_delay, Duration::from_secs(90));
+    assert_eq!(s.isolation, Isolation::Request);
+    assert_eq!(s.container_concurrency, 4);
+    assert_eq!(s.timeout, Duration::from_secs(30));
+    assert_eq!(s.response_start_timeout, Some(Duration::from_secs(10)));
+    assert_eq!(s.idle_timeout, Some(Duration::from_secs(20)));
+    assert_eq!(s.image, "greet.wasm");
+    assert_eq!(s.args, vec!["--flag", "x"]);
+    assert_eq!(
+        s.env,
+        vec![("A".into(), "1".into()), ("EMPTY".into(), String::new())]
+    );
+    assert_eq!(s.memory_mib, Some(256));
+    assert_eq!(s.traffic.len(), 2);
+    assert_eq!(s.traffic[1].tag.as_deref(), Some("old"));
+}
+
+const MINIMAL: &str = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\nspec:\n  template:\n    spec:\n      containers:\n        - image: greet.wasm\n";
+
+#[test]
+fn knative_defaults_apply() {
+    let s = parse(MINIMAL).unwrap();
+    assert_eq!(s.namespace, "default");
+    assert_eq!(s.container_concurrency, 0);
+    assert_eq!(s.timeout, Duration::from_secs(300));
+    assert_eq!(s.autoscaling.min_scale, 0);
+    assert_eq!(s.autoscaling.initial_scale, 1);
+    assert_eq!(s.autoscaling.target, 100.0);
+    assert_eq!(s.autoscaling.metric, Metric::Concurrency);
+    assert_eq!(s.autoscaling.window, Duration::from_secs(60));
+    assert_eq!(s.isolation, Isolation::Shared);
+    assert!(s.traffic.is_empty());
+}
+
+fn err(yaml: &str) -> String {
+    parse(yaml).unwrap_err().to_string()
+}
+
+#[test]
+fn unknown_fields_are_named_by_path() {
+    assert_eq!(
+        err(&MINIMAL.replace("- image:", "- imagee:")),
+        "spec.template.spec.containers[0].imagee: unknown field"
+    );
+    assert_eq!(
+        err(&format!("{MINIMAL}  extra: 1\n")),
+        "spec.extra: unknown field"
+    );
+    assert_eq!(
+        err(&MINIMAL.replace("metadata:\n  name", "metadata:\n  nam: x\n  name")),
+        "metadata.nam: unknown field"
+    );
+    assert_eq!(
+        err(&format!("{MINIMAL}status: {{}}\n")),
+        "status: unknown field"
+    );
+    let bad_annotation = MINIMAL.replace(
+        "    spec:\n",
+        "    metadata:\n      annotations:\n        autoscaling.knative.dev/max-scal: \"3\"\n    spec:\n",
+    );
+    assert_eq!(
+        err(&bad_annotation),
+        "spec.template.metadata.annotations[autoscaling.knative.dev/max-scal]: unknown field"
+    );
+}
+
+#[test]
+fn invalid_values_are_refused_with_a_reason() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("apiVersion: serving.knative.dev/v1", "apiVersion: v1", "apiVersion: \"v1\" is not supported"),
+        ("kind: Service", "kind: Deployment", "kind: \"Deployment\" is not supported"),
+        ("name: hello", "name: Hello_World", "metadata.name: \"Hello_World\" is not a valid name"),
+        ("- image: greet.wasm", "- name: x", "spec.template.spec.containers[0].image: required field is missing"),
+        ("      containers:", "      containerConcurrency: -1\n      containers:", "spec.template.spec.containerConcurrency: must be a non-negative integer"),
+        ("      containers:", "      timeoutSeconds: 0\n      containers:", "spec.template.spec.timeoutSeconds: must be at least 1"),
+        ("      containers:", "      timeoutSeconds: \"30\"\n      containers:", "spec.template.spec.timeoutSeconds: must be a non-negative integer"),
+        ("      containers:", "      runtimeClassName: runc\n      containers:", "runtimeClassName: \"runc\" is not served here"),
+        ("        - image: greet.wasm\n", "        - image: greet.wasm\n          resources:\n            limits:\n              memory: lots\n", "memory: \"lots\" is not a memory quantity"),
+        ("        - image: greet.wasm\n", "        - image: greet.wasm\n          env:\n            - value: x\n", "env[0].name: required field is missing"),
+    ];
+    for (from, to, want) in cases {
+        let yaml = MINIMAL.replace(from, to);
+        let got = err(&yaml);
+        assert!(got.contains(want), "{to:?}: got {got:?}, want {want:?}");
+    }
+    let traffic = format!("{MINIMAL}  traffic:\n    - latestRevision: true\n      percent: 50\n");
+    assert!(err(&traffic).contains("percentages add up to 50, not 100"));
+    let traffic = format!("{MINIMAL}  traffic:\n    - percent: 100\n");
+    assert!(err(&traffic).contains("needs exactly one of revisionName and latestRevision"));
+    assert!(matches!(parse("{not: [valid"), Err(ManifestError::Yaml(_))));
+    assert!(err("just a string").contains("must be a mapping"));
+    let two = MINIMAL.replace(
+        "        - image: greet.wasm\n",
+        "        - image: a.wasm\n        - image: b.wasm\n",
+    );
+    assert!(err(&two).contains("exactly one container"));
+    let window = MINIMAL.replace("    spec:\n", "    metadata:\n      annotations:\n        autoscaling.knative.dev/window: 2s\n    spec:\n");
+    assert!(err(&window).contains("between 6s and 1h"));
+}

@@ -5,6 +5,7 @@
 //! snapshot ([`server`]).
 
 pub mod cgi;
+pub mod cloudevents;
 pub mod manifest;
 pub mod metrics;
 pub mod registry;

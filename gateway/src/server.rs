@@ -25,9 +25,9 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::cgi;
 use crate::metrics::{labels, Metrics};
 use crate::registry::{Registry, Revision};
+use crate::{cgi, cloudevents};
 
 /// Gateway-wide settings.
 #[derive(Debug, Clone)]
@@ -194,26 +194,126 @@ impl Gateway {
             None => (host.to_string(), 80),
         };
         let remote_addr = remote.ip().to_string();
-        let mut env = cgi::environment(&cgi::Request {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            query: parts.uri.query().unwrap_or(""),
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect(),
-            body_len: body.len(),
-            remote_addr: &remote_addr,
-            server_name: &server_name,
-            server_port,
-            service: &rev.service.name,
-            revision: &rev.name,
-        });
-        env.extend(rev.service.env.iter().cloned());
+        let mut forwarded = headers.clone();
+        forwarded.push((
+            "forwarded".into(),
+            format!("for={remote_addr};host={host};proto=http"),
+        ));
+        forwarded.push(("x-forwarded-for".into(), remote_addr.clone()));
+        forwarded.push(("x-forwarded-host".into(), host.to_string()));
+        forwarded.push(("x-forwarded-proto".into(), "http".into()));
+        let cgi_env = |body_len: usize| {
+            let mut env = cgi::environment(&cgi::Request {
+                method: parts.method.as_str(),
+                path: parts.uri.path(),
+                query: parts.uri.query().unwrap_or(""),
+                headers: forwarded
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+                body_len,
+                remote_addr: &remote_addr,
+                server_name: &server_name,
+                server_port,
+                service: &rev.service.name,
+                revision: &rev.name,
+            });
+            env.extend(rev.service.env.iter().cloned());
+            env
+        };
+        let Some(mode) = cloudevents::detect(&parts.headers) else {
+            return match self
+                .run_function(rev, cgi_env(body.len()), body.to_vec())
+                .await
+            {
+                Ok(r) => cgi_response(r),
+                Err(resp) => resp,
+            };
+        };
+        // CloudEvents: one invocation per event; replies in the request's mode.
+        let events = match cloudevents::parse(mode, &parts.headers, &body) {
+            Ok(e) => e,
+            Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+        let mut replies = Vec::new();
+        for event in &events {
+            let data = cloudevents::data_bytes(event);
+            let mut env = cgi_env(data.len());
+            env.extend(cloudevents::environment(event));
+            let out = match self.run_function(rev, env, data).await {
+                Ok(r) => r,
+                Err(resp) => return resp,
+            };
+            if out.status >= 300 {
+                return cgi_response(out);
+            }
+            match cloudevents::reply(&out) {
+                Ok(Some(reply)) => replies.push(reply),
+                Ok(None) => {}
+                Err(e) => {
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("the function's reply: {e}"),
+                    )
+                }
+            }
+        }
+        match (mode, replies.pop()) {
+            (_, None) => {
+                let mut r = Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = StatusCode::ACCEPTED;
+                r
+            }
+            (cloudevents::Mode::Binary, Some(reply)) => {
+                let (hs, body) = cloudevents::encode_binary(&reply);
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                for (k, v) in hs {
+                    r.headers_mut().append(k, v);
+                }
+                r
+            }
+            (cloudevents::Mode::Structured, Some(reply)) => {
+                let mut r = Response::new(Full::new(Bytes::from(cloudevents::encode_structured(
+                    &reply,
+                ))));
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(cloudevents::STRUCTURED),
+                );
+                r
+            }
+            (cloudevents::Mode::Batch, Some(last)) => {
+                replies.push(last);
+                let list: Vec<serde_json::Value> = replies
+                    .iter()
+                    .filter_map(|e| serde_json::from_slice(&cloudevents::encode_structured(e)).ok())
+                    .collect();
+                let mut r = Response::new(Full::new(Bytes::from(
+                    serde_json::to_vec(&list).unwrap_or_default(),
+                )));
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(cloudevents::BATCH));
+                r
+            }
+        }
+    }
+
+    /// Runs one invocation of `rev` in a freshly restored VM: `env` and
+    /// `stdin` in, its CGI response out, or the error response to send.
+    async fn run_function(
+        &self,
+        rev: &Arc<Revision>,
+        env: Vec<(String, String)>,
+        stdin: Vec<u8>,
+    ) -> Result<cgi::Response, Response<Body>> {
+        let rev_labels = labels(&[("revision_name", &rev.name)]);
         let mut args = vec![rev.snapshot.module_name().to_string()];
         args.extend(rev.service.args.iter().cloned());
         let invocation = Invocation { args, env };
-        let timeout = rev.service.timeout;
+        let timeout = match rev.service.response_start_timeout {
+            Some(t) => t.min(rev.service.timeout),
+            None => rev.service.timeout,
+        };
         let opts = InvokeOptions {
             backend: Backend::File,
             prefetch: false,
@@ -222,23 +322,23 @@ impl Gateway {
         let rev2 = rev.clone();
         let started = Instant::now();
         let job = tokio::task::spawn_blocking(move || {
-            let mut io = BufferIo::with_stdin(body.to_vec());
+            let mut io = BufferIo::with_stdin(stdin);
             let r = rev2.snapshot.invoke(&invocation, &mut io, &opts);
             (r, io)
         });
         // A little grace beyond the VM's own limit, which stops it.
-        let outcome = match tokio::time::timeout(timeout + Duration::from_millis(500), job).await {
-            Err(_) => return timeout_response(timeout),
-            Ok(Err(e)) => {
-                return text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("the invocation task failed: {e}"),
-                )
-            }
-            Ok(Ok(o)) => o,
-        };
+        let (result, io) =
+            match tokio::time::timeout(timeout + Duration::from_millis(500), job).await {
+                Err(_) => return Err(timeout_response(timeout)),
+                Ok(Err(e)) => {
+                    return Err(text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("the invocation task failed: {e}"),
+                    ))
+                }
+                Ok(Ok(o)) => o,
+            };
         rev.requests.fetch_add(1, Ordering::Relaxed);
-        let (result, io) = outcome;
         if !io.stderr.is_empty() {
             tracing::info!(revision = %rev.name, stderr = %String::from_utf8_lossy(&io.stderr), "function stderr");
         }
@@ -267,22 +367,20 @@ impl Gateway {
                     started.elapsed().as_secs_f64() * 1e3,
                 );
                 if report.run.exit_code != 0 {
-                    return text(
+                    return Err(text(
                         StatusCode::BAD_GATEWAY,
                         format!("the function exited with status {}", report.run.exit_code),
-                    );
+                    ));
                 }
-                match cgi::parse_response(&io.stdout) {
-                    Ok(r) => cgi_response(r),
-                    Err(e) => text(StatusCode::BAD_GATEWAY, e.to_string()),
-                }
+                cgi::parse_response(&io.stdout)
+                    .map_err(|e| text(StatusCode::BAD_GATEWAY, e.to_string()))
             }
-            Err(SnapshotError::Run(RunError::Timeout(_))) => timeout_response(timeout),
-            Err(SnapshotError::Run(RunError::Trap(t))) => text(
+            Err(SnapshotError::Run(RunError::Timeout(_))) => Err(timeout_response(timeout)),
+            Err(SnapshotError::Run(RunError::Trap(t))) => Err(text(
                 StatusCode::BAD_GATEWAY,
                 format!("the function trapped: {t}"),
-            ),
-            Err(e) => text(StatusCode::BAD_GATEWAY, error_chain(&e)),
+            )),
+            Err(e) => Err(text(StatusCode::BAD_GATEWAY, error_chain(&e))),
         }
     }
 }

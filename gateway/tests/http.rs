@@ -266,3 +266,183 @@ async fn revisions_traffic_split_and_tags() {
     );
     gw.stop().await;
 }
+
+/// A request with extra headers.
+async fn http_with(
+    addr: std::net::SocketAddr,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "POST / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let _ = s.write_all(body).await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, out[split + 4..].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cloudevents_in_every_mode() {
+    let gw = start(&[manifest("events", "ce-responder", "")], 1 << 20).await;
+    let host = "events.default.example.com";
+    // Binary mode, with a percent-encoded attribute.
+    let (code, head, body) = http_with(
+        gw.addr,
+        host,
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "1"),
+            ("ce-source", "/test"),
+            ("ce-type", "com.example.ping"),
+            ("ce-subject", "caf%C3%A9"),
+            ("content-type", "application/json"),
+        ],
+        br#"{"x":1}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{head}");
+    let h = head.to_lowercase();
+    assert!(h.contains("ce-type: com.example.ping.reply"), "{head}");
+    assert!(h.contains("ce-id: reply-1"), "{head}");
+    let reply: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        reply,
+        serde_json::json!({"got": {"x": 1}, "subject": "café"})
+    );
+
+    // Structured mode in, structured reply out.
+    let ev = r#"{"specversion":"1.0","id":"2","source":"/test","type":"com.example.ping","datacontenttype":"application/json","data":{"y":2}}"#;
+    let (code, head, body) = http_with(
+        gw.addr,
+        host,
+        &[("content-type", "application/cloudevents+json")],
+        ev.as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 200, "{head}");
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: application/cloudevents+json"),
+        "{head}"
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(reply["type"], "com.example.ping.reply");
+    assert_eq!(reply["id"], "reply-2");
+    assert_eq!(reply["data"]["got"], serde_json::json!({"y": 2}));
+
+    // Batched mode: one invocation per event, replies batched.
+    let batch = format!("[{ev},{}]", ev.replace("\"id\":\"2\"", "\"id\":\"3\""));
+    let (code, head, body) = http_with(
+        gw.addr,
+        host,
+        &[("content-type", "application/cloudevents-batch+json")],
+        batch.as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 200, "{head}");
+    let replies: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+    let ids: Vec<&str> = replies.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["reply-2", "reply-3"]);
+
+    // No reply: 202.
+    let (code, _, body) = http_with(
+        gw.addr,
+        host,
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "4"),
+            ("ce-source", "/t"),
+            ("ce-type", "x.noreply"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!((code, body.len()), (202, 0));
+
+    // Invalid events: 400 naming the problem.
+    let (code, _, body) = http_with(
+        gw.addr,
+        host,
+        &[("ce-specversion", "1.0"), ("ce-id", "5"), ("ce-type", "t")],
+        b"",
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(
+        String::from_utf8_lossy(&body).contains("source"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (code, _, _) = http_with(
+        gw.addr,
+        host,
+        &[("content-type", "application/cloudevents+json")],
+        b"{not json",
+    )
+    .await;
+    assert_eq!(code, 400);
+    let (code, _, _) = http_with(
+        gw.addr,
+        host,
+        &[("content-type", "application/cloudevents-batch+json")],
+        b"{}",
+    )
+    .await;
+    assert_eq!(code, 400);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn example_http_functions() {
+    let gw = start(
+        &[
+            manifest("json", "json-transform", ""),
+            manifest("md", "markdown", ""),
+        ],
+        1 << 20,
+    )
+    .await;
+    let (code, _, body) = http_with(
+        gw.addr,
+        "json.default.example.com",
+        &[],
+        br#"{"b":"x","a":1}"#,
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        r#"{"a":1,"b":"X","count":2}"#
+    );
+    let (code, _, _) = http_with(gw.addr, "json.default.example.com", &[], b"[1]").await;
+    assert_eq!(code, 422);
+    let (code, head, body) = http_with(
+        gw.addr,
+        "md.default.example.com",
+        &[],
+        b"# Title\n\nsome *text*\n",
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert!(head.to_lowercase().contains("content-type: text/html"));
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "<h1>Title</h1>\n<p>some <em>text</em></p>\n"
+    );
+    gw.stop().await;
+}

@@ -2,6 +2,7 @@
 //! into the executor's request types and map outcomes to exit codes; the
 //! work happens in the library crates.
 
+mod admin;
 mod exit;
 mod run;
 mod serve;
@@ -32,6 +33,12 @@ enum Command {
     /// Serve Knative Services over HTTP, each request in a VM restored
     /// from the revision's snapshot.
     Serve(serve::ServeArgs),
+    /// Deploy (or update) a Knative Service on a running gateway.
+    Apply(admin::ApplyArgs),
+    /// Remove a service from a running gateway.
+    Delete(admin::DeleteArgs),
+    /// List the services of a running gateway.
+    List(admin::ListArgs),
 }
 
 fn main() {
@@ -48,6 +55,9 @@ fn main() {
         Command::Snapshot(args) => snapshot::snapshot(args),
         Command::Invoke(args) => snapshot::invoke(args),
         Command::Serve(args) => serve::main(args),
+        Command::Apply(args) => admin::apply(args),
+        Command::Delete(args) => admin::delete(args),
+        Command::List(args) => admin::list(args),
     };
     std::process::exit(code);
 }

@@ -420,23 +420,20 @@ fn cgi_response(r: cgi::Response) -> Response<Body> {
     resp
 }
 
-/// The admin port: `/healthz`, `/readyz`, `/metrics`.
+/// The admin port: `/healthz`, `/readyz`, `/metrics`, and the admin API
+/// that `flint apply`, `flint delete` and `flint list` use:
+/// `POST /apis/services` (a manifest), `GET /apis/services`,
+/// `DELETE /apis/services/NAMESPACE/NAME`.
 async fn admin(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
-    match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "ok"),
-        "/readyz" if gw.draining.load(Ordering::SeqCst) => {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/healthz") => text(StatusCode::OK, "ok"),
+        ("GET", "/readyz") if gw.draining.load(Ordering::SeqCst) => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining")
         }
-        "/readyz" => text(StatusCode::OK, "ready"),
-        "/metrics" => {
-            for (ns, name, rev) in gw.registry.list() {
-                let _ = (ns, name);
-                gw.metrics.set(
-                    "flint_instances",
-                    &labels(&[("revision_name", &rev), ("state", "active")]),
-                    0.0,
-                );
-            }
+        ("GET", "/readyz") => text(StatusCode::OK, "ready"),
+        ("GET", "/metrics") => {
             let mut r = Response::new(Full::new(Bytes::from(gw.metrics.render())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
@@ -444,8 +441,80 @@ async fn admin(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
             );
             r
         }
-        _ => text(StatusCode::NOT_FOUND, "try /healthz, /readyz or /metrics"),
+        ("GET", "/apis/services") => {
+            let list: Vec<serde_json::Value> = gw
+                .registry
+                .list()
+                .into_iter()
+                .map(|(ns, name, rev)| serde_json::json!({"namespace": ns, "name": name, "revision": rev, "url": format!("http://{name}.{ns}.{}", gw.settings.domain)}))
+                .collect();
+            json(StatusCode::OK, serde_json::Value::Array(list))
+        }
+        ("POST", "/apis/services") => {
+            let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, "a manifest is at most 1 MiB")
+                }
+            };
+            let yaml = String::from_utf8_lossy(&body).into_owned();
+            let service = match crate::manifest::parse(&yaml) {
+                Ok(s) => s,
+                Err(e) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("error validating the manifest: {e}"),
+                    )
+                }
+            };
+            let g = gw.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let state = g.settings.state_dir.clone();
+                g.registry.apply(service, std::path::Path::new("."), &state)
+            })
+            .await;
+            match result {
+                Ok(Ok(rev)) => json(
+                    StatusCode::CREATED,
+                    serde_json::json!({"namespace": rev.service.namespace, "name": rev.service.name, "revision": rev.name,
+                        "url": format!("http://{}.{}.{}", rev.service.name, rev.service.namespace, gw.settings.domain)}),
+                ),
+                Ok(Err(e)) => text(StatusCode::UNPROCESSABLE_ENTITY, error_chain(&e)),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("deploying failed: {e}"),
+                ),
+            }
+        }
+        ("DELETE", p) if p.starts_with("/apis/services/") => {
+            let rest = &p["/apis/services/".len()..];
+            match rest.split_once('/') {
+                Some((ns, name)) if gw.registry.delete(ns, name) => {
+                    text(StatusCode::OK, format!("service {name}.{ns} deleted"))
+                }
+                Some((ns, name)) => text(
+                    StatusCode::NOT_FOUND,
+                    format!("no service {name} in namespace {ns}"),
+                ),
+                None => text(
+                    StatusCode::BAD_REQUEST,
+                    "use DELETE /apis/services/NAMESPACE/NAME",
+                ),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "try /healthz, /readyz, /metrics or /apis/services",
+        ),
     }
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string() + "\n")));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
 }
 
 /// Serves the data plane on `listener` (and the admin port on `admin`)

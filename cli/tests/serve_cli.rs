@@ -1,0 +1,116 @@
+//! `flint serve` with `flint apply`, `flint list` and `flint delete`, as a
+//! user runs them, ending with SIGTERM.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{flint, text};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get(port: u16, host: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn serve_apply_list_delete_and_sigterm() {
+    let (port, admin) = (free_port(), free_port());
+    let state = std::env::temp_dir().join(format!("flint-serve-cli-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("flint-serve-cli-m-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("hello.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\nspec:\n  template:\n    spec:\n      containers:\n        - image: {}\n",
+            flint_examples::path("greet").display()
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_flint"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg(&manifest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "flint serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        get(port, "hello.default.example.com", "/greet?name=ada"),
+        (200, "hello, ada\n".into())
+    );
+    let a = format!("127.0.0.1:{admin}");
+    let o = flint(&["list", "--admin", &a], "", &[]);
+    assert!(
+        text(&o.stdout).contains("\"revision\":\"hello-00001\""),
+        "{}",
+        text(&o.stdout)
+    );
+    // Apply again: a new revision.
+    let o = flint(
+        &["apply", "--admin", &a, manifest.to_str().unwrap()],
+        "",
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("hello-00002"));
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: x\nspec:\n  template:\n    spec:\n      containers:\n        - imagee: x\n").unwrap();
+    let o = flint(&["apply", "--admin", &a, bad.to_str().unwrap()], "", &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("spec.template.spec.containers[0].imagee: unknown field"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = flint(&["delete", "hello", "--admin", &a], "", &[]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(get(port, "hello.default.example.com", "/").0, 404);
+    // SIGTERM: drains and exits 0.
+    // SAFETY: sends SIGTERM to our own child.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let status = server.wait().unwrap();
+    let mut err = String::new();
+    server
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("draining"), "{err}");
+}

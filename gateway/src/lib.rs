@@ -4,6 +4,7 @@
 //! and run as CGI-style invocations ([`cgi`]) in VMs restored from the
 //! snapshot ([`server`]).
 
+pub mod autoscaler;
 pub mod cgi;
 pub mod cloudevents;
 pub mod manifest;

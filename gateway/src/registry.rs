@@ -5,13 +5,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex, RwLock};
 
-use flint_executor::{BufferIo, VmConfig};
+use flint_executor::{BufferIo, ReadyVm, VmConfig};
 use flint_snapshotter::{Snapshot, SnapshotError};
 use tokio::sync::Semaphore;
 
+use crate::autoscaler::Kpa;
 use crate::manifest::{ManifestError, Service};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,28 @@ pub struct Revision {
     /// Most requests allowed to wait.
     pub queue_limit: usize,
     pub requests: AtomicU64,
+    /// Requests being served now.
+    pub inflight: AtomicUsize,
+    /// Requests that arrived since the autoscaler's last tick.
+    pub arrivals: AtomicU64,
+    /// VMs restored in advance, each ready for one request.
+    pub pool: Mutex<Vec<ReadyVm>>,
+    /// Restores under way for the pool.
+    pub restoring: AtomicUsize,
+    /// The autoscaler's state and its latest decision.
+    pub kpa: Mutex<Kpa>,
+    pub desired: AtomicU32,
+}
+
+impl Revision {
+    /// An idle pre-restored VM, if the pool has one.
+    pub fn take_warm(&self) -> Option<ReadyVm> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    pub fn idle(&self) -> usize {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
 }
 
 /// Where a service's traffic goes.
@@ -147,6 +170,12 @@ impl Registry {
             queue_limit: if cc > 0 { (cc * 10).max(10) } else { 1000 },
             queued: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
+            inflight: AtomicUsize::new(0),
+            arrivals: AtomicU64::new(0),
+            pool: Mutex::new(Vec::new()),
+            restoring: AtomicUsize::new(0),
+            desired: AtomicU32::new(service.autoscaling.initial_scale),
+            kpa: Mutex::new(Kpa::new(service.autoscaling.clone())),
             snapshot,
             service,
         });
@@ -162,6 +191,25 @@ impl Registry {
         let mut map = self.services.write().unwrap_or_else(|e| e.into_inner());
         map.remove(&(namespace.to_string(), name.to_string()))
             .is_some()
+    }
+
+    /// Every revision that receives traffic.
+    pub fn routed_revisions(&self) -> Vec<Arc<Revision>> {
+        let map = self.services.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<Arc<Revision>> = Vec::new();
+        for route in map.values().filter_map(|e| e.route.as_ref()) {
+            for r in route
+                .split
+                .iter()
+                .map(|(r, _)| r)
+                .chain(route.tags.values())
+            {
+                if !v.iter().any(|x| Arc::ptr_eq(x, r)) {
+                    v.push(r.clone());
+                }
+            }
+        }
+        v
     }
 
     /// (namespace, name, latest revision) of every service.

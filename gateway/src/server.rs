@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flint_executor::{BufferIo, Invocation, RunError};
-use flint_snapshotter::{Backend, InvokeOptions, SnapshotError};
+use flint_snapshotter::SnapshotError;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
@@ -298,8 +298,9 @@ impl Gateway {
         }
     }
 
-    /// Runs one invocation of `rev` in a freshly restored VM: `env` and
-    /// `stdin` in, its CGI response out, or the error response to send.
+    /// Runs one invocation of `rev` in a fresh VM (a pre-restored one from
+    /// the pool if there is one, else restored now): `env` and `stdin` in,
+    /// its CGI response out, or the error response to send.
     async fn run_function(
         &self,
         rev: &Arc<Revision>,
@@ -314,51 +315,60 @@ impl Gateway {
             Some(t) => t.min(rev.service.timeout),
             None => rev.service.timeout,
         };
-        let opts = InvokeOptions {
-            backend: Backend::File,
-            prefetch: false,
-            timeout: Some(timeout),
-        };
         let rev2 = rev.clone();
         let started = Instant::now();
+        rev.arrivals.fetch_add(1, Ordering::Relaxed);
+        rev.inflight.fetch_add(1, Ordering::SeqCst);
+        let warm = rev.take_warm();
+        let start_kind = if warm.is_some() { "warm" } else { "cold" };
+        self.metrics.inc(
+            "flint_requests_total",
+            &labels(&[("revision_name", &rev.name), ("start", start_kind)]),
+            1.0,
+        );
         let job = tokio::task::spawn_blocking(move || {
             let mut io = BufferIo::with_stdin(stdin);
-            let r = rev2.snapshot.invoke(&invocation, &mut io, &opts);
+            let restore_started = Instant::now();
+            // A warm instance was restored ahead of time; otherwise restore
+            // now (scale from zero: the request waits, it is not dropped).
+            let vm = match warm {
+                Some(vm) => Ok((vm, None)),
+                None => rev2
+                    .snapshot
+                    .restore()
+                    .map(|vm| (vm, Some(restore_started.elapsed()))),
+            };
+            let r = vm.and_then(|(vm, restore)| {
+                Ok((vm.invoke(&invocation, &mut io, Some(timeout))?, restore))
+            });
             (r, io)
         });
         // A little grace beyond the VM's own limit, which stops it.
-        let (result, io) =
-            match tokio::time::timeout(timeout + Duration::from_millis(500), job).await {
-                Err(_) => return Err(timeout_response(timeout)),
-                Ok(Err(e)) => {
-                    return Err(text(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("the invocation task failed: {e}"),
-                    ))
-                }
-                Ok(Ok(o)) => o,
-            };
+        let waited = tokio::time::timeout(timeout + Duration::from_millis(500), job).await;
+        rev.inflight.fetch_sub(1, Ordering::SeqCst);
+        let (result, io) = match waited {
+            Err(_) => return Err(timeout_response(timeout)),
+            Ok(Err(e)) => {
+                return Err(text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the invocation task failed: {e}"),
+                ))
+            }
+            Ok(Ok(o)) => o,
+        };
         rev.requests.fetch_add(1, Ordering::Relaxed);
         if !io.stderr.is_empty() {
             tracing::info!(revision = %rev.name, stderr = %String::from_utf8_lossy(&io.stderr), "function stderr");
         }
         match result {
-            Ok(report) => {
-                self.metrics.observe_ms(
-                    "flint_restore_latencies",
-                    &rev_labels,
-                    (report.restore + report.memory_setup).as_secs_f64() * 1e3,
-                );
-                self.metrics.inc(
-                    "flint_pages_faulted_total",
-                    &rev_labels,
-                    report.faulted_pages as f64,
-                );
-                self.metrics.inc(
-                    "flint_requests_total",
-                    &labels(&[("revision_name", &rev.name), ("start", "cold")]),
-                    1.0,
-                );
+            Ok((report, restore)) => {
+                if let Some(d) = restore {
+                    self.metrics.observe_ms(
+                        "flint_restore_latencies",
+                        &rev_labels,
+                        d.as_secs_f64() * 1e3,
+                    );
+                }
                 let l = labels(&[("revision_name", &rev.name), ("response_code", "200")]);
                 self.metrics.inc("revision_app_request_count", &l, 1.0);
                 self.metrics.observe_ms(
@@ -366,10 +376,10 @@ impl Gateway {
                     &l,
                     started.elapsed().as_secs_f64() * 1e3,
                 );
-                if report.run.exit_code != 0 {
+                if report.exit_code != 0 {
                     return Err(text(
                         StatusCode::BAD_GATEWAY,
-                        format!("the function exited with status {}", report.run.exit_code),
+                        format!("the function exited with status {}", report.exit_code),
                     ));
                 }
                 cgi::parse_response(&io.stdout)
@@ -547,6 +557,7 @@ pub async fn serve(
             }
         });
     }
+    let scaler = tokio::spawn(autoscale(gw.clone()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -569,4 +580,66 @@ pub async fn serve(
     gw.draining.store(true, Ordering::SeqCst);
     drop(listener);
     graceful.shutdown().await;
+    scaler.abort();
+    for rev in gw.registry.routed_revisions() {
+        rev.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// The autoscaler's loop: every tick, for every routed revision, sample its
+/// load, decide its scale (KPA), and restore or drop idle instances so
+/// that in-use plus idle matches it.
+async fn autoscale(gw: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(crate::autoscaler::TICK);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        for rev in gw.registry.routed_revisions() {
+            let inflight = rev.inflight.load(Ordering::SeqCst);
+            let arrivals = rev.arrivals.swap(0, Ordering::Relaxed);
+            let desired = {
+                let mut kpa = rev.kpa.lock().unwrap_or_else(|e| e.into_inner());
+                let load = match kpa.metric() {
+                    crate::manifest::Metric::Concurrency => inflight as f64,
+                    crate::manifest::Metric::Rps => {
+                        arrivals as f64 / crate::autoscaler::TICK.as_secs_f64()
+                    }
+                };
+                kpa.tick(now, load)
+            };
+            rev.desired.store(desired, Ordering::SeqCst);
+            let want_idle = (desired as usize).saturating_sub(inflight);
+            let idle = rev.idle();
+            let restoring = rev.restoring.load(Ordering::SeqCst);
+            if idle > want_idle {
+                let mut pool = rev.pool.lock().unwrap_or_else(|e| e.into_inner());
+                let keep = pool.len().min(want_idle);
+                pool.truncate(keep);
+            } else {
+                for _ in idle + restoring..want_idle {
+                    rev.restoring.fetch_add(1, Ordering::SeqCst);
+                    let r = rev.clone();
+                    tokio::task::spawn_blocking(move || {
+                        match r.snapshot.restore() {
+                            Ok(vm) => r.pool.lock().unwrap_or_else(|e| e.into_inner()).push(vm),
+                            Err(e) => {
+                                tracing::warn!(revision = %r.name, "pre-restoring an instance failed: {e}")
+                            }
+                        }
+                        r.restoring.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
+            }
+            let l = |state: &str| labels(&[("revision_name", &rev.name), ("state", state)]);
+            gw.metrics
+                .set("flint_instances", &l("idle"), rev.idle() as f64);
+            gw.metrics
+                .set("flint_instances", &l("active"), inflight as f64);
+            gw.metrics.set(
+                "flint_autoscaler_desired_scale",
+                &labels(&[("revision_name", &rev.name)]),
+                desired as f64,
+            );
+        }
+    }
 }

@@ -446,3 +446,121 @@ async fn example_http_functions() {
     );
     gw.stop().await;
 }
+
+fn with_annotations(name: &str, example: &str, annotations: &[(&str, &str)]) -> String {
+    let mut a = String::from("    metadata:\n      annotations:\n");
+    for (k, v) in annotations {
+        a.push_str(&format!("        {k}: \"{v}\"\n"));
+    }
+    manifest(name, example, "").replace(
+        "  template:\n    spec:\n",
+        &format!("  template:\n{a}    spec:\n"),
+    )
+}
+
+async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scale_from_zero_under_a_burst_of_100_loses_nothing() {
+    let svc = with_annotations(
+        "burst",
+        "greet",
+        &[("autoscaling.knative.dev/initial-scale", "0")],
+    );
+    let gw = start(&[svc], 1 << 20).await;
+    let rev = gw.gw.registry.routed_revisions().remove(0);
+    assert_eq!(rev.idle(), 0, "at zero");
+    let addr = gw.addr;
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            tokio::spawn(async move {
+                http(
+                    addr,
+                    "GET",
+                    "burst.default.example.com",
+                    &format!("/greet?name=n{i}"),
+                    b"",
+                )
+                .await
+            })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (code, _, body) = t.await.unwrap();
+        assert_eq!(
+            (code, String::from_utf8_lossy(&body).into_owned()),
+            (200, format!("hello, n{i}\n"))
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pre_restored_instances_serve_warm_and_scale_to_zero_when_idle() {
+    let svc = with_annotations(
+        "pool",
+        "greet",
+        &[
+            ("autoscaling.knative.dev/initial-scale", "2"),
+            ("autoscaling.knative.dev/window", "6s"),
+        ],
+    );
+    let gw = start(&[svc], 1 << 20).await;
+    let rev = gw.gw.registry.routed_revisions().remove(0);
+    wait_for("two idle instances", 30, || rev.idle() >= 1).await;
+    let (code, _, _) = http(gw.addr, "GET", "pool.default.example.com", "/", b"").await;
+    assert_eq!(code, 200);
+    let (_, _, m) = http(gw.admin, "GET", "x", "/metrics", b"").await;
+    let m = String::from_utf8_lossy(&m).into_owned();
+    assert!(
+        m.contains("flint_requests_total{revision_name=\"pool-00001\",start=\"warm\"} 1"),
+        "{m}"
+    );
+    // No traffic for a stable window: scale to zero.
+    wait_for("scale to zero", 30, || {
+        rev.idle() == 0 && rev.desired.load(std::sync::atomic::Ordering::SeqCst) == 0
+    })
+    .await;
+    // And back from zero on the next request.
+    let (code, _, _) = http(gw.addr, "GET", "pool.default.example.com", "/", b"").await;
+    assert_eq!(code, 200);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_request_gets_a_fresh_instance() {
+    let svc = with_annotations(
+        "iso",
+        "greet",
+        &[
+            ("flint.dev/isolation", "request"),
+            ("autoscaling.knative.dev/initial-scale", "3"),
+        ],
+    );
+    let gw = start(&[svc], 1 << 20).await;
+    let addr = gw.addr;
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            tokio::spawn(async move {
+                http(addr, "GET", "iso.default.example.com", "/count", b"").await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (code, _, body) = t.await.unwrap();
+        assert_eq!(
+            (code, String::from_utf8_lossy(&body).into_owned()),
+            (200, "count 1\n".to_string())
+        );
+    }
+    gw.stop().await;
+}

@@ -266,6 +266,16 @@ impl Snapshot {
         &self.state.module_name
     }
 
+    /// Restores the VM with the file backend and returns it ready, not yet
+    /// invoked (for pools of pre-restored instances).
+    pub fn restore(&self) -> Result<ReadyVm, SnapshotError> {
+        let mem_path = self.dir.join(MEMORY_FILE);
+        let file = File::open(&mem_path).map_err(io_err("opening", &mem_path))?;
+        let memory = memory::map_private(file, self.state.memory_bytes)
+            .map_err(io_err("mapping", &mem_path))?;
+        Ok(ReadyVm::restore(&self.state.vm, memory)?)
+    }
+
     /// Restores the VM and runs one invocation in it. With the uffd backend
     /// and no working set yet, records one beside the snapshot.
     pub fn invoke(

@@ -1,11 +1,23 @@
 //! `greet`: an HTTP function (CGI contract, see docs/function-contract.md).
 //! `GET /greet?name=ada` answers `hello, ada`; other paths answer 404; a
-//! POST body is echoed back after the greeting; `sleep_ms=N` waits first.
+//! POST body is echoed back after the greeting; `sleep_ms=N` waits first;
+//! `/count` answers how many requests this instance has served.
 use std::io::Read;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counts requests this instance has served: `/count` shows that every
+/// request gets a fresh instance (it always answers 1).
+static SERVED: AtomicU64 = AtomicU64::new(0);
 
 fn main() {
     let path = std::env::var("PATH_INFO").unwrap_or_default();
     let query = std::env::var("QUERY_STRING").unwrap_or_default();
+    let served = SERVED.fetch_add(1, Ordering::SeqCst) + 1;
+    if path == "/count" {
+        print!("Content-Type: text/plain\r\n\r\ncount {served}\n");
+        return;
+    }
     if path != "/" && path != "/greet" {
         print!("Status: 404 Not Found\r\nContent-Type: text/plain\r\n\r\nno such path: {path}\n");
         return;

@@ -1,0 +1,222 @@
+//! Knative Pod Autoscaler (KPA) semantics over Flint's instances.
+//!
+//! Flint's unit of scale is a VM restored from the revision's snapshot and
+//! ready to take one request (a WASI command runs once, so every request
+//! gets its own instance). The autoscaler decides how many instances the
+//! revision should have (in use plus pre-restored and idle); the pool keeps
+//! that many idle ones restored in advance, which hides restore latency.
+//!
+//! Every tick it samples the revision's load (in-flight requests, or
+//! request arrivals for `metric: rps`). Desired scale is the average over
+//! the stable window divided by the target per instance, rounded up. If the
+//! average over the panic window (a percentage of the stable window) reaches
+//! the panic threshold (a percentage of current capacity), the autoscaler
+//! panics: it scales up on the panic window and does not scale down until
+//! a stable window passes without panic. Scale stays within min and max;
+//! scaling down waits for the scale-down delay; with no load over a whole
+//! stable window and min-scale 0, the revision scales to zero.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::manifest::{Autoscaling, Metric};
+
+/// How often the autoscaler samples load and decides.
+pub const TICK: Duration = Duration::from_millis(500);
+
+#[derive(Debug)]
+pub struct Kpa {
+    settings: Autoscaling,
+    samples: VecDeque<(Instant, f64)>,
+    current: u32,
+    panic_until: Option<Instant>,
+    /// When the desired scale first dropped below current (scale-down delay).
+    lower_since: Option<Instant>,
+    /// The first tick: no scaling down before a whole stable window of data.
+    first: Option<Instant>,
+}
+
+impl Kpa {
+    pub fn new(settings: Autoscaling) -> Self {
+        let current = settings.initial_scale.max(settings.min_scale);
+        Self {
+            settings,
+            samples: VecDeque::new(),
+            current,
+            panic_until: None,
+            lower_since: None,
+            first: None,
+        }
+    }
+
+    pub fn current(&self) -> u32 {
+        self.current
+    }
+
+    fn clamp(&self, n: u32) -> u32 {
+        let n = n.max(self.settings.min_scale);
+        if self.settings.max_scale > 0 {
+            n.min(self.settings.max_scale)
+        } else {
+            n
+        }
+    }
+
+    fn average(&self, now: Instant, window: Duration) -> f64 {
+        let from = now.checked_sub(window).unwrap_or(now);
+        let (sum, n) = self
+            .samples
+            .iter()
+            .filter(|(t, _)| *t >= from)
+            .fold((0.0, 0), |(s, n), (_, v)| (s + v, n + 1));
+        if n == 0 {
+            0.0
+        } else {
+            sum / n as f64
+        }
+    }
+
+    /// Takes one load sample (concurrency, or requests per second) and
+    /// returns the scale the revision should have now.
+    pub fn tick(&mut self, now: Instant, load: f64) -> u32 {
+        self.samples.push_back((now, load));
+        let first = *self.first.get_or_insert(now);
+        let window = self.settings.window;
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > window)
+        {
+            self.samples.pop_front();
+        }
+        let target = self.settings.target.max(0.01);
+        let panic_window = window
+            .mul_f64((self.settings.panic_window_percentage / 100.0).clamp(0.01, 1.0))
+            .max(TICK);
+        let stable = self.average(now, window);
+        let panic = self.average(now, panic_window);
+        let want_stable = (stable / target).ceil() as u32;
+        let want_panic = (panic / target).ceil() as u32;
+        let capacity = (self.current.max(1) as f64) * target;
+        if panic / capacity * 100.0 >= self.settings.panic_threshold_percentage {
+            self.panic_until = Some(now + window);
+        }
+        let panicking = self.panic_until.is_some_and(|t| now < t);
+        let mut want = if panicking {
+            want_panic.max(want_stable).max(self.current)
+        } else {
+            want_stable
+        };
+        // Keep an instance while there is any load at all.
+        if stable > 0.0 {
+            want = want.max(1);
+        }
+        let want = self.clamp(want);
+        if want >= self.current {
+            self.lower_since = None;
+            self.current = want;
+        } else if now.duration_since(first) >= window {
+            let since = *self.lower_since.get_or_insert(now);
+            if now.duration_since(since) >= self.settings.scale_down_delay {
+                self.current = want;
+                self.lower_since = None;
+            }
+        }
+        self.current
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.settings.metric
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Autoscaling {
+        Autoscaling {
+            window: Duration::from_secs(10),
+            target: 2.0,
+            initial_scale: 1,
+            ..Autoscaling::default()
+        }
+    }
+
+    fn run(k: &mut Kpa, start: Instant, secs: f64, load: f64) -> (Instant, u32) {
+        let mut t = start;
+        let mut n = k.current();
+        let end = start + Duration::from_secs_f64(secs);
+        while t < end {
+            t += TICK;
+            n = k.tick(t, load);
+        }
+        (t, n)
+    }
+
+    #[test]
+    fn scales_to_concurrency_over_target() {
+        let mut k = Kpa::new(settings());
+        let (t, n) = run(&mut k, Instant::now(), 20.0, 7.0);
+        assert_eq!(n, 4, "7 in flight at target 2");
+        let (_, n) = run(&mut k, t, 20.0, 2.0);
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn scales_to_zero_after_a_quiet_window_and_back() {
+        let mut k = Kpa::new(settings());
+        let (t, n) = run(&mut k, Instant::now(), 11.0, 0.0);
+        assert_eq!(n, 0);
+        let (t, n) = run(&mut k, t, 1.0, 10.0);
+        assert!(
+            n >= 4,
+            "a burst scales up from zero at once (panic mode): {n}"
+        );
+        let (_, n) = run(&mut k, t + Duration::from_secs(30), 0.5, 1.0);
+        assert_eq!(n, 1, "light load after the burst");
+    }
+
+    #[test]
+    fn panic_mode_reacts_within_the_panic_window() {
+        let mut k = Kpa::new(settings());
+        let (t, _) = run(&mut k, Instant::now(), 10.0, 1.0);
+        // A sudden burst: the stable average barely moves, the panic one jumps.
+        let (t, n) = run(&mut k, t, 1.5, 20.0);
+        assert!(n >= 8, "panic scaled to {n}");
+        // Load gone: panic mode holds the scale for a stable window.
+        let (t, n2) = run(&mut k, t, 2.0, 0.0);
+        assert_eq!(n2, n);
+        let (_, n3) = run(&mut k, t, 12.0, 0.0);
+        assert_eq!(n3, 0);
+    }
+
+    #[test]
+    fn initial_scale_holds_for_a_stable_window() {
+        let mut k = Kpa::new(Autoscaling {
+            initial_scale: 3,
+            ..settings()
+        });
+        let (t, n) = run(&mut k, Instant::now(), 9.0, 0.0);
+        assert_eq!(n, 3);
+        let (_, n) = run(&mut k, t, 2.0, 0.0);
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn min_max_and_scale_down_delay() {
+        let s = Autoscaling {
+            min_scale: 1,
+            max_scale: 3,
+            scale_down_delay: Duration::from_secs(5),
+            ..settings()
+        };
+        let mut k = Kpa::new(s);
+        let (t, n) = run(&mut k, Instant::now(), 20.0, 100.0);
+        assert_eq!(n, 3, "max-scale caps");
+        let (t, n) = run(&mut k, t, 11.0, 0.0);
+        assert!(n >= 1);
+        let (_, n) = run(&mut k, t, 20.0, 0.0);
+        assert_eq!(n, 1, "min-scale holds one");
+    }
+}

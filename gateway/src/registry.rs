@@ -90,39 +90,23 @@ pub struct Registry {
     counter: AtomicU64,
 }
 
-/// Where the module behind `image` is: a `.wasm` file, or an OCI image
-/// layout directory holding one (the first `.wasm` found).
-fn resolve_image(image: &str, base: &Path) -> Result<PathBuf, DeployError> {
-    let p = base.join(image);
-    if p.is_dir() {
-        let found = walk_for_wasm(&p).ok_or_else(|| DeployError::Image {
-            path: p.clone(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no .wasm module in the directory",
-            ),
-        })?;
-        return Ok(found);
+/// The module behind `image`: a `.wasm` file, or an OCI image layout
+/// (a directory, or a `.tar` archive of one) holding it. Returns its bytes
+/// and its file name.
+fn resolve_image(image: &str, base: &Path) -> Result<(Vec<u8>, String), DeployError> {
+    let path = base.join(image);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "function.wasm".into());
+    if path.is_dir() || path.extension().is_some_and(|x| x == "tar") {
+        return flint_image::find_module(&path).map_err(|e| DeployError::Image {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        });
     }
-    Ok(p)
-}
-
-fn walk_for_wasm(dir: &Path) -> Option<PathBuf> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    for e in &entries {
-        if e.extension().is_some_and(|x| x == "wasm") && e.is_file() {
-            return Some(e.clone());
-        }
-    }
-    entries
-        .iter()
-        .filter(|e| e.is_dir())
-        .find_map(|d| walk_for_wasm(d))
+    let module = std::fs::read(&path).map_err(|source| DeployError::Image { path, source })?;
+    Ok((module, name))
 }
 
 impl Registry {
@@ -145,21 +129,13 @@ impl Registry {
             .revision_name
             .clone()
             .unwrap_or_else(|| format!("{}-{generation:05}", service.name));
-        let path = resolve_image(&service.image, base)?;
-        let module = std::fs::read(&path).map_err(|source| DeployError::Image {
-            path: path.clone(),
-            source,
-        })?;
+        let (module, argv0) = resolve_image(&service.image, base)?;
         let dir = state_dir.join(&service.namespace).join(&name);
         let config = VmConfig {
             memory_mib: service.memory_mib.unwrap_or(128).max(32),
             timeout: Some(service.timeout),
             ..VmConfig::default()
         };
-        let argv0 = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "function.wasm".into());
         flint_snapshotter::create(&module, &argv0, &dir, &config, &mut BufferIo::default())
             .map_err(|e| DeployError::NotReady(name.clone(), e))?;
         let snapshot = Snapshot::open(&dir).map_err(|e| DeployError::NotReady(name.clone(), e))?;

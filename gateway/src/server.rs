@@ -77,7 +77,32 @@ impl Gateway {
         self.inflight.load(Ordering::SeqCst)
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<Body> {
+        // A request id: the client's if it sent a sane one, else a new one.
+        let id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_string)
+            .unwrap_or_else(new_request_id);
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            req.headers_mut().insert("x-request-id", v);
+        }
+        let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+        let mut resp = self.clone().route(req, remote).await;
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        tracing::info!(request_id = %id, %method, %path, status = resp.status().as_u16(), "request");
+        resp
+    }
+
+    async fn route(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
         let host = req
             .headers()
             .get(HOST)
@@ -393,6 +418,17 @@ impl Gateway {
             Err(e) => Err(text(StatusCode::BAD_GATEWAY, error_chain(&e))),
         }
     }
+}
+
+/// A new request id: time and a process-wide counter, as hex.
+fn new_request_id() -> String {
+    use std::sync::atomic::AtomicU64;
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!("{t:016x}-{:08x}", N.fetch_add(1, Ordering::Relaxed))
 }
 
 fn timeout_response(t: Duration) -> Response<Body> {

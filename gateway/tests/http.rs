@@ -564,3 +564,30 @@ async fn every_request_gets_a_fresh_instance() {
     }
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn images_can_be_oci_layouts() {
+    let archive = flint_image::build(
+        &flint_examples::bytes("greet"),
+        "greet.wasm",
+        "example.com/greet:v1",
+    )
+    .unwrap();
+    let tar = std::env::temp_dir().join(format!("flint-gw-oci-{}.tar", std::process::id()));
+    std::fs::write(&tar, &archive).unwrap();
+    let svc = manifest("oci", "greet", "").replace(
+        &flint_examples::path("greet").display().to_string(),
+        tar.to_str().unwrap(),
+    );
+    let gw = start(&[svc], 1 << 20).await;
+    let (code, _, body) = http(
+        gw.addr,
+        "GET",
+        "oci.default.example.com",
+        "/greet?name=layout",
+        b"",
+    )
+    .await;
+    assert_eq!((code, body.as_slice()), (200, &b"hello, layout\n"[..]));
+    gw.stop().await;
+}

@@ -119,8 +119,7 @@ impl UffdBackend {
         let stop = Arc::new(AtomicBool::new(false));
         let abort = Arc::new(AtomicBool::new(false));
         let base = Base(host as usize);
-        let wake =
-            Arc::new(EventFd::new(libc::EFD_CLOEXEC).map_err(|e| UffdError::EventFd(e.into()))?);
+        let wake = Arc::new(EventFd::new(libc::EFD_CLOEXEC).map_err(UffdError::EventFd)?);
         let thread = {
             let (uffd, source, stop, abort, wake) = (
                 uffd.clone(),

@@ -39,7 +39,7 @@ fn fifty_restores_leave_nothing_behind() {
         env: vec![],
     };
     let one = |i: usize| {
-        let backend = if i % 2 == 0 {
+        let backend = if i.is_multiple_of(2) {
             Backend::Uffd
         } else {
             Backend::File

@@ -1,0 +1,349 @@
+//! OCI images of WebAssembly functions.
+//!
+//! [`build`] packs a `.wasm` module into an OCI image layout (as a tar
+//! archive that `ctr images import` accepts): one gzipped tar layer holding
+//! the module at `/NAME.wasm`, an image config for platform `wasip1/wasm`,
+//! and an index whose `org.opencontainers.image.ref.name` and
+//! `io.containerd.image.name` annotations carry the reference.
+//!
+//! [`find_module`] does the reverse for an image layout directory (or
+//! archive): index, then manifest, then layers, newest last, until a
+//! `.wasm` file (or a raw wasm layer) turns up. Everything read is checked:
+//! digests must match their content, and sizes are capped.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// The wasm OCI artifact layer type (runwasi, wasm-to-oci).
+pub const MEDIA_LAYER_WASM: &str = "application/vnd.wasm.content.layer.v1+wasm";
+
+/// Largest blob read (a module, a layer, a document).
+const MAX_BLOB: u64 = 512 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("reading {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the image is malformed: {0}")]
+    Malformed(String),
+    #[error("blob {0} does not match its digest")]
+    Digest(String),
+    #[error("the image holds no WebAssembly module (a .wasm file or a wasm layer)")]
+    NoModule,
+}
+
+fn malformed(why: impl Into<String>) -> ImageError {
+    ImageError::Malformed(why.into())
+}
+
+fn sha256(b: &[u8]) -> String {
+    let d = Sha256::digest(b);
+    format!(
+        "sha256:{}",
+        d.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
+/// Builds an OCI image layout archive holding `module` as `/name`, tagged
+/// `reference` (e.g. `docker.io/library/hello:v1`).
+pub fn build(module: &[u8], name: &str, reference: &str) -> Result<Vec<u8>, ImageError> {
+    let io = |e| ImageError::Io {
+        path: PathBuf::from(name),
+        source: e,
+    };
+    // The layer: a tar with the module at the root, gzipped.
+    let mut layer_tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(module.len() as u64);
+    h.set_mode(0o755);
+    h.set_mtime(0);
+    h.set_cksum();
+    layer_tar.append_data(&mut h, name, module).map_err(io)?;
+    let layer_tar = layer_tar.into_inner().map_err(io)?;
+    let diff_id = sha256(&layer_tar);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &layer_tar).map_err(io)?;
+    let layer = gz.finish().map_err(io)?;
+    let config = serde_json::json!({
+        "architecture": "wasm",
+        "os": "wasip1",
+        "config": { "Entrypoint": [format!("/{name}")] },
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+    })
+    .to_string()
+    .into_bytes();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": { "mediaType": MEDIA_CONFIG, "digest": sha256(&config), "size": config.len() },
+        "layers": [{ "mediaType": MEDIA_LAYER_GZIP, "digest": sha256(&layer), "size": layer.len() }],
+    })
+    .to_string()
+    .into_bytes();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_INDEX,
+        "manifests": [{
+            "mediaType": MEDIA_MANIFEST,
+            "digest": sha256(&manifest),
+            "size": manifest.len(),
+            "platform": { "architecture": "wasm", "os": "wasip1" },
+            "annotations": {
+                "org.opencontainers.image.ref.name": reference,
+                "io.containerd.image.name": reference,
+            },
+        }],
+    })
+    .to_string()
+    .into_bytes();
+    let mut out = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8]| -> Result<(), ImageError> {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_cksum();
+        out.append_data(&mut h, path, data).map_err(io)
+    };
+    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    add("index.json", &index)?;
+    for blob in [&config, &manifest, &layer] {
+        add(
+            &format!("blobs/sha256/{}", &sha256(blob)["sha256:".len()..]),
+            blob,
+        )?;
+    }
+    out.into_inner().map_err(io)
+}
+
+/// Where blobs come from: a layout directory, or an archive read whole.
+enum Store {
+    Dir(PathBuf),
+    Archive(HashMap<String, Vec<u8>>),
+}
+
+impl Store {
+    fn open(path: &Path) -> Result<Self, ImageError> {
+        if path.is_dir() {
+            return Ok(Self::Dir(path.to_path_buf()));
+        }
+        let f = std::fs::File::open(path).map_err(|source| ImageError::Io {
+            path: path.into(),
+            source,
+        })?;
+        let mut files = HashMap::new();
+        let mut total = 0u64;
+        let mut ar = tar::Archive::new(f);
+        let entries = ar
+            .entries()
+            .map_err(|e| malformed(format!("not a tar archive: {e}")))?;
+        for e in entries {
+            let mut e = e.map_err(|e| malformed(format!("bad archive entry: {e}")))?;
+            let name = e
+                .path()
+                .map_err(|e| malformed(e.to_string()))?
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_string();
+            total += e.size();
+            if total > MAX_BLOB * 2 {
+                return Err(malformed("the archive is too large"));
+            }
+            let mut data = Vec::new();
+            e.read_to_end(&mut data)
+                .map_err(|e| malformed(e.to_string()))?;
+            files.insert(name, data);
+        }
+        Ok(Self::Archive(files))
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<u8>, ImageError> {
+        match self {
+            Self::Dir(d) => {
+                let p = d.join(name);
+                let len = std::fs::metadata(&p)
+                    .map_err(|source| ImageError::Io {
+                        path: p.clone(),
+                        source,
+                    })?
+                    .len();
+                if len > MAX_BLOB {
+                    return Err(malformed(format!("{name} is too large")));
+                }
+                std::fs::read(&p).map_err(|source| ImageError::Io { path: p, source })
+            }
+            Self::Archive(files) => files
+                .get(name)
+                .cloned()
+                .ok_or_else(|| malformed(format!("{name} is missing"))),
+        }
+    }
+
+    fn blob(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .ok_or_else(|| malformed(format!("unsupported digest {digest:?}")))?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(malformed(format!("bad digest {digest:?}")));
+        }
+        let data = self.read(&format!("blobs/sha256/{hex}"))?;
+        if sha256(&data) != digest {
+            return Err(ImageError::Digest(digest.into()));
+        }
+        Ok(data)
+    }
+}
+
+fn json(b: &[u8], what: &str) -> Result<serde_json::Value, ImageError> {
+    serde_json::from_slice(b).map_err(|e| malformed(format!("{what} is not JSON: {e}")))
+}
+
+/// The WebAssembly module in an OCI image layout (a directory or a tar
+/// archive of one): its bytes and its file name.
+pub fn find_module(path: &Path) -> Result<(Vec<u8>, String), ImageError> {
+    let store = Store::open(path)?;
+    let index = json(&store.read("index.json")?, "index.json")?;
+    let mut desc = index["manifests"]
+        .get(0)
+        .cloned()
+        .ok_or_else(|| malformed("index.json lists no manifests"))?;
+    // Follow nested indexes (multi-platform images) to the first manifest.
+    for _ in 0..4 {
+        let digest = desc["digest"]
+            .as_str()
+            .ok_or_else(|| malformed("a descriptor has no digest"))?
+            .to_string();
+        let doc = json(&store.blob(&digest)?, "a manifest")?;
+        if let Some(inner) = doc["manifests"].get(0) {
+            desc = inner.clone();
+            continue;
+        }
+        let layers = doc["layers"]
+            .as_array()
+            .ok_or_else(|| malformed("the manifest has no layers"))?;
+        for layer in layers.iter().rev() {
+            let media = layer["mediaType"].as_str().unwrap_or("");
+            let digest = layer["digest"]
+                .as_str()
+                .ok_or_else(|| malformed("a layer has no digest"))?;
+            let blob = store.blob(digest)?;
+            if media == MEDIA_LAYER_WASM || blob.starts_with(b"\0asm") {
+                let name = layer["annotations"]["org.opencontainers.image.title"]
+                    .as_str()
+                    .unwrap_or("module.wasm");
+                return Ok((blob, name.to_string()));
+            }
+            if let Some(found) = wasm_in_tar(
+                &blob,
+                media.ends_with("gzip") || blob.starts_with(&[0x1f, 0x8b]),
+            )? {
+                return Ok(found);
+            }
+        }
+        return Err(ImageError::NoModule);
+    }
+    Err(malformed("indexes nest too deeply"))
+}
+
+fn wasm_in_tar(blob: &[u8], gzip: bool) -> Result<Option<(Vec<u8>, String)>, ImageError> {
+    let reader: Box<dyn Read> = if gzip {
+        Box::new(flate2::read::GzDecoder::new(blob))
+    } else {
+        Box::new(blob)
+    };
+    let mut ar = tar::Archive::new(reader.take(MAX_BLOB));
+    let entries = ar
+        .entries()
+        .map_err(|e| malformed(format!("a layer is not a tar archive: {e}")))?;
+    for e in entries {
+        let mut e = e.map_err(|e| malformed(format!("a layer is damaged: {e}")))?;
+        let p = e
+            .path()
+            .map_err(|e| malformed(e.to_string()))?
+            .to_path_buf();
+        if p.extension().is_some_and(|x| x == "wasm") && e.header().entry_type().is_file() {
+            let mut data = Vec::new();
+            e.read_to_end(&mut data)
+                .map_err(|e| malformed(e.to_string()))?;
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            return Ok(Some((data, name)));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(bytes: &[u8]) -> PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "flint-image-{}-{}.tar",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn built_images_hold_the_module() {
+        let module = b"\0asm\x01\0\0\0 and the rest";
+        let archive = build(module, "hello.wasm", "docker.io/library/hello:v1").unwrap();
+        let (found, name) = find_module(&write(&archive)).unwrap();
+        assert_eq!(
+            (found.as_slice(), name.as_str()),
+            (&module[..], "hello.wasm")
+        );
+        // The same as an unpacked directory.
+        let dir = std::env::temp_dir().join(format!("flint-image-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        tar::Archive::new(archive.as_slice()).unpack(&dir).unwrap();
+        assert_eq!(find_module(&dir).unwrap().0, module);
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+        assert_eq!(
+            index["manifests"][0]["annotations"]["io.containerd.image.name"],
+            "docker.io/library/hello:v1"
+        );
+    }
+
+    #[test]
+    fn damaged_images_are_refused() {
+        let archive = build(b"\0asm\x01\0\0\0", "m.wasm", "x:1").unwrap();
+        let dir = std::env::temp_dir().join(format!("flint-image-bad-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        tar::Archive::new(archive.as_slice()).unpack(&dir).unwrap();
+        // Corrupt every blob: the digest check catches it.
+        for e in std::fs::read_dir(dir.join("blobs/sha256")).unwrap() {
+            let p = e.unwrap().path();
+            let mut b = std::fs::read(&p).unwrap();
+            b.push(b'!');
+            std::fs::write(&p, b).unwrap();
+        }
+        assert!(matches!(find_module(&dir), Err(ImageError::Digest(_))));
+        assert!(find_module(&write(b"not a tar at all, really not")).is_err());
+        std::fs::write(dir.join("index.json"), b"{\"manifests\": []}").unwrap();
+        assert!(find_module(&dir)
+            .unwrap_err()
+            .to_string()
+            .contains("no manifests"));
+    }
+}

@@ -4,6 +4,7 @@
 
 mod admin;
 mod exit;
+mod image;
 mod run;
 mod serve;
 mod snapshot;
@@ -39,6 +40,8 @@ enum Command {
     Delete(admin::DeleteArgs),
     /// List the services of a running gateway.
     List(admin::ListArgs),
+    /// OCI images of WebAssembly functions.
+    Image(image::ImageArgs),
 }
 
 fn main() {
@@ -58,6 +61,7 @@ fn main() {
         Command::Apply(args) => admin::apply(args),
         Command::Delete(args) => admin::delete(args),
         Command::List(args) => admin::list(args),
+        Command::Image(args) => image::main(args),
     };
     std::process::exit(code);
 }

@@ -2,9 +2,13 @@
 //!
 //! [`build`] packs a `.wasm` module into an OCI image layout (as a tar
 //! archive that `ctr images import` accepts): one gzipped tar layer holding
-//! the module at `/NAME.wasm`, an image config for platform `wasip1/wasm`,
-//! and an index whose `org.opencontainers.image.ref.name` and
-//! `io.containerd.image.name` annotations carry the reference.
+//! the module at `/NAME.wasm`, an image config, and an index whose
+//! `org.opencontainers.image.ref.name` and `io.containerd.image.name`
+//! annotations carry the reference. The platform is the node's own
+//! (`linux/amd64`), not `wasip1/wasm`: containerd filters images by the
+//! node's platform on import and run, and on a Flint node the module runs
+//! in a Flint VM whatever the platform says. The config's labels say what
+//! the image holds (`dev.flint.module`).
 //!
 //! [`find_module`] does the reverse for an image layout directory (or
 //! archive): index, then manifest, then layers, newest last, until a
@@ -77,9 +81,12 @@ pub fn build(module: &[u8], name: &str, reference: &str) -> Result<Vec<u8>, Imag
     std::io::Write::write_all(&mut gz, &layer_tar).map_err(io)?;
     let layer = gz.finish().map_err(io)?;
     let config = serde_json::json!({
-        "architecture": "wasm",
-        "os": "wasip1",
-        "config": { "Entrypoint": [format!("/{name}")] },
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Entrypoint": [format!("/{name}")],
+            "Labels": { "dev.flint.module": format!("/{name}"), "dev.flint.runtime": "wasi-preview1" },
+        },
         "rootfs": { "type": "layers", "diff_ids": [diff_id] },
     })
     .to_string()
@@ -99,7 +106,7 @@ pub fn build(module: &[u8], name: &str, reference: &str) -> Result<Vec<u8>, Imag
             "mediaType": MEDIA_MANIFEST,
             "digest": sha256(&manifest),
             "size": manifest.len(),
-            "platform": { "architecture": "wasm", "os": "wasip1" },
+            "platform": { "architecture": "amd64", "os": "linux" },
             "annotations": {
                 "org.opencontainers.image.ref.name": reference,
                 "io.containerd.image.name": reference,

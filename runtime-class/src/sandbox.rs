@@ -346,18 +346,24 @@ impl FifoIo {
     }
 }
 
-impl GuestIo for FifoIo {
-    fn stdout(&mut self, data: &[u8]) -> std::io::Result<()> {
-        match &mut self.stdout {
-            Some(f) => f.write_all(data),
-            None => Ok(()),
+/// Writes to an output stream; once its reader is gone (a detached `ctr
+/// run` exits at once), further output is dropped: the function keeps
+/// running, as a process that ignores SIGPIPE would.
+fn write_or_drop(out: &mut Option<File>, data: &[u8]) -> std::io::Result<()> {
+    if let Some(f) = out {
+        if f.write_all(data).is_err() {
+            *out = None;
         }
     }
+    Ok(())
+}
+
+impl GuestIo for FifoIo {
+    fn stdout(&mut self, data: &[u8]) -> std::io::Result<()> {
+        write_or_drop(&mut self.stdout, data)
+    }
     fn stderr(&mut self, data: &[u8]) -> std::io::Result<()> {
-        match &mut self.stderr {
-            Some(f) => f.write_all(data),
-            None => Ok(()),
-        }
+        write_or_drop(&mut self.stderr, data)
     }
     fn stdin(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match &mut self.stdin {

@@ -37,7 +37,9 @@ lat() { # wrk output -> p50 p99 rps
     awk '/^ +50%/{p50=$2} /^ +99%/{p99=$2} /Requests\/sec/{rps=$2} END{print p50, p99, rps}'
 }
 run_wrk() { # host url conns
-    wrk -t2 -c"$3" -d10s --latency -H "Host: $1" "$2" 2>/dev/null | lat
+    local threads=2
+    [ "$3" -lt 2 ] && threads=1
+    wrk -t$threads -c"$3" -d10s --latency -H "Host: $1" "$2" 2>/dev/null | lat
 }
 echo "## Gateway: \`flint serve\` vs. hyper + wasmtime in-process (no VM), wrk on loopback, 10 s each"
 echo

@@ -21,7 +21,7 @@ struct Peer {
     linker: Linker<WasiP1Ctx>,
 }
 
-fn invoke(peer: &Peer, env: Vec<(String, String)>, body: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+fn invoke(peer: &Peer, env: Vec<(String, String)>, body: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
     let out = MemoryOutputPipe::new(16 << 20);
     let ctx = WasiCtxBuilder::new()
         .stdin(MemoryInputPipe::new(body))
@@ -66,7 +66,7 @@ async fn handle(peer: Arc<Peer>, req: Request<hyper::body::Incoming>) -> Respons
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> wasmtime::Result<()> {
     let mut args = std::env::args().skip(1);
     let module_path = args.next().expect("MODULE");
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:18090".into());
@@ -75,10 +75,10 @@ async fn main() -> anyhow::Result<()> {
     let mut linker = Linker::new(&engine);
     preview1::add_to_linker_sync(&mut linker, |c| c)?;
     let peer = Arc::new(Peer { engine, module, linker });
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(wasmtime::Error::from)?;
     eprintln!("peer: serving {module_path} on http://{addr}");
     loop {
-        let (stream, _) = listener.accept().await?;
+        let (stream, _) = listener.accept().await.map_err(wasmtime::Error::from)?;
         let peer = peer.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {

@@ -73,8 +73,22 @@ async fn http(
     path: &str,
     body: &[u8],
 ) -> (u16, String, Vec<u8>) {
+    send(
+        addr,
+        &format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n"),
+        body,
+    )
+    .await
+}
+
+/// Sends `head` (request line and headers, without the final blank line)
+/// plus `Connection: close`, `Content-Length` and `body`; reads the response.
+async fn send(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
+    let head = format!(
+        "{head}Connection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
     s.write_all(head.as_bytes()).await.unwrap();
     let _ = s.write_all(body).await;
     let mut out = Vec::new();
@@ -267,33 +281,18 @@ async fn revisions_traffic_split_and_tags() {
     gw.stop().await;
 }
 
-/// A request with extra headers.
+/// A POST with extra headers.
 async fn http_with(
     addr: std::net::SocketAddr,
     host: &str,
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, String, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut head = format!(
-        "POST / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let mut head = format!("POST / HTTP/1.1\r\nHost: {host}\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await.unwrap();
-    let _ = s.write_all(body).await;
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out).await;
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
-    let head = String::from_utf8_lossy(&out[..split]).into_owned();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, head, out[split + 4..].to_vec())
+    send(addr, &head, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use flint_executor::{run, BufferIo, Invocation, ReadyVm, VmConfig};
+use flint_executor::{run, BufferIo, Invocation, VmConfig};
 use flint_snapshotter::{create, Backend, InvokeOptions, InvokeReport, Snapshot};
 
 use crate::{median, ms, p90};
@@ -134,16 +134,11 @@ pub fn main(iterations: usize) -> Result<()> {
     // Memory per instance: 100 restored VMs alive at once (file backend,
     // so unmodified pages are shared through the page cache).
     let dir = tmp.join("hello");
-    Snapshot::open(&dir)?; // checks the files
+    let snap = Snapshot::open(&dir)?;
     let before = pss_kib();
     let mut alive = Vec::new();
-    let state = snap_state(&dir)?;
     for _ in 0..100 {
-        let mem = flint_snapshotter::memory::map_private(
-            std::fs::File::open(dir.join("memory.bin"))?,
-            state.memory_bytes,
-        )?;
-        alive.push(ReadyVm::restore(&state.vm, mem)?);
+        alive.push(snap.restore()?);
     }
     let after = pss_kib();
     println!(
@@ -154,11 +149,4 @@ pub fn main(iterations: usize) -> Result<()> {
     drop(alive);
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
-}
-
-fn snap_state(dir: &std::path::Path) -> Result<flint_snapshotter::format::SnapshotState> {
-    let bytes = std::fs::read(dir.join("memory.bin").with_file_name("state.bin"))?;
-    Ok(flint_snapshotter::format::decode(&bytes)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .1)
 }

@@ -465,10 +465,7 @@ impl ReadyVm {
     pub fn restore(state: &VmState, memory: GuestMemoryMmap) -> Result<Self, RunError> {
         let t0 = Instant::now();
         let expected = state.memory_mib << 20;
-        let actual: u64 = {
-            use vm_memory::GuestMemoryBackend;
-            memory.iter().map(vm_memory::GuestMemoryRegion::len).sum()
-        };
+        let actual = mem_bytes(&memory);
         if !(layout::MIN_MEMORY_MIB..=layout::MAX_MEMORY_MIB).contains(&state.memory_mib)
             || expected != actual
         {
@@ -577,7 +574,7 @@ fn run_vcpu(
                         RunError::GuestCrash("out of memory".into())
                     }
                     HALT_OUT_OF_MEMORY => RunError::OutOfMemory {
-                        memory_mib: mem_mib(mem),
+                        memory_mib: mem_bytes(mem) >> 20,
                         detail: format!("the guest runtime's heap is exhausted: {log}"),
                     },
                     HALT_BAD_BOOT => RunError::GuestCrash(
@@ -657,10 +654,8 @@ fn serve(
     Ok(result?)
 }
 
-fn mem_mib(mem: &GuestMemoryMmap) -> u64 {
+/// Bytes of guest RAM in `mem`.
+fn mem_bytes(mem: &GuestMemoryMmap) -> u64 {
     use vm_memory::GuestMemoryBackend;
-    mem.iter()
-        .map(vm_memory::GuestMemoryRegion::len)
-        .sum::<u64>()
-        >> 20
+    mem.iter().map(vm_memory::GuestMemoryRegion::len).sum()
 }

@@ -43,7 +43,6 @@ pub struct Revision {
     pub queued: AtomicUsize,
     /// Most requests allowed to wait.
     pub queue_limit: usize,
-    pub requests: AtomicU64,
     /// Requests being served now.
     pub inflight: AtomicUsize,
     /// Requests that arrived since the autoscaler's last tick.
@@ -145,7 +144,6 @@ impl Registry {
             slots: (cc > 0).then(|| Arc::new(Semaphore::new(cc))),
             queue_limit: if cc > 0 { (cc * 10).max(10) } else { 1000 },
             queued: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
             arrivals: AtomicU64::new(0),
             pool: Mutex::new(Vec::new()),

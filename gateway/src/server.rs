@@ -381,7 +381,6 @@ impl Gateway {
             }
             Ok(Ok(o)) => o,
         };
-        rev.requests.fetch_add(1, Ordering::Relaxed);
         if !io.stderr.is_empty() {
             tracing::info!(revision = %rev.name, stderr = %String::from_utf8_lossy(&io.stderr), "function stderr");
         }

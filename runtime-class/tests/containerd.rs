@@ -81,9 +81,9 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // SAFETY: a plain umount2 of paths under our own temp dir.
         for m in mounts_under(&self.dir) {
             if let Ok(c) = std::ffi::CString::new(m) {
+                // SAFETY: a NUL-terminated path under our own temp dir.
                 unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
             }
         }

@@ -445,6 +445,14 @@ impl ReadyVm {
         self.machine.vm.resident_bytes()
     }
 
+    /// A handle that reports this VM's memory use from another thread while
+    /// the VM runs. It keeps the guest RAM mapped: drop it with the VM.
+    pub fn memory_probe(&self) -> MemoryProbe {
+        MemoryProbe {
+            memory: self.machine.vm.memory().clone(),
+        }
+    }
+
     /// Captures the vCPU and device state (guest memory is read separately
     /// through [`Self::memory`]).
     pub fn save(&mut self) -> Result<VmState, RunError> {
@@ -535,6 +543,32 @@ impl ReadyVm {
         let stop = m.drive(&mut session, timeout, abort);
         let marks = session.marks;
         self.machine.conclude(stop, marks, timeout)
+    }
+}
+
+/// Reports a running VM's memory use (see [`ReadyVm::memory_probe`]).
+#[derive(Clone)]
+pub struct MemoryProbe {
+    memory: GuestMemoryMmap,
+}
+
+impl MemoryProbe {
+    /// Bytes of guest RAM resident in host memory now.
+    pub fn resident_bytes(&self) -> u64 {
+        crate::vstate::vm::resident_bytes(&self.memory)
+    }
+
+    /// The guest's RAM size in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        mem_bytes(&self.memory)
+    }
+}
+
+impl std::fmt::Debug for MemoryProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryProbe")
+            .field("size_bytes", &self.size_bytes())
+            .finish()
     }
 }
 

@@ -63,18 +63,32 @@ fn sha256(b: &[u8]) -> String {
 /// Builds an OCI image layout archive holding `module` as `/name`, tagged
 /// `reference` (e.g. `docker.io/library/hello:v1`).
 pub fn build(module: &[u8], name: &str, reference: &str) -> Result<Vec<u8>, ImageError> {
+    build_with(&[(name, module)], reference)
+}
+
+/// Builds an OCI image layout archive holding each module at `/name`; the
+/// first is the image's entrypoint, the others are there for execs.
+pub fn build_with(modules: &[(&str, &[u8])], reference: &str) -> Result<Vec<u8>, ImageError> {
+    let Some((name, _)) = modules.first() else {
+        return Err(malformed("an image needs at least one module"));
+    };
     let io = |e| ImageError::Io {
         path: PathBuf::from(name),
         source: e,
     };
-    // The layer: a tar with the module at the root, gzipped.
+    // The layer: a tar with the modules at the root, gzipped.
     let mut layer_tar = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(module.len() as u64);
-    h.set_mode(0o755);
-    h.set_mtime(0);
-    h.set_cksum();
-    layer_tar.append_data(&mut h, name, module).map_err(io)?;
+    for (file, module) in modules {
+        if file.is_empty() || file.contains('/') || *file == "." || *file == ".." {
+            return Err(malformed(format!("{file:?} is not a file name")));
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_size(module.len() as u64);
+        h.set_mode(0o755);
+        h.set_mtime(0);
+        h.set_cksum();
+        layer_tar.append_data(&mut h, file, *module).map_err(io)?;
+    }
     let layer_tar = layer_tar.into_inner().map_err(io)?;
     let diff_id = sha256(&layer_tar);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());

@@ -42,25 +42,31 @@ impl Shim for FlintShim {
                 .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
                 .and_then(|v| {
                     let a = &v["annotations"];
-                    let container = a["io.kubernetes.cri.container-type"]
-                        .as_str()
-                        .or(a["io.kubernetes.cri-o.ContainerType"].as_str());
-                    let sandbox = a["io.kubernetes.cri.sandbox-id"]
-                        .as_str()
-                        .or(a["io.kubernetes.cri-o.SandboxID"].as_str());
-                    (container == Some("container"))
-                        .then(|| sandbox.map(String::from))
+                    (sandbox::kind_of(a) == Some("container"))
+                        .then(|| sandbox::sandbox_of(a).map(String::from))
                         .flatten()
                 })
                 .unwrap_or_else(|| opts.id.clone());
         let address = spawn(opts, &grouping, Vec::new()).await?;
+        // containerd reconnects to a running shim after a restart by the
+        // bundle's address file (start runs in the bundle directory).
+        containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
         Ok(address)
     }
 
     async fn delete_shim(&mut self) -> Result<api::DeleteResponse, Error> {
         // The shim died or containerd cleans up: unmount what a container
         // of this bundle may have left mounted.
-        service::unmount(&std::path::Path::new(&self.bundle).join("rootfs"));
+        let bundle = std::path::Path::new(&self.bundle);
+        service::unmount(&bundle.join("rootfs"));
+        // A shim that was killed leaves its socket; one that still serves
+        // the pod's other containers keeps it.
+        if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+            let path = address.trim().trim_start_matches("unix://");
+            if !path.is_empty() && std::os::unix::net::UnixStream::connect(path).is_err() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         let mut r = api::DeleteResponse::new();
         r.exit_status = 128 + libc::SIGKILL as u32;
         Ok(r)

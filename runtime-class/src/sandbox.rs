@@ -1,16 +1,18 @@
-//! The shim's internal API: containers, each a WebAssembly module from the
-//! bundle's rootfs run in its own Flint VM. The ttrpc task service
-//! (`service.rs`) only translates to and from these calls.
+//! The shim's internal API. A shim holds one pod (or one lone container):
+//! the pod's sandbox, and containers whose processes (the init process and
+//! any execs) are each a WebAssembly module from the container's rootfs run
+//! in its own Flint VM, one VM group per pod in the shim process. The ttrpc
+//! task service (`service.rs`) only translates to and from these calls.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use flint_executor::{GuestIo, Invocation, ReadyVm, RunError, VmConfig};
+use flint_executor::{GuestIo, Invocation, MemoryProbe, ReadyVm, RunError, VmConfig};
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,28 +45,70 @@ pub struct Exit {
     pub at: (i64, i32),
 }
 
-/// What creating a container needs.
+/// Where a process's stdio goes: containerd's FIFOs, files or nothing.
 #[derive(Debug, Clone, Default)]
-pub struct Spec {
-    pub id: String,
-    pub bundle: PathBuf,
+pub struct Stdio {
     pub stdin: String,
     pub stdout: String,
     pub stderr: String,
     pub terminal: bool,
 }
 
+/// What creating a container needs.
+#[derive(Debug, Clone, Default)]
+pub struct Spec {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub stdio: Stdio,
+}
+
+/// What a container is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A pod's sandbox (CRI's pause container): it holds the pod's VM group
+    /// and runs no module; it lives until it is killed.
+    PodSandbox,
+    /// A WebAssembly function.
+    Workload,
+}
+
+/// A module to run, with its arguments and environment.
 #[derive(Debug)]
-pub struct Container {
-    pub spec: Spec,
-    module: Vec<u8>,
+struct Program {
+    module: Arc<Vec<u8>>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     memory_mib: u64,
-    pub rootfs_mounted: bool,
+}
+
+/// Memory and CPU a container's VMs use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Guest RAM resident in host memory, bytes.
+    pub memory_bytes: u64,
+    /// Guest RAM size (the limit), bytes.
+    pub memory_limit_bytes: u64,
+    /// CPU time of the VMs' vCPU threads, nanoseconds.
+    pub cpu_ns: u64,
+    /// VMs running now.
+    pub vms: u64,
+}
+
+/// One process of a container: its init (exec id `""`) or an exec, each a
+/// run of a module in its own Flint VM of the pod's group.
+#[derive(Debug)]
+pub struct Process {
+    pub container_id: String,
+    pub exec_id: String,
+    pub stdio: Stdio,
+    program: Option<Program>,
     status: Mutex<(Status, Option<Exit>)>,
     abort: Arc<AtomicBool>,
     exited: watch::Sender<bool>,
+    /// The running VM's memory and vCPU thread, for stats.
+    probe: Mutex<Option<MemoryProbe>>,
+    tid: AtomicI32,
+    cpu_ns: AtomicU64,
 }
 
 fn now() -> (i64, i32) {
@@ -74,45 +118,59 @@ fn now() -> (i64, i32) {
     (d.as_secs() as i64, d.subsec_nanos() as i32)
 }
 
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn env_pairs(v: &serde_json::Value) -> Vec<(String, String)> {
+    strings(v)
+        .iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
 /// The OCI bundle's `config.json`, reduced to what Flint uses.
-struct Process {
+struct Config {
+    kind: Kind,
     args: Vec<String>,
     env: Vec<(String, String)>,
     root: PathBuf,
     memory_mib: u64,
 }
 
-fn read_config(bundle: &Path) -> Result<Process, SandboxError> {
+/// The container type annotations of CRI (containerd) and CRI-O.
+pub fn kind_of(annotations: &serde_json::Value) -> Option<&str> {
+    annotations["io.kubernetes.cri.container-type"]
+        .as_str()
+        .or(annotations["io.kubernetes.cri-o.ContainerType"].as_str())
+}
+
+/// The pod a container belongs to, by CRI's and CRI-O's annotations.
+pub fn sandbox_of(annotations: &serde_json::Value) -> Option<&str> {
+    annotations["io.kubernetes.cri.sandbox-id"]
+        .as_str()
+        .or(annotations["io.kubernetes.cri-o.SandboxID"].as_str())
+}
+
+fn read_config(bundle: &Path) -> Result<Config, SandboxError> {
     let path = bundle.join("config.json");
     let text = std::fs::read_to_string(&path)
         .map_err(|e| SandboxError::Invalid(format!("reading {}: {e}", path.display())))?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| SandboxError::Invalid(format!("{} is not JSON: {e}", path.display())))?;
-    let args: Vec<String> = v["process"]["args"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    if args.is_empty() {
-        return Err(SandboxError::Invalid(
-            "the container has no process.args: name the .wasm module to run".into(),
-        ));
-    }
-    let env = v["process"]["env"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str())
-                .filter_map(|kv| {
-                    kv.split_once('=')
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let kind = match kind_of(&v["annotations"]) {
+        Some("sandbox") => Kind::PodSandbox,
+        _ => Kind::Workload,
+    };
     let root = v["root"]["path"].as_str().unwrap_or("rootfs");
     let root = if Path::new(root).is_absolute() {
         PathBuf::from(root)
@@ -127,9 +185,10 @@ fn read_config(bundle: &Path) -> Result<Process, SandboxError> {
     } else {
         128
     };
-    Ok(Process {
-        args,
-        env,
+    Ok(Config {
+        kind,
+        args: strings(&v["process"]["args"]),
+        env: env_pairs(&v["process"]["env"]),
         root,
         memory_mib,
     })
@@ -137,7 +196,7 @@ fn read_config(bundle: &Path) -> Result<Process, SandboxError> {
 
 /// The module file named by `args[0]`, resolved inside the rootfs (never
 /// outside it, whatever symlinks or `..` the image holds).
-fn module_in_rootfs(root: &Path, arg0: &str) -> Result<(Vec<u8>, String), SandboxError> {
+fn module_in_rootfs(root: &Path, arg0: &str) -> Result<Vec<u8>, SandboxError> {
     let root = root
         .canonicalize()
         .map_err(|e| SandboxError::Invalid(format!("the rootfs {}: {e}", root.display())))?;
@@ -161,33 +220,83 @@ fn module_in_rootfs(root: &Path, arg0: &str) -> Result<(Vec<u8>, String), Sandbo
             "{arg0} is not a WebAssembly module: Flint runs WASI preview 1 modules (.wasm) in its VMs, not Linux executables"
         )));
     }
-    Ok((bytes, arg0.to_string()))
+    Ok(bytes)
 }
 
-impl Container {
-    /// Reads the bundle and checks that it names a WebAssembly module.
-    pub fn create(spec: Spec, rootfs_mounted: bool) -> Result<Self, SandboxError> {
-        if spec.terminal {
-            return Err(SandboxError::Unsupported(
-                "Flint has no terminal for a WebAssembly function: run without -t".into(),
-            ));
-        }
-        let p = read_config(&spec.bundle)?;
-        let (module, arg0) = module_in_rootfs(&p.root, &p.args[0])?;
-        let mut args = vec![arg0];
-        args.extend(p.args[1..].iter().cloned());
+fn program(
+    root: &Path,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    memory_mib: u64,
+) -> Result<Program, SandboxError> {
+    let Some(arg0) = args.first() else {
+        return Err(SandboxError::Invalid(
+            "the process has no args: name the .wasm module to run".into(),
+        ));
+    };
+    let module = module_in_rootfs(root, arg0)?;
+    Ok(Program {
+        module: Arc::new(module),
+        args,
+        env,
+        memory_mib,
+    })
+}
+
+fn no_terminal(stdio: &Stdio) -> Result<(), SandboxError> {
+    if stdio.terminal {
+        return Err(SandboxError::Unsupported(
+            "Flint has no terminal for a WebAssembly function: run without -t".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// CPU time a thread of this process has used, from `/proc`.
+fn thread_cpu_ns(tid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time the calling thread has used.
+fn own_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Process {
+    fn new(container_id: &str, exec_id: &str, stdio: Stdio, program: Option<Program>) -> Self {
         let (exited, _) = watch::channel(false);
-        Ok(Self {
-            spec,
-            module,
-            args,
-            env: p.env,
-            memory_mib: p.memory_mib,
-            rootfs_mounted,
+        Self {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            stdio,
+            program,
             status: Mutex::new((Status::Created, None)),
             abort: Arc::new(AtomicBool::new(false)),
             exited,
-        })
+            probe: Mutex::new(None),
+            tid: AtomicI32::new(0),
+            cpu_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// The name containerd knows this process by.
+    pub fn name(&self) -> &str {
+        if self.exec_id.is_empty() {
+            &self.container_id
+        } else {
+            &self.exec_id
+        }
     }
 
     pub fn status(&self) -> (Status, Option<Exit>) {
@@ -208,7 +317,8 @@ impl Container {
         exit
     }
 
-    /// Starts the function on its own thread; `on_exit` runs when it ends.
+    /// Starts the process; `on_exit` runs when it ends. A module runs on
+    /// its own thread; a pod sandbox just runs until it is killed.
     pub fn start(
         self: &Arc<Self>,
         on_exit: impl FnOnce(Exit) + Send + 'static,
@@ -217,37 +327,59 @@ impl Container {
             let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
             if st.0 != Status::Created {
                 return Err(SandboxError::State(format!(
-                    "container {} was already started",
-                    self.spec.id
+                    "process {} was already started",
+                    self.name()
                 )));
             }
             st.0 = Status::Running;
         }
-        let c = self.clone();
+        let p = self.clone();
+        if self.program.is_none() {
+            // Killing the sandbox ends it; report the exit like a process's.
+            let mut rx = self.exited.subscribe();
+            tokio::spawn(async move {
+                let _ = rx.changed().await;
+                if let (_, Some(exit)) = p.status() {
+                    on_exit(exit);
+                }
+            });
+            return Ok(());
+        }
         std::thread::Builder::new()
-            .name(format!("flint-task-{}", self.spec.id))
+            .name(format!("flint-vm-{}", self.name()))
             .spawn(move || {
-                let code = c.run();
-                on_exit(c.finish(code));
+                // SAFETY: gettid has no preconditions.
+                p.tid.store(unsafe { libc::gettid() }, Ordering::SeqCst);
+                let code = p.run();
+                p.cpu_ns.store(own_cpu_ns(), Ordering::SeqCst);
+                p.tid.store(0, Ordering::SeqCst);
+                on_exit(p.finish(code));
             })
-            .map_err(|e| SandboxError::Io(format!("starting the task thread: {e}")))?;
+            .map_err(|e| SandboxError::Io(format!("starting the VM thread: {e}")))?;
         Ok(())
     }
 
     /// Boots the VM, runs the module, returns the exit status.
     fn run(&self) -> u32 {
-        let mut io = FifoIo::open(&self.spec);
+        let Some(program) = &self.program else {
+            return 0;
+        };
+        let mut io = FifoIo::open(&self.stdio);
         let config = VmConfig {
-            memory_mib: self.memory_mib,
+            memory_mib: program.memory_mib,
             timeout: None,
             ..VmConfig::default()
         };
         let invocation = Invocation {
-            args: self.args.clone(),
-            env: self.env.clone(),
+            args: program.args.clone(),
+            env: program.env.clone(),
         };
-        let result = ReadyVm::boot(&config, &self.module, &mut io)
-            .and_then(|vm| vm.invoke_abortable(&invocation, &mut io, None, Some(&self.abort)));
+        let result = ReadyVm::boot(&config, &program.module, &mut io).and_then(|vm| {
+            *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(vm.memory_probe());
+            let r = vm.invoke_abortable(&invocation, &mut io, None, Some(&self.abort));
+            self.probe.lock().unwrap_or_else(|e| e.into_inner()).take();
+            r
+        });
         match result {
             Ok(r) => r.exit_code as u32 & 0xff,
             Err(RunError::Aborted) => 128 + libc::SIGKILL as u32,
@@ -262,25 +394,32 @@ impl Container {
         }
     }
 
-    /// Stops the function (any signal but 0 stops a VM).
+    /// Stops the process (any signal but 0 stops a VM).
     pub fn kill(&self, signal: u32) -> Result<(), SandboxError> {
         if signal == 0 {
             return Ok(());
         }
         let status = self.status().0;
         match status {
-            Status::Running => {
+            Status::Running if self.program.is_some() => {
                 self.abort.store(true, Ordering::SeqCst);
                 Ok(())
             }
-            Status::Created => {
+            Status::Running | Status::Created => {
                 self.finish(128 + signal);
                 Ok(())
             }
             Status::Stopped => Err(SandboxError::NotFound(format!(
                 "process {} already finished",
-                self.spec.id
+                self.name()
             ))),
+        }
+    }
+
+    /// Stops the process if it still runs (its container went away).
+    fn stop(&self) {
+        if self.status().0 != Status::Stopped {
+            let _ = self.kill(libc::SIGKILL as u32);
         }
     }
 
@@ -298,6 +437,169 @@ impl Container {
                 };
             }
         }
+    }
+
+    fn usage(&self) -> Usage {
+        let memory = self
+            .probe
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|p| (p.resident_bytes(), p.size_bytes()));
+        let tid = self.tid.load(Ordering::SeqCst);
+        let cpu_ns = if tid != 0 {
+            thread_cpu_ns(tid)
+        } else {
+            self.cpu_ns.load(Ordering::SeqCst)
+        };
+        Usage {
+            memory_bytes: memory.map_or(0, |m| m.0),
+            memory_limit_bytes: memory.map_or(0, |m| m.1),
+            cpu_ns,
+            vms: u64::from(memory.is_some()),
+        }
+    }
+}
+
+/// A container: its init process and its execs, all in the pod's shim.
+#[derive(Debug)]
+pub struct Container {
+    pub spec: Spec,
+    pub kind: Kind,
+    pub rootfs_mounted: bool,
+    root: PathBuf,
+    memory_mib: u64,
+    pub init: Arc<Process>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+}
+
+impl Container {
+    /// Reads the bundle: a pod sandbox, or a container whose `args[0]`
+    /// names a WebAssembly module in its rootfs.
+    pub fn create(spec: Spec, rootfs_mounted: bool) -> Result<Self, SandboxError> {
+        no_terminal(&spec.stdio)?;
+        let c = read_config(&spec.bundle)?;
+        let program = match c.kind {
+            Kind::PodSandbox => None,
+            Kind::Workload => Some(program(&c.root, c.args, c.env, c.memory_mib)?),
+        };
+        let init = Arc::new(Process::new(&spec.id, "", spec.stdio.clone(), program));
+        Ok(Self {
+            kind: c.kind,
+            rootfs_mounted,
+            root: c.root,
+            memory_mib: c.memory_mib,
+            init,
+            execs: Mutex::new(HashMap::new()),
+            spec,
+        })
+    }
+
+    /// Adds an exec: another module (or the same one) from this
+    /// container's rootfs, run in a new VM of the pod, given an OCI process
+    /// spec (JSON).
+    pub fn exec(
+        &self,
+        exec_id: &str,
+        stdio: Stdio,
+        process_json: &[u8],
+    ) -> Result<Arc<Process>, SandboxError> {
+        no_terminal(&stdio)?;
+        if exec_id.is_empty() {
+            return Err(SandboxError::Invalid("an exec needs an exec id".into()));
+        }
+        if self.kind == Kind::PodSandbox {
+            return Err(SandboxError::Unsupported(
+                "the pod sandbox runs no modules: exec in one of the pod's containers".into(),
+            ));
+        }
+        if self.init.status().0 != Status::Running {
+            return Err(SandboxError::State(format!(
+                "container {} is not running",
+                self.spec.id
+            )));
+        }
+        let v: serde_json::Value = serde_json::from_slice(process_json)
+            .map_err(|e| SandboxError::Invalid(format!("the exec's process spec: {e}")))?;
+        let program = program(
+            &self.root,
+            strings(&v["args"]),
+            env_pairs(&v["env"]),
+            self.memory_mib,
+        )?;
+        let p = Arc::new(Process::new(&self.spec.id, exec_id, stdio, Some(program)));
+        let mut execs = self.execs.lock().unwrap_or_else(|e| e.into_inner());
+        if execs.contains_key(exec_id) {
+            return Err(SandboxError::Exists(format!(
+                "exec {exec_id} already exists in {}",
+                self.spec.id
+            )));
+        }
+        execs.insert(exec_id.to_string(), p.clone());
+        Ok(p)
+    }
+
+    /// The init process (`exec_id` empty) or an exec.
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>, SandboxError> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        self.execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| {
+                SandboxError::NotFound(format!("exec {exec_id} not found in {}", self.spec.id))
+            })
+    }
+
+    /// Removes a finished exec.
+    pub fn remove_exec(&self, exec_id: &str) -> Result<Arc<Process>, SandboxError> {
+        let p = self.process(exec_id)?;
+        if p.status().0 == Status::Running {
+            return Err(SandboxError::State(format!(
+                "exec {exec_id} is still running: kill it first"
+            )));
+        }
+        self.execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(exec_id);
+        Ok(p)
+    }
+
+    fn all(&self) -> Vec<Arc<Process>> {
+        let mut v = vec![self.init.clone()];
+        v.extend(
+            self.execs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned(),
+        );
+        v
+    }
+
+    /// Stops every exec (the init process has ended: as in a container
+    /// whose pid 1 exits, nothing else of it keeps running).
+    pub fn stop_execs(&self) {
+        for p in self.all().iter().skip(1) {
+            p.stop();
+        }
+    }
+
+    /// Memory and CPU of the container's VMs.
+    pub fn usage(&self) -> Usage {
+        self.all()
+            .iter()
+            .map(|p| p.usage())
+            .fold(Usage::default(), |a, u| Usage {
+                memory_bytes: a.memory_bytes + u.memory_bytes,
+                memory_limit_bytes: a.memory_limit_bytes + u.memory_limit_bytes,
+                cpu_ns: a.cpu_ns + u.cpu_ns,
+                vms: a.vms + u.vms,
+            })
     }
 }
 
@@ -337,11 +639,11 @@ fn open_nonblocking(path: &str, write: bool) -> Option<File> {
 }
 
 impl FifoIo {
-    fn open(spec: &Spec) -> Self {
+    fn open(stdio: &Stdio) -> Self {
         Self {
-            stdin: open_nonblocking(&spec.stdin, false),
-            stdout: open_nonblocking(&spec.stdout, true),
-            stderr: open_nonblocking(&spec.stderr, true),
+            stdin: open_nonblocking(&stdio.stdin, false),
+            stdout: open_nonblocking(&stdio.stdout, true),
+            stderr: open_nonblocking(&stdio.stderr, true),
         }
     }
 }

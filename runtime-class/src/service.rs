@@ -7,7 +7,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::ExitSignal;
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim::protos::cgroups::metrics::{
+    CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
+};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
+};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::shim_async::Task;
@@ -16,7 +21,7 @@ use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::{api, TtrpcResult};
 
-use crate::sandbox::{Container, Exit, Sandbox, SandboxError, Spec, Status};
+use crate::sandbox::{Container, Exit, Process, Sandbox, SandboxError, Spec, Status, Stdio};
 
 #[derive(Clone)]
 pub struct Service {
@@ -49,21 +54,10 @@ fn timestamp((seconds, nanos): (i64, i32)) -> Timestamp {
     t
 }
 
-/// The task's pid as containerd sees it: the shim's own (the function runs
-/// in a VM thread of this process).
+/// A process's pid as containerd sees it: the shim's own (every VM of the
+/// pod runs on a thread of this process).
 fn pid() -> u32 {
     std::process::id()
-}
-
-fn exec_unsupported(exec_id: &str) -> TtrpcResult<()> {
-    if exec_id.is_empty() {
-        Ok(())
-    } else {
-        Err(status(
-            Code::UNIMPLEMENTED,
-            "exec is not supported by Flint yet",
-        ))
-    }
 }
 
 impl Service {
@@ -80,15 +74,53 @@ impl Service {
         }
     }
 
-    fn exit_event(&self, c: &Container, exit: &Exit) -> TaskExit {
+    fn container(&self, id: &str) -> TtrpcResult<Arc<Container>> {
+        self.sandbox.get(id).map_err(map_err)
+    }
+
+    fn process(&self, id: &str, exec_id: &str) -> TtrpcResult<(Arc<Container>, Arc<Process>)> {
+        let c = self.container(id)?;
+        let p = c.process(exec_id).map_err(map_err)?;
+        Ok((c, p))
+    }
+
+    fn exit_event(p: &Process, exit: &Exit) -> TaskExit {
         let mut e = TaskExit::new();
-        e.container_id = c.spec.id.clone();
-        e.id = c.spec.id.clone();
+        e.container_id = p.container_id.clone();
+        e.id = p.name().to_string();
         e.pid = pid();
         e.exit_status = exit.status;
         e.exited_at = Some(timestamp(exit.at)).into();
         e
     }
+}
+
+/// Stats in the shape containerd reads from runc's shim (cgroups v1
+/// metrics): the VMs' resident guest RAM against their RAM size, and their
+/// vCPU threads' CPU time.
+fn metrics(c: &Container) -> Metrics {
+    let u = c.usage();
+    let mut m = Metrics::new();
+    let mut usage = MemoryEntry::new();
+    usage.usage = u.memory_bytes;
+    usage.max = u.memory_bytes;
+    usage.limit = u.memory_limit_bytes;
+    let mut memory = MemoryStat::new();
+    memory.rss = u.memory_bytes;
+    memory.total_rss = u.memory_bytes;
+    memory.hierarchical_memory_limit = u.memory_limit_bytes;
+    memory.usage = Some(usage).into();
+    m.memory = Some(memory).into();
+    let mut cpu_usage = CPUUsage::new();
+    cpu_usage.total = u.cpu_ns;
+    cpu_usage.user = u.cpu_ns;
+    let mut cpu = CPUStat::new();
+    cpu.usage = Some(cpu_usage).into();
+    m.cpu = Some(cpu).into();
+    let mut pids = PidsStat::new();
+    pids.current = u.vms;
+    m.pids = Some(pids).into();
+    m
 }
 
 #[async_trait]
@@ -116,21 +148,20 @@ impl Task for Service {
         let spec = Spec {
             id: req.id.clone(),
             bundle: bundle.clone(),
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
+            stdio: Stdio {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            },
         };
-        let container = match Container::create(spec, mounted) {
-            Ok(c) => c,
-            Err(e) => {
-                if mounted {
-                    unmount(&rootfs);
-                }
-                return Err(map_err(e));
+        let inserted = Container::create(spec, mounted).and_then(|c| self.sandbox.insert(c));
+        if let Err(e) = inserted {
+            if mounted {
+                unmount(&rootfs);
             }
-        };
-        self.sandbox.insert(container).map_err(map_err)?;
+            return Err(map_err(e));
+        }
         let mut ev = TaskCreate::new();
         ev.container_id = req.id.clone();
         ev.bundle = req.bundle.clone();
@@ -149,28 +180,66 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        exec_unsupported(&req.exec_id)?;
-        let c = self.sandbox.get(&req.id).map_err(map_err)?;
+        let (c, p) = self.process(&req.id, &req.exec_id)?;
         let handle = tokio::runtime::Handle::current();
         let me = self.clone();
-        let c2 = c.clone();
-        c.start(move |exit| {
-            let ev = me.exit_event(&c2, &exit);
+        let p2 = p.clone();
+        let is_init = req.exec_id.is_empty();
+        p.start(move |exit| {
+            if is_init {
+                c.stop_execs();
+            }
+            let ev = Service::exit_event(&p2, &exit);
             handle.spawn(async move {
                 me.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev))
                     .await
             });
         })
         .map_err(map_err)?;
-        let mut ev = TaskStart::new();
-        ev.container_id = req.id.clone();
-        ev.pid = pid();
-        self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(ev))
-            .await;
+        if is_init {
+            let mut ev = TaskStart::new();
+            ev.container_id = req.id.clone();
+            ev.pid = pid();
+            self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(ev))
+                .await;
+        } else {
+            let mut ev = TaskExecStarted::new();
+            ev.container_id = req.id.clone();
+            ev.exec_id = req.exec_id.clone();
+            ev.pid = pid();
+            self.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(ev))
+                .await;
+        }
         Ok(api::StartResponse {
             pid: pid(),
             ..Default::default()
         })
+    }
+
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ExecProcessRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let c = self.container(&req.id)?;
+        let stdio = Stdio {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.as_slice())
+            .unwrap_or(b"{}");
+        c.exec(&req.exec_id, stdio, spec).map_err(map_err)?;
+        let mut ev = TaskExecAdded::new();
+        ev.container_id = req.id.clone();
+        ev.exec_id = req.exec_id.clone();
+        self.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(ev))
+            .await;
+        Ok(api::Empty::new())
     }
 
     async fn state(
@@ -178,11 +247,11 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        exec_unsupported(&req.exec_id)?;
-        let c = self.sandbox.get(&req.id).map_err(map_err)?;
-        let (st, exit) = c.status();
+        let (c, p) = self.process(&req.id, &req.exec_id)?;
+        let (st, exit) = p.status();
         let mut r = api::StateResponse::new();
-        r.id = req.id.clone();
+        r.id = p.name().to_string();
+        r.exec_id = req.exec_id.clone();
         r.bundle = c.spec.bundle.display().to_string();
         r.pid = pid();
         r.status = match st {
@@ -191,10 +260,10 @@ impl Task for Service {
             Status::Stopped => api::Status::STOPPED,
         }
         .into();
-        r.stdin = c.spec.stdin.clone();
-        r.stdout = c.spec.stdout.clone();
-        r.stderr = c.spec.stderr.clone();
-        r.terminal = c.spec.terminal;
+        r.stdin = p.stdio.stdin.clone();
+        r.stdout = p.stdio.stdout.clone();
+        r.stderr = p.stdio.stderr.clone();
+        r.terminal = p.stdio.terminal;
         if let Some(e) = exit {
             r.exit_status = e.status;
             r.exited_at = Some(timestamp(e.at)).into();
@@ -203,9 +272,11 @@ impl Task for Service {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        exec_unsupported(&req.exec_id)?;
-        let c = self.sandbox.get(&req.id).map_err(map_err)?;
-        c.kill(req.signal).map_err(map_err)?;
+        let (c, p) = self.process(&req.id, &req.exec_id)?;
+        p.kill(req.signal).map_err(map_err)?;
+        if req.all && req.exec_id.is_empty() {
+            c.stop_execs();
+        }
         Ok(api::Empty::new())
     }
 
@@ -214,31 +285,35 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        exec_unsupported(&req.exec_id)?;
-        let c = self.sandbox.get(&req.id).map_err(map_err)?;
-        let (st, exit) = c.status();
+        let (c, p) = self.process(&req.id, &req.exec_id)?;
+        let (st, exit) = p.status();
         if st == Status::Running {
             return Err(status(
                 Code::FAILED_PRECONDITION,
-                format!("container {} is still running: kill it first", req.id),
+                format!("{} is still running: kill it first", p.name()),
             ));
-        }
-        self.sandbox.remove(&req.id);
-        if c.rootfs_mounted {
-            unmount(&c.spec.bundle.join("rootfs"));
         }
         let exit = exit.unwrap_or(Exit {
             status: 0,
             at: (0, 0),
         });
-        let mut ev = TaskDelete::new();
-        ev.container_id = req.id.clone();
-        ev.id = req.id.clone();
-        ev.pid = pid();
-        ev.exit_status = exit.status;
-        ev.exited_at = Some(timestamp(exit.at)).into();
-        self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev))
-            .await;
+        if req.exec_id.is_empty() {
+            c.stop_execs();
+            self.sandbox.remove(&req.id);
+            if c.rootfs_mounted {
+                unmount(&c.spec.bundle.join("rootfs"));
+            }
+            let mut ev = TaskDelete::new();
+            ev.container_id = req.id.clone();
+            ev.id = req.id.clone();
+            ev.pid = pid();
+            ev.exit_status = exit.status;
+            ev.exited_at = Some(timestamp(exit.at)).into();
+            self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev))
+                .await;
+        } else {
+            c.remove_exec(&req.exec_id).map_err(map_err)?;
+        }
         let mut r = api::DeleteResponse::new();
         r.pid = pid();
         r.exit_status = exit.status;
@@ -251,9 +326,8 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
-        exec_unsupported(&req.exec_id)?;
-        let c = self.sandbox.get(&req.id).map_err(map_err)?;
-        let exit = c.wait().await;
+        let (_, p) = self.process(&req.id, &req.exec_id)?;
+        let exit = p.wait().await;
         let mut r = api::WaitResponse::new();
         r.exit_status = exit.status;
         r.exited_at = Some(timestamp(exit.at)).into();
@@ -265,11 +339,25 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
-        self.sandbox.get(&req.id).map_err(map_err)?;
+        self.container(&req.id)?;
         let mut p = containerd_shim::protos::types::task::ProcessInfo::new();
         p.pid = pid();
         Ok(api::PidsResponse {
             processes: vec![p],
+            ..Default::default()
+        })
+    }
+
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let c = self.container(&req.id)?;
+        let any = containerd_shim::util::convert_to_any(Box::new(metrics(&c)))
+            .map_err(|e| status(Code::INTERNAL, format!("encoding the stats: {e}")))?;
+        Ok(api::StatsResponse {
+            stats: Some(any).into(),
             ..Default::default()
         })
     }

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The tests share /run/containerd/s and count shim processes: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Containerd {
     dir: PathBuf,
     sock: PathBuf,
@@ -16,12 +19,12 @@ struct Containerd {
 }
 
 impl Containerd {
-    fn start() -> Self {
+    fn start(name: &str) -> Self {
         assert!(
             Command::new("containerd").arg("--version").output().is_ok(),
             "containerd is not installed (scripts/deps installs it: apt-get install containerd)"
         );
-        let dir = std::env::temp_dir().join(format!("flint-ctd-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("flint-ctd-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("containerd.sock");
@@ -31,13 +34,23 @@ impl Containerd {
             sock.display()
         );
         std::fs::write(dir.join("config.toml"), config).unwrap();
+        let child = Self::spawn(&dir, &sock);
+        Self { dir, sock, child }
+    }
+
+    fn spawn(dir: &Path, sock: &Path) -> Child {
         let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-flint-v2"));
         let path = format!(
             "{}:{}",
             shim.parent().unwrap().display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("containerd.log"))
+            .unwrap();
+        let _ = std::fs::remove_file(sock);
         let child = Command::new("containerd")
             .arg("--config")
             .arg(dir.join("config.toml"))
@@ -52,7 +65,14 @@ impl Containerd {
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_millis(300));
-        Self { dir, sock, child }
+        child
+    }
+
+    /// containerd dies (SIGKILL) and comes back on the same state.
+    fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.dir, &self.sock);
     }
 
     fn ctr(&self, args: &[&str]) -> Output {
@@ -65,14 +85,107 @@ impl Containerd {
             .unwrap()
     }
 
-    fn import(&self, module: &[u8], name: &str, reference: &str) {
-        let tar = self.dir.join(format!("{name}.tar"));
-        std::fs::write(&tar, flint_image::build(module, name, reference).unwrap()).unwrap();
+    fn import(&self, modules: &[(&str, &[u8])], reference: &str) {
+        let tar = self.dir.join(format!("{}.tar", modules[0].0));
+        std::fs::write(&tar, flint_image::build_with(modules, reference).unwrap()).unwrap();
         let o = self.ctr(&["images", "import", tar.to_str().unwrap()]);
+        assert!(o.status.success(), "import: {}", text(&o.stderr));
+    }
+
+    /// Starts `ctr events`; the returned closure stops it and gives what it saw.
+    fn events(&self) -> impl FnOnce() -> String {
+        let mut child = Command::new("ctr")
+            .arg("-a")
+            .arg(&self.sock)
+            .arg("events")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        move || {
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = child.kill();
+            let mut ev = String::new();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut ev)
+                .unwrap();
+            let _ = child.wait();
+            ev
+        }
+    }
+
+    /// The status `ctr task ls` shows for a task, if it lists it.
+    fn task_status(&self, id: &str) -> Option<(String, String)> {
+        let out = text(&self.ctr(&["task", "ls"]).stdout);
+        out.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&id)).then(|| (f[1].to_string(), f[2].to_string()))
+        })
+    }
+
+    fn wait_status(&self, id: &str, want: Option<&str>) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let st = self.task_status(id);
+            if st.as_ref().map(|s| s.1.as_str()) == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id}: {st:?}, waiting for {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn run_detached(&self, image: &str, id: &str, args: &[&str]) {
+        let mut a = vec![
+            "run",
+            "-d",
+            "--runtime",
+            "io.containerd.flint.v2",
+            image,
+            id,
+        ];
+        a.extend_from_slice(args);
+        let o = self.ctr(&a);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        self.wait_status(id, Some("RUNNING"));
+    }
+
+    fn kill_and_remove(&self, id: &str) {
+        let o = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        self.wait_status(id, Some("STOPPED"));
+        assert!(self.ctr(&["task", "rm", id]).status.success());
+        assert!(self.ctr(&["container", "rm", id]).status.success());
+    }
+
+    /// Nothing of Flint is left: no task, no shim, no rootfs mount, no shim
+    /// socket that was not there before.
+    fn assert_nothing_left(&self, sockets_before: &[String]) {
+        assert_eq!(text(&self.ctr(&["task", "ls", "-q"]).stdout).trim(), "");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !shim_pids(&self.sock).is_empty() {
+            assert!(Instant::now() < deadline, "a shim process was left running");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let left: Vec<String> = mounts_under(&self.dir)
+            .into_iter()
+            .filter(|m| m.contains("rootfs"))
+            .collect();
+        assert!(left.is_empty(), "rootfs mounts left: {left:?}");
+        let new: Vec<String> = shim_sockets()
+            .into_iter()
+            .filter(|s| !sockets_before.contains(s))
+            .collect();
         assert!(
-            o.status.success(),
-            "import: {}",
-            String::from_utf8_lossy(&o.stderr)
+            new.is_empty(),
+            "shim sockets left in /run/containerd/s: {new:?}"
         );
     }
 }
@@ -81,13 +194,20 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test may leave shims of this containerd behind.
+        for pid in shim_pids(&self.sock) {
+            // SAFETY: kill(2) on a shim process of this test's containerd.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         for m in mounts_under(&self.dir) {
             if let Ok(c) = std::ffi::CString::new(m) {
                 // SAFETY: a NUL-terminated path under our own temp dir.
                 unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -105,63 +225,81 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn shims_running() -> usize {
+/// Flint shims serving the containerd on `sock`.
+fn shim_pids(sock: &Path) -> Vec<i32> {
+    let sock = sock.display().to_string();
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("comm"))
-                .map(|c| c.trim() == "containerd-shim")
-                .unwrap_or(false)
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let c = String::from_utf8_lossy(&cmdline);
+            (c.contains("containerd-shim-flint-v2") && c.contains(&sock)).then_some(pid)
         })
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains("containerd-shim-flint-v2"))
-                .unwrap_or(false)
+        .collect()
+}
+
+fn shim_sockets() -> Vec<String> {
+    std::fs::read_dir("/run/containerd/s")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
         })
-        .count()
+        .unwrap_or_default()
+}
+
+fn in_order(ev: &str, topics: &[&str]) -> bool {
+    let mut at = 0;
+    for t in topics {
+        match ev[at..].find(t) {
+            Some(p) => at += p + t.len(),
+            None => return false,
+        }
+    }
+    true
+}
+
+const FLINT: &str = "io.containerd.flint.v2";
+
+fn tools_image(ctd: &Containerd) {
+    ctd.import(
+        &[
+            ("spin.wasm", &flint_examples::bytes("spin")),
+            ("hello.wasm", &flint_examples::bytes("hello")),
+            ("fib.wasm", &flint_examples::bytes("fib")),
+        ],
+        "docker.io/library/tools:v1",
+    );
 }
 
 #[test]
 fn ctr_runs_wasm_images_in_flint_vms() {
-    let ctd = Containerd::start();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sockets = shim_sockets();
+    let ctd = Containerd::start("run");
     ctd.import(
-        &flint_examples::bytes("hello"),
-        "hello.wasm",
+        &[("hello.wasm", &flint_examples::bytes("hello"))],
         "docker.io/library/hello:v1",
     );
     ctd.import(
-        &flint_examples::bytes("fib"),
-        "fib.wasm",
+        &[("fib.wasm", &flint_examples::bytes("fib"))],
         "docker.io/library/fib:v1",
     );
+    tools_image(&ctd);
     ctd.import(
-        &flint_examples::bytes("spin"),
-        "spin.wasm",
-        "docker.io/library/spin:v1",
-    );
-    ctd.import(
-        b"#!/bin/sh\necho hi\n",
-        "sh",
+        &[("sh", b"#!/bin/sh\necho hi\n")],
         "docker.io/library/notwasm:v1",
     );
 
     // Events, in order, while a task runs.
-    let mut events = Command::new("ctr")
-        .arg("-a")
-        .arg(&ctd.sock)
-        .arg("events")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-
+    let events = ctd.events();
     let o = ctd.ctr(&[
         "run",
         "--rm",
         "--runtime",
-        "io.containerd.flint.v2",
+        FLINT,
         "docker.io/library/hello:v1",
         "t1",
         "/hello.wasm",
@@ -179,42 +317,18 @@ fn ctr_runs_wasm_images_in_flint_vms() {
         "",
         "no task left"
     );
-
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = events.kill();
-    let mut ev = String::new();
-    events
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut ev)
-        .unwrap();
-    let _ = events.wait();
-    let order: Vec<&str> = [
-        "/tasks/create",
-        "/tasks/start",
-        "/tasks/exit",
-        "/tasks/delete",
-    ]
-    .into_iter()
-    .filter_map(|t| ev.find(t).map(|_| t))
-    .collect();
-    assert_eq!(
-        order,
-        [
-            "/tasks/create",
-            "/tasks/start",
-            "/tasks/exit",
-            "/tasks/delete"
-        ],
-        "events:\n{ev}"
-    );
-    let pos = |t: &str| ev.find(t).unwrap();
+    let ev = events();
     assert!(
-        pos("/tasks/create") < pos("/tasks/start")
-            && pos("/tasks/start") < pos("/tasks/exit")
-            && pos("/tasks/exit") < pos("/tasks/delete"),
-        "{ev}"
+        in_order(
+            &ev,
+            &[
+                "/tasks/create",
+                "/tasks/start",
+                "/tasks/exit",
+                "/tasks/delete"
+            ]
+        ),
+        "events:\n{ev}"
     );
 
     // The function's exit status is the task's.
@@ -222,7 +336,7 @@ fn ctr_runs_wasm_images_in_flint_vms() {
         "run",
         "--rm",
         "--runtime",
-        "io.containerd.flint.v2",
+        FLINT,
         "docker.io/library/fib:v1",
         "t2",
         "/fib.wasm",
@@ -235,35 +349,85 @@ fn ctr_runs_wasm_images_in_flint_vms() {
         text(&o.stderr)
     );
 
-    // A task that never exits is stopped by kill.
+    // A task that never exits; execs run other modules of its image in
+    // the pod, with their own output, exit status and events.
+    let events = ctd.events();
+    ctd.run_detached("docker.io/library/tools:v1", "t3", &["/spin.wasm"]);
     let o = ctd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.flint.v2",
-        "docker.io/library/spin:v1",
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
         "t3",
-        "/spin.wasm",
+        "/hello.wasm",
+        "exec",
     ]);
+    assert_eq!(text(&o.stdout), "hello, exec\n", "{}", text(&o.stderr));
+    assert_eq!(o.status.code(), Some(0));
+    let o = ctd.ctr(&["task", "exec", "--exec-id", "e2", "t3", "/fib.wasm", "abc"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    let o = ctd.ctr(&["task", "exec", "--exec-id", "e3", "t3", "/nothing.wasm"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("not in the image"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = ctd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e4",
+        "t3",
+        "../../../../../../bin/sh",
+    ]);
+    assert!(!o.status.success(), "an exec cannot leave the rootfs");
+
+    // Stats: the VM's memory and CPU, as containerd reads runc's.
+    let o = ctd.ctr(&["task", "metrics", "--format", "json", "t3"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(text(&ctd.ctr(&["task", "ls"]).stdout).contains("RUNNING"));
-    let o = ctd.ctr(&["task", "kill", "-s", "SIGKILL", "t3"]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !text(&ctd.ctr(&["task", "ls"]).stdout).contains("STOPPED") {
-        assert!(Instant::now() < deadline, "kill did not stop the task");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(ctd.ctr(&["task", "rm", "t3"]).status.success());
-    assert!(ctd.ctr(&["container", "rm", "t3"]).status.success());
+    let m: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)));
+    let usage = m["memory"]["usage"]["usage"].as_u64().unwrap_or(0);
+    let limit = m["memory"]["usage"]["limit"].as_u64().unwrap_or(0);
+    assert!(usage > 0 && usage <= limit, "{m}");
+    assert_eq!(limit, 128 << 20, "{m}");
+    let cpu1 = m["cpu"]["usage"]["total"].as_u64().unwrap_or(0);
+    assert!(cpu1 > 0, "{m}");
+    std::thread::sleep(Duration::from_millis(200));
+    let m: serde_json::Value = serde_json::from_slice(
+        &ctd.ctr(&["task", "metrics", "--format", "json", "t3"])
+            .stdout,
+    )
+    .unwrap();
+    let cpu2 = m["cpu"]["usage"]["total"].as_u64().unwrap_or(0);
+    assert!(cpu2 > cpu1, "a spinning VM uses CPU: {cpu1} then {cpu2}");
+
+    ctd.kill_and_remove("t3");
+    let ev = events();
+    assert!(
+        in_order(
+            &ev,
+            &[
+                "/tasks/create",
+                "/tasks/start",
+                "/tasks/exec-added",
+                "/tasks/exec-started",
+                "/tasks/exit",
+                "/tasks/exit",
+                "/tasks/delete"
+            ]
+        ),
+        "events:\n{ev}"
+    );
+    assert!(ev.contains("\"e1\""), "the exec's exit names it:\n{ev}");
 
     // A Linux image is refused with a message that says what Flint runs.
     let o = ctd.ctr(&[
         "run",
         "--rm",
         "--runtime",
-        "io.containerd.flint.v2",
+        FLINT,
         "docker.io/library/notwasm:v1",
         "t4",
         "/sh",
@@ -276,16 +440,65 @@ fn ctr_runs_wasm_images_in_flint_vms() {
     );
     let _ = ctd.ctr(&["container", "rm", "t4"]);
 
-    // Nothing left behind: no task, no shim, no rootfs mount.
-    assert_eq!(text(&ctd.ctr(&["task", "ls", "-q"]).stdout).trim(), "");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while shims_running() > 0 {
-        assert!(Instant::now() < deadline, "a shim process was left running");
+    ctd.assert_nothing_left(&sockets);
+}
+
+#[test]
+fn tasks_survive_containerd_restarts_and_killed_shims_are_cleaned_up() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sockets = shim_sockets();
+    let mut ctd = Containerd::start("faults");
+    tools_image(&ctd);
+
+    // containerd dies and comes back: the shim kept the task running and
+    // containerd reconnects to it by the bundle's address file.
+    ctd.run_detached("docker.io/library/tools:v1", "r1", &["/spin.wasm"]);
+    let before = ctd.task_status("r1").unwrap();
+    ctd.crash_and_restart();
+    assert_eq!(ctd.task_status("r1"), Some(before), "the task survives");
+    let o = ctd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "x",
+        "r1",
+        "/hello.wasm",
+        "again",
+    ]);
+    assert_eq!(text(&o.stdout), "hello, again\n", "{}", text(&o.stderr));
+    ctd.kill_and_remove("r1");
+
+    // The shim is killed: containerd notices, the shim's `delete` action
+    // cleans up (rootfs mount, socket), and the container can be removed.
+    ctd.run_detached("docker.io/library/tools:v1", "r2", &["/spin.wasm"]);
+    let (pid, _) = ctd.task_status("r2").unwrap();
+    let pid: i32 = pid.parse().unwrap();
+    // SAFETY: kill(2) on the shim process containerd reported.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ctd.task_status("r2").is_some_and(|s| s.1 == "RUNNING") {
+        assert!(
+            Instant::now() < deadline,
+            "containerd did not notice the shim's death"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let left: Vec<String> = mounts_under(&ctd.dir)
-        .into_iter()
-        .filter(|m| m.contains("rootfs"))
-        .collect();
-    assert!(left.is_empty(), "rootfs mounts left: {left:?}");
+    let _ = ctd.ctr(&["task", "rm", "-f", "r2"]);
+    let o = ctd.ctr(&["container", "rm", "r2"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    // A new task runs normally afterwards.
+    let o = ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        FLINT,
+        "docker.io/library/tools:v1",
+        "r3",
+        "/hello.wasm",
+        "after",
+    ]);
+    assert_eq!(text(&o.stdout), "hello, after\n", "{}", text(&o.stderr));
+
+    ctd.assert_nothing_left(&sockets);
 }

@@ -125,22 +125,7 @@ impl Vm {
     /// Bytes of guest RAM resident in host memory now (pages the guest or
     /// the VMM has touched).
     pub fn resident_bytes(&self) -> u64 {
-        let page = 4096usize;
-        let mut total = 0u64;
-        for region in self.memory.iter() {
-            let len = region.len() as usize;
-            let Ok(host) = self.memory.get_host_address(region.start_addr()) else {
-                continue;
-            };
-            let mut vec = vec![0u8; len.div_ceil(page)];
-            // SAFETY: `host..host+len` is one live mapping owned by `memory`;
-            // `vec` has one byte per page of it.
-            let rc = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
-            if rc == 0 {
-                total += vec.iter().filter(|b| **b & 1 == 1).count() as u64 * page as u64;
-            }
-        }
-        total
+        resident_bytes(&self.memory)
     }
 
     pub fn create_vcpu(&self, id: u64) -> Result<Vcpu, VmError> {
@@ -150,4 +135,25 @@ impl Vm {
             .map_err(|e| VmError::CreateVcpu(id, e))?;
         Ok(Vcpu::new(fd, &self.kvm))
     }
+}
+
+/// Bytes of `memory` resident in host memory now (pages the guest or the
+/// VMM has touched).
+pub fn resident_bytes(memory: &GuestMemoryMmap) -> u64 {
+    let page = 4096usize;
+    let mut total = 0u64;
+    for region in memory.iter() {
+        let len = region.len() as usize;
+        let Ok(host) = memory.get_host_address(region.start_addr()) else {
+            continue;
+        };
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: `host..host+len` is one live mapping owned by `memory`;
+        // `vec` has one byte per page of it.
+        let rc = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
+        if rc == 0 {
+            total += vec.iter().filter(|b| **b & 1 == 1).count() as u64 * page as u64;
+        }
+    }
+    total
 }

@@ -51,6 +51,7 @@ fn flint_process(flint: &Path, module: &Path) -> Result<(f64, u64)> {
     Ok((wall, usage.ru_maxrss as u64))
 }
 
+mod pods;
 mod snapshot;
 
 fn main() -> Result<()> {
@@ -60,12 +61,13 @@ fn main() -> Result<()> {
     match what.as_str() {
         "cold" => cold(iterations),
         "snapshot" => snapshot::main(iterations),
+        "containerd" => pods::main(iterations),
         "all" => {
             cold(iterations)?;
             println!();
             snapshot::main(iterations)
         }
-        other => bail!("unknown benchmark {other:?}: use cold, snapshot or all"),
+        other => bail!("unknown benchmark {other:?}: use cold, snapshot, containerd or all"),
     }
 }
 

@@ -72,22 +72,42 @@ pub fn build_with(modules: &[(&str, &[u8])], reference: &str) -> Result<Vec<u8>,
     let Some((name, _)) = modules.first() else {
         return Err(malformed("an image needs at least one module"));
     };
+    let entry = format!("/{name}");
+    let config = serde_json::json!({
+        "Entrypoint": [entry],
+        "Labels": { "dev.flint.module": entry, "dev.flint.runtime": "wasi-preview1" },
+    });
+    build_files(modules, config, reference)
+}
+
+/// Builds an OCI image layout archive of one layer holding each file at
+/// `/name` (mode 0755), with `config` as the image config's `config`
+/// (entrypoint, labels, ...). Flint's images use [`build_with`]; this also
+/// packs Linux images, e.g. the static busybox the benchmarks compare with.
+pub fn build_files(
+    files: &[(&str, &[u8])],
+    config: serde_json::Value,
+    reference: &str,
+) -> Result<Vec<u8>, ImageError> {
+    let Some((name, _)) = files.first() else {
+        return Err(malformed("an image needs at least one file"));
+    };
     let io = |e| ImageError::Io {
         path: PathBuf::from(name),
         source: e,
     };
-    // The layer: a tar with the modules at the root, gzipped.
+    // The layer: a tar with the files at the root, gzipped.
     let mut layer_tar = tar::Builder::new(Vec::new());
-    for (file, module) in modules {
+    for (file, data) in files {
         if file.is_empty() || file.contains('/') || *file == "." || *file == ".." {
             return Err(malformed(format!("{file:?} is not a file name")));
         }
         let mut h = tar::Header::new_gnu();
-        h.set_size(module.len() as u64);
+        h.set_size(data.len() as u64);
         h.set_mode(0o755);
         h.set_mtime(0);
         h.set_cksum();
-        layer_tar.append_data(&mut h, file, *module).map_err(io)?;
+        layer_tar.append_data(&mut h, file, *data).map_err(io)?;
     }
     let layer_tar = layer_tar.into_inner().map_err(io)?;
     let diff_id = sha256(&layer_tar);
@@ -97,10 +117,7 @@ pub fn build_with(modules: &[(&str, &[u8])], reference: &str) -> Result<Vec<u8>,
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {
-            "Entrypoint": [format!("/{name}")],
-            "Labels": { "dev.flint.module": format!("/{name}"), "dev.flint.runtime": "wasi-preview1" },
-        },
+        "config": config,
         "rootfs": { "type": "layers", "diff_ids": [diff_id] },
     })
     .to_string()

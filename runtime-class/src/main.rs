@@ -86,7 +86,27 @@ impl Shim for FlintShim {
     }
 }
 
+const RUNTIME: &str = "io.containerd.flint.v2";
+
 #[tokio::main]
 async fn main() {
-    run::<FlintShim>("io.containerd.flint.v2", None).await;
+    // containerd-shim's own bootstrap parses -v but does not act on it.
+    if std::env::args()
+        .skip(1)
+        .any(|a| matches!(a.as_str(), "-v" | "-version" | "--version"))
+    {
+        println!("containerd-shim-flint-v2:");
+        println!("  Runtime: {RUNTIME}");
+        println!("  Version: {}", env!("CARGO_PKG_VERSION"));
+        println!("  Runs: WebAssembly (WASI preview 1) modules, one Flint KVM micro-VM each");
+        return;
+    }
+    if std::env::var_os("TTRPC_ADDRESS").is_none() {
+        eprintln!(
+            "containerd-shim-flint-v2 is started by containerd (runtime {RUNTIME}), not by hand: \
+             see runtime-class/deploy/ to configure containerd"
+        );
+        std::process::exit(2);
+    }
+    run::<FlintShim>(RUNTIME, None).await;
 }

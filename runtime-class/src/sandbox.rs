@@ -716,3 +716,118 @@ impl Sandbox {
             .is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rootfs(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("flint-rootfs-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn modules_resolve_inside_the_rootfs_only() {
+        let root = rootfs("resolve");
+        std::fs::write(root.join("f.wasm"), b"\0asm\x01\0\0\0").unwrap();
+        std::fs::write(root.join("sh"), b"#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("escape.wasm")).unwrap();
+        assert!(module_in_rootfs(&root, "/f.wasm").is_ok());
+        assert!(module_in_rootfs(&root, "f.wasm").is_ok());
+        assert!(matches!(
+            module_in_rootfs(&root, "/escape.wasm"),
+            Err(SandboxError::Invalid(m)) if m.contains("outside")
+        ));
+        assert!(matches!(
+            module_in_rootfs(&root, "/../../../../etc/passwd"),
+            Err(SandboxError::Invalid(_))
+        ));
+        assert!(matches!(
+            module_in_rootfs(&root, "/sh"),
+            Err(SandboxError::Unsupported(m)) if m.contains("not a WebAssembly module")
+        ));
+        assert!(matches!(
+            module_in_rootfs(&root, "/none.wasm"),
+            Err(SandboxError::Invalid(m)) if m.contains("not in the image")
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    fn bundle(name: &str, config: serde_json::Value) -> PathBuf {
+        let b = rootfs(name);
+        std::fs::create_dir_all(b.join("rootfs")).unwrap();
+        std::fs::write(b.join("rootfs/f.wasm"), b"\0asm\x01\0\0\0").unwrap();
+        std::fs::write(b.join("config.json"), config.to_string()).unwrap();
+        b
+    }
+
+    #[test]
+    fn bundles_are_read_for_pods_and_workloads() {
+        let b = bundle(
+            "sandbox",
+            serde_json::json!({
+                "process": {"args": ["/pause"]},
+                "annotations": {"io.kubernetes.cri.container-type": "sandbox"},
+            }),
+        );
+        let spec = Spec {
+            id: "p".into(),
+            bundle: b.clone(),
+            ..Spec::default()
+        };
+        let c = Container::create(spec.clone(), false).unwrap();
+        assert_eq!(c.kind, Kind::PodSandbox, "a pod sandbox runs no module");
+        assert!(matches!(
+            c.exec("e", Stdio::default(), br#"{"args":["/f.wasm"]}"#),
+            Err(SandboxError::Unsupported(_))
+        ));
+
+        let b = bundle(
+            "workload",
+            serde_json::json!({
+                "process": {"args": ["/f.wasm", "x"], "env": ["A=1", "B=x=y", "junk"]},
+                "linux": {"resources": {"memory": {"limit": 64u64 << 20}}},
+                "annotations": {"io.kubernetes.cri-o.ContainerType": "container"},
+            }),
+        );
+        let c = Container::create(
+            Spec {
+                bundle: b.clone(),
+                ..spec.clone()
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.kind, Kind::Workload);
+        assert_eq!(c.memory_mib, 64);
+        let p = c.init.program.as_ref().unwrap();
+        assert_eq!(p.args, ["/f.wasm", "x"]);
+        assert_eq!(
+            p.env,
+            [("A".into(), "1".into()), ("B".into(), "x=y".into())]
+        );
+        // Not running yet: no execs.
+        assert!(matches!(
+            c.exec("e", Stdio::default(), br#"{"args":["/f.wasm"]}"#),
+            Err(SandboxError::State(_))
+        ));
+
+        let b = bundle("noargs", serde_json::json!({"process": {"args": []}}));
+        assert!(matches!(
+            Container::create(Spec { bundle: b, ..spec.clone() }, false),
+            Err(SandboxError::Invalid(m)) if m.contains("no args")
+        ));
+        let b = bundle("tty", serde_json::json!({"process": {"args": ["/f.wasm"]}}));
+        let mut tty = Spec { bundle: b, ..spec };
+        tty.stdio.terminal = true;
+        assert!(matches!(
+            Container::create(tty, false),
+            Err(SandboxError::Unsupported(m)) if m.contains("terminal")
+        ));
+        for name in ["sandbox", "workload", "noargs", "tty"] {
+            let _ = std::fs::remove_dir_all(rootfs(name));
+        }
+    }
+}

@@ -157,6 +157,26 @@ fn ctr_runs_wasm_images_in_flint_vms() {
     );
     assert!(ev.contains("\"e1\""), "the exec's exit names it:\n{ev}");
 
+    // `ctr run -t` (under a pseudo-terminal, as a user types it) fails with
+    // a message that says why.
+    let cmd = format!(
+        "ctr -a {} run -t --rm --runtime {FLINT} docker.io/library/hello:v1 t5 /hello.wasm",
+        ctd.sock.display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stdout).contains("no terminal"),
+        "{}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    let _ = ctd.ctr(&["container", "rm", "t5"]);
+
     // A Linux image is refused with a message that says what Flint runs.
     let o = ctd.ctr(&[
         "run",
@@ -236,4 +256,27 @@ fn tasks_survive_containerd_restarts_and_killed_shims_are_cleaned_up() {
     assert_eq!(text(&o.stdout), "hello, after\n", "{}", text(&o.stderr));
 
     ctd.assert_nothing_left(&sockets);
+}
+
+#[test]
+fn the_shim_says_what_it_is() {
+    let shim = env!("CARGO_BIN_EXE_containerd-shim-flint-v2");
+    let o = std::process::Command::new(shim).arg("-v").output().unwrap();
+    assert!(o.status.success());
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("io.containerd.flint.v2") && out.contains(env!("CARGO_PKG_VERSION")),
+        "{out}"
+    );
+    // Started by hand, without containerd: a clear error, not a panic.
+    let o = std::process::Command::new(shim)
+        .env_remove("TTRPC_ADDRESS")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("started by containerd"),
+        "{}",
+        text(&o.stderr)
+    );
 }

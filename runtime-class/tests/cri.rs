@@ -27,9 +27,7 @@ async fn channel(sock: &Path) -> Channel {
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let sock = sock.clone();
             async move {
-                Ok::<_, std::io::Error>(TokioIo::new(
-                    tokio::net::UnixStream::connect(sock).await?,
-                ))
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(sock).await?))
             }
         }))
         .await

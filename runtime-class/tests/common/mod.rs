@@ -22,7 +22,11 @@ pub struct Containerd {
 impl Containerd {
     /// containerd without its CRI plugin, driven with `ctr`.
     pub fn start(name: &str) -> Self {
-        Self::with_config(name, "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n", "default")
+        Self::with_config(
+            name,
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+            "default",
+        )
     }
 
     /// containerd with its CRI plugin: Flint as the runtime handler
@@ -309,4 +313,3 @@ pub fn tools_image(ctd: &Containerd) {
         "docker.io/library/tools:v1",
     );
 }
-

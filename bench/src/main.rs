@@ -1,9 +1,11 @@
-//! Cold-start benchmark of `flint run`: a fresh micro-VM per run, phase by
-//! phase, beside the same module under wasmtime (in-process, no VM).
+//! Benchmarks, each printing a Markdown table the README quotes:
+//! `cold` (`flint run`: a fresh micro-VM per run, phase by phase, beside the
+//! same module under wasmtime, in-process, no VM), `snapshot` (restore vs.
+//! cold boot), `all` (both), and `containerd` (Flint's shim vs. runc).
 //!
-//! Run with `bench/run.sh` (builds release binaries, installs the wasmtime
-//! peer from PyPI), or `cargo run --release -p flint-bench -- [ITERATIONS]`.
-//! Prints a Markdown table; the README quotes it.
+//! Run with `bench/run.sh` and `bench/containerd.sh` (they build release
+//! binaries and install what the peers need), or
+//! `cargo run --release -p flint-bench -- WHAT [ITERATIONS]`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

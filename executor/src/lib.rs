@@ -27,6 +27,6 @@ pub use devices::serial::SerialState;
 pub use devices::virtio::console::ConsoleState;
 pub use error::{ProtocolViolation, RunError, SetupError};
 pub use io::{BufferIo, GuestIo, StdIo};
-pub use machine::{run, Invocation, MemoryProbe, Phases, ReadyVm, RunReport, VmConfig, VmState};
+pub use machine::{run, Invocation, Phases, ReadyVm, RunReport, VmConfig, VmProbe, VmState};
 pub use vstate::vcpu::VcpuState;
 pub use vstate::vm::{kvm_device_path, VmError};

@@ -7,7 +7,7 @@
 //! outlives `run`: the vCPU thread is joined and the VM's fds and memory
 //! are dropped before it returns.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -162,6 +162,29 @@ struct Machine {
     phases: Phases,
     /// When the guest was last set running (boot or restore).
     started: Instant,
+    /// CPU time of this VM's vCPU threads, for [`VmProbe`].
+    cpu: Arc<VcpuTime>,
+}
+
+/// CPU time of a VM's vCPU threads: the finished ones' total, and the
+/// running one's thread id.
+#[derive(Debug, Default)]
+struct VcpuTime {
+    finished_ns: AtomicU64,
+    running_tid: AtomicI32,
+}
+
+/// CPU time the calling thread has used, in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl Machine {
@@ -209,6 +232,7 @@ impl Machine {
             generation: 0,
             phases,
             started: t1,
+            cpu: Arc::default(),
         };
         m.refresh_entropy_and_time()?;
         m.phases.guest_load = t1.elapsed();
@@ -245,6 +269,7 @@ impl Machine {
         let mut first = None;
         let first_exit = &mut first;
         let (vcpu, bus, stop_ref) = (&mut self.vcpu, &mut self.bus, &stop);
+        let cpu = &*self.cpu;
         let outcome = std::thread::scope(|scope| {
             let (tid_tx, tid_rx) = mpsc::channel();
             let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -253,7 +278,13 @@ impl Machine {
                 .spawn_scoped(scope, move || {
                     let _done = done_tx; // dropped when this thread ends, however it ends
                     let _ = tid_tx.send(vcpu::current_thread());
-                    run_vcpu(vcpu, mem, bus, session, stop_ref, first_exit)
+                    // SAFETY: gettid has no preconditions.
+                    cpu.running_tid
+                        .store(unsafe { libc::gettid() }, Ordering::SeqCst);
+                    let r = run_vcpu(vcpu, mem, bus, session, stop_ref, first_exit);
+                    cpu.finished_ns.fetch_add(thread_cpu_ns(), Ordering::SeqCst);
+                    cpu.running_tid.store(0, Ordering::SeqCst);
+                    r
                 })
                 .map_err(|e| RunError::Setup(SetupError::Thread(e)))?;
             let tid = tid_rx.recv().ok();
@@ -445,11 +476,13 @@ impl ReadyVm {
         self.machine.vm.resident_bytes()
     }
 
-    /// A handle that reports this VM's memory use from another thread while
-    /// the VM runs. It keeps the guest RAM mapped: drop it with the VM.
-    pub fn memory_probe(&self) -> MemoryProbe {
-        MemoryProbe {
+    /// A handle that reports this VM's memory and CPU use from another
+    /// thread while the VM runs. It keeps the guest RAM mapped: drop it
+    /// with the VM.
+    pub fn probe(&self) -> VmProbe {
+        VmProbe {
             memory: self.machine.vm.memory().clone(),
+            cpu: self.machine.cpu.clone(),
         }
     }
 
@@ -504,6 +537,7 @@ impl ReadyVm {
             generation: 0,
             phases: Phases::default(),
             started: t1,
+            cpu: Arc::default(),
         };
         machine.generation = loader::read_generation(machine.vm.memory());
         machine.refresh_entropy_and_time()?;
@@ -546,13 +580,30 @@ impl ReadyVm {
     }
 }
 
-/// Reports a running VM's memory use (see [`ReadyVm::memory_probe`]).
+/// Reports a running VM's memory and CPU use (see [`ReadyVm::probe`]).
 #[derive(Clone)]
-pub struct MemoryProbe {
+pub struct VmProbe {
     memory: GuestMemoryMmap,
+    cpu: Arc<VcpuTime>,
 }
 
-impl MemoryProbe {
+impl VmProbe {
+    /// CPU time the VM's vCPU threads have used so far (boot included),
+    /// in nanoseconds.
+    pub fn cpu_ns(&self) -> u64 {
+        let finished = self.cpu.finished_ns.load(Ordering::SeqCst);
+        let tid = self.cpu.running_tid.load(Ordering::SeqCst);
+        let running = if tid == 0 {
+            0
+        } else {
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        finished + running
+    }
+
     /// Bytes of guest RAM resident in host memory now.
     pub fn resident_bytes(&self) -> u64 {
         crate::vstate::vm::resident_bytes(&self.memory)
@@ -564,9 +615,9 @@ impl MemoryProbe {
     }
 }
 
-impl std::fmt::Debug for MemoryProbe {
+impl std::fmt::Debug for VmProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryProbe")
+        f.debug_struct("VmProbe")
             .field("size_bytes", &self.size_bytes())
             .finish()
     }

@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use flint_executor::{GuestIo, Invocation, MemoryProbe, ReadyVm, RunError, VmConfig};
+use flint_executor::{GuestIo, Invocation, ReadyVm, RunError, VmConfig, VmProbe};
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
@@ -105,9 +105,9 @@ pub struct Process {
     status: Mutex<(Status, Option<Exit>)>,
     abort: Arc<AtomicBool>,
     exited: watch::Sender<bool>,
-    /// The running VM's memory and vCPU thread, for stats.
-    probe: Mutex<Option<MemoryProbe>>,
-    tid: AtomicI32,
+    /// The running VM's memory and CPU, for stats; the CPU time it used
+    /// once it has ended.
+    probe: Mutex<Option<VmProbe>>,
     cpu_ns: AtomicU64,
 }
 
@@ -252,27 +252,6 @@ fn no_terminal(stdio: &Stdio) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// CPU time a thread of this process has used, from `/proc`.
-fn thread_cpu_ns(tid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// CPU time the calling thread has used.
-fn own_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 impl Process {
     fn new(container_id: &str, exec_id: &str, stdio: Stdio, program: Option<Program>) -> Self {
         let (exited, _) = watch::channel(false);
@@ -285,7 +264,6 @@ impl Process {
             abort: Arc::new(AtomicBool::new(false)),
             exited,
             probe: Mutex::new(None),
-            tid: AtomicI32::new(0),
             cpu_ns: AtomicU64::new(0),
         }
     }
@@ -348,11 +326,7 @@ impl Process {
         std::thread::Builder::new()
             .name(format!("flint-vm-{}", self.name()))
             .spawn(move || {
-                // SAFETY: gettid has no preconditions.
-                p.tid.store(unsafe { libc::gettid() }, Ordering::SeqCst);
                 let code = p.run();
-                p.cpu_ns.store(own_cpu_ns(), Ordering::SeqCst);
-                p.tid.store(0, Ordering::SeqCst);
                 on_exit(p.finish(code));
             })
             .map_err(|e| SandboxError::Io(format!("starting the VM thread: {e}")))?;
@@ -375,8 +349,10 @@ impl Process {
             env: program.env.clone(),
         };
         let result = ReadyVm::boot(&config, &program.module, &mut io).and_then(|vm| {
-            *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(vm.memory_probe());
+            let probe = vm.probe();
+            *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(probe.clone());
             let r = vm.invoke_abortable(&invocation, &mut io, None, Some(&self.abort));
+            self.cpu_ns.store(probe.cpu_ns(), Ordering::SeqCst);
             self.probe.lock().unwrap_or_else(|e| e.into_inner()).take();
             r
         });
@@ -440,23 +416,18 @@ impl Process {
     }
 
     fn usage(&self) -> Usage {
-        let memory = self
-            .probe
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|p| (p.resident_bytes(), p.size_bytes()));
-        let tid = self.tid.load(Ordering::SeqCst);
-        let cpu_ns = if tid != 0 {
-            thread_cpu_ns(tid)
-        } else {
-            self.cpu_ns.load(Ordering::SeqCst)
-        };
-        Usage {
-            memory_bytes: memory.map_or(0, |m| m.0),
-            memory_limit_bytes: memory.map_or(0, |m| m.1),
-            cpu_ns,
-            vms: u64::from(memory.is_some()),
+        let probe = self.probe.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match probe {
+            Some(p) => Usage {
+                memory_bytes: p.resident_bytes(),
+                memory_limit_bytes: p.size_bytes(),
+                cpu_ns: p.cpu_ns(),
+                vms: 1,
+            },
+            None => Usage {
+                cpu_ns: self.cpu_ns.load(Ordering::SeqCst),
+                ..Usage::default()
+            },
         }
     }
 }

@@ -30,7 +30,7 @@ impl Containerd {
     }
 
     /// containerd with its CRI plugin: Flint as the runtime handler
-    /// `flint` (as runtime-class/deploy/ configures it), `sandbox_image` as
+    /// `flint` (configured by runtime-class/deploy/'s snippet), `sandbox_image` as
     /// the pods' sandbox image, no CNI (pods use the host's network).
     pub fn start_with_cri(name: &str, sandbox_image: &str) -> Self {
         let cri = format!(
@@ -39,9 +39,9 @@ impl Containerd {
   restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.flint]
-    runtime_type = "io.containerd.flint.v2"
-"#
+{}"#,
+            // The snippet runtime-class/deploy/ tells users to add.
+            include_str!("../../deploy/containerd-1.6-1.7.toml")
         );
         Self::with_config(name, &cri, "k8s.io")
     }

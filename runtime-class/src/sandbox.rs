@@ -5,13 +5,14 @@
 //! task service (`service.rs`) only translates to and from these calls.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::io::ProcessIo;
 use flint_executor::{GuestIo, Invocation, ReadyVm, RunError, VmConfig, VmProbe};
 use tokio::sync::watch;
 
@@ -58,6 +59,8 @@ pub struct Stdio {
 #[derive(Debug, Clone, Default)]
 pub struct Spec {
     pub id: String,
+    /// containerd's namespace (a `binary://` logger is told it).
+    pub namespace: String,
     pub bundle: PathBuf,
     pub stdio: Stdio,
 }
@@ -99,6 +102,7 @@ pub struct Usage {
 #[derive(Debug)]
 pub struct Process {
     pub container_id: String,
+    namespace: String,
     pub exec_id: String,
     pub stdio: Stdio,
     program: Option<Program>,
@@ -253,10 +257,11 @@ fn no_terminal(stdio: &Stdio) -> Result<(), SandboxError> {
 }
 
 impl Process {
-    fn new(container_id: &str, exec_id: &str, stdio: Stdio, program: Option<Program>) -> Self {
+    fn new(spec: &Spec, exec_id: &str, stdio: Stdio, program: Option<Program>) -> Self {
         let (exited, _) = watch::channel(false);
         Self {
-            container_id: container_id.to_string(),
+            container_id: spec.id.clone(),
+            namespace: spec.namespace.clone(),
             exec_id: exec_id.to_string(),
             stdio,
             program,
@@ -323,22 +328,29 @@ impl Process {
             });
             return Ok(());
         }
+        let back_to_created = |e: SandboxError| {
+            self.status.lock().unwrap_or_else(|e| e.into_inner()).0 = Status::Created;
+            e
+        };
+        let io = ProcessIo::open(&self.stdio, &self.namespace, &self.container_id)
+            .map_err(back_to_created)?;
         std::thread::Builder::new()
             .name(format!("flint-vm-{}", self.name()))
             .spawn(move || {
-                let code = p.run();
+                let code = p.run(io);
                 on_exit(p.finish(code));
             })
-            .map_err(|e| SandboxError::Io(format!("starting the VM thread: {e}")))?;
+            .map_err(|e| {
+                back_to_created(SandboxError::Io(format!("starting the VM thread: {e}")))
+            })?;
         Ok(())
     }
 
     /// Boots the VM, runs the module, returns the exit status.
-    fn run(&self) -> u32 {
+    fn run(&self, mut io: ProcessIo) -> u32 {
         let Some(program) = &self.program else {
             return 0;
         };
-        let mut io = FifoIo::open(&self.stdio);
         let config = VmConfig {
             memory_mib: program.memory_mib,
             timeout: None,
@@ -356,7 +368,7 @@ impl Process {
             self.probe.lock().unwrap_or_else(|e| e.into_inner()).take();
             r
         });
-        match result {
+        let code = match result {
             Ok(r) => r.exit_code as u32 & 0xff,
             Err(RunError::Aborted) => 128 + libc::SIGKILL as u32,
             Err(e) => {
@@ -367,7 +379,9 @@ impl Process {
                     _ => 1,
                 }
             }
-        }
+        };
+        io.close();
+        code
     }
 
     /// Stops the process (any signal but 0 stops a VM).
@@ -454,7 +468,7 @@ impl Container {
             Kind::PodSandbox => None,
             Kind::Workload => Some(program(&c.root, c.args, c.env, c.memory_mib)?),
         };
-        let init = Arc::new(Process::new(&spec.id, "", spec.stdio.clone(), program));
+        let init = Arc::new(Process::new(&spec, "", spec.stdio.clone(), program));
         Ok(Self {
             kind: c.kind,
             rootfs_mounted,
@@ -498,7 +512,7 @@ impl Container {
             env_pairs(&v["env"]),
             self.memory_mib,
         )?;
-        let p = Arc::new(Process::new(&self.spec.id, exec_id, stdio, Some(program)));
+        let p = Arc::new(Process::new(&self.spec, exec_id, stdio, Some(program)));
         let mut execs = self.execs.lock().unwrap_or_else(|e| e.into_inner());
         if execs.contains_key(exec_id) {
             return Err(SandboxError::Exists(format!(
@@ -571,78 +585,6 @@ impl Container {
                 cpu_ns: a.cpu_ns + u.cpu_ns,
                 vms: a.vms + u.vms,
             })
-    }
-}
-
-/// The container's stdio: containerd's FIFOs (or files). Stdout and stderr
-/// that cannot be opened are dropped; stdin may be absent.
-struct FifoIo {
-    stdin: Option<File>,
-    stdout: Option<File>,
-    stderr: Option<File>,
-}
-
-/// Opens without blocking (a FIFO's open waits for its other end), then
-/// switches the descriptor back to blocking I/O.
-fn open_nonblocking(path: &str, write: bool) -> Option<File> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = path.strip_prefix("file://").unwrap_or(path);
-    if path.is_empty() || path.starts_with("binary://") {
-        return None;
-    }
-    let f = OpenOptions::new()
-        .read(!write)
-        .write(write)
-        .append(write && !Path::new(path).exists())
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    let fd = f.as_raw_fd();
-    // SAFETY: fcntl on a descriptor we own; only the O_NONBLOCK flag changes.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
-        }
-    }
-    Some(f)
-}
-
-impl FifoIo {
-    fn open(stdio: &Stdio) -> Self {
-        Self {
-            stdin: open_nonblocking(&stdio.stdin, false),
-            stdout: open_nonblocking(&stdio.stdout, true),
-            stderr: open_nonblocking(&stdio.stderr, true),
-        }
-    }
-}
-
-/// Writes to an output stream; once its reader is gone (a detached `ctr
-/// run` exits at once), further output is dropped: the function keeps
-/// running, as a process that ignores SIGPIPE would.
-fn write_or_drop(out: &mut Option<File>, data: &[u8]) -> std::io::Result<()> {
-    if let Some(f) = out {
-        if f.write_all(data).is_err() {
-            *out = None;
-        }
-    }
-    Ok(())
-}
-
-impl GuestIo for FifoIo {
-    fn stdout(&mut self, data: &[u8]) -> std::io::Result<()> {
-        write_or_drop(&mut self.stdout, data)
-    }
-    fn stderr(&mut self, data: &[u8]) -> std::io::Result<()> {
-        write_or_drop(&mut self.stderr, data)
-    }
-    fn stdin(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match &mut self.stdin {
-            Some(f) => f.read(buf),
-            None => Ok(0),
-        }
     }
 }
 

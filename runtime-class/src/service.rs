@@ -147,6 +147,7 @@ impl Task for Service {
         }
         let spec = Spec {
             id: req.id.clone(),
+            namespace: self.namespace.clone(),
             bundle: bundle.clone(),
             stdio: Stdio {
                 stdin: req.stdin.clone(),

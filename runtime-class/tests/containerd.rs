@@ -162,6 +162,99 @@ fn ctr_runs_wasm_images_in_flint_vms() {
     );
     assert!(ev.contains("\"e1\""), "the exec's exit names it:\n{ev}");
 
+    // Stdin comes from containerd's FIFO (ctr attaches its own), env from
+    // the spec.
+    let mut child = std::process::Command::new("ctr")
+        .arg("-a")
+        .arg(&ctd.sock)
+        .args([
+            "run",
+            "--rm",
+            "--env",
+            "GREETING=hi",
+            "--runtime",
+            FLINT,
+            "docker.io/library/tools:v1",
+            "t8",
+            "/echo.wasm",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"from stdin\n").unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(text(&o.stdout), "from stdin\n", "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("GREETING=hi"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(0));
+
+    // Output to a file:// URI (appended), or to a binary:// logger.
+    let log = ctd.dir.join("logs/t6.log");
+    let uri = format!("file://{}", log.display());
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(&log, "before\n").unwrap();
+    let o = ctd.ctr(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        &uri,
+        "--runtime",
+        FLINT,
+        "docker.io/library/fib:v1",
+        "t6",
+        "/fib.wasm",
+        "x",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.starts_with("before\n") && logged.contains("N must be an integer"),
+        "{logged}"
+    );
+    let logger = ctd.dir.join("logger.sh");
+    std::fs::write(
+        &logger,
+        "#!/bin/sh\n# containerd's binary logger protocol: stdout on fd 3, stderr on fd 4, ready by closing fd 5.\nexec 5>&-\ncat <&3 > \"$2/out\" &\ncat <&4 > \"$2/err\"\nwait\necho \"$CONTAINER_NAMESPACE/$CONTAINER_ID\" > \"$2/who\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let uri = format!("binary://{}?dir={}", logger.display(), ctd.dir.display());
+    let o = ctd.ctr(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        &uri,
+        "--runtime",
+        FLINT,
+        "docker.io/library/hello:v1",
+        "t7",
+        "/hello.wasm",
+        "logger",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ctd.dir.join("who").exists() {
+        assert!(Instant::now() < deadline, "the logger did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        std::fs::read_to_string(ctd.dir.join("out")).unwrap(),
+        "hello, logger\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ctd.dir.join("who")).unwrap().trim(),
+        "default/t7"
+    );
+
     // `ctr run -t` (under a pseudo-terminal, as a user types it) fails with
     // a message that says why.
     let cmd = format!(

@@ -309,6 +309,7 @@ pub fn tools_image(ctd: &Containerd) {
             ("spin.wasm", &flint_examples::bytes("spin")),
             ("hello.wasm", &flint_examples::bytes("hello")),
             ("fib.wasm", &flint_examples::bytes("fib")),
+            ("echo.wasm", &flint_examples::bytes("echo")),
         ],
         "docker.io/library/tools:v1",
     );

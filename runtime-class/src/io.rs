@@ -1,0 +1,269 @@
+//! A process's stdio as containerd hands it to a shim: FIFO paths, or
+//! `file://` URIs (output appended to a file), or `binary://` URIs (a
+//! logging program containerd's users supply, fed through pipes as fds 3
+//! and 4, which closes fd 5 once it is ready), or nothing.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use flint_executor::GuestIo;
+
+use crate::sandbox::{SandboxError, Stdio};
+
+/// How long a `binary://` logger may take to say it is ready.
+const LOGGER_READY: Duration = Duration::from_secs(10);
+
+/// The open stdio of one process.
+#[derive(Debug)]
+pub struct ProcessIo {
+    stdin: Option<File>,
+    stdout: Option<File>,
+    stderr: Option<File>,
+    logger: Option<Child>,
+}
+
+fn io_err(what: &str, e: std::io::Error) -> SandboxError {
+    SandboxError::Io(format!("{what}: {e}"))
+}
+
+/// Opens a FIFO without blocking (its open would wait for the other end),
+/// then switches the descriptor back to blocking I/O.
+fn open_fifo(path: &str, write: bool) -> std::io::Result<File> {
+    let f = OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own; only the O_NONBLOCK flag changes.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(f)
+}
+
+/// A `file://` URI: output appended to the file, created with its
+/// directories if needed.
+fn open_log_file(path: &str) -> std::io::Result<File> {
+    if let Some(dir) = Path::new(path).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Percent-decodes a URI component (in the query, `+` is a space).
+fn unescape(s: &str, query: bool) -> String {
+    let s = if query {
+        s.replace('+', " ")
+    } else {
+        s.to_string()
+    };
+    percent_encoding::percent_decode_str(&s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// `binary:///path/to/logger?key=value&flag`: the program and its
+/// arguments (`key value flag`, as containerd builds them).
+fn parse_binary_uri(uri: &str) -> Result<(String, Vec<String>), SandboxError> {
+    let rest = &uri["binary://".len()..];
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let path = unescape(path, false);
+    if !path.starts_with('/') {
+        return Err(SandboxError::Invalid(format!(
+            "{uri}: a binary:// logger needs an absolute path"
+        )));
+    }
+    let mut args = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        args.push(unescape(k, true));
+        if !v.is_empty() {
+            args.push(unescape(v, true));
+        }
+    }
+    Ok((path, args))
+}
+
+/// Starts a `binary://` logger: stdout on its fd 3, stderr on fd 4; waits
+/// until it closes fd 5 (ready) or exits.
+fn start_logger(
+    uri: &str,
+    namespace: &str,
+    container_id: &str,
+) -> Result<(File, File, Child), SandboxError> {
+    let (program, args) = parse_binary_uri(uri)?;
+    let (out_r, out_w) = pipe().map_err(|e| io_err("a pipe for the logger", e))?;
+    let (err_r, err_w) = pipe().map_err(|e| io_err("a pipe for the logger", e))?;
+    let (ready_r, ready_w) = pipe().map_err(|e| io_err("a pipe for the logger", e))?;
+    let fds = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
+    let mut cmd = Command::new(&program);
+    cmd.args(&args)
+        .env("CONTAINER_ID", container_id)
+        .env("CONTAINER_NAMESPACE", namespace)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: between fork and exec only async-signal-safe calls (fcntl,
+    // dup2) on descriptors this process owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move the three ends above 5 first, so no dup2 clobbers another.
+            let mut high = [0; 3];
+            for (h, fd) in high.iter_mut().zip(fds) {
+                *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+                if *h < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (target, fd) in (3..).zip(high) {
+                if libc::dup2(fd, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| io_err(&format!("starting the logger {program}"), e))?;
+    drop((out_r, err_r, ready_w));
+    // Ready when fd 5 is closed: a read returns end of file.
+    let ready = File::from(ready_r);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut ready = ready;
+        let _ = ready.read(&mut [0u8; 1]);
+        let _ = tx.send(());
+    });
+    if rx.recv_timeout(LOGGER_READY).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(SandboxError::Io(format!(
+            "the logger {program} did not become ready within {LOGGER_READY:?}"
+        )));
+    }
+    Ok((File::from(out_w), File::from(err_w), child))
+}
+
+impl ProcessIo {
+    /// Opens the process's stdio. Output FIFOs that cannot be opened are
+    /// dropped (nobody reads them); a file or logger that cannot be set up
+    /// is an error.
+    pub fn open(stdio: &Stdio, namespace: &str, container_id: &str) -> Result<Self, SandboxError> {
+        let mut io = Self {
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            logger: None,
+        };
+        if !stdio.stdin.is_empty() {
+            io.stdin = Some(
+                open_fifo(&stdio.stdin, false)
+                    .map_err(|e| io_err(&format!("opening stdin {}", stdio.stdin), e))?,
+            );
+        }
+        if stdio.stdout.starts_with("binary://") {
+            let (out, err, child) = start_logger(&stdio.stdout, namespace, container_id)?;
+            io.stdout = Some(out);
+            io.stderr = Some(err);
+            io.logger = Some(child);
+            return Ok(io);
+        }
+        for (uri, slot) in [
+            (&stdio.stdout, &mut io.stdout),
+            (&stdio.stderr, &mut io.stderr),
+        ] {
+            *slot = if let Some(path) = uri.strip_prefix("file://") {
+                Some(
+                    open_log_file(path)
+                        .map_err(|e| io_err(&format!("opening the log file {path}"), e))?,
+                )
+            } else if uri.is_empty() {
+                None
+            } else {
+                open_fifo(uri, true).ok()
+            };
+        }
+        Ok(io)
+    }
+
+    /// Closes the output and waits briefly for a logger to finish writing.
+    pub fn close(mut self) {
+        self.stdout = None;
+        self.stderr = None;
+        if let Some(mut child) = self.logger.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                match child.try_wait() {
+                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                    _ => return,
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Writes to an output stream; once its reader is gone (a detached `ctr
+/// run` exits at once), further output is dropped: the function keeps
+/// running, as a process that ignores SIGPIPE would.
+fn write_or_drop(out: &mut Option<File>, data: &[u8]) -> std::io::Result<()> {
+    if let Some(f) = out {
+        if f.write_all(data).is_err() {
+            *out = None;
+        }
+    }
+    Ok(())
+}
+
+impl GuestIo for ProcessIo {
+    fn stdout(&mut self, data: &[u8]) -> std::io::Result<()> {
+        write_or_drop(&mut self.stdout, data)
+    }
+    fn stderr(&mut self, data: &[u8]) -> std::io::Result<()> {
+        write_or_drop(&mut self.stderr, data)
+    }
+    fn stdin(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.stdin {
+            Some(f) => f.read(buf),
+            None => Ok(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_uris_become_a_program_and_arguments() {
+        let (p, a) =
+            parse_binary_uri("binary:///usr/bin/my%20logger?id=7&verbose&dir=%2Ftmp").unwrap();
+        assert_eq!(p, "/usr/bin/my logger");
+        assert_eq!(a, ["id", "7", "verbose", "dir", "/tmp"]);
+        assert!(parse_binary_uri("binary://relative/logger").is_err());
+        assert_eq!(unescape("a%2", false), "a%2");
+        assert_eq!(unescape("%zz%41+b", true), "%zzA b");
+    }
+}

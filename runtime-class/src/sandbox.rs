@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -108,6 +108,8 @@ pub struct Process {
     program: Option<Program>,
     status: Mutex<(Status, Option<Exit>)>,
     abort: Arc<AtomicBool>,
+    /// The signal Kill was given: the exit status is 128 + it.
+    signal: AtomicU32,
     exited: watch::Sender<bool>,
     /// The running VM's memory and CPU, for stats; the CPU time it used
     /// once it has ended.
@@ -267,6 +269,7 @@ impl Process {
             program,
             status: Mutex::new((Status::Created, None)),
             abort: Arc::new(AtomicBool::new(false)),
+            signal: AtomicU32::new(libc::SIGKILL as u32),
             exited,
             probe: Mutex::new(None),
             cpu_ns: AtomicU64::new(0),
@@ -370,7 +373,7 @@ impl Process {
         });
         let code = match result {
             Ok(r) => r.exit_code as u32 & 0xff,
-            Err(RunError::Aborted) => 128 + libc::SIGKILL as u32,
+            Err(RunError::Aborted) => 128 + self.signal.load(Ordering::SeqCst),
             Err(e) => {
                 let _ = io.stderr(format!("flint: {e}\n").as_bytes());
                 match e {
@@ -389,9 +392,13 @@ impl Process {
         if signal == 0 {
             return Ok(());
         }
+        if signal > 64 {
+            return Err(SandboxError::Invalid(format!("{signal} is not a signal")));
+        }
         let status = self.status().0;
         match status {
             Status::Running if self.program.is_some() => {
+                self.signal.store(signal, Ordering::SeqCst);
                 self.abort.store(true, Ordering::SeqCst);
                 Ok(())
             }

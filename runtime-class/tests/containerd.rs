@@ -143,7 +143,7 @@ fn ctr_runs_wasm_images_in_flint_vms() {
         "a spinning VM uses CPU: {cpu1} then {cpu2} ns"
     );
 
-    ctd.kill_and_remove("t3");
+    ctd.kill_and_remove("t3", "SIGTERM");
     let ev = events();
     assert!(
         in_order(
@@ -161,6 +161,10 @@ fn ctr_runs_wasm_images_in_flint_vms() {
         "events:\n{ev}"
     );
     assert!(ev.contains("\"e1\""), "the exec's exit names it:\n{ev}");
+    assert!(
+        ev.contains("\"exit_status\":143"),
+        "SIGTERM ends the task with 128 + 15:\n{ev}"
+    );
 
     // Stdin comes from containerd's FIFO (ctr attaches its own), env from
     // the spec.
@@ -319,7 +323,7 @@ fn tasks_survive_containerd_restarts_and_killed_shims_are_cleaned_up() {
         "again",
     ]);
     assert_eq!(text(&o.stdout), "hello, again\n", "{}", text(&o.stderr));
-    ctd.kill_and_remove("r1");
+    ctd.kill_and_remove("r1", "SIGKILL");
 
     // The shim is killed: containerd notices, the shim's `delete` action
     // cleans up (rootfs mount, socket), and the container can be removed.

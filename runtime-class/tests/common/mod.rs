@@ -197,8 +197,8 @@ impl Containerd {
         self.wait_status(id, Some("RUNNING"));
     }
 
-    pub fn kill_and_remove(&self, id: &str) {
-        let o = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    pub fn kill_and_remove(&self, id: &str, signal: &str) {
+        let o = self.ctr(&["task", "kill", "-s", signal, id]);
         assert!(o.status.success(), "{}", text(&o.stderr));
         self.wait_status(id, Some("STOPPED"));
         assert!(self.ctr(&["task", "rm", id]).status.success());

@@ -10,6 +10,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flint_executor::GuestIo;
@@ -23,6 +25,8 @@ const LOGGER_READY: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct ProcessIo {
     stdin: Option<File>,
+    /// Set by CloseIO: stdin reads end of file from then on.
+    stdin_closed: Arc<AtomicBool>,
     stdout: Option<File>,
     stderr: Option<File>,
     logger: Option<Child>,
@@ -169,9 +173,15 @@ impl ProcessIo {
     /// Opens the process's stdio. Output FIFOs that cannot be opened are
     /// dropped (nobody reads them); a file or logger that cannot be set up
     /// is an error.
-    pub fn open(stdio: &Stdio, namespace: &str, container_id: &str) -> Result<Self, SandboxError> {
+    pub fn open(
+        stdio: &Stdio,
+        namespace: &str,
+        container_id: &str,
+        stdin_closed: Arc<AtomicBool>,
+    ) -> Result<Self, SandboxError> {
         let mut io = Self {
             stdin: None,
+            stdin_closed,
             stdout: None,
             stderr: None,
             logger: None,
@@ -245,6 +255,9 @@ impl GuestIo for ProcessIo {
         write_or_drop(&mut self.stderr, data)
     }
     fn stdin(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.stdin_closed.load(Ordering::SeqCst) {
+            self.stdin = None;
+        }
         match &mut self.stdin {
             Some(f) => f.read(buf),
             None => Ok(0),

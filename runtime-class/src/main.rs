@@ -70,6 +70,9 @@ impl Shim for FlintShim {
         }
         let mut r = api::DeleteResponse::new();
         r.exit_status = 128 + libc::SIGKILL as u32;
+        if let Ok(now) = containerd_shim::util::timestamp() {
+            r.exited_at = Some(now).into();
+        }
         Ok(r)
     }
 

@@ -108,6 +108,7 @@ pub struct Process {
     program: Option<Program>,
     status: Mutex<(Status, Option<Exit>)>,
     abort: Arc<AtomicBool>,
+    stdin_closed: Arc<AtomicBool>,
     /// The signal Kill was given: the exit status is 128 + it.
     signal: AtomicU32,
     exited: watch::Sender<bool>,
@@ -269,6 +270,7 @@ impl Process {
             program,
             status: Mutex::new((Status::Created, None)),
             abort: Arc::new(AtomicBool::new(false)),
+            stdin_closed: Arc::new(AtomicBool::new(false)),
             signal: AtomicU32::new(libc::SIGKILL as u32),
             exited,
             probe: Mutex::new(None),
@@ -335,8 +337,13 @@ impl Process {
             self.status.lock().unwrap_or_else(|e| e.into_inner()).0 = Status::Created;
             e
         };
-        let io = ProcessIo::open(&self.stdio, &self.namespace, &self.container_id)
-            .map_err(back_to_created)?;
+        let io = ProcessIo::open(
+            &self.stdio,
+            &self.namespace,
+            &self.container_id,
+            self.stdin_closed.clone(),
+        )
+        .map_err(back_to_created)?;
         std::thread::Builder::new()
             .name(format!("flint-vm-{}", self.name()))
             .spawn(move || {
@@ -411,6 +418,11 @@ impl Process {
                 self.name()
             ))),
         }
+    }
+
+    /// Closes the process's stdin (CloseIO): its reads see end of file.
+    pub fn close_stdin(&self) {
+        self.stdin_closed.store(true, Ordering::SeqCst);
     }
 
     /// Stops the process if it still runs (its container went away).

@@ -366,8 +366,12 @@ impl Task for Service {
     async fn close_io(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::CloseIORequest,
+        req: api::CloseIORequest,
     ) -> TtrpcResult<api::Empty> {
+        let (_, p) = self.process(&req.id, &req.exec_id)?;
+        if req.stdin {
+            p.close_stdin();
+        }
         Ok(api::Empty::new())
     }
 

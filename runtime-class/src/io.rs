@@ -21,6 +21,10 @@ use crate::sandbox::{SandboxError, Stdio};
 /// How long a `binary://` logger may take to say it is ready.
 const LOGGER_READY: Duration = Duration::from_secs(10);
 
+/// How long an output FIFO may wait for its reader (containerd's client
+/// opens its end around the same time as it starts the process).
+const FIFO_READER: Duration = Duration::from_secs(10);
+
 /// The open stdio of one process.
 #[derive(Debug)]
 pub struct ProcessIo {
@@ -53,6 +57,22 @@ fn open_fifo(path: &str, write: bool) -> std::io::Result<File> {
         }
     }
     Ok(f)
+}
+
+/// Opens an output FIFO once it has a reader (opening for writing without
+/// one fails with ENXIO), or gives up after [`FIFO_READER`]: the output is
+/// then dropped, as nobody reads it.
+fn open_output_fifo(path: &str) -> Option<File> {
+    let deadline = Instant::now() + FIFO_READER;
+    loop {
+        match open_fifo(path, true) {
+            Ok(f) => return Some(f),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(_) => return None,
+        }
+    }
 }
 
 /// A `file://` URI: output appended to the file, created with its
@@ -170,9 +190,9 @@ fn start_logger(
 }
 
 impl ProcessIo {
-    /// Opens the process's stdio. Output FIFOs that cannot be opened are
-    /// dropped (nobody reads them); a file or logger that cannot be set up
-    /// is an error.
+    /// Opens the process's stdio; this can block (see [`FIFO_READER`]).
+    /// Output FIFOs that cannot be opened are dropped (nobody reads them);
+    /// a file or logger that cannot be set up is an error.
     pub fn open(
         stdio: &Stdio,
         namespace: &str,
@@ -211,7 +231,7 @@ impl ProcessIo {
             } else if uri.is_empty() {
                 None
             } else {
-                open_fifo(uri, true).ok()
+                open_output_fifo(uri)
             };
         }
         Ok(io)
@@ -255,12 +275,25 @@ impl GuestIo for ProcessIo {
         write_or_drop(&mut self.stderr, data)
     }
     fn stdin(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.stdin_closed.load(Ordering::SeqCst) {
-            self.stdin = None;
+        let Some(f) = &mut self.stdin else {
+            return Ok(0);
+        };
+        if !self.stdin_closed.load(Ordering::SeqCst) {
+            return f.read(buf);
         }
-        match &mut self.stdin {
-            Some(f) => f.read(buf),
-            None => Ok(0),
+        // Closed: what the FIFO still holds is read, then end of file
+        // instead of waiting for a writer.
+        let fd = f.as_raw_fd();
+        // SAFETY: fcntl on a descriptor we own; only O_NONBLOCK changes.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
+        match f.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+            other => other,
         }
     }
 }

@@ -305,10 +305,33 @@ impl Process {
         exit
     }
 
-    /// Starts the process; `on_exit` runs when it ends. A module runs on
-    /// its own thread; a pod sandbox just runs until it is killed.
+    /// Opens the process's stdio (this can block: call it off the async
+    /// runtime). A pod sandbox has none.
+    pub fn open_io(&self) -> Result<Option<ProcessIo>, SandboxError> {
+        if self.program.is_none() {
+            return Ok(None);
+        }
+        if self.status().0 != Status::Created {
+            return Err(SandboxError::State(format!(
+                "process {} was already started",
+                self.name()
+            )));
+        }
+        ProcessIo::open(
+            &self.stdio,
+            &self.namespace,
+            &self.container_id,
+            self.stdin_closed.clone(),
+        )
+        .map(Some)
+    }
+
+    /// Starts the process with its stdio from [`Self::open_io`]; `on_exit`
+    /// runs when it ends. A module runs on its own thread; a pod sandbox
+    /// just runs until it is killed.
     pub fn start(
         self: &Arc<Self>,
+        io: Option<ProcessIo>,
         on_exit: impl FnOnce(Exit) + Send + 'static,
     ) -> Result<(), SandboxError> {
         {
@@ -322,7 +345,7 @@ impl Process {
             st.0 = Status::Running;
         }
         let p = self.clone();
-        if self.program.is_none() {
+        let Some(io) = io.filter(|_| self.program.is_some()) else {
             // Killing the sandbox ends it; report the exit like a process's.
             let mut rx = self.exited.subscribe();
             tokio::spawn(async move {
@@ -332,18 +355,7 @@ impl Process {
                 }
             });
             return Ok(());
-        }
-        let back_to_created = |e: SandboxError| {
-            self.status.lock().unwrap_or_else(|e| e.into_inner()).0 = Status::Created;
-            e
         };
-        let io = ProcessIo::open(
-            &self.stdio,
-            &self.namespace,
-            &self.container_id,
-            self.stdin_closed.clone(),
-        )
-        .map_err(back_to_created)?;
         std::thread::Builder::new()
             .name(format!("flint-vm-{}", self.name()))
             .spawn(move || {
@@ -351,7 +363,8 @@ impl Process {
                 on_exit(p.finish(code));
             })
             .map_err(|e| {
-                back_to_created(SandboxError::Io(format!("starting the VM thread: {e}")))
+                self.status.lock().unwrap_or_else(|e| e.into_inner()).0 = Status::Created;
+                SandboxError::Io(format!("starting the VM thread: {e}"))
             })?;
         Ok(())
     }

@@ -182,11 +182,16 @@ impl Task for Service {
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
         let (c, p) = self.process(&req.id, &req.exec_id)?;
+        let opening = p.clone();
+        let io = tokio::task::spawn_blocking(move || opening.open_io())
+            .await
+            .map_err(|e| status(Code::INTERNAL, format!("opening stdio: {e}")))?
+            .map_err(map_err)?;
         let handle = tokio::runtime::Handle::current();
         let me = self.clone();
         let p2 = p.clone();
         let is_init = req.exec_id.is_empty();
-        p.start(move |exit| {
+        p.start(io, move |exit| {
             if is_init {
                 c.stop_execs();
             }

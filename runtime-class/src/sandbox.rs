@@ -44,6 +44,8 @@ pub struct Exit {
     pub status: u32,
     /// Seconds and nanoseconds since the Unix epoch.
     pub at: (i64, i32),
+    /// The process was stopped for running out of its VM's memory.
+    pub oom: bool,
 }
 
 /// Where a process's stdio goes: containerd's FIFOs, files or nothing.
@@ -294,15 +296,26 @@ impl Process {
             .clone()
     }
 
-    fn finish(&self, code: u32) -> Exit {
+    fn finish(&self, code: u32, oom: bool) -> Exit {
         let exit = Exit {
             status: code,
             at: now(),
+            oom,
         };
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) =
             (Status::Stopped, Some(exit.clone()));
         let _ = self.exited.send(true);
         exit
+    }
+
+    fn not_started(&self, status: Status) -> Result<(), SandboxError> {
+        if status != Status::Created {
+            return Err(SandboxError::State(format!(
+                "process {} was already started",
+                self.name()
+            )));
+        }
+        Ok(())
     }
 
     /// Opens the process's stdio (this can block: call it off the async
@@ -311,12 +324,7 @@ impl Process {
         if self.program.is_none() {
             return Ok(None);
         }
-        if self.status().0 != Status::Created {
-            return Err(SandboxError::State(format!(
-                "process {} was already started",
-                self.name()
-            )));
-        }
+        self.not_started(self.status().0)?;
         ProcessIo::open(
             &self.stdio,
             &self.namespace,
@@ -336,12 +344,7 @@ impl Process {
     ) -> Result<(), SandboxError> {
         {
             let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
-            if st.0 != Status::Created {
-                return Err(SandboxError::State(format!(
-                    "process {} was already started",
-                    self.name()
-                )));
-            }
+            self.not_started(st.0)?;
             st.0 = Status::Running;
         }
         let p = self.clone();
@@ -359,8 +362,8 @@ impl Process {
         std::thread::Builder::new()
             .name(format!("flint-vm-{}", self.name()))
             .spawn(move || {
-                let code = p.run(io);
-                on_exit(p.finish(code));
+                let (code, oom) = p.run(io);
+                on_exit(p.finish(code, oom));
             })
             .map_err(|e| {
                 self.status.lock().unwrap_or_else(|e| e.into_inner()).0 = Status::Created;
@@ -369,10 +372,11 @@ impl Process {
         Ok(())
     }
 
-    /// Boots the VM, runs the module, returns the exit status.
-    fn run(&self, mut io: ProcessIo) -> u32 {
+    /// Boots the VM, runs the module, returns the exit status and whether
+    /// it ran out of memory.
+    fn run(&self, mut io: ProcessIo) -> (u32, bool) {
         let Some(program) = &self.program else {
-            return 0;
+            return (0, false);
         };
         let config = VmConfig {
             memory_mib: program.memory_mib,
@@ -391,20 +395,20 @@ impl Process {
             self.probe.lock().unwrap_or_else(|e| e.into_inner()).take();
             r
         });
-        let code = match result {
-            Ok(r) => r.exit_code as u32 & 0xff,
-            Err(RunError::Aborted) => 128 + self.signal.load(Ordering::SeqCst),
+        let outcome = match result {
+            Ok(r) => (r.exit_code as u32 & 0xff, false),
+            Err(RunError::Aborted) => (128 + self.signal.load(Ordering::SeqCst), false),
             Err(e) => {
                 let _ = io.stderr(format!("flint: {e}\n").as_bytes());
                 match e {
-                    RunError::Trap(_) => 128 + libc::SIGABRT as u32,
-                    RunError::OutOfMemory { .. } => 128 + libc::SIGKILL as u32,
-                    _ => 1,
+                    RunError::Trap(_) => (128 + libc::SIGABRT as u32, false),
+                    RunError::OutOfMemory { .. } => (128 + libc::SIGKILL as u32, true),
+                    _ => (1, false),
                 }
             }
         };
         io.close();
-        code
+        outcome
     }
 
     /// Stops the process (any signal but 0 stops a VM).
@@ -423,7 +427,7 @@ impl Process {
                 Ok(())
             }
             Status::Running | Status::Created => {
-                self.finish(128 + signal);
+                self.finish(128 + signal, false);
                 Ok(())
             }
             Status::Stopped => Err(SandboxError::NotFound(format!(
@@ -456,6 +460,7 @@ impl Process {
                 return Exit {
                     status: 255,
                     at: now(),
+                    oom: false,
                 };
             }
         }

@@ -11,7 +11,7 @@ use containerd_shim::protos::cgroups::metrics::{
     CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
 };
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
@@ -196,7 +196,18 @@ impl Task for Service {
                 c.stop_execs();
             }
             let ev = Service::exit_event(&p2, &exit);
+            let oom = exit.oom.then(|| {
+                let mut e = TaskOOM::new();
+                e.container_id = p2.container_id.clone();
+                e
+            });
             handle.spawn(async move {
+                // As runc's shim does on a cgroup OOM: CRI then reports the
+                // container as OOMKilled.
+                if let Some(oom) = oom {
+                    me.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(oom))
+                        .await;
+                }
                 me.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev))
                     .await
             });
@@ -302,6 +313,7 @@ impl Task for Service {
         let exit = exit.unwrap_or(Exit {
             status: 0,
             at: (0, 0),
+            oom: false,
         });
         if req.exec_id.is_empty() {
             c.stop_execs();

@@ -1,6 +1,6 @@
 //! Pods through containerd's CRI plugin, as the kubelet drives them: a pod
-//! sandbox with the runtime handler `flint`, two containers in it (one
-//! shim for the pod), their logs, exit codes and stats, then stop and
+//! sandbox with the runtime handler `flint`, containers in it (one shim
+//! for the pod), their logs, exit codes (OOMKilled too) and stats, then stop and
 //! remove, and nothing left behind. The CRI client is the `k8s-cri` crate
 //! (Kubernetes' CRI protos) over containerd's socket.
 
@@ -140,6 +140,7 @@ async fn cri_pods_run_their_containers_in_flint_vms() {
             ("hello.wasm", &flint_examples::bytes("hello")),
             ("echo.wasm", &flint_examples::bytes("echo")),
             ("spin.wasm", &flint_examples::bytes("spin")),
+            ("alloc.wasm", &flint_examples::bytes("alloc")),
         ],
         TOOLS_IMAGE,
     );
@@ -200,11 +201,23 @@ async fn cri_pods_run_their_containers_in_flint_vms() {
         ("greeter", vec!["/hello.wasm", "pod"], vec![]),
         ("env", vec!["/echo.wasm"], vec![("POD_GREETING", "hi")]),
         ("spinner", vec!["/spin.wasm"], vec![]),
+        ("hog", vec!["/alloc.wasm", "512"], vec![]),
     ] {
+        let mut config_c = container_config(name, &command, &env);
+        if name == "hog" {
+            // A 64 MiB limit: the container's VM gets 64 MiB of RAM.
+            config_c.linux = Some(LinuxContainerConfig {
+                resources: Some(LinuxContainerResources {
+                    memory_limit_in_bytes: 64 << 20,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
         let id = rt
             .create_container(CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
-                config: Some(container_config(name, &command, &env)),
+                config: Some(config_c),
                 sandbox_config: Some(config.clone()),
             })
             .await
@@ -227,6 +240,15 @@ async fn cri_pods_run_their_containers_in_flint_vms() {
     assert_eq!(s.exit_code, 0, "{s:?}");
     wait_log(&logs.join("env.log"), "stderr F POD_GREETING=hi").await;
     wait_log(&logs.join("spinner.log"), "stdout F spinning").await;
+    // A container that outgrows its memory limit is OOMKilled, as with runc.
+    let s = wait_exited(&mut rt, &ids["hog"]).await;
+    assert_eq!(s.exit_code, 137, "{s:?}");
+    assert_eq!(s.reason, "OOMKilled", "{s:?}");
+    wait_log(
+        &logs.join("hog.log"),
+        "needs more memory than the VM's 64 MiB",
+    )
+    .await;
 
     // All containers of the pod share one shim.
     let pids = shim_pids(&ctd.sock);

@@ -36,6 +36,7 @@ fn status(code: Code, msg: impl Into<String>) -> ttrpc::Error {
 }
 
 fn map_err(e: SandboxError) -> ttrpc::Error {
+    log::warn!("{e}");
     let code = match &e {
         SandboxError::NotFound(_) => Code::NOT_FOUND,
         SandboxError::Exists(_) => Code::ALREADY_EXISTS,
@@ -163,6 +164,7 @@ impl Task for Service {
             }
             return Err(map_err(e));
         }
+        log::info!("created {} from {}", req.id, req.bundle);
         let mut ev = TaskCreate::new();
         ev.container_id = req.id.clone();
         ev.bundle = req.bundle.clone();
@@ -195,6 +197,13 @@ impl Task for Service {
             if is_init {
                 c.stop_execs();
             }
+            log::info!(
+                "{} of {} exited with status {}{}",
+                p2.name(),
+                p2.container_id,
+                exit.status,
+                if exit.oom { " (out of memory)" } else { "" }
+            );
             let ev = Service::exit_event(&p2, &exit);
             let oom = exit.oom.then(|| {
                 let mut e = TaskOOM::new();

@@ -66,6 +66,17 @@ fn ctr_runs_wasm_images_in_flint_vms() {
         "events:\n{ev}"
     );
 
+    // Without a command, the image's entrypoint (the module) runs.
+    let o = ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        FLINT,
+        "docker.io/library/hello:v1",
+        "t0",
+    ]);
+    assert_eq!(text(&o.stdout), "hello, world\n", "{}", text(&o.stderr));
+
     // The function's exit status is the task's.
     let o = ctd.ctr(&[
         "run",

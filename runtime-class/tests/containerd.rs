@@ -30,16 +30,11 @@ fn ctr_runs_wasm_images_in_flint_vms() {
 
     // Events, in order, while a task runs.
     let events = ctd.events();
-    let o = ctd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        FLINT,
+    let o = ctd.run_rm(
         "docker.io/library/hello:v1",
         "t1",
-        "/hello.wasm",
-        "world",
-    ]);
+        &["/hello.wasm", "world"],
+    );
     assert_eq!(
         text(&o.stdout),
         "hello, world\n",
@@ -67,27 +62,11 @@ fn ctr_runs_wasm_images_in_flint_vms() {
     );
 
     // Without a command, the image's entrypoint (the module) runs.
-    let o = ctd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        FLINT,
-        "docker.io/library/hello:v1",
-        "t0",
-    ]);
+    let o = ctd.run_rm("docker.io/library/hello:v1", "t0", &[]);
     assert_eq!(text(&o.stdout), "hello, world\n", "{}", text(&o.stderr));
 
     // The function's exit status is the task's.
-    let o = ctd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        FLINT,
-        "docker.io/library/fib:v1",
-        "t2",
-        "/fib.wasm",
-        "abc",
-    ]);
+    let o = ctd.run_rm("docker.io/library/fib:v1", "t2", &["/fib.wasm", "abc"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     assert!(
         text(&o.stderr).contains("N must be an integer"),
@@ -291,15 +270,7 @@ fn ctr_runs_wasm_images_in_flint_vms() {
     let _ = ctd.ctr(&["container", "rm", "t5"]);
 
     // A Linux image is refused with a message that says what Flint runs.
-    let o = ctd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        FLINT,
-        "docker.io/library/notwasm:v1",
-        "t4",
-        "/sh",
-    ]);
+    let o = ctd.run_rm("docker.io/library/notwasm:v1", "t4", &["/sh"]);
     assert!(!o.status.success());
     assert!(
         text(&o.stderr).contains("not a WebAssembly module"),
@@ -356,16 +327,11 @@ fn tasks_survive_containerd_restarts_and_killed_shims_are_cleaned_up() {
     assert!(o.status.success(), "{}", text(&o.stderr));
 
     // A new task runs normally afterwards.
-    let o = ctd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        FLINT,
+    let o = ctd.run_rm(
         "docker.io/library/tools:v1",
         "r3",
-        "/hello.wasm",
-        "after",
-    ]);
+        &["/hello.wasm", "after"],
+    );
     assert_eq!(text(&o.stdout), "hello, after\n", "{}", text(&o.stderr));
 
     ctd.assert_nothing_left(&sockets);

@@ -182,6 +182,13 @@ impl Containerd {
         }
     }
 
+    /// `ctr run --rm` with Flint's runtime.
+    pub fn run_rm(&self, image: &str, id: &str, args: &[&str]) -> Output {
+        let mut a = vec!["run", "--rm", "--runtime", FLINT, image, id];
+        a.extend_from_slice(args);
+        self.ctr(&a)
+    }
+
     pub fn run_detached(&self, image: &str, id: &str, args: &[&str]) {
         let mut a = vec![
             "run",

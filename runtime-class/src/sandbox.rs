@@ -229,6 +229,11 @@ fn module_in_rootfs(root: &Path, arg0: &str) -> Result<Vec<u8>, SandboxError> {
             "{arg0} is not a WebAssembly module: Flint runs WASI preview 1 modules (.wasm) in its VMs, not Linux executables"
         )));
     }
+    wasmparser::Validator::new()
+        .validate_all(&bytes)
+        .map_err(|e| {
+            SandboxError::Invalid(format!("{arg0} is not a valid WebAssembly module: {e}"))
+        })?;
     Ok(bytes)
 }
 
@@ -697,6 +702,11 @@ mod tests {
         assert!(matches!(
             module_in_rootfs(&root, "/sh"),
             Err(SandboxError::Unsupported(m)) if m.contains("not a WebAssembly module")
+        ));
+        std::fs::write(root.join("broken.wasm"), b"\0asm\x01\0\0\0\x01\xff").unwrap();
+        assert!(matches!(
+            module_in_rootfs(&root, "/broken.wasm"),
+            Err(SandboxError::Invalid(m)) if m.contains("not a valid WebAssembly module")
         ));
         assert!(matches!(
             module_in_rootfs(&root, "/none.wasm"),

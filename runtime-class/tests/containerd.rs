@@ -269,6 +269,20 @@ fn ctr_runs_wasm_images_in_flint_vms() {
     );
     let _ = ctd.ctr(&["container", "rm", "t5"]);
 
+    // A broken module is refused at create, with the parser's reason.
+    ctd.import(
+        &[("broken.wasm", b"\0asm\x01\0\0\0\x0a\x05garbage")],
+        "docker.io/library/broken:v1",
+    );
+    let o = ctd.run_rm("docker.io/library/broken:v1", "t9", &[]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("not a valid WebAssembly module"),
+        "{}",
+        text(&o.stderr)
+    );
+    let _ = ctd.ctr(&["container", "rm", "t9"]);
+
     // A Linux image is refused with a message that says what Flint runs.
     let o = ctd.run_rm("docker.io/library/notwasm:v1", "t4", &["/sh"]);
     assert!(!o.status.success());

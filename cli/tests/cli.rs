@@ -3,21 +3,22 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::{flint, text};
 
 fn example(name: &str) -> String {
     flint_examples::path(name).display().to_string()
 }
 
-/// Writes `bytes` to a temporary file and returns its path.
-fn temp_module(name: &str, bytes: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("flint-cli-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
+/// Writes `bytes` to a temporary file (`...-NAME`, removed when dropped)
+/// and returns its path.
+fn temp_module(name: &str, bytes: &[u8]) -> tempfile::TempPath {
+    let f = tempfile::Builder::new()
+        .prefix("flint-cli-")
+        .suffix(&format!("-{name}"))
+        .tempfile()
+        .unwrap();
+    std::fs::write(f.path(), bytes).unwrap();
+    f.into_temp_path()
 }
 
 #[test]

@@ -37,9 +37,10 @@ fn get(port: u16, host: &str, path: &str) -> (u16, String) {
 #[test]
 fn serve_apply_list_delete_and_sigterm() {
     let (port, admin) = (free_port(), free_port());
-    let state = std::env::temp_dir().join(format!("flint-serve-cli-{}", std::process::id()));
-    let dir = std::env::temp_dir().join(format!("flint-serve-cli-m-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let state_tmp = tempfile::tempdir().unwrap();
+    let state = state_tmp.path().join("state");
+    let dir_tmp = tempfile::tempdir().unwrap();
+    let dir = dir_tmp.path();
     let manifest = dir.join("hello.yaml");
     std::fs::write(
         &manifest,

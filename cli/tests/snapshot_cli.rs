@@ -3,23 +3,24 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 fn flint(args: &[&str], stdin: &str) -> std::process::Output {
     common::flint(args, stdin, &[])
 }
 
 use common::text;
 
-fn dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("flint-cli-snap-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A directory for one snapshot, removed when dropped.
+fn dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("flint-cli-snap-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
 fn snapshot_invoke_inspect() {
-    let d = dir("hello");
+    let d_tmp = dir("hello");
+    let d = d_tmp.path();
     let ds = d.to_str().unwrap();
     let hello = flint_examples::path("hello");
     let o = flint(&["snapshot", hello.to_str().unwrap(), "-o", ds], "");
@@ -68,7 +69,8 @@ fn snapshot_invoke_inspect() {
 
 #[test]
 fn invoke_passes_stdin_env_and_exit_codes() {
-    let d = dir("echo");
+    let d_tmp = dir("echo");
+    let d = d_tmp.path();
     let ds = d.to_str().unwrap();
     let o = flint(
         &[
@@ -86,7 +88,9 @@ fn invoke_passes_stdin_env_and_exit_codes() {
     assert_eq!(text(&o.stdout), "piped\n");
     assert_eq!(text(&o.stderr), "A=1\n");
 
-    let d = dir("trap");
+    let d_tmp = dir("trap");
+
+    let d = d_tmp.path();
     let ds = d.to_str().unwrap();
     flint(
         &[
@@ -107,7 +111,8 @@ fn invoke_passes_stdin_env_and_exit_codes() {
 
 #[test]
 fn bad_snapshots_exit_119_with_the_reason() {
-    let d = dir("bad");
+    let d_tmp = dir("bad");
+    let d = d_tmp.path();
     let ds = d.to_str().unwrap();
     let o = flint(&["invoke", ds], "");
     assert_eq!(o.status.code(), Some(119));
@@ -140,8 +145,9 @@ fn bad_snapshots_exit_119_with_the_reason() {
 
 #[test]
 fn snapshotting_a_bad_module_fails_like_run() {
-    let d = dir("notwasm");
-    let p = std::env::temp_dir().join(format!("flint-cli-snap-{}.txt", std::process::id()));
+    let d_tmp = dir("notwasm");
+    let d = d_tmp.path();
+    let p = d.join("module.txt");
     std::fs::write(&p, "text").unwrap();
     let o = flint(
         &["snapshot", p.to_str().unwrap(), "-o", d.to_str().unwrap()],

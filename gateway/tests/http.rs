@@ -16,6 +16,8 @@ struct Running {
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<()>,
     gw: Arc<Gateway>,
+    /// The gateway's state directory, removed with it.
+    _state: tempfile::TempDir,
 }
 
 fn manifest(name: &str, example: &str, spec_extra: &str) -> String {
@@ -26,8 +28,11 @@ fn manifest(name: &str, example: &str, spec_extra: &str) -> String {
 }
 
 async fn start(services: &[String], max_body: usize) -> Running {
-    let state =
-        std::env::temp_dir().join(format!("flint-gw-{}-{}", std::process::id(), rand_suffix()));
+    let state_dir = tempfile::Builder::new()
+        .prefix("flint-gw-")
+        .tempdir()
+        .unwrap();
+    let state = state_dir.path().to_path_buf();
     let gw = Gateway::new(Settings {
         domain: "example.com".into(),
         max_body_bytes: max_body,
@@ -56,13 +61,8 @@ async fn start(services: &[String], max_body: usize) -> Running {
         stop: Some(tx),
         done,
         gw,
+        _state: state_dir,
     }
-}
-
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::SeqCst)
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns (status, head, body).
@@ -572,7 +572,8 @@ async fn images_can_be_oci_layouts() {
         "example.com/greet:v1",
     )
     .unwrap();
-    let tar = std::env::temp_dir().join(format!("flint-gw-oci-{}.tar", std::process::id()));
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("image.tar");
     std::fs::write(&tar, &archive).unwrap();
     let svc = manifest("oci", "greet", "").replace(
         &flint_examples::path("greet").display().to_string(),

@@ -9,7 +9,11 @@ use tokio::net::TcpListener;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_python_cloudevents_sdk_round_trips_every_mode() {
-    let state = std::env::temp_dir().join(format!("flint-gw-py-{}", std::process::id()));
+    let state_dir = tempfile::Builder::new()
+        .prefix("flint-gw-py-")
+        .tempdir()
+        .unwrap();
+    let state = state_dir.path().to_path_buf();
     let gw = Gateway::new(Settings {
         domain: "example.com".into(),
         max_body_bytes: 1 << 20,

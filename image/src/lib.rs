@@ -329,16 +329,15 @@ fn wasm_in_tar(blob: &[u8], gzip: bool) -> Result<Option<(Vec<u8>, String)>, Ima
 mod tests {
     use super::*;
 
-    fn write(bytes: &[u8]) -> PathBuf {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "flint-image-{}-{}.tar",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::write(&p, bytes).unwrap();
-        p
+    /// Writes an archive to a temporary file (removed when dropped).
+    fn write(bytes: &[u8]) -> tempfile::TempPath {
+        let f = tempfile::Builder::new()
+            .prefix("flint-image-")
+            .suffix(".tar")
+            .tempfile()
+            .unwrap();
+        std::fs::write(f.path(), bytes).unwrap();
+        f.into_temp_path()
     }
 
     #[test]
@@ -351,10 +350,10 @@ mod tests {
             (&module[..], "hello.wasm")
         );
         // The same as an unpacked directory.
-        let dir = std::env::temp_dir().join(format!("flint-image-dir-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        tar::Archive::new(archive.as_slice()).unpack(&dir).unwrap();
-        assert_eq!(find_module(&dir).unwrap().0, module);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        tar::Archive::new(archive.as_slice()).unpack(dir).unwrap();
+        assert_eq!(find_module(dir).unwrap().0, module);
         let index: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
         assert_eq!(
@@ -366,9 +365,9 @@ mod tests {
     #[test]
     fn damaged_images_are_refused() {
         let archive = build(b"\0asm\x01\0\0\0", "m.wasm", "x:1").unwrap();
-        let dir = std::env::temp_dir().join(format!("flint-image-bad-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        tar::Archive::new(archive.as_slice()).unpack(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        tar::Archive::new(archive.as_slice()).unpack(dir).unwrap();
         // Corrupt every blob: the digest check catches it.
         for e in std::fs::read_dir(dir.join("blobs/sha256")).unwrap() {
             let p = e.unwrap().path();
@@ -376,10 +375,10 @@ mod tests {
             b.push(b'!');
             std::fs::write(&p, b).unwrap();
         }
-        assert!(matches!(find_module(&dir), Err(ImageError::Digest(_))));
+        assert!(matches!(find_module(dir), Err(ImageError::Digest(_))));
         assert!(find_module(&write(b"not a tar at all, really not")).is_err());
         std::fs::write(dir.join("index.json"), b"{\"manifests\": []}").unwrap();
-        assert!(find_module(&dir)
+        assert!(find_module(dir)
             .unwrap_err()
             .to_string()
             .contains("no manifests"));

@@ -1,31 +1,29 @@
 //! Snapshots end to end: real VMs booted, saved to a directory, restored
 //! with each memory backend, with and without prefetch.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::time::Duration;
 
 use flint_executor::{run, BufferIo, Invocation, RunError, VmConfig};
 use flint_snapshotter::{create, Backend, InvokeOptions, Snapshot, SnapshotError};
 
-fn temp_dir(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "flint-snap-{}-{tag}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A directory of its own for one snapshot, removed when dropped.
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("flint-snap-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
-fn snapshot(name: &str) -> PathBuf {
+/// A snapshot of the example `name` (in its own directory, removed when
+/// dropped).
+fn snapshot(name: &str) -> tempfile::TempDir {
     let dir = temp_dir(name);
     let mut io = BufferIo::default();
     create(
         &flint_examples::bytes(name),
         &format!("{name}.wasm"),
-        &dir,
+        dir.path(),
         &VmConfig::default(),
         &mut io,
     )
@@ -69,10 +67,11 @@ fn same_as_cold_boot(name: &str, invocation: Invocation, stdin: &str) {
         &mut cold,
     )
     .map(|r| r.exit_code);
-    let dir = snapshot(name);
+    let dir_tmp = snapshot(name);
+    let dir = dir_tmp.path();
     for opts in all_options() {
         for round in 0..2 {
-            let snap = Snapshot::open(&dir).unwrap();
+            let snap = Snapshot::open(dir).unwrap();
             let mut io = BufferIo::with_stdin(stdin);
             let got = snap
                 .invoke(&invocation, &mut io, &opts)
@@ -89,7 +88,6 @@ fn same_as_cold_boot(name: &str, invocation: Invocation, stdin: &str) {
             assert_eq!(io.stderr, cold.stderr, "{ctx}");
         }
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -119,7 +117,8 @@ fn trap_restored_reports_the_trap() {
 
 #[test]
 fn spin_restored_is_stopped_by_the_timeout() {
-    let dir = snapshot("spin");
+    let dir_tmp = snapshot("spin");
+    let dir = dir_tmp.path();
     for backend in [Backend::File, Backend::Uffd] {
         let opts = InvokeOptions {
             backend,
@@ -127,7 +126,7 @@ fn spin_restored_is_stopped_by_the_timeout() {
             timeout: Some(Duration::from_millis(300)),
         };
         let mut io = BufferIo::default();
-        let r = Snapshot::open(&dir)
+        let r = Snapshot::open(dir)
             .unwrap()
             .invoke(&inv(&["spin"], &[]), &mut io, &opts);
         assert!(
@@ -140,23 +139,24 @@ fn spin_restored_is_stopped_by_the_timeout() {
 
 #[test]
 fn the_first_uffd_invocation_records_the_working_set_and_later_ones_prefetch_it() {
-    let dir = snapshot("hello");
-    assert_eq!(Snapshot::open(&dir).unwrap().info().working_set_pages, None);
+    let dir_tmp = snapshot("hello");
+    let dir = dir_tmp.path();
+    assert_eq!(Snapshot::open(dir).unwrap().info().working_set_pages, None);
     let opts = InvokeOptions::default();
-    let first = Snapshot::open(&dir)
+    let first = Snapshot::open(dir)
         .unwrap()
         .invoke(&inv(&["hello"], &[]), &mut BufferIo::default(), &opts)
         .unwrap();
     assert!(first.recorded_working_set);
     assert!(first.faulted_pages > 0);
     assert_eq!(first.prefetched_pages, 0);
-    let ws = Snapshot::open(&dir)
+    let ws = Snapshot::open(dir)
         .unwrap()
         .info()
         .working_set_pages
         .unwrap();
     assert!(ws > 10, "{ws} pages");
-    let second = Snapshot::open(&dir)
+    let second = Snapshot::open(dir)
         .unwrap()
         .invoke(&inv(&["hello"], &[]), &mut BufferIo::default(), &opts)
         .unwrap();
@@ -172,7 +172,7 @@ fn the_first_uffd_invocation_records_the_working_set_and_later_ones_prefetch_it(
         prefetch: false,
         ..opts
     };
-    let third = Snapshot::open(&dir)
+    let third = Snapshot::open(dir)
         .unwrap()
         .invoke(&inv(&["hello"], &[]), &mut BufferIo::default(), &off)
         .unwrap();
@@ -182,7 +182,8 @@ fn the_first_uffd_invocation_records_the_working_set_and_later_ones_prefetch_it(
 
 #[test]
 fn two_restores_draw_different_random_numbers_and_read_the_current_time() {
-    let dir = snapshot("entropy");
+    let dir_tmp = snapshot("entropy");
+    let dir = dir_tmp.path();
     std::thread::sleep(Duration::from_millis(50));
     let mut outs = Vec::new();
     for backend in [Backend::File, Backend::Uffd] {
@@ -195,7 +196,7 @@ fn two_restores_draw_different_random_numbers_and_read_the_current_time() {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
-        Snapshot::open(&dir)
+        Snapshot::open(dir)
             .unwrap()
             .invoke(&inv(&["entropy"], &[]), &mut io, &opts)
             .unwrap();
@@ -227,8 +228,9 @@ fn two_restores_draw_different_random_numbers_and_read_the_current_time() {
 
 #[test]
 fn fifty_restores_eight_at_a_time_are_independent() {
-    let dir = snapshot("counter");
-    let snap = Snapshot::open(&dir).unwrap();
+    let dir_tmp = snapshot("counter");
+    let dir = dir_tmp.path();
+    let snap = Snapshot::open(dir).unwrap();
     for batch in 0..7 {
         let n = if batch == 6 { 2 } else { 8 };
         std::thread::scope(|s| {
@@ -283,82 +285,96 @@ fn open_err(dir: &Path) -> String {
 
 #[test]
 fn corrupted_snapshots_are_refused_with_the_reason() {
-    let good = snapshot("hello");
+    let good_tmp = snapshot("hello");
+    let good = good_tmp.path();
     let copy = |tag: &str| {
         let d = temp_dir(tag);
-        std::fs::create_dir_all(&d).unwrap();
         for f in ["state.bin", "memory.bin"] {
-            std::fs::copy(good.join(f), d.join(f)).unwrap();
+            std::fs::copy(good.join(f), d.path().join(f)).unwrap();
         }
         d
     };
-    let d = copy("flip");
-    corrupt(&d, "state.bin", |b| {
+    let d_tmp = copy("flip");
+    let d = d_tmp.path();
+    corrupt(d, "state.bin", |b| {
         let mid = b.len() / 2;
         b[mid] ^= 0x40;
     });
     assert!(
-        open_err(&d).contains("checksum does not match"),
+        open_err(d).contains("checksum does not match"),
         "{}",
-        open_err(&d)
+        open_err(d)
     );
 
-    let d = copy("version");
-    corrupt(&d, "state.bin", |b| b[8] = 99);
+    let d_tmp = copy("version");
+
+    let d = d_tmp.path();
+    corrupt(d, "state.bin", |b| b[8] = 99);
+    assert!(open_err(d).contains("format version 99"), "{}", open_err(d));
+
+    let d_tmp = copy("arch");
+
+    let d = d_tmp.path();
+    corrupt(d, "state.bin", |b| b[12] = 7);
+    assert!(open_err(d).contains("architecture 7"), "{}", open_err(d));
+
+    let d_tmp = copy("magic");
+
+    let d = d_tmp.path();
+    corrupt(d, "state.bin", |b| b[0] = b'X');
     assert!(
-        open_err(&d).contains("format version 99"),
+        open_err(d).contains("not a Flint snapshot"),
         "{}",
-        open_err(&d)
+        open_err(d)
     );
 
-    let d = copy("arch");
-    corrupt(&d, "state.bin", |b| b[12] = 7);
-    assert!(open_err(&d).contains("architecture 7"), "{}", open_err(&d));
+    let d_tmp = copy("truncstate");
 
-    let d = copy("magic");
-    corrupt(&d, "state.bin", |b| b[0] = b'X');
+    let d = d_tmp.path();
+    corrupt(d, "state.bin", |b| b.truncate(b.len() / 3));
     assert!(
-        open_err(&d).contains("not a Flint snapshot"),
+        open_err(d).contains("checksum") || open_err(d).contains("truncated"),
         "{}",
-        open_err(&d)
+        open_err(d)
     );
 
-    let d = copy("truncstate");
-    corrupt(&d, "state.bin", |b| b.truncate(b.len() / 3));
-    assert!(
-        open_err(&d).contains("checksum") || open_err(&d).contains("truncated"),
-        "{}",
-        open_err(&d)
-    );
+    let d_tmp = copy("emptystate");
 
-    let d = copy("emptystate");
-    corrupt(&d, "state.bin", |b| b.clear());
-    assert!(open_err(&d).contains("truncated"), "{}", open_err(&d));
+    let d = d_tmp.path();
+    corrupt(d, "state.bin", |b| b.clear());
+    assert!(open_err(d).contains("truncated"), "{}", open_err(d));
 
-    let d = copy("truncmem");
+    let d_tmp = copy("truncmem");
+
+    let d = d_tmp.path();
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(d.join("memory.bin"))
         .unwrap();
     f.set_len(4096 * 100).unwrap();
-    assert!(open_err(&d).contains("needs exactly"), "{}", open_err(&d));
+    assert!(open_err(d).contains("needs exactly"), "{}", open_err(d));
 
-    let d = copy("ws");
+    let d_tmp = copy("ws");
+
+    let d = d_tmp.path();
     std::fs::write(d.join("working-set.bin"), b"FLINTWS1garbage-garbage").unwrap();
-    assert!(open_err(&d).contains("working-set"), "{}", open_err(&d));
+    assert!(open_err(d).contains("working-set"), "{}", open_err(d));
 
-    let d = copy("missing");
+    let d_tmp = copy("missing");
+
+    let d = d_tmp.path();
     std::fs::remove_file(d.join("memory.bin")).unwrap();
-    assert!(open_err(&d).contains("memory.bin"), "{}", open_err(&d));
+    assert!(open_err(d).contains("memory.bin"), "{}", open_err(d));
 
-    let d = temp_dir("huge");
-    std::fs::create_dir_all(&d).unwrap();
+    let d_tmp = temp_dir("huge");
+
+    let d = d_tmp.path();
     let f = std::fs::File::create(d.join("state.bin")).unwrap();
     f.set_len(1 << 30).unwrap();
-    assert!(open_err(&d).contains("limit"), "{}", open_err(&d));
+    assert!(open_err(d).contains("limit"), "{}", open_err(d));
 
     // The good one still works after all that.
-    let r = Snapshot::open(&good).unwrap().invoke(
+    let r = Snapshot::open(good).unwrap().invoke(
         &inv(&["hello", "ok"], &[]),
         &mut BufferIo::default(),
         &InvokeOptions::default(),
@@ -368,8 +384,9 @@ fn corrupted_snapshots_are_refused_with_the_reason() {
 
 #[test]
 fn a_memory_file_that_shrinks_under_a_uffd_restore_stops_the_vm_with_an_error() {
-    let dir = snapshot("hello");
-    let snap = Snapshot::open(&dir).unwrap();
+    let dir_tmp = snapshot("hello");
+    let dir = dir_tmp.path();
+    let snap = Snapshot::open(dir).unwrap();
     // Truncate after the checks: the handler finds the pages missing.
     std::fs::OpenOptions::new()
         .write(true)

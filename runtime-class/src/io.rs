@@ -48,15 +48,25 @@ fn open_fifo(path: &str, write: bool) -> std::io::Result<File> {
         .write(write)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
+    set_nonblocking(&f, false);
+    Ok(f)
+}
+
+/// Sets or clears O_NONBLOCK on a file we own.
+fn set_nonblocking(f: &File, on: bool) {
     let fd = f.as_raw_fd();
     // SAFETY: fcntl on a descriptor we own; only the O_NONBLOCK flag changes.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFL);
         if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            let flags = if on {
+                flags | libc::O_NONBLOCK
+            } else {
+                flags & !libc::O_NONBLOCK
+            };
+            libc::fcntl(fd, libc::F_SETFL, flags);
         }
     }
-    Ok(f)
 }
 
 /// Opens an output FIFO once it has a reader (opening for writing without
@@ -283,14 +293,7 @@ impl GuestIo for ProcessIo {
         }
         // Closed: what the FIFO still holds is read, then end of file
         // instead of waiting for a writer.
-        let fd = f.as_raw_fd();
-        // SAFETY: fcntl on a descriptor we own; only O_NONBLOCK changes.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            if flags >= 0 {
-                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-            }
-        }
+        set_nonblocking(f, true);
         match f.read(buf) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
             other => other,

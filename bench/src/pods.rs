@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
@@ -45,16 +45,18 @@ impl Drop for Containerd {
             // SAFETY: kill(2) on a shim (or its child) of our containerd.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        let _ = Command::new("umount")
-            .args(["-R", "-l"])
-            .arg(&self.dir)
-            .stderr(Stdio::null())
-            .status();
+        // Rootfs and shm mounts a killed shim or containerd left under our
+        // directory (detached, so a busy one goes too).
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let prefix = self.dir.display().to_string();
-        for m in mounts.lines().filter_map(|l| l.split_whitespace().nth(4)) {
-            if m.starts_with(&prefix) {
-                let _ = Command::new("umount").args(["-l", m]).status();
+        let under = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .filter(|m| m.starts_with(&prefix));
+        for m in under {
+            if let Ok(c) = std::ffi::CString::new(m) {
+                // SAFETY: a NUL-terminated path under our own directory.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -320,6 +322,17 @@ async fn remove_pod(rt: &mut RuntimeServiceClient<Channel>, pod: Pod) -> Result<
     Ok(())
 }
 
+/// One table row of times (ms): medians and p90s, and the ratio of medians.
+fn timing_row(what: &str, flint: Vec<f64>, runc: Vec<f64>) {
+    let (fm, rm) = (median(flint.clone()), median(runc.clone()));
+    println!(
+        "| {what}, median (p90) | {fm:.1} ms ({:.1}) | {rm:.1} ms ({:.1}) | {:.2}x |",
+        p90(flint),
+        p90(runc),
+        fm / rm
+    );
+}
+
 pub fn main(iterations: usize) -> Result<()> {
     let exe = std::env::current_exe()?;
     let bin_dir = exe.parent().context("the binary's directory")?;
@@ -385,14 +398,7 @@ pub fn main(iterations: usize) -> Result<()> {
     println!("## containerd: Flint vs runc ({iterations} runs each, after one warm-up)\n");
     println!("| measure | Flint | runc | Flint / runc |");
     println!("|---|---|---|---|");
-    println!(
-        "| `ctr run --rm` to exit, median (p90) | {:.1} ms ({:.1}) | {:.1} ms ({:.1}) | {:.2}x |",
-        median(flint.clone()),
-        p90(flint.clone()),
-        median(runc.clone()),
-        p90(runc.clone()),
-        median(flint.clone()) / median(runc.clone())
-    );
+    timing_row("`ctr run --rm` to exit", flint, runc);
 
     // 2 and 3 through CRI.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -408,7 +414,12 @@ pub fn main(iterations: usize) -> Result<()> {
         for i in 0..=pods {
             for (handler, image, cmd, out) in [
                 ("flint", FLINT_IMAGE, vec!["/hello.wasm", "pod"], &mut flint),
-                ("runc", BUSYBOX_IMAGE, vec!["/busybox", "echo", "hello, pod"], &mut runc),
+                (
+                    "runc",
+                    BUSYBOX_IMAGE,
+                    vec!["/busybox", "echo", "hello, pod"],
+                    &mut runc,
+                ),
             ] {
                 let t = Instant::now();
                 let pod = start_pod(
@@ -427,23 +438,34 @@ pub fn main(iterations: usize) -> Result<()> {
                 remove_pod(&mut client, pod).await?;
             }
         }
-        println!(
-            "| CRI pod start to container output, median (p90) | {:.1} ms ({:.1}) | {:.1} ms ({:.1}) | {:.2}x |",
-            median(flint.clone()),
-            p90(flint.clone()),
-            median(runc.clone()),
-            p90(runc.clone()),
-            median(flint.clone()) / median(runc.clone())
-        );
+        timing_row("CRI pod start to container output", flint, runc);
 
         // Memory: one pod at a time with one running container.
         let mut rows = Vec::new();
         for (handler, image, cmd, want) in [
-            ("flint", FLINT_IMAGE, vec!["/spin.wasm"], "stdout F spinning"),
-            ("runc", BUSYBOX_IMAGE, vec!["/busybox", "sh", "-c", "echo up; exec sleep 600"], "stdout F up"),
+            (
+                "flint",
+                FLINT_IMAGE,
+                vec!["/spin.wasm"],
+                "stdout F spinning",
+            ),
+            (
+                "runc",
+                BUSYBOX_IMAGE,
+                vec!["/busybox", "sh", "-c", "echo up; exec sleep 600"],
+                "stdout F up",
+            ),
         ] {
-            let pod = start_pod(&mut client, handler, &format!("mem-{handler}"), &logs, image, &cmd, want)
-                .await?;
+            let pod = start_pod(
+                &mut client,
+                handler,
+                &format!("mem-{handler}"),
+                &logs,
+                image,
+                &cmd,
+                want,
+            )
+            .await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
             let procs = pod_processes(&ctd.sock);
             let pss: u64 = procs.iter().map(|p| pss_kib(*p)).sum();
@@ -479,9 +501,6 @@ pub fn main(iterations: usize) -> Result<()> {
             mib(f.2.saturating_sub(f.3)),
             mib(r.2)
         );
-        if median(flint.clone()) <= 0.0 {
-            bail!("no pod measured");
-        }
         Ok::<(), anyhow::Error>(())
     })?;
     Ok(())

@@ -339,9 +339,9 @@ impl Process {
         .map(Some)
     }
 
-    /// Starts the process with its stdio from [`Self::open_io`]; `on_exit`
-    /// runs when it ends. A module runs on its own thread; a pod sandbox
-    /// just runs until it is killed.
+    /// Starts the process with its stdio from [`Self::open_io`] (none for a
+    /// pod sandbox); `on_exit` runs when it ends. A module runs on its own
+    /// thread; a pod sandbox just runs until it is killed.
     pub fn start(
         self: &Arc<Self>,
         io: Option<ProcessIo>,
@@ -353,7 +353,7 @@ impl Process {
             st.0 = Status::Running;
         }
         let p = self.clone();
-        let Some(io) = io.filter(|_| self.program.is_some()) else {
+        let Some(io) = io else {
             // Killing the sandbox ends it; report the exit like a process's.
             let mut rx = self.exited.subscribe();
             tokio::spawn(async move {

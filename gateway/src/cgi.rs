@@ -33,7 +33,15 @@ pub fn environment(req: &Request<'_>) -> Vec<(String, String)> {
         ("SERVER_PORT".into(), req.server_port.to_string()),
     ];
     let mut has_type = false;
+    // Header names with `_` are dropped, as Apache and nginx drop them: a
+    // client's `X_Forwarded_For` would otherwise become the same variable
+    // as the gateway's `X-Forwarded-For`. Repeated headers are joined with
+    // `, ` (RFC 9110 5.3; RFC 3875 4.1.18), in the order they came.
+    let mut http: Vec<(String, String)> = Vec::new();
     for (name, value) in &req.headers {
+        if name.contains('_') || name.is_empty() {
+            continue;
+        }
         let upper: String = name
             .chars()
             .map(|c| {
@@ -45,16 +53,26 @@ pub fn environment(req: &Request<'_>) -> Vec<(String, String)> {
             })
             .collect();
         match upper.as_str() {
-            "CONTENT_TYPE" => {
+            "CONTENT_TYPE" if !has_type => {
                 has_type = true;
                 env.push(("CONTENT_TYPE".into(), value.to_string()));
             }
-            "CONTENT_LENGTH" => {}
+            "CONTENT_TYPE" | "CONTENT_LENGTH" => {}
             // Never let a client set the proxy variable (httpoxy).
             "PROXY" => {}
-            _ => env.push((format!("HTTP_{upper}"), value.to_string())),
+            _ => {
+                let var = format!("HTTP_{upper}");
+                match http.iter_mut().find(|(n, _)| *n == var) {
+                    Some((_, v)) => {
+                        v.push_str(", ");
+                        v.push_str(value);
+                    }
+                    None => http.push((var, value.to_string())),
+                }
+            }
         }
     }
+    env.extend(http);
     if !has_type && req.body_len > 0 {
         env.push(("CONTENT_TYPE".into(), String::new()));
     }
@@ -86,6 +104,31 @@ pub enum CgiError {
 /// Longest header block accepted.
 const MAX_HEADER_BLOCK: usize = 64 * 1024;
 
+/// Headers that describe the connection or the message framing, not the
+/// response (RFC 9110 7.6.1, 8.6; RFC 9112 6.1): the gateway frames every
+/// response itself, so a function's values are never passed on. A function
+/// that could set them could end its response early and have the rest of
+/// its output read as the answer to the next request on the connection.
+const FRAMING_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// True when `name` is a framing or hop-by-hop header, or one that the
+/// response's own `Connection` header names as hop-by-hop.
+fn is_framing(name: &str, connection_names: &[String]) -> bool {
+    FRAMING_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || connection_names
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h))
+}
+
 /// Parses CGI output: header lines (`\n` or `\r\n`), a blank line, the body.
 pub fn parse_response(out: &[u8]) -> Result<Response, CgiError> {
     let (head_end, body_start) =
@@ -116,7 +159,10 @@ pub fn parse_response(out: &[u8]) -> Result<Response, CgiError> {
             let code: u16 = code
                 .parse()
                 .ok()
-                .filter(|c| (100..=599).contains(c))
+                // 1xx responses are the gateway's to send (100 Continue,
+                // 101 Switching Protocols): a function's final response is
+                // 2xx to 5xx.
+                .filter(|c| (200..=599).contains(c))
                 .ok_or_else(|| CgiError::BadStatus(value.into()))?;
             status = Some(code);
         } else {
@@ -127,6 +173,12 @@ pub fn parse_response(out: &[u8]) -> Result<Response, CgiError> {
     if headers.is_empty() && status.is_none() {
         return Err(CgiError::NoHeaders);
     }
+    let connection_names: Vec<String> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_string()))
+        .collect();
+    headers.retain(|(n, _)| !is_framing(n, &connection_names));
     let status = status.unwrap_or(if location { 302 } else { 200 });
     Ok(Response {
         status,
@@ -179,10 +231,10 @@ mod tests {
             parse_response(b"no colon here\n\nbody"),
             Err(CgiError::BadHeader(_))
         ));
-        assert!(matches!(
+        assert_eq!(
             parse_response(b"Status: 99\n\n"),
-            Err(CgiError::BadStatus(_))
-        ));
+            Err(CgiError::BadStatus("99".into()))
+        );
         assert!(matches!(
             parse_response(b"Status: abc\n\n"),
             Err(CgiError::BadStatus(_))
@@ -191,6 +243,58 @@ mod tests {
             parse_response(b"Bad Name: x\n\n"),
             Err(CgiError::BadHeader(_))
         ));
+    }
+
+    #[test]
+    fn framing_headers_from_the_function_are_dropped() {
+        let r = parse_response(
+            b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nUpgrade: h2c\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X\r\nProxy-Connection: keep-alive\r\nX-Kept: yes\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.headers, vec![("X-Kept".into(), "yes".into())]);
+        assert_eq!(r.body, b"HTTP/1.1 200 OK\r\n\r\n");
+    }
+
+    #[test]
+    fn informational_statuses_are_refused() {
+        for s in ["100", "101 Switching Protocols", "103", "199"] {
+            let out = format!("Status: {s}\r\nUpgrade: websocket\r\n\r\n");
+            assert_eq!(
+                parse_response(out.as_bytes()),
+                Err(CgiError::BadStatus(s.into())),
+                "{s}"
+            );
+        }
+        assert_eq!(parse_response(b"Status: 204\n\n").unwrap().status, 204);
+    }
+
+    #[test]
+    fn underscored_headers_are_dropped_and_repeats_joined() {
+        let env = environment(&Request {
+            method: "GET",
+            path: "/",
+            query: "",
+            headers: vec![
+                ("X_Forwarded_For", "6.6.6.6"),
+                ("Accept", "text/plain"),
+                ("accept", "text/html"),
+                ("x-forwarded-for", "127.0.0.1"),
+            ],
+            body_len: 0,
+            remote_addr: "127.0.0.1",
+            server_name: "h",
+            server_port: 80,
+            service: "s",
+            revision: "s-00001",
+        });
+        let all = |k: &str| {
+            env.iter()
+                .filter(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all("HTTP_X_FORWARDED_FOR"), vec!["127.0.0.1"]);
+        assert_eq!(all("HTTP_ACCEPT"), vec!["text/plain, text/html"]);
     }
 
     #[test]

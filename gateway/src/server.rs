@@ -171,6 +171,12 @@ impl Gateway {
             }
         };
         let rev_labels = labels(&[("revision_name", &rev.name)]);
+        let request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         // A containerConcurrency slot, waiting in a bounded queue for it.
         let _permit = match &rev.slots {
             None => None,
@@ -219,7 +225,14 @@ impl Gateway {
             None => (host.to_string(), 80),
         };
         let remote_addr = remote.ip().to_string();
-        let mut forwarded = headers.clone();
+        // The gateway's X-Forwarded-Host and -Proto replace a client's;
+        // its Forwarded and X-Forwarded-For entries are appended to the
+        // client's, as a proxy appends itself (RFC 7239 4).
+        let mut forwarded: Vec<(String, String)> = headers
+            .iter()
+            .filter(|(k, _)| k != "x-forwarded-host" && k != "x-forwarded-proto")
+            .cloned()
+            .collect();
         forwarded.push((
             "forwarded".into(),
             format!("for={remote_addr};host={host};proto=http"),
@@ -248,7 +261,7 @@ impl Gateway {
         };
         let Some(mode) = cloudevents::detect(&parts.headers) else {
             return match self
-                .run_function(rev, cgi_env(body.len()), body.to_vec())
+                .run_function(rev, &request_id, cgi_env(body.len()), body.to_vec())
                 .await
             {
                 Ok(r) => cgi_response(r),
@@ -265,7 +278,7 @@ impl Gateway {
             let data = cloudevents::data_bytes(event);
             let mut env = cgi_env(data.len());
             env.extend(cloudevents::environment(event));
-            let out = match self.run_function(rev, env, data).await {
+            let out = match self.run_function(rev, &request_id, env, data).await {
                 Ok(r) => r,
                 Err(resp) => return resp,
             };
@@ -329,6 +342,7 @@ impl Gateway {
     async fn run_function(
         &self,
         rev: &Arc<Revision>,
+        request_id: &str,
         env: Vec<(String, String)>,
         stdin: Vec<u8>,
     ) -> Result<cgi::Response, Response<Body>> {
@@ -381,9 +395,7 @@ impl Gateway {
             }
             Ok(Ok(o)) => o,
         };
-        if !io.stderr.is_empty() {
-            tracing::info!(revision = %rev.name, stderr = %String::from_utf8_lossy(&io.stderr), "function stderr");
-        }
+        log_stderr(&rev.name, request_id, &io.stderr);
         match result {
             Ok((report, restore)) => {
                 if let Some(d) = restore {
@@ -428,6 +440,28 @@ fn new_request_id() -> String {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     format!("{t:016x}-{:08x}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Most of a function's stderr that one request logs.
+const MAX_STDERR_LOG: usize = 8 * 1024;
+
+/// Logs a function's stderr as data: under its revision and request id,
+/// escaped (`{:?}`: no control characters or terminal escapes reach the
+/// log, and a line of it cannot pass for one of the gateway's), and cut at
+/// `MAX_STDERR_LOG` bytes.
+fn log_stderr(revision: &str, request_id: &str, stderr: &[u8]) {
+    if stderr.is_empty() {
+        return;
+    }
+    let shown = &stderr[..stderr.len().min(MAX_STDERR_LOG)];
+    tracing::info!(
+        revision = %revision,
+        request_id = %request_id,
+        bytes = stderr.len(),
+        truncated = stderr.len() > shown.len(),
+        stderr = ?String::from_utf8_lossy(shown),
+        "function stderr"
+    );
 }
 
 fn timeout_response(t: Duration) -> Response<Body> {

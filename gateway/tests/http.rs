@@ -591,3 +591,110 @@ async fn images_can_be_oci_layouts() {
     assert_eq!((code, body.as_slice()), (200, &b"hello, layout\n"[..]));
     gw.stop().await;
 }
+
+/// Reads one HTTP/1.1 response framed by its Content-Length from `s`.
+async fn read_framed(s: &mut TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>) {
+    loop {
+        if let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .expect("the gateway frames responses with Content-Length");
+            while buf.len() < split + 4 + len {
+                let mut chunk = [0u8; 4096];
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "connection closed inside a body");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = buf[split + 4..split + 4 + len].to_vec();
+            buf.drain(..split + 4 + len);
+            return (head, body);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed before a response head");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A function's framing headers are never trusted: one that says
+/// `Content-Length: 0` and prints a second response cannot have it read
+/// as the answer to the next request on the connection (another
+/// service's), and 1xx statuses from a function are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_function_cannot_frame_or_forge_responses() {
+    let gw = start(
+        &[manifest("evil", "echo", ""), manifest("hello", "greet", "")],
+        1 << 20,
+    )
+    .await;
+    let forged = "HTTP/1.1 200 OK\r\nX-Injected: yes\r\nContent-Length: 5\r\n\r\nowned";
+    let evil = format!(
+        "Content-Length: 0\r\nConnection: keep-alive\r\nTransfer-Encoding: identity\r\nContent-Type: text/plain\r\n\r\n{forged}"
+    );
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let req1 = format!(
+        "POST / HTTP/1.1\r\nHost: evil.default.example.com\r\nContent-Length: {}\r\n\r\n{evil}",
+        evil.len()
+    );
+    let req2 = "GET /greet?name=ada HTTP/1.1\r\nHost: hello.default.example.com\r\n\r\n";
+    s.write_all(req1.as_bytes()).await.unwrap();
+    s.write_all(req2.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let (head1, body1) = read_framed(&mut s, &mut buf).await;
+    assert!(head1.starts_with("HTTP/1.1 200"), "{head1}");
+    assert_eq!(body1, forged.as_bytes(), "the whole output is the body");
+    assert!(
+        !head1.to_lowercase().contains("transfer-encoding"),
+        "{head1}"
+    );
+    let (head2, body2) = read_framed(&mut s, &mut buf).await;
+    assert!(head2.starts_with("HTTP/1.1 200"), "{head2}");
+    assert!(!head2.contains("X-Injected"), "{head2}");
+    assert_eq!(body2, b"hello, ada\n");
+
+    // 101 and 100 from a function: refused, and the connection still
+    // answers the request pipelined behind them.
+    for status in ["101 Switching Protocols\r\nUpgrade: h2c", "100 Continue"] {
+        let out = format!("Status: {status}\r\n\r\n");
+        let req = format!(
+            "POST / HTTP/1.1\r\nHost: evil.default.example.com\r\nContent-Length: {}\r\n\r\n{out}",
+            out.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        s.write_all(req2.as_bytes()).await.unwrap();
+        let (head, _) = read_framed(&mut s, &mut buf).await;
+        assert!(head.starts_with("HTTP/1.1 502"), "{status}: {head}");
+        assert!(!head.to_lowercase().contains("upgrade"), "{head}");
+        let (head, body) = read_framed(&mut s, &mut buf).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, b"hello, ada\n");
+    }
+    gw.stop().await;
+}
+
+/// Headers whose CGI names would collide with the gateway's are dropped
+/// (`X_Forwarded_For`), and the gateway's forwarding values are its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_headers_cannot_pose_as_the_gateways() {
+    let gw = start(&[manifest("env", "printenv", "")], 1 << 20).await;
+    let (code, head, body) = send(
+        gw.addr,
+        "GET / HTTP/1.1\r\nHost: env.default.example.com\r\nX_Forwarded_For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nAccept: a\r\nAccept: b\r\n",
+        b"",
+    )
+    .await;
+    assert_eq!(code, 200, "{head}");
+    let body = String::from_utf8_lossy(&body);
+    let vars: Vec<&str> = body.lines().collect();
+    assert!(vars.contains(&"HTTP_X_FORWARDED_FOR=127.0.0.1"), "{body}");
+    assert!(!body.contains("6.6.6.6"), "{body}");
+    assert!(vars.contains(&"HTTP_X_FORWARDED_PROTO=http"), "{body}");
+    assert!(vars.contains(&"HTTP_ACCEPT=a, b"), "{body}");
+    gw.stop().await;
+}

@@ -5,6 +5,7 @@
 mod admin;
 mod exit;
 mod image;
+mod linux;
 mod run;
 mod serve;
 mod snapshot;
@@ -24,7 +25,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Boot a fresh micro-VM and run a WASI command module in it.
+    /// Boot a fresh micro-VM and run a WASI command module, or a Linux
+    /// ELF program, in it.
     Run(run::RunArgs),
     /// Boot a module to its ready point and save the VM to a directory
     /// (`flint snapshot inspect DIR` describes one).

@@ -10,13 +10,21 @@ use crate::exit;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The WebAssembly module (a WASI preview 1 command) to run.
-    module: PathBuf,
-    /// Guest memory in MiB (32 to 3072).
-    #[arg(long, default_value_t = 128)]
-    memory_mib: u64,
+    /// The program: a WebAssembly module (a WASI preview 1 command) or an
+    /// x86-64 Linux ELF program (a path inside --rootfs if given).
+    pub module: PathBuf,
+    /// Guest memory in MiB (32 to 3072; default 128 for a module, 256 for
+    /// a Linux program).
+    #[arg(long)]
+    pub memory_mib: Option<u64>,
+    /// A Linux program's root filesystem: a directory presented as `/`.
+    #[arg(long)]
+    pub rootfs: Option<PathBuf>,
+    /// A Linux program's working directory (inside its root).
+    #[arg(long)]
+    pub workdir: Option<String>,
     #[command(flatten)]
-    call: CallArgs,
+    pub call: CallArgs,
 }
 
 /// What `run` and `invoke` share: the limits and inputs of one invocation.
@@ -62,7 +70,31 @@ pub fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// True when the program at `path` (inside `rootfs` if given) is an ELF
+/// file rather than a WebAssembly module.
+fn is_linux_program(a: &RunArgs) -> bool {
+    let path = match &a.rootfs {
+        Some(r) => r.join(a.module.strip_prefix("/").unwrap_or(&a.module)),
+        None => a.module.clone(),
+    };
+    let mut head = [0u8; 4];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    a.rootfs.is_some() || flint_linux::is_elf(&head[..n])
+}
+
 pub fn main(a: RunArgs) -> i32 {
+    if is_linux_program(&a) {
+        return crate::linux::main(&a);
+    }
+    if a.workdir.is_some() {
+        eprintln!(
+            "flint: --workdir is for Linux programs; {} is a module",
+            a.module.display()
+        );
+        return exit::USAGE;
+    }
     let module = match std::fs::read(&a.module) {
         Ok(m) => m,
         Err(e) => {
@@ -71,7 +103,7 @@ pub fn main(a: RunArgs) -> i32 {
         }
     };
     let config = VmConfig {
-        memory_mib: a.memory_mib,
+        memory_mib: a.memory_mib.unwrap_or(128),
         timeout: a.call.timeout(),
         ..VmConfig::default()
     };

@@ -4,9 +4,10 @@
 use std::sync::{Once, OnceLock};
 
 use kvm_bindings::{
-    kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs,
+    kvm_msr_entry, kvm_regs, kvm_sregs, kvm_sync_regs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId,
+    Msrs,
 };
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 
 use crate::arch::x86_64::{entry_regs, long_mode_sregs};
 
@@ -202,6 +203,112 @@ impl Vcpu {
         self.fd
             .set_regs(&entry_regs(entry, stack_top))
             .map_err(VcpuError::SetRegs)
+    }
+
+    /// Reads the general registers (one ioctl).
+    pub fn regs(&self) -> Result<kvm_regs, VcpuError> {
+        self.fd
+            .get_regs()
+            .map_err(|e| VcpuError::Save("registers", e))
+    }
+
+    /// Sets the general registers (one ioctl).
+    pub fn set_regs(&self, regs: &kvm_regs) -> Result<(), VcpuError> {
+        self.fd.set_regs(regs).map_err(VcpuError::SetRegs)
+    }
+
+    /// Reads the special registers (one ioctl).
+    pub fn sregs(&self) -> Result<kvm_sregs, VcpuError> {
+        self.fd.get_sregs().map_err(VcpuError::GetSregs)
+    }
+
+    /// Sets the special registers (one ioctl).
+    pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), VcpuError> {
+        self.fd.set_sregs(sregs).map_err(VcpuError::SetRegs)
+    }
+
+    /// Sets MSRs; every one must be accepted.
+    pub fn set_msrs(&self, msrs: &[(u32, u64)]) -> Result<(), VcpuError> {
+        let entries: Vec<kvm_msr_entry> = msrs
+            .iter()
+            .map(|&(index, data)| kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            })
+            .collect();
+        let list =
+            Msrs::from_entries(&entries).map_err(|_| VcpuError::Invalid("too many MSRs".into()))?;
+        let n = self
+            .fd
+            .set_msrs(&list)
+            .map_err(|e| VcpuError::Restore("MSRs", e))?;
+        match msrs.get(n) {
+            None => Ok(()),
+            Some((index, _)) => Err(VcpuError::Invalid(format!("KVM refused MSR {index:#x}"))),
+        }
+    }
+
+    /// Gives the vCPU the CPUID table KVM supports (needed before XCR0 may
+    /// enable AVX state).
+    pub fn set_cpuid(&self, cpuid: &CpuId) -> Result<(), VcpuError> {
+        self.fd
+            .set_cpuid2(cpuid)
+            .map_err(|e| VcpuError::Restore("CPUID", e))
+    }
+
+    /// Sets XCR0, the set of state components XSAVE manages.
+    pub fn set_xcr0(&self, value: u64) -> Result<(), VcpuError> {
+        let mut xcrs = kvm_xcrs {
+            nr_xcrs: 1,
+            ..Default::default()
+        };
+        xcrs.xcrs[0].xcr = 0;
+        xcrs.xcrs[0].value = value;
+        self.fd
+            .set_xcrs(&xcrs)
+            .map_err(|e| VcpuError::Restore("XCRs", e))
+    }
+
+    /// The XSAVE area (x87, SSE and AVX state), as KVM gives it.
+    pub fn xsave(&self) -> Result<Box<kvm_xsave>, VcpuError> {
+        self.fd
+            .get_xsave()
+            .map(Box::new)
+            .map_err(|e| VcpuError::Save("XSAVE area", e))
+    }
+
+    /// Loads an XSAVE area read by [`Vcpu::xsave`].
+    pub fn set_xsave(&self, xsave: &kvm_xsave) -> Result<(), VcpuError> {
+        // SAFETY: `xsave` is a complete kvm_xsave (the legacy 4 KiB area),
+        // which is what KVM_SET_XSAVE reads.
+        unsafe { self.fd.set_xsave(xsave) }.map_err(|e| VcpuError::Restore("XSAVE area", e))
+    }
+
+    /// Has KVM fill the kvm_run sync-regs area (general and special
+    /// registers) at every exit, so a trap handler reads them without an
+    /// ioctl.
+    pub fn enable_sync_regs(&mut self) {
+        self.fd.set_sync_valid_reg(SyncReg::Register);
+        self.fd.set_sync_valid_reg(SyncReg::SystemRegister);
+    }
+
+    /// The sync-regs area: valid after an exit once [`Vcpu::enable_sync_regs`]
+    /// was called; changes reach the vCPU at the next `KVM_RUN` for the
+    /// parts marked with [`Vcpu::mark_sync_dirty`].
+    pub fn sync_regs_mut(&mut self) -> &mut kvm_sync_regs {
+        self.fd.sync_regs_mut()
+    }
+
+    /// Marks the general (`regs`) and special (`sregs`) registers of the
+    /// sync-regs area as changed, so the next `KVM_RUN` loads them.
+    pub fn mark_sync_dirty(&mut self, regs: bool, sregs: bool) {
+        if regs {
+            self.fd.set_sync_dirty_reg(SyncReg::Register);
+        }
+        if sregs {
+            self.fd.set_sync_dirty_reg(SyncReg::SystemRegister);
+        }
     }
 
     /// The guest's current TSC value.

@@ -1,0 +1,96 @@
+//! `flint run` of a Linux ELF program: in a VM of its own, its system
+//! calls answered by Flint (crate `flint-linux`).
+
+use std::path::{Path, PathBuf};
+
+use flint_linux::{Config, LinuxError, Program};
+
+use crate::exit;
+use crate::run::RunArgs;
+
+/// Default guest RAM for Linux programs (all of a container's processes).
+pub const DEFAULT_MEMORY_MIB: u64 = 256;
+
+/// A private root for a program run without `--rootfs`: an empty
+/// directory (with `/tmp`) holding a copy of the program.
+fn scratch_root(program: &Path) -> std::io::Result<(tempfile::TempDir, String)> {
+    let dir = tempfile::Builder::new().prefix("flint-root-").tempdir()?;
+    std::fs::create_dir(dir.path().join("tmp"))?;
+    let name = program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "program".into());
+    std::fs::copy(program, dir.path().join(&name))?;
+    Ok((dir, format!("/{name}")))
+}
+
+pub fn main(a: &RunArgs) -> i32 {
+    let (root, path, _scratch): (PathBuf, String, Option<tempfile::TempDir>) = match &a.rootfs {
+        Some(r) => {
+            let p = a.module.to_string_lossy().into_owned();
+            let p = if p.starts_with('/') {
+                p
+            } else {
+                format!("/{p}")
+            };
+            (r.clone(), p, None)
+        }
+        None => match scratch_root(&a.module) {
+            Ok((dir, p)) => (dir.path().to_path_buf(), p, Some(dir)),
+            Err(e) => {
+                eprintln!(
+                    "flint: cannot prepare a root for {}: {e}",
+                    a.module.display()
+                );
+                return exit::FLINT_ERROR;
+            }
+        },
+    };
+    let mut argv = vec![a.module.to_string_lossy().into_owned()];
+    argv.extend(a.call.args.iter().cloned());
+    let mut env = a.call.env.clone();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.insert(
+            0,
+            (
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ),
+        );
+    }
+    let program = Program {
+        path,
+        argv,
+        env,
+        workdir: a.workdir.clone().unwrap_or_else(|| "/".into()),
+    };
+    let config = Config {
+        memory_mib: a.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
+        timeout: a.call.timeout(),
+        ..Config::default()
+    };
+    match flint_linux::run(&config, &root, &program, None) {
+        Ok(out) => {
+            if a.call.timings {
+                eprintln!("flint: total {:?}", out.elapsed);
+            }
+            out.status.code()
+        }
+        Err(e) => {
+            exit::report(&e);
+            match e {
+                LinuxError::Timeout => exit::TIMEOUT,
+                LinuxError::Exec { source, .. } if source.raw_os_error() == Some(libc::ENOENT) => {
+                    127
+                }
+                LinuxError::Exec { .. } => 126,
+                LinuxError::Crash(_) => exit::GUEST_CRASH,
+                LinuxError::Vm(
+                    flint_executor::VmError::KvmMissing { .. }
+                    | flint_executor::VmError::KvmDenied { .. },
+                ) => exit::KVM_UNAVAILABLE,
+                _ => exit::FLINT_ERROR,
+            }
+        }
+    }
+}

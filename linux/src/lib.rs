@@ -1,0 +1,178 @@
+//! Flint's Linux system-call layer: unmodified x86-64 Linux programs (ELF,
+//! static or dynamically linked) from a container's root filesystem, run
+//! at CPL 3 in a Flint VM with no guest kernel. The VMM answers their
+//! system calls, as gVisor's Sentry does for its programs (see
+//! docs/design.md, "Linux programs", and docs/linux.md for the table).
+//!
+//! ```no_run
+//! use flint_linux::{run, Config, Program};
+//! let program = Program {
+//!     path: "/bin/busybox".into(),
+//!     argv: vec!["echo".into(), "hi".into()],
+//!     env: vec![],
+//!     workdir: "/".into(),
+//! };
+//! let out = run(&Config::default(), std::path::Path::new("/srv/rootfs"), &program, None).unwrap();
+//! assert_eq!(out.status.code(), 0);
+//! ```
+
+pub mod arch;
+mod fs;
+mod kernel;
+pub mod loader;
+mod mm;
+mod signal;
+mod syscalls;
+mod task;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use flint_executor::vstate::vcpu;
+
+pub use kernel::{Program, Stdio};
+pub use task::ExitStatus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinuxError {
+    #[error("the root filesystem {path} cannot be opened")]
+    Root {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start {path}")]
+    Exec {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("setting up the VM failed")]
+    Vm(#[source] flint_executor::VmError),
+    #[error("the vCPU failed")]
+    Vcpu(#[source] flint_executor::vstate::vcpu::VcpuError),
+    #[error("the guest RAM is too small to start the program")]
+    NoMemory,
+    #[error("the program ran past its time limit and was stopped")]
+    Timeout,
+    #[error("the guest crashed: {0}")]
+    Crash(String),
+    #[error("the standard streams could not be set up")]
+    Stdio(#[source] std::io::Error),
+    #[error("the vCPU thread could not be started")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Limits of one Linux VM.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Guest RAM in MiB: all of the container's processes share it.
+    pub memory_mib: u64,
+    /// Wall-clock limit for the whole container.
+    pub timeout: Option<Duration>,
+    /// Most processes alive (or not yet reaped) at once: a fork past it
+    /// fails with EAGAIN.
+    pub max_processes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            memory_mib: 256,
+            timeout: Some(Duration::from_secs(60)),
+            max_processes: 256,
+        }
+    }
+}
+
+/// How a container ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Process 1's status.
+    pub status: ExitStatus,
+    /// A process was killed because guest memory ran out.
+    pub oom: bool,
+    pub elapsed: Duration,
+}
+
+fn dup(fd: impl AsFd) -> Result<OwnedFd, LinuxError> {
+    fd.as_fd().try_clone_to_owned().map_err(LinuxError::Stdio)
+}
+
+/// Runs `program` from the root filesystem `root` in a new VM until its
+/// first process exits. `stdio` defaults to this process's own streams.
+pub fn run(
+    config: &Config,
+    root: &Path,
+    program: &Program,
+    stdio: Option<Stdio>,
+) -> Result<Outcome, LinuxError> {
+    let stdio = match stdio {
+        Some(s) => s,
+        None => Stdio {
+            stdin: dup(std::io::stdin())?,
+            stdout: dup(std::io::stdout())?,
+            stderr: dup(std::io::stderr())?,
+        },
+    };
+    let root = fs::root::Root::open(root).map_err(|e| LinuxError::Root {
+        path: root.display().to_string(),
+        source: e,
+    })?;
+    vcpu::init_kick_signal();
+    let control = Arc::new(kernel::Control::default());
+    let started = Instant::now();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let c2 = control.clone();
+    let config2 = config.clone();
+    let program2 = program.clone();
+    let handle = std::thread::Builder::new()
+        .name("flint-linux-vcpu".into())
+        .spawn(move || {
+            let _done = done_tx;
+            let _ = tid_tx.send(vcpu::current_thread());
+            let limits = kernel::Limits {
+                max_processes: config2.max_processes,
+            };
+            let mut k = kernel::Kernel::new(config2.memory_mib, root, limits, c2)?;
+            k.spawn_init(&program2, stdio)?;
+            let status = k.run()?;
+            Ok::<_, LinuxError>((status, k.oom_killed))
+        })
+        .map_err(LinuxError::Thread)?;
+    let tid = tid_rx.recv().ok();
+    let deadline = config.timeout.map(|t| started + t);
+    loop {
+        match done_rx.recv_timeout(kernel::TICK) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => break,
+        }
+        let over = deadline.is_some_and(|d| Instant::now() >= d);
+        if over {
+            control.stop.store(true, Ordering::SeqCst);
+        } else {
+            control.tick.store(true, Ordering::SeqCst);
+        }
+        if let Some(tid) = tid {
+            vcpu::kick(tid);
+        }
+    }
+    let r = handle
+        .join()
+        .map_err(|_| LinuxError::Crash("the vCPU thread panicked".into()))?;
+    let (status, oom) = r?;
+    Ok(Outcome {
+        status,
+        oom,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// True when `head` (a file's first bytes) is an ELF program.
+pub fn is_elf(head: &[u8]) -> bool {
+    loader::is_elf(head)
+}

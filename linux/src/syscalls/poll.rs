@@ -1,0 +1,197 @@
+//! poll, ppoll, select, pselect6.
+
+use std::os::fd::AsRawFd;
+
+use libc::{EINVAL, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT};
+
+use super::{err, Stop, SysResult};
+use crate::fs::file::{Kind, OpenFile};
+use crate::kernel::Kernel;
+use crate::task::{Pid, Wait};
+
+/// The poll events `f` has now, of those asked in `events`.
+fn ready(f: &OpenFile, events: i16) -> i16 {
+    let all = match &f.kind {
+        Kind::Stream { fd, readable } => {
+            let mut p = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: if *readable { POLLIN } else { POLLOUT },
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut p, 1, 0) };
+            p.revents
+        }
+        Kind::PipeRead(p, _) => {
+            let p = p.borrow();
+            let mut r = 0;
+            if !p.buf.is_empty() {
+                r |= POLLIN;
+            }
+            if p.writers == 0 {
+                r |= POLLHUP;
+            }
+            r
+        }
+        Kind::PipeWrite(p, _) => {
+            let p = p.borrow();
+            if p.readers == 0 {
+                POLLERR
+            } else if p.space() > 0 {
+                POLLOUT
+            } else {
+                0
+            }
+        }
+        _ => POLLIN | POLLOUT,
+    };
+    all & (events | POLLHUP | POLLERR)
+}
+
+/// The deadline of this call: kept across retries.
+fn deadline(k: &Kernel, timeout_ns: Option<u64>) -> Option<u64> {
+    if let Some(Wait::Poll { deadline }) = &k.retrying {
+        return *deadline;
+    }
+    timeout_ns.map(|d| k.mono_ns().saturating_add(d))
+}
+
+fn expired(k: &Kernel, d: Option<u64>) -> bool {
+    d.is_some_and(|d| k.mono_ns() >= d)
+}
+
+/// Host fds a process waits on in poll or select (its readable streams).
+pub fn host_fds_of(k: &Kernel, t: Pid) -> Vec<i32> {
+    let fds = k.fds_of(t);
+    let fds = fds.borrow();
+    fds.open_fds()
+        .into_iter()
+        .filter_map(|i| match &fds.get(i as i64)?.kind {
+            Kind::Stream { fd, readable: true } => Some(fd.as_raw_fd()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn do_poll(k: &mut Kernel, t: Pid, fds: u64, nfds: u64, timeout_ns: Option<u64>) -> SysResult {
+    if nfds > 1024 {
+        return err(EINVAL);
+    }
+    let raw = k.read_user(t, fds, nfds as usize * 8)?;
+    let table = k.fds_of(t);
+    let mut out = raw.clone();
+    let mut n = 0;
+    for (i, c) in raw.chunks_exact(8).enumerate() {
+        let fd = i32::from_le_bytes(c[..4].try_into().expect("4"));
+        let events = i16::from_le_bytes(c[4..6].try_into().expect("2"));
+        let rev = if fd < 0 {
+            0
+        } else {
+            match table.borrow().get(fd as i64) {
+                Some(f) => ready(&f, events),
+                None => POLLNVAL,
+            }
+        };
+        out[i * 8 + 6..i * 8 + 8].copy_from_slice(&rev.to_le_bytes());
+        if rev != 0 {
+            n += 1;
+        }
+    }
+    let d = deadline(k, timeout_ns);
+    if n > 0 || timeout_ns == Some(0) || expired(k, d) {
+        k.write_user(t, fds, &out)?;
+        return Ok(n);
+    }
+    Err(Stop::Block(Wait::Poll { deadline: d }))
+}
+
+pub fn poll(k: &mut Kernel, t: Pid, fds: u64, nfds: u64, timeout_ms: i64) -> SysResult {
+    let to = (timeout_ms >= 0).then(|| timeout_ms as u64 * 1_000_000);
+    do_poll(k, t, fds, nfds, to)
+}
+
+fn read_ts(k: &mut Kernel, t: Pid, addr: u64) -> Result<Option<u64>, Stop> {
+    if addr == 0 {
+        return Ok(None);
+    }
+    let b = k.read_user(t, addr, 16)?;
+    let s = i64::from_le_bytes(b[..8].try_into().expect("8"));
+    let ns = i64::from_le_bytes(b[8..].try_into().expect("8"));
+    if s < 0 || !(0..1_000_000_000).contains(&ns) {
+        return err(EINVAL);
+    }
+    Ok(Some(s as u64 * 1_000_000_000 + ns as u64))
+}
+
+pub fn ppoll(k: &mut Kernel, t: Pid, fds: u64, nfds: u64, ts: u64) -> SysResult {
+    let to = read_ts(k, t, ts)?;
+    do_poll(k, t, fds, nfds, to)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn select(
+    k: &mut Kernel,
+    t: Pid,
+    n: u64,
+    rd: u64,
+    wr: u64,
+    ex: u64,
+    timeout: u64,
+    pselect: bool,
+) -> SysResult {
+    if n > 1024 {
+        return err(EINVAL);
+    }
+    let bytes = (n as usize).div_ceil(64) * 8;
+    let load = |k: &mut Kernel, a: u64| -> Result<Vec<u8>, Stop> {
+        if a == 0 {
+            Ok(vec![0; bytes])
+        } else {
+            k.read_user(t, a, bytes)
+        }
+    };
+    let (r, w, e) = (load(k, rd)?, load(k, wr)?, load(k, ex)?);
+    let to = if pselect {
+        read_ts(k, t, timeout)?
+    } else if timeout != 0 {
+        let b = k.read_user(t, timeout, 16)?;
+        let s = i64::from_le_bytes(b[..8].try_into().expect("8")).max(0) as u64;
+        let us = i64::from_le_bytes(b[8..].try_into().expect("8")).max(0) as u64;
+        Some(s * 1_000_000_000 + us * 1000)
+    } else {
+        None
+    };
+    let table = k.fds_of(t);
+    let (mut ro, mut wo, eo) = (vec![0u8; bytes], vec![0u8; bytes], vec![0u8; bytes]);
+    let mut count = 0;
+    let isset = |s: &[u8], i: usize| s[i / 8] >> (i % 8) & 1 == 1;
+    for i in 0..n as usize {
+        let want_r = isset(&r, i);
+        let want_w = isset(&w, i);
+        if !want_r && !want_w && !isset(&e, i) {
+            continue;
+        }
+        let Some(f) = table.borrow().get(i as i64) else {
+            return err(libc::EBADF);
+        };
+        let rev = ready(&f, POLLIN | POLLOUT);
+        if want_r && rev & (POLLIN | POLLHUP | POLLERR) != 0 {
+            ro[i / 8] |= 1 << (i % 8);
+            count += 1;
+        }
+        if want_w && rev & (POLLOUT | POLLERR) != 0 {
+            wo[i / 8] |= 1 << (i % 8);
+            count += 1;
+        }
+    }
+    let d = deadline(k, to);
+    if count > 0 || to == Some(0) || expired(k, d) {
+        for (a, v) in [(rd, &ro), (wr, &wo), (ex, &eo)] {
+            if a != 0 {
+                k.write_user(t, a, v)?;
+            }
+        }
+        return Ok(count);
+    }
+    Err(Stop::Block(Wait::Poll { deadline: d }))
+}

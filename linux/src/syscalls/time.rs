@@ -1,0 +1,163 @@
+//! Clocks, sleeps and timers.
+
+use libc::{
+    CLOCK_BOOTTIME, CLOCK_MONOTONIC, CLOCK_MONOTONIC_COARSE, CLOCK_MONOTONIC_RAW,
+    CLOCK_PROCESS_CPUTIME_ID, CLOCK_REALTIME, CLOCK_REALTIME_COARSE, CLOCK_THREAD_CPUTIME_ID,
+    EINVAL, TIMER_ABSTIME,
+};
+
+use super::{err, Stop, SysResult};
+use crate::kernel::Kernel;
+use crate::task::{Pid, Wait};
+
+const NS: u64 = 1_000_000_000;
+
+fn now(k: &Kernel, clock: u64) -> Result<u64, Stop> {
+    match clock as i32 {
+        CLOCK_REALTIME | CLOCK_REALTIME_COARSE => Ok(k.wall_ns()),
+        CLOCK_MONOTONIC | CLOCK_MONOTONIC_RAW | CLOCK_MONOTONIC_COARSE | CLOCK_BOOTTIME => {
+            Ok(k.mono_ns())
+        }
+        CLOCK_PROCESS_CPUTIME_ID | CLOCK_THREAD_CPUTIME_ID => Ok(k.mono_ns()),
+        _ => err(EINVAL),
+    }
+}
+
+fn timespec(ns: u64) -> Vec<u8> {
+    let mut b = ((ns / NS) as i64).to_le_bytes().to_vec();
+    b.extend(((ns % NS) as i64).to_le_bytes());
+    b
+}
+
+fn read_timespec(k: &mut Kernel, t: Pid, addr: u64) -> Result<u64, Stop> {
+    let b = k.read_user(t, addr, 16)?;
+    let s = i64::from_le_bytes(b[..8].try_into().expect("8"));
+    let ns = i64::from_le_bytes(b[8..].try_into().expect("8"));
+    if s < 0 || !(0..NS as i64).contains(&ns) {
+        return err(EINVAL);
+    }
+    Ok((s as u64).saturating_mul(NS).saturating_add(ns as u64))
+}
+
+pub fn clock_gettime(k: &mut Kernel, t: Pid, clock: u64, out: u64) -> SysResult {
+    let n = now(k, clock)?;
+    k.write_user(t, out, &timespec(n))?;
+    Ok(0)
+}
+
+pub fn clock_getres(k: &mut Kernel, t: Pid, out: u64) -> SysResult {
+    if out != 0 {
+        k.write_user(t, out, &timespec(1))?;
+    }
+    Ok(0)
+}
+
+pub fn gettimeofday(k: &mut Kernel, t: Pid, tv: u64) -> SysResult {
+    if tv != 0 {
+        let n = k.wall_ns();
+        let mut b = ((n / NS) as i64).to_le_bytes().to_vec();
+        b.extend((((n % NS) / 1000) as i64).to_le_bytes());
+        k.write_user(t, tv, &b)?;
+    }
+    Ok(0)
+}
+
+pub fn time(k: &mut Kernel, t: Pid, out: u64) -> SysResult {
+    let s = k.wall_ns() / NS;
+    if out != 0 {
+        k.write_u64(t, out, s)?;
+    }
+    Ok(s)
+}
+
+/// Sleeps until `deadline` (monotonic ns); a retried call finds it passed.
+fn sleep_until(k: &mut Kernel, deadline: u64) -> SysResult {
+    if k.mono_ns() >= deadline {
+        return Ok(0);
+    }
+    Err(Stop::Block(Wait::Sleep(deadline)))
+}
+
+pub fn nanosleep(k: &mut Kernel, t: Pid, req: u64) -> SysResult {
+    let d = read_timespec(k, t, req)?;
+    let deadline = k.mono_ns().saturating_add(d);
+    sleep_until(k, deadline)
+}
+
+pub fn clock_nanosleep(k: &mut Kernel, t: Pid, clock: u64, flags: u64, req: u64) -> SysResult {
+    let d = read_timespec(k, t, req)?;
+    let base = now(k, clock)?;
+    let deadline = if flags as i32 & TIMER_ABSTIME != 0 {
+        k.mono_ns().saturating_add(d.saturating_sub(base))
+    } else {
+        k.mono_ns().saturating_add(d)
+    };
+    sleep_until(k, deadline)
+}
+
+fn timeval(ns: u64) -> Vec<u8> {
+    let mut b = ((ns / NS) as i64).to_le_bytes().to_vec();
+    b.extend((((ns % NS) / 1000) as i64).to_le_bytes());
+    b
+}
+
+fn itimerval(k: &Kernel, t: Pid) -> Vec<u8> {
+    let now = k.mono_ns();
+    let (value, interval) = k
+        .proc_of(t)
+        .itimer
+        .map_or((0, 0), |(at, iv)| (at.saturating_sub(now), iv));
+    let mut b = timeval(interval);
+    b.extend(timeval(value));
+    b
+}
+
+pub fn setitimer(k: &mut Kernel, t: Pid, which: u64, new: u64, old: u64) -> SysResult {
+    if which != 0 {
+        // Only ITIMER_REAL: CPU-time timers are not kept.
+        return err(EINVAL);
+    }
+    if old != 0 {
+        let b = itimerval(k, t);
+        k.write_user(t, old, &b)?;
+    }
+    if new != 0 {
+        let b = k.read_user(t, new, 32)?;
+        let w =
+            |i: usize| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8")).max(0) as u64;
+        let interval = w(0) * NS + w(1) * 1000;
+        let value = w(2) * NS + w(3) * 1000;
+        let now = k.mono_ns();
+        k.proc_of_mut(t).itimer = (value > 0).then_some((now + value, interval));
+    }
+    Ok(0)
+}
+
+pub fn getitimer(k: &mut Kernel, t: Pid, out: u64) -> SysResult {
+    let b = itimerval(k, t);
+    k.write_user(t, out, &b)?;
+    Ok(0)
+}
+
+pub fn alarm(k: &mut Kernel, t: Pid, secs: u64) -> SysResult {
+    let now = k.mono_ns();
+    let old = k
+        .proc_of(t)
+        .itimer
+        .map_or(0, |(at, _)| at.saturating_sub(now).div_ceil(NS));
+    k.proc_of_mut(t).itimer = (secs > 0).then_some((now + secs * NS, 0));
+    Ok(old)
+}
+
+pub fn times(k: &mut Kernel, t: Pid, buf: u64) -> SysResult {
+    let ticks = k.mono_ns() / 10_000_000;
+    if buf != 0 {
+        k.write_user(t, buf, &[0u8; 32])?;
+    }
+    Ok(ticks)
+}
+
+pub fn getrusage(k: &mut Kernel, t: Pid, buf: u64) -> SysResult {
+    k.write_user(t, buf, &[0u8; 144])?;
+    Ok(0)
+}

@@ -38,6 +38,19 @@ pub enum Kind {
         entries: Vec<(String, u64, u8)>,
         path: String,
     },
+    /// An epoll instance: its interest list.
+    Epoll(RefCell<Vec<EpollEntry>>),
+    /// An eventfd counter (and whether it is a semaphore).
+    EventFd(Cell<u64>, bool),
+}
+
+/// One fd an epoll instance watches.
+#[derive(Debug, Clone)]
+pub struct EpollEntry {
+    pub fd: i64,
+    pub file: std::rc::Weak<OpenFile>,
+    pub events: u32,
+    pub data: u64,
 }
 
 #[derive(Debug)]
@@ -86,6 +99,8 @@ impl OpenFile {
             Kind::Zero => "/dev/zero".into(),
             Kind::Full => "/dev/full".into(),
             Kind::Random => "/dev/urandom".into(),
+            Kind::Epoll(_) => "anon_inode:[eventpoll]".into(),
+            Kind::EventFd(..) => "anon_inode:[eventfd]".into(),
         }
     }
 }

@@ -106,6 +106,22 @@ pub fn read_file(k: &mut Kernel, t: Pid, f: &OpenFile, len: usize) -> Result<Vec
             super::info::host_random(&mut b);
             Ok(b)
         }
+        Kind::Epoll(_) => err(EINVAL),
+        Kind::EventFd(v, sem) => {
+            if len < 8 {
+                return err(EINVAL);
+            }
+            if v.get() == 0 {
+                return if nonblock {
+                    err(EAGAIN)
+                } else {
+                    Err(Stop::Block(Wait::Poll { deadline: None }))
+                };
+            }
+            let out = if *sem { 1 } else { v.get() };
+            v.set(v.get() - out);
+            Ok(out.to_le_bytes().to_vec())
+        }
         Kind::Synthetic { data, .. } => {
             let off = (f.offset.get() as usize).min(data.len());
             let n = len.min(data.len() - off);
@@ -157,6 +173,27 @@ pub fn write_file(k: &mut Kernel, t: Pid, f: &OpenFile, data: &[u8]) -> Result<u
             Ok(n)
         }
         Kind::PipeRead(..) => err(EBADF),
+        Kind::Epoll(_) => err(EINVAL),
+        Kind::EventFd(v, _) => {
+            if data.len() < 8 {
+                return err(EINVAL);
+            }
+            let add = u64::from_le_bytes(data[..8].try_into().expect("8"));
+            if add == u64::MAX {
+                return err(EINVAL);
+            }
+            match v.get().checked_add(add).filter(|&n| n < u64::MAX) {
+                Some(n) => v.set(n),
+                None => {
+                    return if nonblock {
+                        err(EAGAIN)
+                    } else {
+                        Err(Stop::Block(Wait::Poll { deadline: None }))
+                    }
+                }
+            }
+            Ok(8)
+        }
         Kind::Full => err(ENOSPC),
         Kind::Null | Kind::Zero | Kind::Random | Kind::Synthetic { .. } => Ok(data.len()),
     }

@@ -237,6 +237,7 @@ pub fn stat_of_file(f: &OpenFile) -> Result<stat, Stop> {
         }
         Kind::Synthetic { data, .. } => Ok(synth_stat(&Node::File(data.clone()), 0x5000)),
         Kind::SynthDir { .. } => Ok(synth_stat(&Node::Dir(Vec::new()), 0x5001)),
+        Kind::Epoll(_) | Kind::EventFd(..) => Ok(synth_stat(&Node::File(Vec::new()), 0x8000)),
     }
 }
 

@@ -156,6 +156,14 @@ pub fn dispatch(k: &mut Kernel, t: Pid, nr: u64, a: [u64; 6]) -> SysResult {
         SYS_ppoll => poll::ppoll(k, t, a[0], a[1], a[2]),
         SYS_select => poll::select(k, t, a[0], a[1], a[2], a[3], a[4], false),
         SYS_pselect6 => poll::select(k, t, a[0], a[1], a[2], a[3], a[4], true),
+        SYS_epoll_create => poll::epoll_create(k, t, 0),
+        SYS_epoll_create1 => poll::epoll_create(k, t, a[0]),
+        SYS_epoll_ctl => poll::epoll_ctl(k, t, a[0], a[1], a[2], a[3]),
+        SYS_epoll_wait | SYS_epoll_pwait => {
+            poll::epoll_wait(k, t, a[0], a[1], a[2], a[3] as i32 as i64)
+        }
+        SYS_eventfd => poll::eventfd(k, t, a[0], 0),
+        SYS_eventfd2 => poll::eventfd(k, t, a[0], a[1]),
         // Memory (mem.rs).
         SYS_brk => mem::brk(k, t, a[0]),
         SYS_mmap => mem::mmap(k, t, a[0], a[1], a[2], a[3], a[4], a[5]),

@@ -43,6 +43,25 @@ fn ready(f: &OpenFile, events: i16) -> i16 {
                 0
             }
         }
+        Kind::EventFd(v, _) => {
+            if v.get() > 0 {
+                POLLIN | POLLOUT
+            } else {
+                POLLOUT
+            }
+        }
+        Kind::Epoll(list) => {
+            let any = list.borrow().iter().any(|e| {
+                e.file
+                    .upgrade()
+                    .is_some_and(|f| ready(&f, e.events as i16) != 0)
+            });
+            if any {
+                POLLIN
+            } else {
+                0
+            }
+        }
         _ => POLLIN | POLLOUT,
     };
     all & (events | POLLHUP | POLLERR)
@@ -194,4 +213,138 @@ pub fn select(
         return Ok(count);
     }
     Err(Stop::Block(Wait::Poll { deadline: d }))
+}
+
+const EPOLL_CTL_ADD: u64 = 1;
+const EPOLL_CTL_DEL: u64 = 2;
+const EPOLL_CTL_MOD: u64 = 3;
+const EPOLLONESHOT: u32 = 1 << 30;
+
+pub fn epoll_create(k: &mut Kernel, t: Pid, flags: u64) -> SysResult {
+    if flags & !(libc::EPOLL_CLOEXEC as u64) != 0 {
+        return err(EINVAL);
+    }
+    let f = OpenFile::new(
+        Kind::Epoll(std::cell::RefCell::new(Vec::new())),
+        libc::O_RDWR,
+    );
+    let fds = k.fds_of(t);
+    let n = fds
+        .borrow_mut()
+        .insert(f, flags != 0)
+        .ok_or(Stop::Errno(libc::EMFILE))?;
+    Ok(n as u64)
+}
+
+pub fn epoll_ctl(k: &mut Kernel, t: Pid, epfd: u64, op: u64, fd: u64, event: u64) -> SysResult {
+    let ep = super::fd::file(k, t, epfd)?;
+    let target = super::fd::file(k, t, fd)?;
+    let Kind::Epoll(list) = &ep.kind else {
+        return err(EINVAL);
+    };
+    if std::rc::Rc::ptr_eq(&ep, &target) {
+        return err(EINVAL);
+    }
+    let (events, data) = if op != EPOLL_CTL_DEL {
+        let b = k.read_user(t, event, 12)?;
+        (
+            u32::from_le_bytes(b[..4].try_into().expect("4")),
+            u64::from_le_bytes(b[4..12].try_into().expect("8")),
+        )
+    } else {
+        (0, 0)
+    };
+    let mut list = list.borrow_mut();
+    let pos = list.iter().position(|e| {
+        e.fd == fd as i64
+            && e.file
+                .upgrade()
+                .is_some_and(|f| std::rc::Rc::ptr_eq(&f, &target))
+    });
+    match (op, pos) {
+        (EPOLL_CTL_ADD, Some(_)) => err(libc::EEXIST),
+        (EPOLL_CTL_ADD, None) => {
+            if list.len() >= 4096 {
+                return err(libc::ENOSPC);
+            }
+            list.push(crate::fs::file::EpollEntry {
+                fd: fd as i64,
+                file: std::rc::Rc::downgrade(&target),
+                events,
+                data,
+            });
+            Ok(0)
+        }
+        (EPOLL_CTL_MOD, Some(i)) => {
+            list[i].events = events;
+            list[i].data = data;
+            Ok(0)
+        }
+        (EPOLL_CTL_DEL, Some(i)) => {
+            list.remove(i);
+            Ok(0)
+        }
+        (EPOLL_CTL_MOD | EPOLL_CTL_DEL, None) => err(libc::ENOENT),
+        _ => err(EINVAL),
+    }
+}
+
+pub fn epoll_wait(
+    k: &mut Kernel,
+    t: Pid,
+    epfd: u64,
+    events: u64,
+    max: u64,
+    timeout_ms: i64,
+) -> SysResult {
+    if max == 0 || max > 4096 {
+        return err(EINVAL);
+    }
+    let ep = super::fd::file(k, t, epfd)?;
+    let Kind::Epoll(list) = &ep.kind else {
+        return err(EINVAL);
+    };
+    let mut out = Vec::new();
+    let mut n = 0u64;
+    {
+        let mut list = list.borrow_mut();
+        list.retain(|e| e.file.strong_count() > 0);
+        for e in list.iter_mut() {
+            if n >= max {
+                break;
+            }
+            let Some(f) = e.file.upgrade() else { continue };
+            let rev = ready(&f, (e.events & 0xffff) as i16) as u16 as u32;
+            if rev != 0 && e.events & 0xffff != 0 {
+                out.extend(rev.to_le_bytes());
+                out.extend(e.data.to_le_bytes());
+                n += 1;
+                if e.events & EPOLLONESHOT != 0 {
+                    e.events &= !0xffff;
+                }
+            }
+        }
+    }
+    let to = (timeout_ms >= 0).then(|| timeout_ms as u64 * 1_000_000);
+    let d = deadline(k, to);
+    if n > 0 || to == Some(0) || expired(k, d) {
+        k.write_user(t, events, &out)?;
+        return Ok(n);
+    }
+    Err(Stop::Block(Wait::Poll { deadline: d }))
+}
+
+pub fn eventfd(k: &mut Kernel, t: Pid, init: u64, flags: u64) -> SysResult {
+    let sem = flags & 1 != 0;
+    let nb = flags as i32 & libc::O_NONBLOCK;
+    let f = OpenFile::new(
+        Kind::EventFd(std::cell::Cell::new(init as u32 as u64), sem),
+        libc::O_RDWR | nb,
+    );
+    let fds = k.fds_of(t);
+    let n = fds
+        .borrow_mut()
+        .insert(f, flags as i32 & libc::O_CLOEXEC != 0)
+        .ok_or(Stop::Errno(libc::EMFILE))?;
+    Ok(n as u64)
 }

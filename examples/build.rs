@@ -21,6 +21,20 @@ fn main() {
                 .unwrap_or_else(|e| panic!("copying to {}: {e}", visible.display()));
         }
     }
+    // Linux test programs, static (musl).
+    let linux = root.join("examples/linux");
+    let release =
+        flint_build_support::build(&linux, "x86_64-unknown-linux-musl", "flint-linux-examples");
+    for e in std::fs::read_dir(linux.join("src/bin")).expect("examples/linux/src/bin") {
+        let name = e
+            .unwrap()
+            .path()
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        flint_build_support::copy_to_out_dir(&release.join(&name), &name);
+    }
     println!(
         "cargo:rustc-env=FLINT_EXAMPLES_DIR={}",
         std::env::var("OUT_DIR").unwrap()

@@ -20,3 +20,9 @@ pub fn path(name: &str) -> PathBuf {
 pub fn bytes(name: &str) -> Vec<u8> {
     std::fs::read(path(name)).unwrap_or_else(|e| panic!("example {name}: {e}"))
 }
+
+/// The path of Linux test program `name` (a static x86-64 ELF built from
+/// `examples/linux/src/bin/NAME.rs` for `x86_64-unknown-linux-musl`).
+pub fn linux_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("FLINT_EXAMPLES_DIR")).join(name)
+}

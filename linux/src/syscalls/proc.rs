@@ -237,7 +237,11 @@ fn exec_depth(
     // SAFETY: reads into a local buffer.
     let n =
         unsafe { pread(fd.as_raw_fd(), head.as_mut_ptr().cast(), head.len(), 0) }.max(0) as usize;
-    let guest_path = crate::fs::root::normalize(&hpath);
+    // /proc/PID/exe names the file itself, symlinks resolved (as Linux).
+    let guest_path = k
+        .root
+        .guest_path_of(&fd)
+        .unwrap_or_else(|| crate::fs::root::normalize(&hpath));
     if head[..n].starts_with(b"#!") {
         if depth >= 4 {
             return err(ELOOP);

@@ -1,0 +1,153 @@
+//! `rsfault MODE`: misbehaves on purpose. `segv` stores through a null
+//! pointer; `jump` jumps to an unmapped address; `priv` executes a
+//! privileged instruction; `wild` passes wild pointers and lengths to
+//! every system call number and survives (prints how many returned
+//! EFAULT); `forks` forks until it is refused and prints how many it got;
+//! `oom` allocates and touches memory until it is killed; `spin` loops.
+fn main() {
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    match mode.as_str() {
+        "segv" => {
+            let p = std::hint::black_box(std::ptr::null_mut::<u64>());
+            // SAFETY: not sound on purpose: the store faults.
+            unsafe { p.write_volatile(1) };
+        }
+        "jump" => {
+            let f: extern "C" fn() =
+                unsafe { std::mem::transmute(std::hint::black_box(0xdead_0000usize)) };
+            f();
+        }
+        "priv" => {
+            // SAFETY: not sound on purpose: hlt at CPL 3 is a #GP.
+            unsafe { std::arch::asm!("hlt") };
+        }
+        "wild" => {
+            let skip = [
+                libc::SYS_exit,
+                libc::SYS_exit_group,
+                libc::SYS_fork,
+                libc::SYS_vfork,
+                libc::SYS_clone,
+                libc::SYS_clone3,
+                libc::SYS_execve,
+                libc::SYS_execveat,
+                libc::SYS_kill,
+                libc::SYS_tkill,
+                libc::SYS_tgkill,
+                libc::SYS_rt_sigreturn,
+                libc::SYS_pause,
+                libc::SYS_rt_sigsuspend,
+                libc::SYS_munmap,
+                libc::SYS_mremap,
+                libc::SYS_mprotect,
+                libc::SYS_brk,
+                libc::SYS_mmap,
+                libc::SYS_madvise,
+                libc::SYS_rt_sigaction,
+                libc::SYS_rt_sigprocmask,
+                libc::SYS_sigaltstack,
+                libc::SYS_arch_prctl,
+                libc::SYS_set_tid_address,
+                libc::SYS_futex,
+                libc::SYS_close,
+                libc::SYS_dup2,
+                libc::SYS_dup3,
+                libc::SYS_wait4,
+                libc::SYS_waitid,
+                libc::SYS_nanosleep,
+                libc::SYS_clock_nanosleep,
+                libc::SYS_select,
+                libc::SYS_pselect6,
+                libc::SYS_poll,
+                libc::SYS_ppoll,
+                libc::SYS_epoll_wait,
+                libc::SYS_epoll_pwait,
+                libc::SYS_read,
+                libc::SYS_readv,
+                libc::SYS_pread64,
+                libc::SYS_setitimer,
+                libc::SYS_alarm,
+                libc::SYS_prctl,
+                libc::SYS_seccomp,
+                libc::SYS_chdir,
+                libc::SYS_fchdir,
+                libc::SYS_umask,
+            ];
+            let wild: [u64; 6] = [
+                0xffff_8000_0000_0000,
+                0xdead_beef_0000,
+                1,
+                0x7fff_ffff_ffff,
+                u64::MAX,
+                0x1000,
+            ];
+            let mut faults = 0;
+            for nr in 0..450i64 {
+                if skip.contains(&nr) {
+                    continue;
+                }
+                for (i, &w) in wild.iter().enumerate() {
+                    let a = [w, wild[(i + 1) % 6], 0x7fff_0000_0000 + i as u64, w, w, w];
+                    // SAFETY: system calls with wild arguments: the kernel
+                    // must refuse them; nothing here dereferences them.
+                    let r = unsafe { libc::syscall(nr, 3i64, a[0], a[1], a[2], a[3], a[4]) };
+                    let r2 = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
+                    if r == -1 || r2 == -1 {
+                        faults += (std::io::Error::last_os_error().raw_os_error()
+                            == Some(libc::EFAULT)) as u32;
+                    }
+                }
+            }
+            println!("survived, {faults} EFAULT");
+        }
+        "forks" => {
+            let mut n = 0;
+            loop {
+                // SAFETY: fork in a single-threaded program; the child
+                // only sleeps and exits.
+                let pid = unsafe { libc::fork() };
+                if pid < 0 {
+                    let e = std::io::Error::last_os_error();
+                    println!(
+                        "forked {n}, then {}",
+                        if e.raw_os_error() == Some(libc::EAGAIN) {
+                            "EAGAIN"
+                        } else {
+                            "other"
+                        }
+                    );
+                    break;
+                }
+                if pid == 0 {
+                    // SAFETY: plain libc calls in the child.
+                    unsafe {
+                        libc::sleep(1000);
+                        libc::_exit(0);
+                    }
+                }
+                n += 1;
+                if n > 100_000 {
+                    println!("never refused");
+                    break;
+                }
+            }
+        }
+        "oom" => {
+            let mut keep = Vec::new();
+            loop {
+                let mut v = vec![0u8; 1 << 20];
+                for i in (0..v.len()).step_by(4096) {
+                    v[i] = 1;
+                }
+                keep.push(v);
+            }
+        }
+        "spin" => loop {
+            std::hint::spin_loop();
+        },
+        _ => {
+            eprintln!("usage: rsfault segv|jump|priv|wild|forks|oom|spin");
+            std::process::exit(2);
+        }
+    }
+}

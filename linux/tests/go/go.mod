@@ -1,0 +1,3 @@
+module flinttests
+
+go 1.19

@@ -1,0 +1,190 @@
+//! Programs that misbehave: faults become Linux signals, wild pointers
+//! become errors, fork bombs and memory hogs hit limits, and the host is
+//! never harmed; paths never leave the root.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use flint_linux::{Config, ExitStatus, LinuxError};
+
+fn fault(mode: &str, config: &Config) -> Ran {
+    let (root, path) = program_root(&flint_examples::linux_path("rsfault"));
+    run_with(
+        config,
+        root.path(),
+        &path,
+        &["rsfault", mode],
+        &[],
+        b"",
+        "/",
+    )
+}
+
+#[test]
+fn faults_become_signals() {
+    for mode in ["segv", "jump", "priv"] {
+        let r = fault(mode, &config());
+        assert_eq!(
+            r.status(),
+            ExitStatus::Signaled {
+                signal: 11,
+                core: true
+            },
+            "{mode}"
+        );
+    }
+}
+
+#[test]
+fn wild_pointers_in_every_system_call_are_refused() {
+    let r = fault("wild", &config());
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    let n: u32 = r
+        .stdout
+        .trim()
+        .strip_prefix("survived, ")
+        .unwrap()
+        .strip_suffix(" EFAULT")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(n > 100, "wild pointers should give EFAULT: {}", r.stdout);
+}
+
+#[test]
+fn a_fork_bomb_stops_at_the_process_limit() {
+    let config = Config {
+        max_processes: 40,
+        ..config()
+    };
+    let r = fault("forks", &config);
+    assert_eq!(r.stdout, "forked 39, then EAGAIN\n");
+    let root = busybox_root();
+    let cfg = Config {
+        max_processes: 30,
+        timeout: Some(Duration::from_secs(3)),
+        ..config.clone()
+    };
+    let r = run_with(
+        &cfg,
+        root.path(),
+        "/bin/sh",
+        &["sh", "-c", "f() { f | f & }; f"],
+        &[],
+        b"",
+        "/",
+    );
+    // The bomb never ends by itself: it is stopped by the timeout, cleanly.
+    assert!(
+        matches!(r.result, Err(LinuxError::Timeout) | Ok(_)),
+        "{:?}",
+        r.result
+    );
+}
+
+#[test]
+fn memory_exhaustion_kills_with_137() {
+    let config = Config {
+        memory_mib: 64,
+        ..config()
+    };
+    let r = fault("oom", &config);
+    let out = r.result.as_ref().unwrap();
+    assert_eq!(
+        out.status,
+        ExitStatus::Signaled {
+            signal: 9,
+            core: false
+        }
+    );
+    assert_eq!(out.status.code(), 137);
+    assert!(out.oom);
+}
+
+#[test]
+fn a_spinning_program_is_stopped_by_the_timeout() {
+    let config = Config {
+        timeout: Some(Duration::from_millis(500)),
+        ..config()
+    };
+    let t0 = std::time::Instant::now();
+    let r = fault("spin", &config);
+    assert!(
+        matches!(r.result, Err(LinuxError::Timeout)),
+        "{:?}",
+        r.result
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn paths_never_leave_the_root() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "host secret\n").unwrap();
+    let root = busybox_root();
+    let o = outside.path().display().to_string();
+    std::os::unix::fs::symlink(&o, root.path().join("abs")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../../../", root.path().join("tmp/up")).unwrap();
+    let script = format!(
+        "cat {o}/secret; cat /abs/secret; cat /tmp/up{o}/secret; cat ../../../..{o}/secret; cd /tmp/up/../..; cat .{o}/secret; ln -s {o}/secret /tmp/l; cat /tmp/l; echo written > /abs/new; echo end"
+    );
+    let r = run_with(
+        &config(),
+        root.path(),
+        "/bin/sh",
+        &["sh", "-c", &script],
+        &[],
+        b"",
+        "/work",
+    );
+    assert!(!r.stdout.contains("host secret"), "{}", r.stdout);
+    assert!(r.stdout.ends_with("end\n"), "{} {}", r.stdout, r.stderr);
+    assert!(!outside.path().join("new").exists());
+}
+
+#[test]
+fn a_directory_swapped_for_a_symlink_mid_walk_stays_inside() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir(outside.path().join("d")).unwrap();
+    std::fs::write(outside.path().join("d/f"), "host secret\n").unwrap();
+    let root = busybox_root();
+    std::fs::create_dir(root.path().join("work/d")).unwrap();
+    std::fs::write(root.path().join("work/d/f"), "guest\n").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (r2, s2, o) = (
+        root.path().to_path_buf(),
+        stop.clone(),
+        outside.path().to_path_buf(),
+    );
+    // The host swaps /work/d for a symlink to the outside and back.
+    let racer = std::thread::spawn(move || {
+        let d = r2.join("work/d");
+        let aside = r2.join("work/d.real");
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = std::fs::rename(&d, &aside);
+            let _ = std::os::unix::fs::symlink(o.join("d"), &d);
+            let _ = std::fs::remove_file(&d);
+            let _ = std::fs::rename(&aside, &d);
+        }
+    });
+    let r = run_with(
+        &config(),
+        root.path(),
+        "/bin/sh",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 300 ]; do cat d/f 2>/dev/null; i=$((i+1)); done; echo end",
+        ],
+        &[],
+        b"",
+        "/work",
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    racer.join().unwrap();
+    assert!(!r.stdout.contains("host secret"), "escaped the root");
+    assert!(r.stdout.contains("guest"), "{}", r.stdout);
+    assert!(r.stdout.ends_with("end\n"));
+}

@@ -1,0 +1,203 @@
+//! Real programs in Flint VMs: busybox (compared with the same busybox run
+//! natively), static Rust (musl) and Go programs, and Debian's CPython.
+
+mod common;
+
+use common::*;
+use flint_linux::ExitStatus;
+
+/// A shell script using pipes, redirection, subshells, `$(...)`, loops and
+/// the common applets, on relative paths only, so that it means the same
+/// natively and in Flint.
+const SCRIPT: &str = r#"
+set -e
+echo hi | tr a-z A-Z
+x=$(echo sub | sed s/sub/SUB/); echo "got $x"
+(echo in a subshell; exit 3) || echo "subshell said $?"
+for i in 1 2 3; do echo "n=$i"; done | wc -l
+mkdir -p d/e
+echo hello > d/e/f.txt
+echo more >> d/e/f.txt
+cp d/e/f.txt d/g.txt
+mv d/g.txt d/h.txt
+ls d | sort
+find d -name '*.txt' | sort
+grep -c hello d/e/f.txt
+cat d/e/f.txt | awk '{print NR": "$1}'
+printf 'b\na\nc\n' | sort | head -2
+echo -n abc | sha256sum
+seq 1 5 | xargs echo
+expr 6 \* 7
+tar -cf t.tar d && tar -tf t.tar | sort
+rm -rf d t.tar
+test -e d || echo removed
+sleep 0.05
+echo done 2>/dev/null
+cat missing 2>err.txt || echo "cat failed: $(cat err.txt | wc -l) line"
+rm err.txt
+"#;
+
+#[test]
+fn busybox_sh_matches_native_busybox() {
+    let root = busybox_root();
+    std::fs::write(root.path().join("work/script.sh"), SCRIPT).unwrap();
+    let native = std::process::Command::new(root.path().join("bin/sh"))
+        .arg("script.sh")
+        .current_dir(root.path().join("work"))
+        .env_clear()
+        .env("PATH", root.path().join("bin"))
+        .output()
+        .unwrap();
+    assert!(
+        native.status.success(),
+        "{}",
+        String::from_utf8_lossy(&native.stderr)
+    );
+    let ran = run_with(
+        &config(),
+        root.path(),
+        "/bin/sh",
+        &["sh", "script.sh"],
+        &[],
+        b"",
+        "/work",
+    );
+    assert_eq!(
+        ran.stdout,
+        String::from_utf8_lossy(&native.stdout),
+        "stderr: {}",
+        ran.stderr
+    );
+    assert_eq!(ran.code(), 0);
+    assert!(ran.stdout.contains("HI\ngot SUB\n"), "{}", ran.stdout);
+}
+
+#[test]
+fn exit_statuses_and_signals_follow_linux() {
+    let root = busybox_root();
+    let sh = |cmd: &str| run(root.path(), "/bin/sh", &["sh", "-c", cmd]);
+    assert_eq!(sh("exit 42").code(), 42);
+    assert_eq!(sh("false").code(), 1);
+    let r = sh("kill -SEGV $$");
+    assert_eq!(
+        r.status(),
+        ExitStatus::Signaled {
+            signal: 11,
+            core: true
+        }
+    );
+    assert_eq!(r.code(), 139);
+    assert_eq!(
+        sh("kill -TERM $$").status(),
+        ExitStatus::Signaled {
+            signal: 15,
+            core: false
+        }
+    );
+    // A child killed by a signal: the shell sees 128 + signal.
+    let r = sh("sh -c 'kill -KILL $$'; echo status $?");
+    assert_eq!(r.stdout, "status 137\n");
+    let r = sh("nosuchcommand; echo status $?");
+    assert_eq!(r.stdout, "status 127\n");
+    // The program itself missing: an error, not a crash.
+    let r = run(root.path(), "/bin/nothing", &["nothing"]);
+    assert!(
+        matches!(&r.result, Err(flint_linux::LinuxError::Exec { source, .. }) if source.raw_os_error() == Some(libc::ENOENT)),
+        "{:?}",
+        r.result
+    );
+}
+
+#[test]
+fn stdin_env_args_and_workdir_reach_the_program() {
+    let (root, path) = program_root(&flint_examples::linux_path("rshello"));
+    let r = run_with(
+        &config(),
+        root.path(),
+        &path,
+        &["rshello", "a", "b", "stdin"],
+        &[("GREETING", "hej")],
+        b"piped\n",
+        "/tmp",
+    );
+    assert_eq!(r.stdout, "hello, a b stdin\nGREETING=hej\nstdin: piped\n");
+    assert_eq!(r.code(), 0);
+    let bb = busybox_root();
+    let r = run_with(
+        &config(),
+        bb.path(),
+        "/bin/sh",
+        &["sh", "-c", "pwd; cat; echo $V"],
+        &[("V", "x")],
+        b"in\n",
+        "/work",
+    );
+    assert_eq!(r.stdout, "/work\nin\nx\n");
+}
+
+#[test]
+fn static_rust_programs_use_threads_files_time_and_children() {
+    let (root, path) = program_root(&flint_examples::linux_path("rsthreads"));
+    let r = run(root.path(), &path, &["rsthreads"]);
+    assert_eq!(r.code(), 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.matches(": ok").count(), 7, "{}", r.stdout);
+    let (root, path) = program_root(&flint_examples::linux_path("rshello"));
+    let r = run(root.path(), &path, &["rshello", "panic"]);
+    assert_eq!(r.code(), 101, "a Rust panic exits 101");
+    assert!(r.stderr.contains("asked to panic"), "{}", r.stderr);
+    assert_eq!(run(root.path(), &path, &["rshello", "exit=7"]).code(), 7);
+}
+
+#[test]
+fn static_go_programs_run_goroutines_timers_and_signals() {
+    let prog = go_program("gohello");
+    let (root, path) = program_root(&prog);
+    let r = run(root.path(), &path, &["gohello", "x"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "hello from go [x]\ngoroutines 3500000\ntimer true\nsignal user defined signal 1\nfile go data <nil>\n"
+    );
+}
+
+#[test]
+fn debian_cpython_runs_dynamically_linked() {
+    let root = python_root();
+    let r = run_with(
+        &config(),
+        &root,
+        "/usr/bin/python3",
+        &["python3", "-c", "import json, os, sys; print(2**100); print(json.dumps({'a': [1, 2]})); print(os.getcwd(), sys.argv[1:])", "x"],
+        &[("PYTHONDONTWRITEBYTECODE", "1")],
+        b"",
+        "/tmp",
+    );
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "1267650600228229401496703205376\n{\"a\": [1, 2]}\n/tmp ['x']\n"
+    );
+    let r = run_with(
+        &config(),
+        &root,
+        "/usr/bin/python3",
+        &["python3", "-c", "raise SystemExit(3)"],
+        &[],
+        b"",
+        "/",
+    );
+    assert_eq!(r.code(), 3);
+}
+
+#[test]
+fn proc_shows_the_containers_processes() {
+    let root = busybox_root();
+    let r = run(root.path(), "/bin/sh", &["sh", "-c", "sleep 5 & ps; readlink /proc/self/exe; cat /proc/$$/cmdline | tr '\\0' ' '; echo; ls /proc/self/fd; kill %1"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(lines[0].starts_with("PID"), "{}", r.stdout);
+    assert!(lines.iter().any(|l| l.contains("sleep 5")), "{}", r.stdout);
+    assert!(lines.contains(&"/bin/busybox"), "{}", r.stdout);
+    assert!(lines.iter().any(|l| l.starts_with("sh -c")), "{}", r.stdout);
+    assert!(r.stdout.contains("0\n1\n2\n"), "{}", r.stdout);
+}

@@ -15,12 +15,28 @@ pub struct ImageArgs {
 
 #[derive(Debug, Subcommand)]
 enum ImageCommand {
-    /// Build an OCI image holding WebAssembly modules at `/NAME.wasm`.
+    /// Build an OCI image holding WebAssembly modules at `/NAME.wasm`, or
+    /// a Linux root filesystem (`--rootfs DIR`).
     Build {
         /// The modules: the first is the image's entrypoint, the others
         /// can be run in its containers with `ctr task exec`.
-        #[arg(required = true, num_args = 1..)]
+        #[arg(required_unless_present = "rootfs", num_args = 0..)]
         modules: Vec<PathBuf>,
+        /// A directory to pack as a Linux image's root filesystem.
+        #[arg(long, conflicts_with = "modules")]
+        rootfs: Option<PathBuf>,
+        /// The Linux image's entrypoint (a path inside the root), e.g. /bin/sh.
+        #[arg(long, requires = "rootfs")]
+        entrypoint: Option<String>,
+        /// The Linux image's default arguments (`Cmd`), repeated.
+        #[arg(long = "cmd", requires = "rootfs")]
+        cmd: Vec<String>,
+        /// An environment variable of the Linux image (K=V), repeated.
+        #[arg(long = "env", requires = "rootfs")]
+        env: Vec<String>,
+        /// The Linux image's working directory.
+        #[arg(long, requires = "rootfs")]
+        workdir: Option<String>,
         /// The image reference, e.g. docker.io/library/hello:v1.
         #[arg(short = 't', long = "tag")]
         tag: String,
@@ -33,9 +49,48 @@ enum ImageCommand {
 pub fn main(a: ImageArgs) -> i32 {
     let ImageCommand::Build {
         modules,
+        rootfs,
+        entrypoint,
+        cmd,
+        env,
+        workdir,
         tag,
         output,
     } = a.command;
+    if let Some(dir) = rootfs {
+        let mut env = env;
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.insert(
+                0,
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            );
+        }
+        let mut config =
+            serde_json::json!({ "Env": env, "WorkingDir": workdir.unwrap_or_else(|| "/".into()) });
+        if let Some(e) = entrypoint {
+            config["Entrypoint"] = serde_json::json!([e]);
+        }
+        if !cmd.is_empty() {
+            config["Cmd"] = serde_json::json!(cmd);
+        }
+        let archive = match flint_image::build_dir(&dir, config, &tag) {
+            Ok(a) => a,
+            Err(e) => {
+                exit::report(&e);
+                return exit::FLINT_ERROR;
+            }
+        };
+        if let Err(e) = std::fs::write(&output, archive) {
+            eprintln!("flint: cannot write {}: {e}", output.display());
+            return exit::FLINT_ERROR;
+        }
+        eprintln!(
+            "flint: image {tag} of {} written to {}",
+            dir.display(),
+            output.display()
+        );
+        return 0;
+    }
     let mut files = Vec::new();
     for module in &modules {
         let bytes = match std::fs::read(module) {

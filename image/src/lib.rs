@@ -110,9 +110,45 @@ pub fn build_files(
         layer_tar.append_data(&mut h, file, *data).map_err(io)?;
     }
     let layer_tar = layer_tar.into_inner().map_err(io)?;
-    let diff_id = sha256(&layer_tar);
+    build_layer(&layer_tar, config, reference).map_err(|e| match e {
+        ImageError::Io { source, .. } => io(source),
+        e => e,
+    })
+}
+
+/// Builds an OCI image layout archive of a Linux root filesystem: one
+/// layer holding the directory `dir` as `/` (symlinks kept as symlinks,
+/// modes kept), with `config` as the image config's `config`
+/// (`Entrypoint`, `Cmd`, `Env`, `WorkingDir`).
+pub fn build_dir(
+    dir: &Path,
+    config: serde_json::Value,
+    reference: &str,
+) -> Result<Vec<u8>, ImageError> {
+    let io = |e| ImageError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    };
+    let mut layer = tar::Builder::new(Vec::new());
+    layer.follow_symlinks(false);
+    layer.mode(tar::HeaderMode::Deterministic);
+    layer.append_dir_all(".", dir).map_err(io)?;
+    let layer = layer.into_inner().map_err(io)?;
+    build_layer(&layer, config, reference)
+}
+
+fn build_layer(
+    layer_tar: &[u8],
+    config: serde_json::Value,
+    reference: &str,
+) -> Result<Vec<u8>, ImageError> {
+    let io = |e| ImageError::Io {
+        path: PathBuf::from(reference),
+        source: e,
+    };
+    let diff_id = sha256(layer_tar);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    std::io::Write::write_all(&mut gz, &layer_tar).map_err(io)?;
+    std::io::Write::write_all(&mut gz, layer_tar).map_err(io)?;
     let layer = gz.finish().map_err(io)?;
     let config = serde_json::json!({
         "architecture": "amd64",

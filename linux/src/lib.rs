@@ -27,7 +27,7 @@ mod task;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,11 @@ pub struct Config {
     /// Most processes alive (or not yet reaped) at once: a fork past it
     /// fails with EAGAIN.
     pub max_processes: usize,
+    /// Signals for process 1 from outside (the shim's Kill), one bit per
+    /// signal (`1 << (sig - 1)`). SIGKILL ends the container; another
+    /// signal reaches process 1 only if it handles it, as for the init of
+    /// a PID namespace.
+    pub signals: Option<Arc<AtomicU64>>,
 }
 
 impl Default for Config {
@@ -84,6 +89,7 @@ impl Default for Config {
             memory_mib: 256,
             timeout: Some(Duration::from_secs(60)),
             max_processes: 256,
+            signals: None,
         }
     }
 }
@@ -137,6 +143,7 @@ pub fn run(
             let _ = tid_tx.send(vcpu::current_thread());
             let limits = kernel::Limits {
                 max_processes: config2.max_processes,
+                signals: config2.signals.clone(),
             };
             let mut k = kernel::Kernel::new(config2.memory_mib, root, limits, c2)?;
             k.spawn_init(&program2, stdio)?;
@@ -175,4 +182,49 @@ pub fn run(
 /// True when `head` (a file's first bytes) is an ELF program.
 pub fn is_elf(head: &[u8]) -> bool {
     loader::is_elf(head)
+}
+
+/// Finds `name` as a shell would: itself if it has a `/`, else in each
+/// directory of `path` (a `PATH` value), inside the root filesystem `root`
+/// (resolved there, never outside). Returns the guest path of the first
+/// regular, executable file.
+pub fn find_program(root: &Path, name: &str, path: &str) -> Option<String> {
+    let root = fs::root::Root::open(root).ok()?;
+    let candidates: Vec<String> = if name.contains('/') {
+        vec![if name.starts_with('/') {
+            name.to_string()
+        } else {
+            format!("/{name}")
+        }]
+    } else {
+        path.split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| format!("{}/{name}", d.trim_end_matches('/')))
+            .collect()
+    };
+    candidates.into_iter().find(|c| {
+        root.open_at(c.as_bytes(), libc::O_PATH, 0)
+            .ok()
+            .is_some_and(|fd| {
+                std::fs::metadata(format!(
+                    "/proc/self/fd/{}",
+                    std::os::fd::AsRawFd::as_raw_fd(&fd)
+                ))
+                .is_ok_and(|m| {
+                    m.is_file()
+                        && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+                })
+            })
+    })
+}
+
+/// The first bytes of the file at guest path `path` inside `root`.
+pub fn read_head(root: &Path, path: &str, n: usize) -> std::io::Result<Vec<u8>> {
+    let root = fs::root::Root::open(root)?;
+    let fd = root.open_at(path.as_bytes(), libc::O_RDONLY, 0)?;
+    let mut f = std::fs::File::from(fd);
+    let mut buf = vec![0u8; n];
+    let got = std::io::Read::read(&mut f, &mut buf)?;
+    buf.truncate(got);
+    Ok(buf)
 }

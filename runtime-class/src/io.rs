@@ -277,6 +277,32 @@ fn write_or_drop(out: &mut Option<File>, data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+impl ProcessIo {
+    /// The streams as host descriptors for a Linux program (its fds 0, 1
+    /// and 2); a stream containerd did not give is /dev/null.
+    pub fn linux_stdio(&self) -> Result<flint_linux::Stdio, SandboxError> {
+        let dup = |f: &Option<File>, write: bool| -> Result<std::os::fd::OwnedFd, SandboxError> {
+            match f {
+                Some(f) => f
+                    .try_clone()
+                    .map(Into::into)
+                    .map_err(|e| io_err("duplicating stdio", e)),
+                None => OpenOptions::new()
+                    .read(!write)
+                    .write(write)
+                    .open("/dev/null")
+                    .map(Into::into)
+                    .map_err(|e| io_err("/dev/null", e)),
+            }
+        };
+        Ok(flint_linux::Stdio {
+            stdin: dup(&self.stdin, false)?,
+            stdout: dup(&self.stdout, true)?,
+            stderr: dup(&self.stderr, true)?,
+        })
+    }
+}
+
 impl GuestIo for ProcessIo {
     fn stdout(&mut self, data: &[u8]) -> std::io::Result<()> {
         write_or_drop(&mut self.stdout, data)

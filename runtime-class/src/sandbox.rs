@@ -77,10 +77,24 @@ pub enum Kind {
     Workload,
 }
 
-/// A module to run, with its arguments and environment.
+/// What a process runs.
+#[derive(Debug)]
+enum Code {
+    /// A WebAssembly module (its bytes).
+    Wasm(Arc<Vec<u8>>),
+    /// A Linux program in the container's root filesystem (its guest
+    /// path), with its working directory; the rootfs is the root.
+    Linux {
+        root: PathBuf,
+        path: String,
+        cwd: String,
+    },
+}
+
+/// A program to run, with its arguments and environment.
 #[derive(Debug)]
 struct Program {
-    module: Arc<Vec<u8>>,
+    code: Code,
     args: Vec<String>,
     env: Vec<(String, String)>,
     memory_mib: u64,
@@ -118,6 +132,8 @@ pub struct Process {
     /// once it has ended.
     probe: Mutex<Option<VmProbe>>,
     cpu_ns: AtomicU64,
+    /// Signals for a Linux program's process 1 (bit `sig - 1`).
+    signals: Arc<AtomicU64>,
 }
 
 fn now() -> (i64, i32) {
@@ -152,6 +168,7 @@ struct Config {
     kind: Kind,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    cwd: String,
     root: PathBuf,
     memory_mib: u64,
 }
@@ -198,6 +215,7 @@ fn read_config(bundle: &Path) -> Result<Config, SandboxError> {
         kind,
         args: strings(&v["process"]["args"]),
         env: env_pairs(&v["process"]["env"]),
+        cwd: v["process"]["cwd"].as_str().unwrap_or("/").to_string(),
         root,
         memory_mib,
     })
@@ -226,7 +244,7 @@ fn module_in_rootfs(root: &Path, arg0: &str) -> Result<Vec<u8>, SandboxError> {
         .map_err(|e| SandboxError::Io(format!("{arg0}: {e}")))?;
     if !bytes.starts_with(b"\0asm") {
         return Err(SandboxError::Unsupported(format!(
-            "{arg0} is not a WebAssembly module: Flint runs WASI preview 1 modules (.wasm) in its VMs, not Linux executables"
+            "{arg0} is neither a WebAssembly module nor a Linux program (ELF or #! script)"
         )));
     }
     wasmparser::Validator::new()
@@ -237,20 +255,44 @@ fn module_in_rootfs(root: &Path, arg0: &str) -> Result<Vec<u8>, SandboxError> {
     Ok(bytes)
 }
 
+/// What `args[0]` names: a Linux program (an ELF file or a `#!` script,
+/// found on the process's PATH inside the rootfs as runc finds it), or a
+/// WebAssembly module.
 fn program(
     root: &Path,
     args: Vec<String>,
     env: Vec<(String, String)>,
     memory_mib: u64,
+    cwd: &str,
 ) -> Result<Program, SandboxError> {
     let Some(arg0) = args.first() else {
         return Err(SandboxError::Invalid(
-            "the process has no args: name the .wasm module to run".into(),
+            "the process has no args: name the program or .wasm module to run".into(),
         ));
     };
+    let path_env = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    if let Some(path) = flint_linux::find_program(root, arg0, path_env) {
+        let head = flint_linux::read_head(root, &path, 4).unwrap_or_default();
+        if flint_linux::is_elf(&head) || head.starts_with(b"#!") {
+            return Ok(Program {
+                code: Code::Linux {
+                    root: root.to_path_buf(),
+                    path,
+                    cwd: cwd.to_string(),
+                },
+                args,
+                env,
+                memory_mib,
+            });
+        }
+    }
     let module = module_in_rootfs(root, arg0)?;
     Ok(Program {
-        module: Arc::new(module),
+        code: Code::Wasm(Arc::new(module)),
         args,
         env,
         memory_mib,
@@ -282,6 +324,7 @@ impl Process {
             exited,
             probe: Mutex::new(None),
             cpu_ns: AtomicU64::new(0),
+            signals: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -383,6 +426,12 @@ impl Process {
         let Some(program) = &self.program else {
             return (0, false);
         };
+        if let Code::Linux { root, path, cwd } = &program.code {
+            return self.run_linux(program, root, path, cwd, io);
+        }
+        let Code::Wasm(module) = &program.code else {
+            return (0, false);
+        };
         let config = VmConfig {
             memory_mib: program.memory_mib,
             timeout: None,
@@ -392,7 +441,7 @@ impl Process {
             args: program.args.clone(),
             env: program.env.clone(),
         };
-        let result = ReadyVm::boot(&config, &program.module, &mut io).and_then(|vm| {
+        let result = ReadyVm::boot(&config, module, &mut io).and_then(|vm| {
             let probe = vm.probe();
             *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(probe.clone());
             let r = vm.invoke_abortable(&invocation, &mut io, None, Some(&self.abort));
@@ -416,6 +465,61 @@ impl Process {
         outcome
     }
 
+    /// Runs a Linux program in a VM of its own; its exit status as runc
+    /// reports one (128 + signal when a signal ended it).
+    fn run_linux(
+        &self,
+        program: &Program,
+        root: &Path,
+        path: &str,
+        cwd: &str,
+        mut io: ProcessIo,
+    ) -> (u32, bool) {
+        let stdio = match io.linux_stdio() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = io.stderr(format!("flint: {e}\n").as_bytes());
+                io.close();
+                return (1, false);
+            }
+        };
+        let config = flint_linux::Config {
+            memory_mib: program.memory_mib.max(64),
+            timeout: None,
+            signals: Some(self.signals.clone()),
+            ..flint_linux::Config::default()
+        };
+        let prog = flint_linux::Program {
+            path: path.to_string(),
+            argv: program.args.clone(),
+            env: program.env.clone(),
+            workdir: cwd.to_string(),
+        };
+        let outcome = match flint_linux::run(&config, root, &prog, Some(stdio)) {
+            Ok(out) => (out.status.code() as u32, out.oom),
+            Err(e) => {
+                let mut msg = format!("flint: {e}");
+                let mut src = std::error::Error::source(&e);
+                while let Some(x) = src {
+                    msg.push_str(&format!(": {x}"));
+                    src = x.source();
+                }
+                let _ = io.stderr(format!("{msg}\n").as_bytes());
+                match e {
+                    flint_linux::LinuxError::Exec { source, .. }
+                        if source.raw_os_error() == Some(libc::ENOENT) =>
+                    {
+                        (127, false)
+                    }
+                    flint_linux::LinuxError::Exec { .. } => (126, false),
+                    _ => (1, false),
+                }
+            }
+        };
+        io.close();
+        outcome
+    }
+
     /// Stops the process (any signal but 0 stops a VM).
     pub fn kill(&self, signal: u32) -> Result<(), SandboxError> {
         if signal == 0 {
@@ -426,6 +530,20 @@ impl Process {
         }
         let status = self.status().0;
         match status {
+            Status::Running
+                if matches!(
+                    self.program,
+                    Some(Program {
+                        code: Code::Linux { .. },
+                        ..
+                    })
+                ) =>
+            {
+                // To process 1 of the container, as the kernel delivers it
+                // to a PID namespace's init.
+                self.signals.fetch_or(1 << (signal - 1), Ordering::SeqCst);
+                Ok(())
+            }
             Status::Running if self.program.is_some() => {
                 self.signal.store(signal, Ordering::SeqCst);
                 self.abort.store(true, Ordering::SeqCst);
@@ -508,7 +626,7 @@ impl Container {
         let c = read_config(&spec.bundle)?;
         let program = match c.kind {
             Kind::PodSandbox => None,
-            Kind::Workload => Some(program(&c.root, c.args, c.env, c.memory_mib)?),
+            Kind::Workload => Some(program(&c.root, c.args, c.env, c.memory_mib, &c.cwd)?),
         };
         let init = Arc::new(Process::new(&spec, "", spec.stdio.clone(), program));
         Ok(Self {
@@ -553,6 +671,7 @@ impl Container {
             strings(&v["args"]),
             env_pairs(&v["env"]),
             self.memory_mib,
+            v["cwd"].as_str().unwrap_or("/"),
         )?;
         let p = Arc::new(Process::new(&self.spec, exec_id, stdio, Some(program)));
         let mut execs = self.execs.lock().unwrap_or_else(|e| e.into_inner());
@@ -701,7 +820,7 @@ mod tests {
         ));
         assert!(matches!(
             module_in_rootfs(&root, "/sh"),
-            Err(SandboxError::Unsupported(m)) if m.contains("not a WebAssembly module")
+            Err(SandboxError::Unsupported(m)) if m.contains("neither a WebAssembly module nor a Linux program")
         ));
         std::fs::write(root.join("broken.wasm"), b"\0asm\x01\0\0\0\x01\xff").unwrap();
         assert!(matches!(

@@ -47,6 +47,8 @@ pub struct Control {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_processes: usize,
+    /// Signals for process 1 from outside the VM.
+    pub signals: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 pub struct Kernel {
@@ -300,6 +302,7 @@ impl Kernel {
             if self.control.stop.load(Ordering::SeqCst) {
                 return Err(LinuxError::Timeout);
             }
+            self.outside_signals();
             self.wake_ready();
             if let Some(st) = self.init_exit {
                 return Ok(st);
@@ -315,6 +318,35 @@ impl Kernel {
                 continue;
             }
             self.enter(tid)?;
+        }
+    }
+
+    /// Delivers signals sent from outside (the shim's Kill) to process 1.
+    fn outside_signals(&mut self) {
+        let Some(sigs) = &self.limits.signals else {
+            return;
+        };
+        let mut mask = sigs.swap(0, Ordering::SeqCst);
+        while mask != 0 {
+            let sig = mask.trailing_zeros() as i32 + 1;
+            mask &= mask - 1;
+            if sig == crate::signal::SIGKILL {
+                self.exit_process(
+                    1,
+                    ExitStatus::Signaled {
+                        signal: sig,
+                        core: false,
+                    },
+                );
+                return;
+            }
+            let handled = self.table.procs.get(&1).is_some_and(|p| {
+                let h = p.actions.borrow().get(sig).handler;
+                h != crate::signal::SIG_DFL && h != crate::signal::SIG_IGN
+            });
+            if handled {
+                self.signal_process(1, SigInfo::user(sig, 0));
+            }
         }
     }
 

@@ -19,6 +19,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 const SANDBOX_IMAGE: &str = "docker.io/library/flint-pause:v1";
 const TOOLS_IMAGE: &str = "docker.io/library/tools:v1";
+const BUSYBOX_IMAGE: &str = "docker.io/library/busybox:flint";
 
 async fn channel(sock: &Path) -> Channel {
     let sock = sock.to_path_buf();
@@ -60,13 +61,22 @@ fn pod_config(logs: &Path) -> PodSandboxConfig {
 }
 
 fn container_config(name: &str, command: &[&str], env: &[(&str, &str)]) -> ContainerConfig {
+    image_config(TOOLS_IMAGE, name, command, env)
+}
+
+fn image_config(
+    image: &str,
+    name: &str,
+    command: &[&str],
+    env: &[(&str, &str)],
+) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: name.into(),
             attempt: 0,
         }),
         image: Some(ImageSpec {
-            image: TOOLS_IMAGE.into(),
+            image: image.into(),
             ..Default::default()
         }),
         command: command.iter().map(|s| s.to_string()).collect(),
@@ -128,13 +138,48 @@ async fn wait_log(path: &Path, want: &str) -> String {
 async fn cri_pods_run_their_containers_in_flint_vms() {
     let sockets = shim_sockets();
     let ctd = Containerd::start_with_cri("cri", SANDBOX_IMAGE);
-    // The pod sandbox runs no module: any image does (Kubernetes' pause
-    // image on a real node; here one built by flint-image, for there is no
-    // registry to pull from).
-    ctd.import(
-        &[("pause.wasm", &flint_examples::bytes("hello"))],
-        SANDBOX_IMAGE,
-    );
+    // The pod sandbox runs nothing: a pause-like static Linux program as
+    // its image, as Kubernetes' pause image (built here by flint-image,
+    // for there is no registry to pull from).
+    let pause = std::fs::read(flint_examples::linux_path("pause")).unwrap();
+    let tar = ctd.dir.join("pause.tar");
+    std::fs::write(
+        &tar,
+        flint_image::build_files(
+            &[("pause", &pause)],
+            serde_json::json!({"Entrypoint": ["/pause"]}),
+            SANDBOX_IMAGE,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(ctd
+        .ctr(&["images", "import", tar.to_str().unwrap()])
+        .status
+        .success());
+    // A Linux image (busybox) for a container beside the wasm ones.
+    let bb = tempfile::tempdir().unwrap();
+    std::fs::create_dir(bb.path().join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", bb.path().join("bin/busybox"))
+        .expect("/bin/busybox: install busybox-static");
+    for a in ["sh", "echo", "uname", "cat"] {
+        std::os::unix::fs::symlink("busybox", bb.path().join("bin").join(a)).unwrap();
+    }
+    let tar = ctd.dir.join("bb.tar");
+    std::fs::write(
+        &tar,
+        flint_image::build_dir(
+            bb.path(),
+            serde_json::json!({"Env": ["PATH=/bin"]}),
+            BUSYBOX_IMAGE,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(ctd
+        .ctr(&["images", "import", tar.to_str().unwrap()])
+        .status
+        .success());
     ctd.import(
         &[
             ("hello.wasm", &flint_examples::bytes("hello")),
@@ -150,7 +195,7 @@ async fn cri_pods_run_their_containers_in_flint_vms() {
 
     // CRI sees the imported images.
     let deadline = Instant::now() + Duration::from_secs(15);
-    for image in [SANDBOX_IMAGE, TOOLS_IMAGE] {
+    for image in [SANDBOX_IMAGE, TOOLS_IMAGE, BUSYBOX_IMAGE] {
         loop {
             let s = images
                 .image_status(ImageStatusRequest {
@@ -202,8 +247,17 @@ async fn cri_pods_run_their_containers_in_flint_vms() {
         ("env", vec!["/echo.wasm"], vec![("POD_GREETING", "hi")]),
         ("spinner", vec!["/spin.wasm"], vec![]),
         ("hog", vec!["/alloc.wasm", "512"], vec![]),
+        (
+            "shell",
+            vec!["sh", "-c", "echo from busybox $POD_GREETING; uname -s"],
+            vec![("POD_GREETING", "hi")],
+        ),
     ] {
-        let mut config_c = container_config(name, &command, &env);
+        let mut config_c = if name == "shell" {
+            image_config(BUSYBOX_IMAGE, name, &command, &env)
+        } else {
+            container_config(name, &command, &env)
+        };
         if name == "hog" {
             // A 64 MiB limit: the container's VM gets 64 MiB of RAM.
             config_c.linux = Some(LinuxContainerConfig {
@@ -240,6 +294,11 @@ async fn cri_pods_run_their_containers_in_flint_vms() {
     assert_eq!(s.exit_code, 0, "{s:?}");
     wait_log(&logs.join("env.log"), "stderr F POD_GREETING=hi").await;
     wait_log(&logs.join("spinner.log"), "stdout F spinning").await;
+    // The busybox container beside them, in the same pod.
+    let s = wait_exited(&mut rt, &ids["shell"]).await;
+    assert_eq!(s.exit_code, 0, "{s:?}");
+    wait_log(&logs.join("shell.log"), "stdout F from busybox hi").await;
+    wait_log(&logs.join("shell.log"), "stdout F Linux").await;
     // A container that outgrows its memory limit is OOMKilled, as with runc.
     let s = wait_exited(&mut rt, &ids["hog"]).await;
     assert_eq!(s.exit_code, 137, "{s:?}");

@@ -1,7 +1,8 @@
 //! Benchmarks, each printing a Markdown table the README quotes:
 //! `cold` (`flint run`: a fresh micro-VM per run, phase by phase, beside the
 //! same module under wasmtime, in-process, no VM), `snapshot` (restore vs.
-//! cold boot), `all` (both), and `containerd` (Flint's shim vs. runc).
+//! cold boot), `all` (both), `linux` (Linux programs under Flint vs. as
+//! host processes) and `containerd` (Flint's shim vs. runc).
 //!
 //! Run with `bench/run.sh` and `bench/containerd.sh` (they build release
 //! binaries and install what the peers need), or
@@ -53,6 +54,7 @@ fn flint_process(flint: &Path, module: &Path) -> Result<(f64, u64)> {
     Ok((wall, usage.ru_maxrss as u64))
 }
 
+mod linux;
 mod pods;
 mod snapshot;
 
@@ -64,12 +66,13 @@ fn main() -> Result<()> {
         "cold" => cold(iterations),
         "snapshot" => snapshot::main(iterations),
         "containerd" => pods::main(iterations),
+        "linux" => linux::main(iterations),
         "all" => {
             cold(iterations)?;
             println!();
             snapshot::main(iterations)
         }
-        other => bail!("unknown benchmark {other:?}: use cold, snapshot, containerd or all"),
+        other => bail!("unknown benchmark {other:?}: use cold, snapshot, linux, containerd or all"),
     }
 }
 

@@ -431,8 +431,26 @@ fn ctr_runs_linux_images_in_flint_vms() {
     let o = ctd.run_rm(image, "l4", &["sh", "-c", "kill -SEGV $$"]);
     assert_eq!(o.status.code(), Some(139));
 
-    // Kill: SIGKILL ends a running container (137).
+    // Kill: SIGKILL ends a running container (137); an exec runs beside it.
     ctd.run_detached(image, "l5", &["sleep", "100"]);
+    let o = ctd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "x1",
+        "l5",
+        "sh",
+        "-c",
+        "echo from exec; cat /srv/data; exit 4",
+    ]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "from exec\nfrom the image\n");
+    // SIGTERM reaches process 1 only if it handles it (a PID namespace's
+    // init): `sleep` does not, and goes on running.
+    let o = ctd.ctr(&["task", "kill", "-s", "SIGTERM", "l5"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ctd.task_status("l5").map(|s| s.1), Some("RUNNING".into()));
     let o = ctd.ctr(&["task", "kill", "-s", "SIGKILL", "l5"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     ctd.wait_status("l5", Some("STOPPED"));

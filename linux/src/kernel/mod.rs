@@ -530,6 +530,13 @@ impl Kernel {
             sregs_dirty = true;
         }
         if sregs_dirty {
+            tracing::trace!(
+                "sregs reload: cs {:#x} cr3 {:#x}/{cr3:#x} fs {:#x}/{fs:#x} gs {:#x}/{gs:#x}",
+                sync.sregs.cs.selector,
+                sync.sregs.cr3,
+                sync.sregs.fs.base,
+                sync.sregs.gs.base
+            );
             sync.sregs.cr3 = cr3;
             sync.sregs.fs.base = fs;
             sync.sregs.gs.base = gs;

@@ -101,7 +101,7 @@ pub fn main(n: usize) -> Result<()> {
         "| program, to exit | Flint: median (p90) | host process: median (p90) | Flint / host |"
     );
     println!("|---|---|---|---|");
-    let mut row = |name: &str, f: (f64, f64), h: (f64, f64)| {
+    let row = |name: &str, f: (f64, f64), h: (f64, f64)| {
         println!(
             "| {name} | {:.1} ({:.1}) | {:.2} ({:.2}) | {:.1}x |",
             f.0,

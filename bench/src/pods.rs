@@ -374,8 +374,16 @@ pub fn main(iterations: usize) -> Result<()> {
     )?;
 
     // 1. ctr run to exit, alternating so both see the same machine state.
-    let (mut flint, mut runc) = (Vec::new(), Vec::new());
+    let (mut flint, mut runc, mut flint_bb) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..=iterations {
+        // The same busybox image under Flint's Linux layer.
+        let fb = ctd.ctr_run(
+            "io.containerd.flint.v2",
+            BUSYBOX_IMAGE,
+            &format!("fb{i}"),
+            &["/busybox", "echo", "hello, world"],
+            "hello, world\n",
+        )?;
         let f = ctd.ctr_run(
             "io.containerd.flint.v2",
             FLINT_IMAGE,
@@ -393,12 +401,14 @@ pub fn main(iterations: usize) -> Result<()> {
         if i > 0 {
             flint.push(f);
             runc.push(r);
+            flint_bb.push(fb);
         }
     }
     println!("## containerd: Flint vs runc ({iterations} runs each, after one warm-up)\n");
     println!("| measure | Flint | runc | Flint / runc |");
     println!("|---|---|---|---|");
-    timing_row("`ctr run --rm` to exit", flint, runc);
+    timing_row("`ctr run --rm` busybox echo (the same image)", flint_bb, runc.clone());
+    timing_row("`ctr run --rm` to exit (Flint: hello.wasm)", flint, runc);
 
     // 2 and 3 through CRI.
     let rt = tokio::runtime::Builder::new_multi_thread()

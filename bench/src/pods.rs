@@ -407,7 +407,11 @@ pub fn main(iterations: usize) -> Result<()> {
     println!("## containerd: Flint vs runc ({iterations} runs each, after one warm-up)\n");
     println!("| measure | Flint | runc | Flint / runc |");
     println!("|---|---|---|---|");
-    timing_row("`ctr run --rm` busybox echo (the same image)", flint_bb, runc.clone());
+    timing_row(
+        "`ctr run --rm` busybox echo (the same image)",
+        flint_bb,
+        runc.clone(),
+    );
     timing_row("`ctr run --rm` to exit (Flint: hello.wasm)", flint, runc);
 
     // 2 and 3 through CRI.

@@ -97,6 +97,8 @@ pub struct Service {
     pub runtime_class_name: Option<String>,
     pub image: String,
     pub env: Vec<(String, String)>,
+    /// The container's `command` (a Linux image's entrypoint override).
+    pub command: Vec<String>,
     pub args: Vec<String>,
     pub memory_mib: Option<u64>,
     pub traffic: Vec<TrafficTarget>,
@@ -429,7 +431,15 @@ pub fn parse(yaml: &str) -> Result<Service, ManifestError> {
     only(
         c,
         &cp,
-        &["name", "image", "env", "args", "resources", "ports"],
+        &[
+            "name",
+            "image",
+            "env",
+            "command",
+            "args",
+            "resources",
+            "ports",
+        ],
     )?;
     let image =
         string(c, &cp, "image")?.ok_or_else(|| ManifestError::Missing(format!("{cp}.image")))?;
@@ -453,19 +463,24 @@ pub fn parse(yaml: &str) -> Result<Service, ManifestError> {
             env.push((n, string(e, &ep, "value")?.unwrap_or_default()));
         }
     }
-    let mut args = Vec::new();
-    if let Some(list) = get(c, "args") {
-        let list = list
-            .as_sequence()
-            .ok_or_else(|| invalid(&format!("{cp}.args"), "must be a list"))?;
-        for (i, a) in list.iter().enumerate() {
-            args.push(
-                a.as_str()
-                    .ok_or_else(|| invalid(&format!("{cp}.args[{i}]"), "must be a string"))?
-                    .to_string(),
-            );
+    let strings = |field: &str| -> Result<Vec<String>, ManifestError> {
+        let mut out = Vec::new();
+        if let Some(list) = get(c, field) {
+            let list = list
+                .as_sequence()
+                .ok_or_else(|| invalid(&format!("{cp}.{field}"), "must be a list"))?;
+            for (i, a) in list.iter().enumerate() {
+                out.push(
+                    a.as_str()
+                        .ok_or_else(|| invalid(&format!("{cp}.{field}[{i}]"), "must be a string"))?
+                        .to_string(),
+                );
+            }
         }
-    }
+        Ok(out)
+    };
+    let command = strings("command")?;
+    let args = strings("args")?;
     let mut memory_mib = None;
     if let Some(r) = get(c, "resources") {
         let rp = format!("{cp}.resources");
@@ -564,6 +579,7 @@ pub fn parse(yaml: &str) -> Result<Service, ManifestError> {
         runtime_class_name,
         image,
         env,
+        command,
         args,
         memory_mib,
         traffic,

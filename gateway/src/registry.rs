@@ -27,16 +27,34 @@ pub enum DeployError {
     },
     #[error("the revision {0} failed its readiness check (booting to its ready point)")]
     NotReady(String, #[source] SnapshotError),
+    #[error("the revision {0} failed its readiness check: {1}")]
+    ProgramMissing(String, String),
     #[error("spec.traffic: revision {0:?} does not exist")]
     NoSuchRevision(String),
 }
 
-/// One immutable revision: its settings and its snapshot.
+/// A Linux image's program, run under Flint's Linux layer for each
+/// request (no snapshot: a fresh VM boots the program).
+#[derive(Debug, Clone)]
+pub struct LinuxFunction {
+    /// The unpacked root filesystem (in the revision's state directory).
+    pub root: PathBuf,
+    /// The program's path inside the root.
+    pub path: String,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub workdir: String,
+    pub memory_mib: u64,
+}
+
+/// One immutable revision: its settings and its snapshot (a module), or
+/// its Linux program.
 #[derive(Debug)]
 pub struct Revision {
     pub name: String,
     pub service: Service,
-    pub snapshot: Snapshot,
+    pub snapshot: Option<Snapshot>,
+    pub linux: Option<LinuxFunction>,
     /// `containerConcurrency` slots (None: unlimited).
     pub slots: Option<Arc<Semaphore>>,
     /// Requests waiting for a slot.
@@ -89,23 +107,88 @@ pub struct Registry {
     counter: AtomicU64,
 }
 
-/// The module behind `image`: a `.wasm` file, or an OCI image layout
-/// (a directory, or a `.tar` archive of one) holding it. Returns its bytes
-/// and its file name.
-fn resolve_image(image: &str, base: &Path) -> Result<(Vec<u8>, String), DeployError> {
+/// What an image holds.
+enum Image {
+    /// A module's bytes and file name.
+    Wasm(Vec<u8>, String),
+    /// A Linux image (an OCI layout whose layers hold no module).
+    Linux(PathBuf),
+}
+
+/// The function behind `image`: a `.wasm` file, or an OCI image layout
+/// (a directory, or a `.tar` archive of one) holding a module or a Linux
+/// root filesystem.
+fn resolve_image(image: &str, base: &Path) -> Result<Image, DeployError> {
     let path = base.join(image);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "function.wasm".into());
     if path.is_dir() || path.extension().is_some_and(|x| x == "tar") {
-        return flint_image::find_module(&path).map_err(|e| DeployError::Image {
-            path: path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        });
+        return match flint_image::find_module(&path) {
+            Ok((m, n)) => Ok(Image::Wasm(m, n)),
+            Err(flint_image::ImageError::NoModule) => Ok(Image::Linux(path)),
+            Err(e) => Err(DeployError::Image {
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        };
     }
     let module = std::fs::read(&path).map_err(|source| DeployError::Image { path, source })?;
-    Ok((module, name))
+    Ok(Image::Wasm(module, name))
+}
+
+/// Unpacks a Linux image into the revision's directory and finds its
+/// program: the manifest's `command` (else the image's entrypoint) and
+/// `args` (else its cmd), on the image's PATH, as Knative and runc do.
+fn linux_function(
+    image: &Path,
+    dir: &Path,
+    service: &Service,
+    name: &str,
+) -> Result<LinuxFunction, DeployError> {
+    let root = dir.join("rootfs");
+    let _ = std::fs::remove_dir_all(&root);
+    let config = flint_image::unpack_rootfs(image, &root).map_err(|e| DeployError::Image {
+        path: image.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let mut argv = if service.command.is_empty() {
+        config.entrypoint.clone()
+    } else {
+        service.command.clone()
+    };
+    if !service.args.is_empty() {
+        argv.extend(service.args.iter().cloned());
+    } else if service.command.is_empty() {
+        argv.extend(config.cmd.iter().cloned());
+    }
+    let not_ready = |why: String| DeployError::ProgramMissing(name.to_string(), why);
+    let Some(arg0) = argv.first().cloned() else {
+        return Err(not_ready(
+            "the image has no entrypoint and the manifest no command".into(),
+        ));
+    };
+    let mut env = config.env.clone();
+    for (k, v) in &service.env {
+        env.retain(|(x, _)| x != k);
+        env.push((k.clone(), v.clone()));
+    }
+    let path_env = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let path = flint_linux::find_program(&root, &arg0, &path_env)
+        .ok_or_else(|| not_ready(format!("{arg0} is not an executable file in the image")))?;
+    Ok(LinuxFunction {
+        root,
+        path,
+        argv,
+        env,
+        workdir: config.working_dir,
+        memory_mib: service.memory_mib.unwrap_or(128).max(64),
+    })
 }
 
 impl Registry {
@@ -128,16 +211,22 @@ impl Registry {
             .revision_name
             .clone()
             .unwrap_or_else(|| format!("{}-{generation:05}", service.name));
-        let (module, argv0) = resolve_image(&service.image, base)?;
         let dir = state_dir.join(&service.namespace).join(&name);
-        let config = VmConfig {
-            memory_mib: service.memory_mib.unwrap_or(128).max(32),
-            timeout: Some(service.timeout),
-            ..VmConfig::default()
+        let (snapshot, linux) = match resolve_image(&service.image, base)? {
+            Image::Wasm(module, argv0) => {
+                let config = VmConfig {
+                    memory_mib: service.memory_mib.unwrap_or(128).max(32),
+                    timeout: Some(service.timeout),
+                    ..VmConfig::default()
+                };
+                flint_snapshotter::create(&module, &argv0, &dir, &config, &mut BufferIo::default())
+                    .map_err(|e| DeployError::NotReady(name.clone(), e))?;
+                let snapshot =
+                    Snapshot::open(&dir).map_err(|e| DeployError::NotReady(name.clone(), e))?;
+                (Some(snapshot), None)
+            }
+            Image::Linux(image) => (None, Some(linux_function(&image, &dir, &service, &name)?)),
         };
-        flint_snapshotter::create(&module, &argv0, &dir, &config, &mut BufferIo::default())
-            .map_err(|e| DeployError::NotReady(name.clone(), e))?;
-        let snapshot = Snapshot::open(&dir).map_err(|e| DeployError::NotReady(name.clone(), e))?;
         let cc = service.container_concurrency as usize;
         let revision = Arc::new(Revision {
             name,
@@ -151,6 +240,7 @@ impl Registry {
             desired: AtomicU32::new(service.autoscaling.initial_scale),
             kpa: Mutex::new(Kpa::new(service.autoscaling.clone())),
             snapshot,
+            linux,
             service,
         });
         let mut map = self.services.write().unwrap_or_else(|e| e.into_inner());

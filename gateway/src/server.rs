@@ -346,8 +346,19 @@ impl Gateway {
         env: Vec<(String, String)>,
         stdin: Vec<u8>,
     ) -> Result<cgi::Response, Response<Body>> {
+        if let Some(linux) = &rev.linux {
+            return self
+                .run_linux(rev, linux.clone(), request_id, env, stdin)
+                .await;
+        }
+        let Some(snapshot) = &rev.snapshot else {
+            return Err(text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the revision has no function",
+            ));
+        };
         let rev_labels = labels(&[("revision_name", &rev.name)]);
-        let mut args = vec![rev.snapshot.module_name().to_string()];
+        let mut args = vec![snapshot.module_name().to_string()];
         args.extend(rev.service.args.iter().cloned());
         let invocation = Invocation { args, env };
         let timeout = match rev.service.response_start_timeout {
@@ -374,6 +385,8 @@ impl Gateway {
                 Some(vm) => Ok((vm, None)),
                 None => rev2
                     .snapshot
+                    .as_ref()
+                    .expect("a module revision")
                     .restore()
                     .map(|vm| (vm, Some(restore_started.elapsed()))),
             };
@@ -429,6 +442,122 @@ impl Gateway {
             Err(e) => Err(text(StatusCode::BAD_GATEWAY, error_chain(&e))),
         }
     }
+}
+
+impl Gateway {
+    /// Runs one request of a Linux function: a fresh VM boots its program
+    /// with the CGI environment, the body on stdin; its stdout is the CGI
+    /// response (at most `MAX_LINUX_OUTPUT` bytes are read back).
+    async fn run_linux(
+        &self,
+        rev: &Arc<Revision>,
+        f: crate::registry::LinuxFunction,
+        request_id: &str,
+        env: Vec<(String, String)>,
+        stdin: Vec<u8>,
+    ) -> Result<cgi::Response, Response<Body>> {
+        let timeout = match rev.service.response_start_timeout {
+            Some(t) => t.min(rev.service.timeout),
+            None => rev.service.timeout,
+        };
+        let started = Instant::now();
+        rev.arrivals.fetch_add(1, Ordering::Relaxed);
+        rev.inflight.fetch_add(1, Ordering::SeqCst);
+        let job = tokio::task::spawn_blocking(move || linux_invoke(&f, env, &stdin, timeout));
+        let r = job.await;
+        rev.inflight.fetch_sub(1, Ordering::SeqCst);
+        let (outcome, stdout, stderr) = match r {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => {
+                return Err(text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("running the function failed: {e}"),
+                ))
+            }
+            Err(e) => {
+                return Err(text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the invocation task failed: {e}"),
+                ))
+            }
+        };
+        log_stderr(&rev.name, request_id, &stderr);
+        let code = match &outcome {
+            Ok(o) if o.status.code() == 0 => "200",
+            _ => "502",
+        };
+        let l = labels(&[("revision_name", &rev.name), ("response_code", code)]);
+        self.metrics.inc("revision_app_request_count", &l, 1.0);
+        self.metrics.observe_ms(
+            "revision_app_request_latencies",
+            &l,
+            started.elapsed().as_secs_f64() * 1e3,
+        );
+        match outcome {
+            Ok(o) if o.status.code() == 0 => cgi::parse_response(&stdout)
+                .map_err(|e| text(StatusCode::BAD_GATEWAY, e.to_string())),
+            Ok(o) => Err(text(
+                StatusCode::BAD_GATEWAY,
+                format!("the function exited with status {}", o.status.code()),
+            )),
+            Err(flint_linux::LinuxError::Timeout) => Err(timeout_response(timeout)),
+            Err(e) => Err(text(StatusCode::BAD_GATEWAY, error_chain(&e))),
+        }
+    }
+}
+
+/// Most of a Linux function's stdout (and stderr) read back.
+const MAX_LINUX_OUTPUT: u64 = 16 << 20;
+
+type LinuxRun = (
+    Result<flint_linux::Outcome, flint_linux::LinuxError>,
+    Vec<u8>,
+    Vec<u8>,
+);
+
+/// Boots `f`'s program once with `env` and `stdin`; its outcome, stdout
+/// and stderr (each read back up to `MAX_LINUX_OUTPUT`).
+fn linux_invoke(
+    f: &crate::registry::LinuxFunction,
+    env: Vec<(String, String)>,
+    stdin: &[u8],
+    timeout: Duration,
+) -> std::io::Result<LinuxRun> {
+    use std::io::{Read, Seek, Write};
+    let mut input = tempfile::tempfile()?;
+    input.write_all(stdin)?;
+    input.rewind()?;
+    let mut out = tempfile::tempfile()?;
+    let mut err = tempfile::tempfile()?;
+    let stdio = flint_linux::Stdio {
+        stdin: input.try_clone()?.into(),
+        stdout: out.try_clone()?.into(),
+        stderr: err.try_clone()?.into(),
+    };
+    let mut all_env = f.env.clone();
+    for (k, v) in env {
+        all_env.retain(|(x, _)| *x != k);
+        all_env.push((k, v));
+    }
+    let program = flint_linux::Program {
+        path: f.path.clone(),
+        argv: f.argv.clone(),
+        env: all_env,
+        workdir: f.workdir.clone(),
+    };
+    let config = flint_linux::Config {
+        memory_mib: f.memory_mib,
+        timeout: Some(timeout),
+        ..flint_linux::Config::default()
+    };
+    let outcome = flint_linux::run(&config, &f.root, &program, Some(stdio));
+    let read = |f: &mut std::fs::File| -> std::io::Result<Vec<u8>> {
+        f.rewind()?;
+        let mut v = Vec::new();
+        f.take(MAX_LINUX_OUTPUT).read_to_end(&mut v)?;
+        Ok(v)
+    };
+    Ok((outcome, read(&mut out)?, read(&mut err)?))
 }
 
 /// A new request id: time and a process-wide counter, as hex.
@@ -689,7 +818,11 @@ async fn autoscale(gw: Arc<Gateway>) {
                     rev.restoring.fetch_add(1, Ordering::SeqCst);
                     let r = rev.clone();
                     tokio::task::spawn_blocking(move || {
-                        match r.snapshot.restore() {
+                        let Some(snapshot) = &r.snapshot else {
+                            r.restoring.fetch_sub(1, Ordering::SeqCst);
+                            return;
+                        };
+                        match snapshot.restore() {
                             Ok(vm) => r.pool.lock().unwrap_or_else(|e| e.into_inner()).push(vm),
                             Err(e) => {
                                 tracing::warn!(revision = %r.name, "pre-restoring an instance failed: {e}")

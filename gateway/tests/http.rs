@@ -698,3 +698,53 @@ async fn client_headers_cannot_pose_as_the_gateways() {
     assert!(vars.contains(&"HTTP_ACCEPT=a, b"), "{body}");
     gw.stop().await;
 }
+
+/// A Linux image as a function: a shell CGI program from a busybox root,
+/// run under the CGI contract (env in, body on stdin, response on stdout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn linux_images_serve_under_the_cgi_contract() {
+    let root = tempfile::tempdir().unwrap();
+    for d in ["bin", "srv", "tmp"] {
+        std::fs::create_dir(root.path().join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.path().join("bin/busybox")).expect("install busybox-static");
+    for a in ["sh", "echo", "cat", "tr"] {
+        std::os::unix::fs::symlink("busybox", root.path().join("bin").join(a)).unwrap();
+    }
+    let script = "#!/bin/sh\necho 'Content-Type: text/plain'\necho 'X-From: shell'\necho\necho \"$REQUEST_METHOD $PATH_INFO $QUERY_STRING $FROM_MANIFEST $GREETING\"\ntr a-z A-Z\n";
+    std::fs::write(root.path().join("srv/handler"), script).unwrap();
+    std::fs::set_permissions(
+        root.path().join("srv/handler"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("sh.tar");
+    let config =
+        serde_json::json!({"Entrypoint": ["/srv/handler"], "Env": ["PATH=/bin", "GREETING=hej"]});
+    std::fs::write(
+        &tar,
+        flint_image::build_dir(root.path(), config, "docker.io/library/shcgi:v1").unwrap(),
+    )
+    .unwrap();
+    let yaml = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: sh\nspec:\n  template:\n    spec:\n      containers:\n        - image: {}\n          env:\n            - name: FROM_MANIFEST\n              value: yes\n",
+        tar.display()
+    );
+    let gw = start(&[yaml], 1 << 20).await;
+    let (code, head, body) = http(
+        gw.addr,
+        "POST",
+        "sh.default.example.com",
+        "/p?q=1",
+        b"body text",
+    )
+    .await;
+    assert_eq!(code, 200, "{head} {}", String::from_utf8_lossy(&body));
+    assert!(head.to_lowercase().contains("x-from: shell"), "{head}");
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "POST /p q=1 yes hej\nBODY TEXT"
+    );
+    gw.stop().await;
+}

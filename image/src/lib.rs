@@ -331,6 +331,110 @@ pub fn find_module(path: &Path) -> Result<(Vec<u8>, String), ImageError> {
     Err(malformed("indexes nest too deeply"))
 }
 
+/// A Linux image's configuration, as far as running it needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinuxConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: String,
+}
+
+/// Largest root filesystem [`unpack_rootfs`] writes.
+pub const MAX_ROOTFS_BYTES: u64 = 4 << 30;
+
+/// Unpacks the layers of the image at `path` (an OCI layout directory or
+/// its tar archive) into `dest`, bottom layer first, and returns its
+/// config. Entries that would land outside `dest` (`..`, absolute paths,
+/// through a symlink) are refused by the tar reader; device nodes are
+/// skipped; the total size is capped.
+pub fn unpack_rootfs(path: &Path, dest: &Path) -> Result<LinuxConfig, ImageError> {
+    let store = Store::open(path)?;
+    let index = json(&store.read("index.json")?, "index.json")?;
+    let mut desc = index["manifests"]
+        .get(0)
+        .cloned()
+        .ok_or_else(|| malformed("index.json lists no manifests"))?;
+    let io = |e| ImageError::Io {
+        path: dest.to_path_buf(),
+        source: e,
+    };
+    for _ in 0..4 {
+        let digest = desc["digest"]
+            .as_str()
+            .ok_or_else(|| malformed("a descriptor has no digest"))?
+            .to_string();
+        let doc = json(&store.blob(&digest)?, "a manifest")?;
+        if let Some(inner) = doc["manifests"].get(0) {
+            desc = inner.clone();
+            continue;
+        }
+        let config_digest = doc["config"]["digest"]
+            .as_str()
+            .ok_or_else(|| malformed("the manifest has no config"))?;
+        let config = json(&store.blob(config_digest)?, "the image config")?;
+        let c = &config["config"];
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let layers = doc["layers"]
+            .as_array()
+            .ok_or_else(|| malformed("the manifest has no layers"))?;
+        std::fs::create_dir_all(dest).map_err(io)?;
+        let mut total = 0u64;
+        for layer in layers {
+            let media = layer["mediaType"].as_str().unwrap_or("");
+            let digest = layer["digest"]
+                .as_str()
+                .ok_or_else(|| malformed("a layer has no digest"))?;
+            let blob = store.blob(digest)?;
+            let gzip = media.ends_with("gzip") || blob.starts_with(&[0x1f, 0x8b]);
+            let reader: Box<dyn Read> = if gzip {
+                Box::new(flate2::read::GzDecoder::new(blob.as_slice()))
+            } else {
+                Box::new(blob.as_slice())
+            };
+            let mut archive = tar::Archive::new(reader);
+            archive.set_preserve_permissions(true);
+            for entry in archive.entries().map_err(io)? {
+                let mut entry = entry.map_err(io)?;
+                let kind = entry.header().entry_type();
+                if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
+                    continue;
+                }
+                total += entry.header().size().unwrap_or(0);
+                if total > MAX_ROOTFS_BYTES {
+                    return Err(malformed("the root filesystem is larger than 4 GiB"));
+                }
+                entry.unpack_in(dest).map_err(io)?;
+            }
+        }
+        return Ok(LinuxConfig {
+            entrypoint: strings(&c["Entrypoint"]),
+            cmd: strings(&c["Cmd"]),
+            env: strings(&c["Env"])
+                .iter()
+                .filter_map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
+                .collect(),
+            working_dir: c["WorkingDir"]
+                .as_str()
+                .filter(|w| !w.is_empty())
+                .unwrap_or("/")
+                .to_string(),
+        });
+    }
+    Err(malformed("indexes nest too deeply"))
+}
+
 fn wasm_in_tar(blob: &[u8], gzip: bool) -> Result<Option<(Vec<u8>, String)>, ImageError> {
     let reader: Box<dyn Read> = if gzip {
         Box::new(flate2::read::GzDecoder::new(blob))

@@ -16,8 +16,8 @@ pub type Pid = i32;
 #[derive(Debug, Clone)]
 pub enum Wait {
     /// Until the pipe has data or no writer (`read`), or room or no reader.
-    PipeRead(usize),
-    PipeWrite(usize),
+    PipeRead,
+    PipeWrite,
     /// Until a host fd (the container's stdin) is readable.
     HostRead(i32),
     /// Until a child changes state (`wait4`, `waitid`).

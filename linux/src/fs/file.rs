@@ -1,7 +1,7 @@
 //! Open files and file descriptor tables.
 
 use std::cell::{Cell, RefCell};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
 use super::pipe::Pipe;
@@ -69,14 +69,6 @@ impl OpenFile {
             flags: Cell::new(flags),
             offset: Cell::new(0),
         })
-    }
-
-    pub fn host_fd(&self) -> Option<i32> {
-        match &self.kind {
-            Kind::Host { fd, .. } => Some(fd.as_raw_fd()),
-            Kind::Stream { fd, .. } => Some(fd.as_raw_fd()),
-            _ => None,
-        }
     }
 
     pub fn readable(&self) -> bool {

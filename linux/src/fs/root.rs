@@ -125,10 +125,6 @@ impl Root {
         Ok(Self { dir, host })
     }
 
-    pub fn host_path(&self) -> &Path {
-        &self.host
-    }
-
     /// Opens the absolute guest path `path` inside the root.
     pub fn open_at(&self, path: &[u8], flags: i32, mode: u32) -> io::Result<OwnedFd> {
         let rel: &[u8] = {

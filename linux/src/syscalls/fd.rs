@@ -83,7 +83,7 @@ pub fn read_file(k: &mut Kernel, t: Pid, f: &OpenFile, len: usize) -> Result<Vec
             }
             host_read(raw, len, None)
         }
-        Kind::PipeRead(p, id) => {
+        Kind::PipeRead(p, _) => {
             let mut p = p.borrow_mut();
             if p.buf.is_empty() {
                 if p.writers == 0 || len == 0 {
@@ -92,7 +92,7 @@ pub fn read_file(k: &mut Kernel, t: Pid, f: &OpenFile, len: usize) -> Result<Vec
                 return if nonblock {
                     err(EAGAIN)
                 } else {
-                    Err(Stop::Block(Wait::PipeRead(*id)))
+                    Err(Stop::Block(Wait::PipeRead))
                 };
             }
             let n = len.min(p.buf.len());
@@ -149,7 +149,7 @@ pub fn write_file(k: &mut Kernel, t: Pid, f: &OpenFile, data: &[u8]) -> Result<u
             }
             r => r,
         },
-        Kind::PipeWrite(p, id) => {
+        Kind::PipeWrite(p, _) => {
             let mut p = p.borrow_mut();
             if p.readers == 0 {
                 drop(p);
@@ -165,7 +165,7 @@ pub fn write_file(k: &mut Kernel, t: Pid, f: &OpenFile, data: &[u8]) -> Result<u
                 return if nonblock {
                     err(EAGAIN)
                 } else {
-                    Err(Stop::Block(Wait::PipeWrite(*id)))
+                    Err(Stop::Block(Wait::PipeWrite))
                 };
             }
             let n = space.min(data.len());

@@ -116,6 +116,122 @@ pub fn run(
     program: &Program,
     stdio: Option<Stdio>,
 ) -> Result<Outcome, LinuxError> {
+    start(config, root, program, stdio)?.wait()
+}
+
+/// A running container: one VM, its process 1 and whatever it started.
+#[derive(Debug)]
+pub struct Container {
+    control: Arc<kernel::Control>,
+    supervisor: std::thread::JoinHandle<Result<Outcome, LinuxError>>,
+}
+
+/// A process started in a running container by [`Container::exec`].
+#[derive(Debug)]
+pub struct Exec {
+    done: mpsc::Receiver<Result<ExitStatus, LinuxError>>,
+    signals: Arc<AtomicU64>,
+}
+
+impl Exec {
+    /// Waits for the process; a container that ended first took it with
+    /// it (SIGKILL).
+    pub fn wait(self) -> Result<ExitStatus, LinuxError> {
+        self.done.recv().unwrap_or(Ok(ExitStatus::Signaled {
+            signal: 9,
+            core: false,
+        }))
+    }
+
+    /// Signals the process (SIGKILL always ends it; others reach it if
+    /// it handles them).
+    pub fn signal(&self, sig: i32) {
+        if (1..=64).contains(&sig) {
+            self.signals.fetch_or(1 << (sig - 1), Ordering::SeqCst);
+        }
+    }
+}
+
+impl Container {
+    /// Waits for process 1; its status is the container's.
+    pub fn wait(self) -> Result<Outcome, LinuxError> {
+        self.supervisor
+            .join()
+            .map_err(|_| LinuxError::Crash("the VM's supervisor panicked".into()))?
+    }
+
+    /// A handle for starting processes in this container and listing
+    /// them, usable from other threads while one waits.
+    pub fn port(&self) -> Port {
+        Port {
+            control: self.control.clone(),
+        }
+    }
+
+    /// Starts `program` as another process of this container (see
+    /// [`Port::exec`]).
+    pub fn exec(&self, program: &Program, stdio: Stdio) -> Exec {
+        self.port().exec(program, stdio)
+    }
+
+    /// The container's processes now (see [`Port::processes`]).
+    pub fn processes(&self) -> Vec<(i32, String)> {
+        self.port().processes()
+    }
+
+    /// True once process 1 has ended.
+    pub fn finished(&self) -> bool {
+        self.supervisor.is_finished()
+    }
+}
+
+/// Starts processes in a running container and lists them.
+#[derive(Debug, Clone)]
+pub struct Port {
+    control: Arc<kernel::Control>,
+}
+
+impl Port {
+    /// Starts `program` as another process of this container (in the
+    /// same VM, beside process 1), with its own standard streams.
+    pub fn exec(&self, program: &Program, stdio: Stdio) -> Exec {
+        self.exec_with(program, stdio, Arc::new(AtomicU64::new(0)))
+    }
+
+    /// As [`Port::exec`], with the caller's signal mask for the process
+    /// (bit `sig - 1`; see [`Exec::signal`]).
+    pub fn exec_with(&self, program: &Program, stdio: Stdio, signals: Arc<AtomicU64>) -> Exec {
+        let (tx, rx) = mpsc::channel();
+        self.control
+            .spawns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(kernel::SpawnRequest {
+                program: program.clone(),
+                stdio,
+                signals: signals.clone(),
+                done: tx,
+            });
+        Exec { done: rx, signals }
+    }
+
+    /// The container's processes now: (pid, command line).
+    pub fn processes(&self) -> Vec<(i32, String)> {
+        self.control
+            .processes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Starts `program` in a new VM and returns at once.
+pub fn start(
+    config: &Config,
+    root: &Path,
+    program: &Program,
+    stdio: Option<Stdio>,
+) -> Result<Container, LinuxError> {
     let stdio = match stdio {
         Some(s) => s,
         None => Stdio {
@@ -151,31 +267,43 @@ pub fn run(
             Ok::<_, LinuxError>((status, k.oom_killed))
         })
         .map_err(LinuxError::Thread)?;
-    let tid = tid_rx.recv().ok();
-    let deadline = config.timeout.map(|t| started + t);
-    loop {
-        match done_rx.recv_timeout(kernel::TICK) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            _ => break,
-        }
-        let over = deadline.is_some_and(|d| Instant::now() >= d);
-        if over {
-            control.stop.store(true, Ordering::SeqCst);
-        } else {
-            control.tick.store(true, Ordering::SeqCst);
-        }
-        if let Some(tid) = tid {
-            vcpu::kick(tid);
-        }
-    }
-    let r = handle
-        .join()
-        .map_err(|_| LinuxError::Crash("the vCPU thread panicked".into()))?;
-    let (status, oom) = r?;
-    Ok(Outcome {
-        status,
-        oom,
-        elapsed: started.elapsed(),
+    let timeout = config.timeout;
+    let c3 = control.clone();
+    let supervisor = std::thread::Builder::new()
+        .name("flint-linux-supervisor".into())
+        .spawn(move || {
+            let control = c3;
+            let tid = tid_rx.recv().ok();
+            let deadline = timeout.map(|t| started + t);
+            loop {
+                match done_rx.recv_timeout(kernel::TICK) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => break,
+                }
+                let over = deadline.is_some_and(|d| Instant::now() >= d);
+                if over {
+                    control.stop.store(true, Ordering::SeqCst);
+                } else {
+                    control.tick.store(true, Ordering::SeqCst);
+                }
+                if let Some(tid) = tid {
+                    vcpu::kick(tid);
+                }
+            }
+            let r = handle
+                .join()
+                .map_err(|_| LinuxError::Crash("the vCPU thread panicked".into()))?;
+            let (status, oom) = r?;
+            Ok(Outcome {
+                status,
+                oom,
+                elapsed: started.elapsed(),
+            })
+        })
+        .map_err(LinuxError::Thread)?;
+    Ok(Container {
+        control,
+        supervisor,
     })
 }
 

@@ -131,6 +131,8 @@ pub struct Process {
     pub start_ns: u64,
     /// Interval timer (ITIMER_REAL): next expiry and interval, in ns.
     pub itimer: Option<(u64, u64)>,
+    /// Told the exit status (a process started from outside the VM).
+    pub notify: Option<std::sync::mpsc::Sender<Result<ExitStatus, crate::LinuxError>>>,
 }
 
 /// Every process and thread of one VM.

@@ -201,3 +201,49 @@ fn proc_shows_the_containers_processes() {
     assert!(lines.iter().any(|l| l.starts_with("sh -c")), "{}", r.stdout);
     assert!(r.stdout.contains("0\n1\n2\n"), "{}", r.stdout);
 }
+
+#[test]
+fn exec_runs_a_second_process_in_the_same_vm() {
+    let root = busybox_root();
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mk = |f: &std::fs::File| flint_linux::Stdio {
+        stdin: std::fs::File::open("/dev/null").unwrap().into(),
+        stdout: f.try_clone().unwrap().into(),
+        stderr: f.try_clone().unwrap().into(),
+    };
+    let init_out = tempfile::tempfile().unwrap();
+    let program = |argv: &[&str]| flint_linux::Program {
+        path: "/bin/sh".into(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![("PATH".into(), "/bin".into())],
+        workdir: "/".into(),
+    };
+    // Process 1 waits for a file the exec writes: both in one VM.
+    let c = flint_linux::start(
+        &config(),
+        root.path(),
+        &program(&[
+            "sh",
+            "-c",
+            "while [ ! -e /tmp/flag ]; do sleep 0.05; done; echo init saw $(cat /tmp/flag)",
+        ]),
+        Some(mk(&init_out)),
+    )
+    .unwrap();
+    let e = c.exec(
+        &program(&["sh", "-c", "echo from exec > /tmp/flag; ps; exit 5"]),
+        mk(out.as_file()),
+    );
+    assert_eq!(e.wait().unwrap(), ExitStatus::Exited(5));
+    let o = c.wait().unwrap();
+    assert_eq!(o.status, ExitStatus::Exited(0));
+    let exec_out = std::fs::read_to_string(out.path()).unwrap();
+    assert!(
+        exec_out.contains("while [ ! -e /tmp/flag ]"),
+        "ps sees process 1: {exec_out}"
+    );
+    let mut s = String::new();
+    std::io::Seek::rewind(&mut &init_out).unwrap();
+    std::io::Read::read_to_string(&mut &init_out, &mut s).unwrap();
+    assert_eq!(s, "init saw from exec\n");
+}

@@ -98,6 +98,9 @@ struct Program {
     args: Vec<String>,
     env: Vec<(String, String)>,
     memory_mib: u64,
+    /// For an exec of a Linux container: its init process, whose VM the
+    /// exec joins while it runs.
+    vm_of: Option<Arc<Process>>,
 }
 
 /// Memory and CPU a container's VMs use.
@@ -134,6 +137,8 @@ pub struct Process {
     cpu_ns: AtomicU64,
     /// Signals for a Linux program's process 1 (bit `sig - 1`).
     signals: Arc<AtomicU64>,
+    /// While a Linux program runs: its VM's door for execs and `ps`.
+    linux_port: Mutex<Option<flint_linux::Port>>,
 }
 
 fn now() -> (i64, i32) {
@@ -287,6 +292,7 @@ fn program(
                 args,
                 env,
                 memory_mib,
+                vm_of: None,
             });
         }
     }
@@ -296,6 +302,7 @@ fn program(
         args,
         env,
         memory_mib,
+        vm_of: None,
     })
 }
 
@@ -325,6 +332,7 @@ impl Process {
             probe: Mutex::new(None),
             cpu_ns: AtomicU64::new(0),
             signals: Arc::new(AtomicU64::new(0)),
+            linux_port: Mutex::new(None),
         }
     }
 
@@ -495,7 +503,33 @@ impl Process {
             env: program.env.clone(),
             workdir: cwd.to_string(),
         };
-        let outcome = match flint_linux::run(&config, root, &prog, Some(stdio)) {
+        // An exec joins its container's VM while that runs.
+        let port = program.vm_of.as_ref().and_then(|init| {
+            init.linux_port
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        });
+        let result = match port {
+            Some(port) => port
+                .exec_with(&prog, stdio, self.signals.clone())
+                .wait()
+                .map(|status| flint_linux::Outcome {
+                    status,
+                    oom: false,
+                    elapsed: std::time::Duration::ZERO,
+                }),
+            None => flint_linux::start(&config, root, &prog, Some(stdio)).and_then(|c| {
+                *self.linux_port.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.port());
+                let r = c.wait();
+                self.linux_port
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                r
+            }),
+        };
+        let outcome = match result {
             Ok(out) => (out.status.code() as u32, out.oom),
             Err(e) => {
                 let mut msg = format!("flint: {e}");
@@ -666,13 +700,16 @@ impl Container {
         }
         let v: serde_json::Value = serde_json::from_slice(process_json)
             .map_err(|e| SandboxError::Invalid(format!("the exec's process spec: {e}")))?;
-        let program = program(
+        let mut program = program(
             &self.root,
             strings(&v["args"]),
             env_pairs(&v["env"]),
             self.memory_mib,
             v["cwd"].as_str().unwrap_or("/"),
         )?;
+        if matches!(program.code, Code::Linux { .. }) {
+            program.vm_of = Some(self.init.clone());
+        }
         let p = Arc::new(Process::new(&self.spec, exec_id, stdio, Some(program)));
         let mut execs = self.execs.lock().unwrap_or_else(|e| e.into_inner());
         if execs.contains_key(exec_id) {
@@ -733,6 +770,18 @@ impl Container {
         for p in self.all().iter().skip(1) {
             p.stop();
         }
+    }
+
+    /// The processes of a running Linux container, as its VM numbers
+    /// them (pid, command line); `None` for a module's container.
+    pub fn linux_processes(&self) -> Option<Vec<(i32, String)>> {
+        let port = self
+            .init
+            .linux_port
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        port.map(|p| p.processes())
     }
 
     /// Memory and CPU of the container's VMs.

@@ -366,11 +366,23 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
-        self.container(&req.id)?;
-        let mut p = containerd_shim::protos::types::task::ProcessInfo::new();
-        p.pid = pid();
+        let c = self.container(&req.id)?;
+        // A Linux container lists its processes as its VM numbers them;
+        // a module's container is the shim's VMs, shown as the shim.
+        let pids: Vec<u32> = match c.linux_processes() {
+            Some(list) if !list.is_empty() => list.iter().map(|(p, _)| *p as u32).collect(),
+            _ => vec![pid()],
+        };
+        let processes = pids
+            .into_iter()
+            .map(|p| {
+                let mut info = containerd_shim::protos::types::task::ProcessInfo::new();
+                info.pid = p;
+                info
+            })
+            .collect();
         Ok(api::PidsResponse {
-            processes: vec![p],
+            processes,
             ..Default::default()
         })
     }

@@ -36,11 +36,25 @@ use crate::LinuxError;
 /// that never makes a system call cannot keep the others from running.
 pub const TICK: Duration = Duration::from_millis(10);
 
-/// Flags the supervising thread sets for the vCPU thread.
+/// Flags the supervising thread sets for the vCPU thread, and what other
+/// threads ask of the container or read about it.
 #[derive(Debug, Default)]
 pub struct Control {
     pub stop: AtomicBool,
     pub tick: AtomicBool,
+    /// Processes to start beside process 1 (`Container::exec`).
+    pub spawns: std::sync::Mutex<Vec<SpawnRequest>>,
+    /// The container's processes (pid, command line), kept current.
+    pub processes: std::sync::Mutex<Vec<(Pid, String)>>,
+}
+
+/// A process to start in a running container.
+#[derive(Debug)]
+pub struct SpawnRequest {
+    pub program: Program,
+    pub stdio: Stdio,
+    pub signals: Arc<std::sync::atomic::AtomicU64>,
+    pub done: std::sync::mpsc::Sender<Result<ExitStatus, LinuxError>>,
 }
 
 /// Limits of one container.
@@ -80,6 +94,12 @@ pub struct Kernel {
     /// Set while a blocked call is retried: the wait it was in.
     pub retrying: Option<Wait>,
     pub hostname: String,
+    /// Processes started from outside, with their signal masks.
+    outside: Vec<(Pid, Arc<std::sync::atomic::AtomicU64>)>,
+}
+
+fn self_has(t: &Table, pid: Pid) -> bool {
+    t.procs.get(&pid).is_some_and(|p| p.exit.is_none())
 }
 
 impl std::fmt::Debug for Kernel {
@@ -166,6 +186,7 @@ impl Kernel {
             warned: Default::default(),
             retrying: None,
             hostname: "flint".into(),
+            outside: Vec::new(),
         })
     }
 
@@ -225,6 +246,77 @@ impl Kernel {
 
     /// Creates process 1 from `program`.
     pub fn spawn_init(&mut self, program: &Program, stdio: Stdio) -> Result<(), LinuxError> {
+        self.spawn(1, 0, program, stdio)
+    }
+
+    /// Starts the processes asked for from outside (`Container::exec`):
+    /// each beside process 1, with no parent in the VM; its status goes to
+    /// the asker when it ends.
+    fn spawn_requested(&mut self) {
+        let reqs: Vec<SpawnRequest> = std::mem::take(
+            &mut *self
+                .control
+                .spawns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for r in reqs {
+            let live = self.table.procs.values().filter(|p| !p.reaped).count();
+            if live >= self.limits.max_processes {
+                let _ = r.done.send(Err(LinuxError::Exec {
+                    path: r.program.path.clone(),
+                    source: std::io::Error::from_raw_os_error(libc::EAGAIN),
+                }));
+                continue;
+            }
+            let pid = self.table.next_pid;
+            self.table.next_pid += 1;
+            match self.spawn(pid, 0, &r.program, r.stdio) {
+                Ok(()) => {
+                    let p = self.table.procs.get_mut(&pid).expect("spawned");
+                    p.notify = Some(r.done);
+                    self.outside.push((pid, r.signals));
+                }
+                Err(e) => {
+                    self.table.procs.remove(&pid);
+                    self.table.threads.remove(&pid);
+                    let _ = r.done.send(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Publishes the process list (for `ctr task ps`).
+    fn publish_processes(&self) {
+        let list: Vec<(Pid, String)> = self
+            .table
+            .procs
+            .values()
+            .filter(|p| p.exit.is_none())
+            .map(|p| {
+                let cmd: Vec<String> = p
+                    .cmdline
+                    .iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                (p.pid, cmd.join(" "))
+            })
+            .collect();
+        *self
+            .control
+            .processes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = list;
+    }
+
+    /// Creates process `pid` (parent `ppid`) running `program`.
+    fn spawn(
+        &mut self,
+        pid: Pid,
+        ppid: Pid,
+        program: &Program,
+        stdio: Stdio,
+    ) -> Result<(), LinuxError> {
         let mut fds = FdTable::default();
         let stream = |fd: OwnedFd, readable: bool| {
             OpenFile::new(
@@ -243,17 +335,20 @@ impl Kernel {
         fds.set(1, stream(stdio.stdout, false), false);
         fds.set(2, stream(stdio.stderr, false), false);
         let mm = AddressSpace::new(&mut self.frames).map_err(|_| LinuxError::NoMemory)?;
-        let pid = 1;
-        self.table.next_pid = 2;
+        if pid == 1 {
+            self.table.next_pid = 2;
+        }
+        let mm_id = self.next_mm_id;
+        self.next_mm_id += 1;
         self.table.procs.insert(
             pid,
             Process {
                 pid,
-                ppid: 0,
+                ppid,
                 pgid: pid,
                 sid: pid,
                 mm: Rc::new(RefCell::new(mm)),
-                mm_id: 0,
+                mm_id,
                 fds: Rc::new(RefCell::new(fds)),
                 actions: Rc::new(RefCell::new(SigActions::default())),
                 cwd: "/".into(),
@@ -267,8 +362,9 @@ impl Kernel {
                 exit_signal: 0,
                 reaped: false,
                 vfork_parent: None,
-                start_ns: 0,
+                start_ns: self.mono_ns(),
                 itimer: None,
+                notify: None,
             },
         );
         self.table.threads.insert(pid, Thread::new(pid, pid));
@@ -303,6 +399,8 @@ impl Kernel {
                 return Err(LinuxError::Timeout);
             }
             self.outside_signals();
+            self.spawn_requested();
+            self.publish_processes();
             self.wake_ready();
             if let Some(st) = self.init_exit {
                 return Ok(st);
@@ -321,31 +419,40 @@ impl Kernel {
         }
     }
 
-    /// Delivers signals sent from outside (the shim's Kill) to process 1.
+    /// Delivers signals sent from outside (the shim's Kill) to process 1
+    /// and to processes started by `exec`: SIGKILL always ends them; other
+    /// signals reach them only if they handle them (a PID namespace's init
+    /// is protected so; an exec'd process is treated alike).
     fn outside_signals(&mut self) {
-        let Some(sigs) = &self.limits.signals else {
-            return;
-        };
-        let mut mask = sigs.swap(0, Ordering::SeqCst);
-        while mask != 0 {
-            let sig = mask.trailing_zeros() as i32 + 1;
-            mask &= mask - 1;
-            if sig == crate::signal::SIGKILL {
-                self.exit_process(
-                    1,
-                    ExitStatus::Signaled {
-                        signal: sig,
-                        core: false,
-                    },
-                );
-                return;
-            }
-            let handled = self.table.procs.get(&1).is_some_and(|p| {
-                let h = p.actions.borrow().get(sig).handler;
-                h != crate::signal::SIG_DFL && h != crate::signal::SIG_IGN
-            });
-            if handled {
-                self.signal_process(1, SigInfo::user(sig, 0));
+        let mut targets: Vec<(Pid, u64)> = Vec::new();
+        if let Some(sigs) = &self.limits.signals {
+            targets.push((1, sigs.swap(0, Ordering::SeqCst)));
+        }
+        self.outside.retain(|(pid, _)| self_has(&self.table, *pid));
+        for (pid, sigs) in &self.outside {
+            targets.push((*pid, sigs.swap(0, Ordering::SeqCst)));
+        }
+        for (pid, mut mask) in targets {
+            while mask != 0 {
+                let sig = mask.trailing_zeros() as i32 + 1;
+                mask &= mask - 1;
+                if sig == crate::signal::SIGKILL {
+                    self.exit_process(
+                        pid,
+                        ExitStatus::Signaled {
+                            signal: sig,
+                            core: false,
+                        },
+                    );
+                    break;
+                }
+                let handled = self.table.procs.get(&pid).is_some_and(|p| {
+                    let h = p.actions.borrow().get(sig).handler;
+                    h != crate::signal::SIG_DFL && h != crate::signal::SIG_IGN
+                });
+                if handled {
+                    self.signal_process(pid, SigInfo::user(sig, 0));
+                }
             }
         }
     }

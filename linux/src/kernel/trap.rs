@@ -376,6 +376,9 @@ impl Kernel {
         }
         p.exit = Some(status);
         p.itimer = None;
+        if let Some(tx) = p.notify.take() {
+            let _ = tx.send(Ok(status));
+        }
         let threads = std::mem::take(&mut p.threads);
         let ppid = p.ppid;
         let exit_signal = p.exit_signal;

@@ -129,6 +129,7 @@ pub fn clone(
             vfork_parent: (f & CLONE_VFORK != 0).then_some(parent_pid),
             start_ns: k.mono_ns(),
             itimer: None,
+            notify: None,
         };
         if f & CLONE_VM == 0 {
             k.next_mm_id += 1;

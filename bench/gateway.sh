@@ -23,7 +23,7 @@ svc() { # name image annotations...
 }
 svc hello greet.wasm 'autoscaling.knative.dev/initial-scale: "4"' 'autoscaling.knative.dev/target: "2"'
 svc iso greet.wasm 'autoscaling.knative.dev/initial-scale: "4"' 'autoscaling.knative.dev/target: "2"' 'flint.dev/isolation: request'
-"$flint" serve --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$admin --state-dir "$state" "$work/hello.yaml" "$work/iso.yaml" 2>"$work/gw.log" &
+"$flint" serve --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$admin --state-dir "$state" --image-root "$PWD/examples" "$work/hello.yaml" "$work/iso.yaml" 2>"$work/gw.log" &
 gw=$!
 "$peer" examples/greet.wasm 127.0.0.1:$peer_port 2>"$work/peer.log" &
 pp=$!

@@ -25,15 +25,57 @@ pub struct ServeArgs {
     /// Largest request body accepted (larger: 413).
     #[arg(long, default_value_t = 10 << 20)]
     max_body_bytes: usize,
+    /// Images (modules, OCI layouts) must lie inside this directory;
+    /// default: the first manifest's directory, else the state directory.
+    #[arg(long)]
+    image_root: Option<PathBuf>,
+    /// Largest module or image archive an apply reads.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_module_bytes: u64,
+    /// Most instances one revision may scale to (default: as many
+    /// 128 MiB VMs as the node's RAM holds).
+    #[arg(long)]
+    max_instances: Option<u32>,
     /// Knative Service manifests (YAML) to deploy.
     manifests: Vec<PathBuf>,
 }
 
+/// As many 128 MiB VMs as this node's RAM holds.
+fn instances_ram_holds() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let bytes = (pages.max(0) as u64).saturating_mul(size.max(0) as u64);
+    ((bytes >> 27) as u32).max(1)
+}
+
 pub fn main(a: ServeArgs) -> i32 {
+    let image_root = a.image_root.clone().unwrap_or_else(|| {
+        a.manifests
+            .first()
+            .and_then(|m| m.parent().map(PathBuf::from))
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| {
+                if a.manifests.is_empty() {
+                    a.state_dir.clone()
+                } else {
+                    PathBuf::from(".")
+                }
+            })
+    });
     let settings = Settings {
         domain: a.domain.to_ascii_lowercase(),
         max_body_bytes: a.max_body_bytes,
         state_dir: a.state_dir.clone(),
+        policy: flint_gateway::Policy {
+            image_root,
+            max_module_bytes: a.max_module_bytes,
+            max_instances: a.max_instances.unwrap_or_else(instances_ram_holds),
+        },
     };
     let gw = Gateway::new(settings);
     for path in &a.manifests {

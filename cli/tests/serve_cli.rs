@@ -60,6 +60,8 @@ fn serve_apply_list_delete_and_sigterm() {
         ])
         .arg("--state-dir")
         .arg(&state)
+        .arg("--image-root")
+        .arg(flint_examples::path("greet").parent().unwrap())
         .arg(&manifest)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

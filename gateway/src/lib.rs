@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod registry;
 pub mod server;
 
+pub use registry::Policy;
 pub use server::{serve, Gateway, Settings};

@@ -25,6 +25,8 @@ pub enum DeployError {
         #[source]
         source: std::io::Error,
     },
+    #[error("spec.template.spec.containers[0].image: {0:?} {1}")]
+    ImageRefused(String, &'static str),
     #[error("the revision {0} failed its readiness check (booting to its ready point)")]
     NotReady(String, #[source] SnapshotError),
     #[error("the revision {0} failed its readiness check: {1}")]
@@ -100,11 +102,34 @@ struct ServiceEntry {
     route: Option<Route>,
 }
 
+/// What an apply may use of the host.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Images must lie inside this directory (symlinks resolved).
+    pub image_root: PathBuf,
+    /// Largest module (or image archive) read.
+    pub max_module_bytes: u64,
+    /// Most instances a revision may ask for (scale annotations are
+    /// capped to it).
+    pub max_instances: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            image_root: PathBuf::from("/"),
+            max_module_bytes: 64 << 20,
+            max_instances: 64,
+        }
+    }
+}
+
 /// Every service, by (namespace, name).
 #[derive(Debug, Default)]
 pub struct Registry {
     services: RwLock<HashMap<(String, String), ServiceEntry>>,
     counter: AtomicU64,
+    pub policy: Policy,
 }
 
 /// What an image holds.
@@ -115,11 +140,65 @@ enum Image {
     Linux(PathBuf),
 }
 
+/// `path` with `.` and `..` removed lexically.
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Where `image` (relative to `base`) is, if it lies inside the policy's
+/// image root and is a regular file or a directory, else why not. The
+/// answer never says whether something outside the root exists.
+fn confine(image: &str, base: &Path, policy: &Policy) -> Result<PathBuf, DeployError> {
+    let refused = |why| DeployError::ImageRefused(image.to_string(), why);
+    let root = policy
+        .image_root
+        .canonicalize()
+        .map_err(|_| refused("cannot be read: the image root is missing"))?;
+    let path = lexical(&base.join(image));
+    let path = if path.is_absolute() {
+        path
+    } else {
+        lexical(&std::env::current_dir().unwrap_or_default().join(path))
+    };
+    if !path.starts_with(&root) {
+        return Err(refused("is outside the image root (--image-root)"));
+    }
+    let real = path
+        .canonicalize()
+        .map_err(|_| refused("does not exist in the image root"))?;
+    if !real.starts_with(&root) {
+        return Err(refused("is outside the image root (--image-root)"));
+    }
+    let meta = std::fs::metadata(&real).map_err(|_| refused("cannot be read"))?;
+    if meta.is_dir() {
+        return Ok(real);
+    }
+    if !meta.is_file() {
+        return Err(refused(
+            "is neither a regular file nor an OCI image layout directory",
+        ));
+    }
+    if meta.len() > policy.max_module_bytes {
+        return Err(refused("is larger than --max-module-bytes"));
+    }
+    Ok(real)
+}
+
 /// The function behind `image`: a `.wasm` file, or an OCI image layout
 /// (a directory, or a `.tar` archive of one) holding a module or a Linux
-/// root filesystem.
-fn resolve_image(image: &str, base: &Path) -> Result<Image, DeployError> {
-    let path = base.join(image);
+/// root filesystem, confined to the policy's image root.
+fn resolve_image(image: &str, base: &Path, policy: &Policy) -> Result<Image, DeployError> {
+    let path = confine(image, base, policy)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -134,7 +213,21 @@ fn resolve_image(image: &str, base: &Path) -> Result<Image, DeployError> {
             }),
         };
     }
-    let module = std::fs::read(&path).map_err(|source| DeployError::Image { path, source })?;
+    let mut module = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|f| {
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(f, policy.max_module_bytes + 1),
+                &mut module,
+            )
+        })
+        .map_err(|_| DeployError::ImageRefused(image.to_string(), "cannot be read"))?;
+    if module.len() as u64 > policy.max_module_bytes {
+        return Err(DeployError::ImageRefused(
+            image.to_string(),
+            "is larger than --max-module-bytes",
+        ));
+    }
     Ok(Image::Wasm(module, name))
 }
 
@@ -192,6 +285,14 @@ fn linux_function(
 }
 
 impl Registry {
+    /// An empty registry whose applies follow `policy`.
+    pub fn with_policy(policy: Policy) -> Self {
+        Self {
+            policy,
+            ..Self::default()
+        }
+    }
+
     /// Deploys `service` as a new revision (blocking: it boots a VM).
     /// `base` resolves a relative image path; `state_dir` holds snapshots.
     pub fn apply(
@@ -212,7 +313,17 @@ impl Registry {
             .clone()
             .unwrap_or_else(|| format!("{}-{generation:05}", service.name));
         let dir = state_dir.join(&service.namespace).join(&name);
-        let (snapshot, linux) = match resolve_image(&service.image, base)? {
+        let mut service = service;
+        let cap = self.policy.max_instances.max(1);
+        let a = &mut service.autoscaling;
+        a.initial_scale = a.initial_scale.min(cap);
+        a.min_scale = a.min_scale.min(cap);
+        a.max_scale = if a.max_scale == 0 {
+            cap
+        } else {
+            a.max_scale.min(cap)
+        };
+        let (snapshot, linux) = match resolve_image(&service.image, base, &self.policy)? {
             Image::Wasm(module, argv0) => {
                 let config = VmConfig {
                     memory_mib: service.memory_mib.unwrap_or(128).max(32),

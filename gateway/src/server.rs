@@ -38,6 +38,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Where revisions' snapshots go.
     pub state_dir: PathBuf,
+    /// What applies may use of the host (image root, size and scale caps).
+    pub policy: crate::registry::Policy,
 }
 
 #[derive(Debug)]
@@ -63,9 +65,10 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
 
 impl Gateway {
     pub fn new(settings: Settings) -> Arc<Self> {
+        let policy = settings.policy.clone();
         Arc::new(Self {
             settings,
-            registry: Registry::default(),
+            registry: Registry::with_policy(policy),
             metrics: Metrics::default(),
             inflight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
@@ -678,7 +681,9 @@ async fn admin(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
             let g = gw.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let state = g.settings.state_dir.clone();
-                g.registry.apply(service, std::path::Path::new("."), &state)
+                // Relative image paths are relative to the image root.
+                let base = g.settings.policy.image_root.clone();
+                g.registry.apply(service, &base, &state)
             })
             .await;
             match result {

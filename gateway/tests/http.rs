@@ -37,6 +37,7 @@ async fn start(services: &[String], max_body: usize) -> Running {
         domain: "example.com".into(),
         max_body_bytes: max_body,
         state_dir: state.clone(),
+        policy: Default::default(),
     });
     for yaml in services {
         let s = manifest::parse(yaml).unwrap();

@@ -18,6 +18,7 @@ async fn the_python_cloudevents_sdk_round_trips_every_mode() {
         domain: "example.com".into(),
         max_body_bytes: 1 << 20,
         state_dir: state.clone(),
+        policy: Default::default(),
     });
     let yaml = format!(
         "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: events\nspec:\n  template:\n    spec:\n      containers:\n        - image: {}\n",

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flint_executor::{BufferIo, Invocation, RunError};
+use flint_executor::{Invocation, RunError};
 use flint_snapshotter::SnapshotError;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -380,7 +380,7 @@ impl Gateway {
             1.0,
         );
         let job = tokio::task::spawn_blocking(move || {
-            let mut io = BufferIo::with_stdin(stdin);
+            let mut io = CappedIo::new(stdin);
             let restore_started = Instant::now();
             // A warm instance was restored ahead of time; otherwise restore
             // now (scale from zero: the request waits, it is not dropped).
@@ -411,7 +411,7 @@ impl Gateway {
             }
             Ok(Ok(o)) => o,
         };
-        log_stderr(&rev.name, request_id, &io.stderr);
+        log_stderr(&rev.name, request_id, &io.stderr, io.stderr_total);
         match result {
             Ok((report, restore)) => {
                 if let Some(d) = restore {
@@ -484,7 +484,7 @@ impl Gateway {
                 ))
             }
         };
-        log_stderr(&rev.name, request_id, &stderr);
+        log_stderr(&rev.name, request_id, &stderr, stderr.len());
         let code = match &outcome {
             Ok(o) if o.status.code() == 0 => "200",
             _ => "502",
@@ -574,6 +574,54 @@ fn new_request_id() -> String {
     format!("{t:016x}-{:08x}", N.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Largest response a function may write (stdout): past it the request
+/// gets 502 and its VM is stopped.
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// A function's streams for one request, bounded: stdin from the body,
+/// stdout up to `MAX_RESPONSE_BYTES` (then the write fails and the VM
+/// ends), stderr's first `MAX_STDERR_LOG` bytes kept and the rest only
+/// counted, so a function flooding either cannot grow the gateway.
+#[derive(Debug)]
+struct CappedIo {
+    stdin: std::io::Cursor<Vec<u8>>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    stderr_total: usize,
+}
+
+impl CappedIo {
+    fn new(stdin: Vec<u8>) -> Self {
+        Self {
+            stdin: std::io::Cursor::new(stdin),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            stderr_total: 0,
+        }
+    }
+}
+
+impl flint_executor::GuestIo for CappedIo {
+    fn stdout(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if self.stdout.len() + data.len() > MAX_RESPONSE_BYTES {
+            return Err(std::io::Error::other(format!(
+                "the response is larger than {MAX_RESPONSE_BYTES} bytes"
+            )));
+        }
+        self.stdout.extend_from_slice(data);
+        Ok(())
+    }
+    fn stderr(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.stderr_total += data.len();
+        let room = MAX_STDERR_LOG.saturating_sub(self.stderr.len());
+        self.stderr.extend_from_slice(&data[..data.len().min(room)]);
+        Ok(())
+    }
+    fn stdin(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::io::Read::read(&mut self.stdin, buf)
+    }
+}
+
 /// Most of a function's stderr that one request logs.
 const MAX_STDERR_LOG: usize = 8 * 1024;
 
@@ -581,7 +629,7 @@ const MAX_STDERR_LOG: usize = 8 * 1024;
 /// escaped (`{:?}`: no control characters or terminal escapes reach the
 /// log, and a line of it cannot pass for one of the gateway's), and cut at
 /// `MAX_STDERR_LOG` bytes.
-fn log_stderr(revision: &str, request_id: &str, stderr: &[u8]) {
+fn log_stderr(revision: &str, request_id: &str, stderr: &[u8], total: usize) {
     if stderr.is_empty() {
         return;
     }
@@ -589,8 +637,8 @@ fn log_stderr(revision: &str, request_id: &str, stderr: &[u8]) {
     tracing::info!(
         revision = %revision,
         request_id = %request_id,
-        bytes = stderr.len(),
-        truncated = stderr.len() > shown.len(),
+        bytes = total,
+        truncated = total > shown.len(),
         stderr = ?String::from_utf8_lossy(shown),
         "function stderr"
     );

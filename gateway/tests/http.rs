@@ -749,3 +749,46 @@ async fn linux_images_serve_under_the_cgi_contract() {
     );
     gw.stop().await;
 }
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A function flooding stdout gets 502 at the response cap; one flooding
+/// stderr is logged only in part, stopped at its timeout on time, and
+/// neither grows the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn output_floods_are_bounded() {
+    let args = |a: &str| format!("          args: [\"{a}\"]\n");
+    let mk = |name: &str, arg: &str| {
+        manifest(name, "flood", "      timeoutSeconds: 3\n").replace(
+            "          env:\n",
+            &format!("{}          env:\n", args(arg)),
+        )
+    };
+    let gw = start(&[mk("out", "stdout"), mk("err", "stderr")], 1 << 20).await;
+    let before = rss_kib();
+    let (code, _, body) = http(gw.addr, "GET", "out.default.example.com", "/", b"").await;
+    assert_eq!(code, 502, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        String::from_utf8_lossy(&body).contains("larger than"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let t0 = std::time::Instant::now();
+    let (code, _, _) = http(gw.addr, "GET", "err.default.example.com", "/", b"").await;
+    assert_eq!(code, 504);
+    assert!(
+        t0.elapsed() < Duration::from_secs(6),
+        "the timeout came after {:?}",
+        t0.elapsed()
+    );
+    let grown = rss_kib().saturating_sub(before);
+    assert!(grown < 100 * 1024, "the gateway grew by {grown} KiB");
+    gw.stop().await;
+}

@@ -778,6 +778,55 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     r
 }
 
+/// How long a client may take to send a request's header block (and how
+/// long an idle keep-alive connection is kept waiting for the next one).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections served at once: under the process's fd limit, leaving room
+/// for VMs, files and the admin port.
+fn max_connections() -> usize {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `r`.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+        r.rlim_cur
+    } else {
+        1024
+    };
+    (soft.saturating_sub(256) as usize).clamp(16, 16_384)
+}
+
+/// The HTTP/1.1 connection settings: a header read timeout (slow and idle
+/// clients are closed).
+fn http1() -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    b
+}
+
+/// Accepts a connection; when the process is out of fds (EMFILE, ENFILE)
+/// or memory, waits a moment instead of retrying at once, so the loop
+/// never spins and service resumes when fds free up.
+async fn accept(l: &TcpListener) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    match l.accept().await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            let transient = matches!(
+                e.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+            );
+            if transient {
+                tracing::warn!("accept failed ({e}); backing off");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None
+        }
+    }
+}
+
 /// Serves the data plane on `listener` (and the admin port on `admin`)
 /// until `shutdown` resolves; then stops accepting, lets in-flight requests
 /// finish, and returns.
@@ -788,22 +837,26 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let limit = Arc::new(tokio::sync::Semaphore::new(max_connections()));
     if let Some(l) = admin_listener {
         let gw = gw.clone();
+        let limit = limit.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = l.accept().await else {
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    return;
+                };
+                let Some((stream, _)) = accept(&l).await else {
                     continue;
                 };
                 let gw = gw.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let svc = service_fn(move |req| {
                         let gw = gw.clone();
                         async move { Ok::<_, Infallible>(admin(gw, req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let _ = http1().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
@@ -812,16 +865,22 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, remote)) = accepted else { continue };
+            permit = limit.clone().acquire_owned() => {
+                let Ok(permit) = permit else { break };
+                let accepted = tokio::select! {
+                    a = accept(&listener) => a,
+                    _ = &mut shutdown => break,
+                };
+                let Some((stream, remote)) = accepted else { continue };
                 let gw = gw.clone();
                 let svc = service_fn(move |req| {
                     let gw = gw.clone();
                     async move { Ok::<_, Infallible>(gw.handle(req, remote).await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                let conn = http1().serve_connection(TokioIo::new(stream), svc);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let _ = conn.await;
                 });
             }

@@ -792,3 +792,32 @@ async fn output_floods_are_bounded() {
     assert!(grown < 100 * 1024, "the gateway grew by {grown} KiB");
     gw.stop().await;
 }
+
+/// Slow and idle clients are closed (the header read timeout), and the
+/// gateway keeps serving others meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_and_idle_clients_are_closed() {
+    let gw = start(&[manifest("hello", "greet", "")], 1 << 20).await;
+    let mut slow = TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: hello.default.example.com\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    let (code, _, _) = http(gw.addr, "GET", "hello.default.example.com", "/greet", b"").await;
+    assert_eq!(code, 200);
+    let limit = flint_gateway::server::HEADER_READ_TIMEOUT + Duration::from_secs(5);
+    for s in [&mut slow, &mut idle] {
+        let mut buf = [0u8; 512];
+        let r = tokio::time::timeout(limit, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(r.is_ok(), "the connection was not closed within {limit:?}");
+    }
+    gw.stop().await;
+}

@@ -1,5 +1,6 @@
 //! `flint apply FILE`, `flint delete NAME`, `flint list`: requests to a
-//! running gateway's admin API (`flint serve --metrics-listen`).
+//! running gateway's admin API (`flint serve --admin`: a Unix socket, or
+//! TCP with a bearer token).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -12,9 +13,21 @@ use crate::exit;
 
 #[derive(Debug, Args)]
 pub struct AdminArgs {
-    /// The gateway's admin address (its --metrics-listen).
-    #[arg(long, default_value = "127.0.0.1:9090", global = true)]
+    /// The gateway's admin API (its --admin): unix:PATH or tcp:ADDR.
+    #[arg(long, default_value = "unix:/var/lib/flint/admin.sock", global = true)]
     admin: String,
+    /// A file holding the admin API's bearer token (for tcp:).
+    #[arg(long, global = true)]
+    admin_token_file: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    fn token(&self) -> std::io::Result<Option<String>> {
+        self.admin_token_file
+            .as_ref()
+            .map(|f| std::fs::read_to_string(f).map(|t| t.trim().to_string()))
+            .transpose()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -42,11 +55,29 @@ pub struct ListArgs {
     admin: AdminArgs,
 }
 
-/// One HTTP/1.1 request; returns (status, body).
-fn request(addr: &str, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
+/// A stream to the admin API.
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+fn connect(addr: &str) -> std::io::Result<Box<dyn Stream>> {
+    if let Some(path) = addr.strip_prefix("unix:") {
+        let s = std::os::unix::net::UnixStream::connect(path)?;
+        s.set_read_timeout(Some(Duration::from_secs(300)))?;
+        return Ok(Box::new(s));
+    }
+    let s = TcpStream::connect(addr.strip_prefix("tcp:").unwrap_or(addr))?;
     s.set_read_timeout(Some(Duration::from_secs(300)))?;
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
+    Ok(Box::new(s))
+}
+
+/// One HTTP/1.1 request; returns (status, body).
+fn request(a: &AdminArgs, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+    let mut s = connect(&a.admin)?;
+    let auth = match a.token()? {
+        Some(t) => format!("Authorization: Bearer {t}\r\n"),
+        None => String::new(),
+    };
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: flint\r\n{auth}Connection: close\r\nContent-Length: {}\r\n\r\n", body.len());
     s.write_all(head.as_bytes())?;
     s.write_all(body)?;
     let mut out = Vec::new();
@@ -61,15 +92,16 @@ fn request(addr: &str, method: &str, path: &str, body: &[u8]) -> std::io::Result
     Ok((status, body.to_string()))
 }
 
-fn call(addr: &str, method: &str, path: &str, body: &[u8]) -> i32 {
-    match request(addr, method, path, body) {
+fn call(a: &AdminArgs, method: &str, path: &str, body: &[u8]) -> i32 {
+    let addr = &a.admin;
+    match request(a, method, path, body) {
         Ok((code, body)) if (200..300).contains(&code) => {
             print!("{body}");
             0
         }
         Ok((code, body)) => {
             eprint!("flint: the gateway answered {code}: {body}");
-            if code == 400 || code == 404 {
+            if code == 400 || code == 404 || code == 401 {
                 exit::USAGE
             } else {
                 exit::FLINT_ERROR
@@ -84,7 +116,7 @@ fn call(addr: &str, method: &str, path: &str, body: &[u8]) -> i32 {
 
 pub fn apply(a: ApplyArgs) -> i32 {
     match std::fs::read(&a.file) {
-        Ok(yaml) => call(&a.admin.admin, "POST", "/apis/services", &yaml),
+        Ok(yaml) => call(&a.admin, "POST", "/apis/services", &yaml),
         Err(e) => {
             eprintln!("flint: cannot read {}: {e}", a.file.display());
             exit::FLINT_ERROR
@@ -94,7 +126,7 @@ pub fn apply(a: ApplyArgs) -> i32 {
 
 pub fn delete(a: DeleteArgs) -> i32 {
     call(
-        &a.admin.admin,
+        &a.admin,
         "DELETE",
         &format!("/apis/services/{}/{}", a.namespace, a.name),
         b"",
@@ -102,5 +134,5 @@ pub fn delete(a: DeleteArgs) -> i32 {
 }
 
 pub fn list(a: ListArgs) -> i32 {
-    call(&a.admin.admin, "GET", "/apis/services", b"")
+    call(&a.admin, "GET", "/apis/services", b"")
 }

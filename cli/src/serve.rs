@@ -16,6 +16,14 @@ pub struct ServeArgs {
     /// Where to serve /healthz, /readyz and /metrics.
     #[arg(long, default_value = "127.0.0.1:9090")]
     metrics_listen: SocketAddr,
+    /// Where the admin API (`flint apply`, `list`, `delete`) listens:
+    /// `unix:PATH` (mode 0600; default `unix:STATE_DIR/admin.sock`) or
+    /// `tcp:ADDR` (then --admin-token-file is required).
+    #[arg(long)]
+    admin: Option<String>,
+    /// A file holding the bearer token the admin API requires over TCP.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
     /// Where revisions' snapshots are kept.
     #[arg(long)]
     state_dir: PathBuf,
@@ -54,6 +62,10 @@ fn instances_ram_holds() -> u32 {
 }
 
 pub fn main(a: ServeArgs) -> i32 {
+    if a.admin.as_deref().is_some_and(|s| s.starts_with("tcp:")) && a.admin_token_file.is_none() {
+        eprintln!("flint: an admin API on TCP needs --admin-token-file");
+        return exit::USAGE;
+    }
     let image_root = a.image_root.clone().unwrap_or_else(|| {
         a.manifests
             .first()
@@ -143,8 +155,19 @@ pub fn main(a: ServeArgs) -> i32 {
                 return exit::FLINT_ERROR;
             }
         };
+        let spec = a
+            .admin
+            .clone()
+            .unwrap_or_else(|| format!("unix:{}", a.state_dir.join("admin.sock").display()));
+        let admin_api = match admin_listener(&spec, a.admin_token_file.as_deref()).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("flint: the admin API at {spec}: {e}");
+                return exit::USAGE;
+            }
+        };
         eprintln!(
-            "flint: serving on http://{} (metrics on http://{})",
+            "flint: serving on http://{} (metrics on http://{}, admin API on {spec})",
             a.listen, a.metrics_listen
         );
         let shutdown = async {
@@ -157,7 +180,54 @@ pub fn main(a: ServeArgs) -> i32 {
             }
             eprintln!("flint: draining: finishing in-flight requests");
         };
-        flint_gateway::serve(gw, listener, Some(admin), shutdown).await;
+        flint_gateway::serve_with_admin(gw, listener, Some(admin), Some(admin_api), shutdown).await;
         0
     })
+}
+
+/// The admin API's listener from `unix:PATH` or `tcp:ADDR`.
+async fn admin_listener(
+    spec: &str,
+    token_file: Option<&std::path::Path>,
+) -> Result<flint_gateway::AdminListener, String> {
+    if let Some(path) = spec.strip_prefix("unix:") {
+        let path = std::path::Path::new(path);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        // A stale socket from an earlier run.
+        if std::fs::symlink_metadata(path)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        {
+            let _ = std::fs::remove_file(path);
+        }
+        // Created owner-only: only this user (and root) may deploy.
+        // SAFETY: umask only changes this process's file-creation mask.
+        let old = unsafe { libc::umask(0o177) };
+        let l = tokio::net::UnixListener::bind(path);
+        // SAFETY: as above, restoring it.
+        unsafe { libc::umask(old) };
+        return l
+            .map(flint_gateway::AdminListener::Unix)
+            .map_err(|e| e.to_string());
+    }
+    if let Some(addr) = spec.strip_prefix("tcp:") {
+        let Some(tf) = token_file else {
+            return Err("an admin API on TCP needs --admin-token-file".into());
+        };
+        let token =
+            std::fs::read_to_string(tf).map_err(|e| format!("reading {}: {e}", tf.display()))?;
+        let token = token.trim().to_string();
+        if token.len() < 16 {
+            return Err("the admin token must be at least 16 characters".into());
+        }
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(flint_gateway::AdminListener::Tcp(
+            l,
+            Some(std::sync::Arc::new(token)),
+        ));
+    }
+    Err("use unix:PATH or tcp:ADDR".into())
 }

@@ -76,7 +76,20 @@ fn serve_apply_list_delete_and_sigterm() {
         get(port, "hello.default.example.com", "/greet?name=ada"),
         (200, "hello, ada\n".into())
     );
-    let a = format!("127.0.0.1:{admin}");
+    // The admin API is on a Unix socket only its owner may use; the
+    // metrics port refuses it.
+    let sock = state.join("admin.sock");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "admin socket mode {mode:o}");
+    let o = flint(&["list", "--admin", &format!("127.0.0.1:{admin}")], "", &[]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        text(&o.stderr).contains("admin socket"),
+        "{}",
+        text(&o.stderr)
+    );
+    let a = format!("unix:{}", sock.display());
     let o = flint(&["list", "--admin", &a], "", &[]);
     assert!(
         text(&o.stdout).contains("\"revision\":\"hello-00001\""),
@@ -116,4 +129,88 @@ fn serve_apply_list_delete_and_sigterm() {
         .unwrap();
     assert!(status.success(), "{err}");
     assert!(err.contains("draining"), "{err}");
+}
+
+/// The admin API on TCP needs the bearer token from --admin-token-file;
+/// without it (or with a wrong one) every API call is refused with 401.
+#[test]
+fn the_admin_api_on_tcp_needs_its_token() {
+    let (port, metrics, adm) = (free_port(), free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token-of-enough-length\n").unwrap();
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not-the-token-at-all-no\n").unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_flint"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--admin", &format!("tcp:127.0.0.1:{adm}")])
+        .arg("--admin-token-file")
+        .arg(&token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", adm)).is_err() {
+        assert!(Instant::now() < deadline, "flint serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let a = format!("tcp:127.0.0.1:{adm}");
+    let o = flint(&["list", "--admin", &a], "", &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("401"), "{}", text(&o.stderr));
+    let o = flint(
+        &[
+            "list",
+            "--admin",
+            &a,
+            "--admin-token-file",
+            wrong.to_str().unwrap(),
+        ],
+        "",
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let o = flint(
+        &[
+            "list",
+            "--admin",
+            &a,
+            "--admin-token-file",
+            token.to_str().unwrap(),
+        ],
+        "",
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "[]\n");
+    // A token file is required for TCP at all.
+    let o = flint(
+        &[
+            "serve",
+            "--state-dir",
+            dir.path().join("s2").to_str().unwrap(),
+            "--admin",
+            "tcp:127.0.0.1:0",
+        ],
+        "",
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("--admin-token-file"),
+        "{}",
+        text(&o.stderr)
+    );
+    // SAFETY: sends SIGTERM to our own child.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    assert!(server.wait().unwrap().success());
 }

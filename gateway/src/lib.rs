@@ -13,4 +13,4 @@ pub mod registry;
 pub mod server;
 
 pub use registry::Policy;
-pub use server::{serve, Gateway, Settings};
+pub use server::{serve, serve_with_admin, AdminListener, Gateway, Settings};

@@ -683,9 +683,57 @@ fn cgi_response(r: cgi::Response) -> Response<Body> {
 /// that `flint apply`, `flint delete` and `flint list` use:
 /// `POST /apis/services` (a manifest), `GET /apis/services`,
 /// `DELETE /apis/services/NAMESPACE/NAME`.
-async fn admin(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
+/// Which port a request came in on, and so what it may do.
+#[derive(Debug, Clone)]
+enum Port {
+    /// Health and metrics only (open to anyone who can reach it).
+    Metrics,
+    /// The admin API too: a Unix socket (its mode guards it), or TCP with
+    /// this bearer token.
+    Admin(Option<Arc<String>>),
+}
+
+/// True when the request carries `Authorization: Bearer TOKEN` (compared
+/// in constant time).
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    let Some(v) = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(given) = v.strip_prefix("Bearer ") else {
+        return false;
+    };
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn admin(gw: Arc<Gateway>, req: Request<Incoming>, port: Port) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    let api = path.starts_with("/apis/");
+    match (&port, api) {
+        (Port::Metrics, true) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "the admin API is served on the admin socket (--admin), not the metrics port",
+            )
+        }
+        (Port::Admin(Some(token)), true) if !authorized(&req, token) => {
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                "the admin API needs its bearer token",
+            );
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+        _ => {}
+    }
     match (method.as_str(), path.as_str()) {
         ("GET", "/healthz") => text(StatusCode::OK, "ok"),
         ("GET", "/readyz") if gw.draining.load(Ordering::SeqCst) => {
@@ -836,30 +884,86 @@ pub async fn serve(
     admin_listener: Option<TcpListener>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    serve_with_admin(gw, listener, admin_listener, None, shutdown).await
+}
+
+/// Where the admin API listens.
+#[derive(Debug)]
+pub enum AdminListener {
+    /// A Unix socket (created mode 0600 by the caller).
+    Unix(tokio::net::UnixListener),
+    /// TCP, with the bearer token every API request must carry.
+    Tcp(TcpListener, Option<Arc<String>>),
+}
+
+/// Serves `port`'s routes on `l` until the process ends.
+fn spawn_admin(gw: Arc<Gateway>, limit: Arc<tokio::sync::Semaphore>, l: AdminListener, port: Port) {
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return;
+            };
+            let gw = gw.clone();
+            let port = port.clone();
+            let svc = service_fn(move |req| {
+                let (gw, port) = (gw.clone(), port.clone());
+                async move { Ok::<_, Infallible>(admin(gw, req, port).await) }
+            });
+            match &l {
+                AdminListener::Tcp(t, _) => {
+                    let Some((stream, _)) = accept(t).await else {
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        let _ = http1().serve_connection(TokioIo::new(stream), svc).await;
+                    });
+                }
+                AdminListener::Unix(u) => {
+                    let stream = match u.accept().await {
+                        Ok((s, _)) => s,
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        let _ = http1().serve_connection(TokioIo::new(stream), svc).await;
+                    });
+                }
+            }
+        }
+    });
+}
+
+/// Serves the data plane on `listener`, health and metrics on
+/// `metrics_listener`, and the admin API on `admin_api`, until `shutdown`
+/// resolves; then stops accepting, lets in-flight requests finish, and
+/// returns.
+pub async fn serve_with_admin(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    admin_api: Option<AdminListener>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let limit = Arc::new(tokio::sync::Semaphore::new(max_connections()));
     if let Some(l) = admin_listener {
-        let gw = gw.clone();
-        let limit = limit.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok(permit) = limit.clone().acquire_owned().await else {
-                    return;
-                };
-                let Some((stream, _)) = accept(&l).await else {
-                    continue;
-                };
-                let gw = gw.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let svc = service_fn(move |req| {
-                        let gw = gw.clone();
-                        async move { Ok::<_, Infallible>(admin(gw, req).await) }
-                    });
-                    let _ = http1().serve_connection(TokioIo::new(stream), svc).await;
-                });
-            }
-        });
+        spawn_admin(
+            gw.clone(),
+            limit.clone(),
+            AdminListener::Tcp(l, None),
+            Port::Metrics,
+        );
+    }
+    if let Some(a) = admin_api {
+        let token = match &a {
+            AdminListener::Tcp(_, t) => t.clone(),
+            AdminListener::Unix(_) => None,
+        };
+        spawn_admin(gw.clone(), limit.clone(), a, Port::Admin(token));
     }
     let scaler = tokio::spawn(autoscale(gw.clone()));
     tokio::pin!(shutdown);

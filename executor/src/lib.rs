@@ -20,6 +20,7 @@ mod error;
 mod io;
 mod loader;
 mod machine;
+pub mod seccomp;
 mod session;
 pub mod vstate;
 

@@ -281,6 +281,11 @@ impl Machine {
                     // SAFETY: gettid has no preconditions.
                     cpu.running_tid
                         .store(unsafe { libc::gettid() }, Ordering::SeqCst);
+                    // From here the thread handles guest input: only the
+                    // calls it needs (see seccomp.rs).
+                    if let Err(e) = crate::seccomp::confine_thread(&[]) {
+                        tracing::warn!("the vCPU thread runs without its seccomp filter: {e}");
+                    }
                     let r = run_vcpu(vcpu, mem, bus, session, stop_ref, first_exit);
                     cpu.finished_ns.fetch_add(thread_cpu_ns(), Ordering::SeqCst);
                     cpu.running_tid.store(0, Ordering::SeqCst);

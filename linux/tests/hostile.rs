@@ -188,3 +188,37 @@ fn a_directory_swapped_for_a_symlink_mid_walk_stays_inside() {
     assert!(r.stdout.contains("guest"), "{}", r.stdout);
     assert!(r.stdout.ends_with("end\n"));
 }
+
+/// The vCPU thread, which handles everything the guest asks, runs under
+/// its seccomp filter (mode 2 in /proc).
+#[test]
+fn the_vcpu_thread_is_filtered() {
+    let root = busybox_root();
+    let program = flint_linux::Program {
+        path: "/bin/sh".into(),
+        argv: vec!["sh".into(), "-c".into(), "sleep 1".into()],
+        env: vec![],
+        workdir: "/".into(),
+    };
+    let c = flint_linux::start(&config(), root.path(), &program, None).unwrap();
+    let mut mode = None;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(20));
+        for t in std::fs::read_dir("/proc/self/task").unwrap() {
+            let t = t.unwrap().path();
+            let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+            if comm.trim() == "flint-linux-vcp" {
+                let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
+                mode = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Seccomp:"))
+                    .map(|v| v.trim().to_string());
+            }
+        }
+        if mode.as_deref() == Some("2") {
+            break;
+        }
+    }
+    assert_eq!(mode.as_deref(), Some("2"));
+    assert_eq!(c.wait().unwrap().status.code(), 0);
+}

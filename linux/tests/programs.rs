@@ -218,20 +218,26 @@ fn exec_runs_a_second_process_in_the_same_vm() {
         env: vec![("PATH".into(), "/bin".into())],
         workdir: "/".into(),
     };
-    // Process 1 waits for a file the exec writes: both in one VM.
+    // Process 1 waits for a file the exec writes: both in one VM. (When
+    // process 1 ends, the container ends: it waits a moment longer than
+    // the exec needs to exit.)
     let c = flint_linux::start(
         &config(),
         root.path(),
         &program(&[
             "sh",
             "-c",
-            "while [ ! -e /tmp/flag ]; do sleep 0.05; done; echo init saw $(cat /tmp/flag)",
+            "while [ ! -e /tmp/flag ]; do sleep 0.05; done; sleep 0.5; echo init saw $(cat /tmp/flag)",
         ]),
         Some(mk(&init_out)),
     )
     .unwrap();
     let e = c.exec(
-        &program(&["sh", "-c", "echo from exec > /tmp/flag; ps; exit 5"]),
+        &program(&[
+            "sh",
+            "-c",
+            "ps; echo from exec > /tmp/f; mv /tmp/f /tmp/flag; exit 5",
+        ]),
         mk(out.as_file()),
     );
     assert_eq!(e.wait().unwrap(), ExitStatus::Exited(5));

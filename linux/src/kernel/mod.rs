@@ -32,6 +32,32 @@ use crate::syscalls::{self, Stop};
 use crate::task::{Blocked, ExitStatus, Pid, Process, Table, Thread, Wait};
 use crate::LinuxError;
 
+/// The host calls the Linux layer makes on the vCPU thread beyond every
+/// vCPU thread's (`flint_executor::seccomp::VCPU_BASE`): files inside the
+/// root (always through `openat2(RESOLVE_IN_ROOT)` or an fd from it),
+/// the reset of the VM's translations, and its sleeps. No `execve`,
+/// `socket`, `clone`, `ptrace`, `mount` or `kill`.
+pub const HOST_CALLS: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_openat2,
+    libc::SYS_open,
+    libc::SYS_pwrite64,
+    libc::SYS_getdents64,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+    libc::SYS_mkdirat,
+    libc::SYS_unlinkat,
+    libc::SYS_renameat2,
+    libc::SYS_linkat,
+    libc::SYS_symlinkat,
+    libc::SYS_fchmod,
+    libc::SYS_chmod,
+    libc::SYS_fchmodat,
+    libc::SYS_ftruncate,
+    libc::SYS_utimensat,
+    libc::SYS_fstatfs,
+];
+
 /// Time slice: the supervisor kicks the vCPU this often, so that a thread
 /// that never makes a system call cannot keep the others from running.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -388,8 +414,13 @@ impl Kernel {
         }
     }
 
-    /// Runs until process 1 exits; its status is the container's.
+    /// Runs until process 1 exits; its status is the container's. The
+    /// thread is confined first: the calls of `VCPU_BASE` and of the file
+    /// operations the system-call layer makes inside the root.
     pub fn run(&mut self) -> Result<ExitStatus, LinuxError> {
+        if let Err(e) = flint_executor::seccomp::confine_thread(HOST_CALLS) {
+            tracing::warn!("the vCPU thread runs without its seccomp filter: {e}");
+        }
         let mut last = 0;
         loop {
             if let Some(st) = self.init_exit {

@@ -332,8 +332,8 @@ impl Registry {
                 };
                 flint_snapshotter::create(&module, &argv0, &dir, &config, &mut BufferIo::default())
                     .map_err(|e| DeployError::NotReady(name.clone(), e))?;
-                let snapshot =
-                    Snapshot::open(&dir).map_err(|e| DeployError::NotReady(name.clone(), e))?;
+                let snapshot = Snapshot::open_sealed(&dir)
+                    .map_err(|e| DeployError::NotReady(name.clone(), e))?;
                 (Some(snapshot), None)
             }
             Image::Linux(image) => (None, Some(linux_function(&image, &dir, &service, &name)?)),

@@ -821,3 +821,45 @@ async fn slow_and_idle_clients_are_closed() {
     }
     gw.stop().await;
 }
+
+/// A revision's memory file truncated (or rewritten) on disk under live
+/// instances changes nothing for them: restores use a sealed copy, so no
+/// SIGBUS reaches the gateway and every request is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_changed_on_disk_cannot_reach_live_revisions() {
+    let gw = start(&[manifest("hello", "greet", "")], 1 << 20).await;
+    let (code, _, _) = http(
+        gw.addr,
+        "GET",
+        "hello.default.example.com",
+        "/greet?name=a",
+        b"",
+    )
+    .await;
+    assert_eq!(code, 200);
+    let mem = gw._state.path().join("default/hello-00001/memory.bin");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&mem)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    for i in 0..6 {
+        let (code, _, body) = http(
+            gw.addr,
+            "GET",
+            "hello.default.example.com",
+            &format!("/greet?name={i}"),
+            b"",
+        )
+        .await;
+        assert_eq!(
+            (code, String::from_utf8_lossy(&body).into_owned()),
+            (200, format!("hello, {i}\n"))
+        );
+    }
+    std::fs::write(&mem, vec![0xffu8; 1 << 20]).unwrap();
+    let (code, _, _) = http(gw.addr, "GET", "hello.default.example.com", "/greet", b"").await;
+    assert_eq!(code, 200);
+    gw.stop().await;
+}

@@ -190,6 +190,9 @@ pub struct Snapshot {
     state_bytes: u64,
     data_map: Vec<bool>,
     working_set: Option<Vec<u32>>,
+    /// A sealed in-memory copy of `memory.bin` ([`Snapshot::open_sealed`]):
+    /// restores map or read it instead of the file.
+    sealed: Option<std::os::fd::OwnedFd>,
 }
 
 impl Snapshot {
@@ -245,7 +248,36 @@ impl Snapshot {
             state_bytes: len,
             data_map,
             working_set,
+            sealed: None,
         })
+    }
+
+    /// As [`Snapshot::open`], then copies the memory file's data pages
+    /// into a sealed memfd (no writes, no shrinking or growing) that every
+    /// restore maps instead of the file: what happens to `memory.bin` on
+    /// disk afterwards (truncated, rewritten) cannot reach a live VM or
+    /// raise SIGBUS in this process. For long-lived users (the gateway);
+    /// costs the snapshot's data pages in RAM, shared by every instance.
+    pub fn open_sealed(dir: &Path) -> Result<Self, SnapshotError> {
+        let mut snap = Self::open(dir)?;
+        let mem_path = dir.join(MEMORY_FILE);
+        let file = File::open(&mem_path).map_err(io_err("opening", &mem_path))?;
+        let fd = memory::sealed_copy(&file, snap.state.memory_bytes, &snap.data_map)
+            .map_err(io_err("copying", &mem_path))?;
+        snap.sealed = Some(fd);
+        Ok(snap)
+    }
+
+    /// The memory to restore from: the sealed copy, else the file.
+    fn memory_source(&self) -> Result<File, SnapshotError> {
+        let mem_path = self.dir.join(MEMORY_FILE);
+        match &self.sealed {
+            Some(fd) => fd
+                .try_clone()
+                .map(File::from)
+                .map_err(io_err("duplicating the sealed copy of", &mem_path)),
+            None => File::open(&mem_path).map_err(io_err("opening", &mem_path)),
+        }
     }
 
     pub fn info(&self) -> Info {
@@ -270,7 +302,7 @@ impl Snapshot {
     /// invoked (for pools of pre-restored instances).
     pub fn restore(&self) -> Result<ReadyVm, SnapshotError> {
         let mem_path = self.dir.join(MEMORY_FILE);
-        let file = File::open(&mem_path).map_err(io_err("opening", &mem_path))?;
+        let file = self.memory_source()?;
         let memory = memory::map_private(file, self.state.memory_bytes)
             .map_err(io_err("mapping", &mem_path))?;
         Ok(ReadyVm::restore(&self.state.vm, memory)?)
@@ -286,7 +318,7 @@ impl Snapshot {
     ) -> Result<InvokeReport, SnapshotError> {
         let t0 = Instant::now();
         let mem_path = self.dir.join(MEMORY_FILE);
-        let file = File::open(&mem_path).map_err(io_err("opening", &mem_path))?;
+        let file = self.memory_source()?;
         let load = t0.elapsed();
         let t1 = Instant::now();
         let (memory, backend, prefetched) = match opts.backend {

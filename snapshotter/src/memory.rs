@@ -84,3 +84,48 @@ pub fn map_private(file: File, size: u64) -> std::io::Result<GuestMemoryMmap> {
 pub fn anonymous(size: u64) -> std::io::Result<GuestMemoryMmap> {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).map_err(std::io::Error::other)
 }
+
+/// A sealed memfd holding `file`'s data pages (the pages `data_map` marks)
+/// at their offsets, `size` bytes long, holes left as holes. Sealed
+/// against writes, shrinking, growing and further seals.
+pub fn sealed_copy(
+    file: &File,
+    size: u64,
+    data_map: &[bool],
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let name = c"flint-snapshot-memory";
+    // SAFETY: memfd_create with a NUL-terminated name; the fd is ours.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let copy = unsafe { File::from_raw_fd(fd) };
+    copy.set_len(size)?;
+    let mut buf = vec![0u8; (CHUNK_PAGES * PAGE) as usize];
+    let mut page = 0usize;
+    while page < data_map.len() {
+        if !data_map[page] {
+            page += 1;
+            continue;
+        }
+        let run = data_map[page..]
+            .iter()
+            .take(CHUNK_PAGES as usize)
+            .take_while(|d| **d)
+            .count();
+        let at = page as u64 * PAGE;
+        let len = (run as u64 * PAGE).min(size - at) as usize;
+        file.read_exact_at(&mut buf[..len], at)?;
+        copy.write_all_at(&buf[..len], at)?;
+        page += run;
+    }
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on the memfd we own.
+    if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(copy.into())
+}

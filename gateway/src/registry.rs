@@ -31,6 +31,8 @@ pub enum DeployError {
     NotReady(String, #[source] SnapshotError),
     #[error("the revision {0} failed its readiness check: {1}")]
     ProgramMissing(String, String),
+    #[error("spec.template.metadata.name: revision {0:?} already exists with another template; a revision cannot change (give the new template another name, or none)")]
+    RevisionExists(String),
     #[error("spec.traffic: revision {0:?} does not exist")]
     NoSuchRevision(String),
 }
@@ -301,7 +303,35 @@ impl Registry {
         base: &Path,
         state_dir: &Path,
     ) -> Result<Arc<Revision>, DeployError> {
+        let mut service = service;
+        let cap = self.policy.max_instances.max(1);
+        let a = &mut service.autoscaling;
+        a.initial_scale = a.initial_scale.min(cap);
+        a.min_scale = a.min_scale.min(cap);
+        a.max_scale = if a.max_scale == 0 {
+            cap
+        } else {
+            a.max_scale.min(cap)
+        };
         let key = (service.namespace.clone(), service.name.clone());
+        // A named revision is immutable (Knative): the same template again
+        // is a no-op; a changed one is refused, and the revision serves on
+        // untouched (its snapshot is never rewritten under live VMs).
+        if let Some(name) = &service.revision_name {
+            let map = self.services.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(existing) = map
+                .get(&key)
+                .and_then(|e| e.revisions.iter().find(|r| &r.name == name))
+            {
+                let mut same = existing.service.clone();
+                same.traffic = service.traffic.clone();
+                return if same == service {
+                    Ok(existing.clone())
+                } else {
+                    Err(DeployError::RevisionExists(name.clone()))
+                };
+            }
+        }
         let generation = {
             let mut map = self.services.write().unwrap_or_else(|e| e.into_inner());
             let entry = map.entry(key.clone()).or_default();
@@ -313,16 +343,6 @@ impl Registry {
             .clone()
             .unwrap_or_else(|| format!("{}-{generation:05}", service.name));
         let dir = state_dir.join(&service.namespace).join(&name);
-        let mut service = service;
-        let cap = self.policy.max_instances.max(1);
-        let a = &mut service.autoscaling;
-        a.initial_scale = a.initial_scale.min(cap);
-        a.min_scale = a.min_scale.min(cap);
-        a.max_scale = if a.max_scale == 0 {
-            cap
-        } else {
-            a.max_scale.min(cap)
-        };
         let (snapshot, linux) = match resolve_image(&service.image, base, &self.policy)? {
             Image::Wasm(module, argv0) => {
                 let config = VmConfig {

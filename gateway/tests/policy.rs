@@ -90,3 +90,46 @@ fn scale_annotations_are_capped_by_the_node_limit() {
     let a = &rev.service.autoscaling;
     assert_eq!((a.initial_scale, a.min_scale, a.max_scale), (3, 3, 3));
 }
+
+#[test]
+fn a_named_revision_cannot_change() {
+    let root = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        flint_examples::path("hello"),
+        root.path().join("hello.wasm"),
+    )
+    .unwrap();
+    std::fs::copy(
+        flint_examples::path("greet"),
+        root.path().join("greet.wasm"),
+    )
+    .unwrap();
+    let reg = Registry::with_policy(Policy {
+        image_root: root.path().to_path_buf(),
+        max_module_bytes: 1 << 20,
+        max_instances: 3,
+    });
+    let named = |image: &str| {
+        manifest::parse(&format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  template:\n    metadata:\n      name: s-blue\n    spec:\n      containers:\n        - image: {image}\n"
+        ))
+        .unwrap()
+    };
+    let first = reg
+        .apply(named("hello.wasm"), root.path(), state.path())
+        .unwrap();
+    let mem = state.path().join("default/s-blue/memory.bin");
+    let before = std::fs::metadata(&mem).unwrap().modified().unwrap();
+    // The same template again: a no-op, the same revision.
+    let again = reg
+        .apply(named("hello.wasm"), root.path(), state.path())
+        .unwrap();
+    assert!(std::sync::Arc::ptr_eq(&first, &again));
+    // Another template under the same name: refused, nothing rewritten.
+    match reg.apply(named("greet.wasm"), root.path(), state.path()) {
+        Err(e @ DeployError::RevisionExists(_)) => assert!(e.to_string().contains("s-blue"), "{e}"),
+        other => panic!("expected RevisionExists, got {other:?}"),
+    }
+    assert_eq!(std::fs::metadata(&mem).unwrap().modified().unwrap(), before);
+}

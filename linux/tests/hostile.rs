@@ -222,3 +222,87 @@ fn the_vcpu_thread_is_filtered() {
     assert_eq!(mode.as_deref(), Some("2"));
     assert_eq!(c.wait().unwrap().status.code(), 0);
 }
+
+/// Malformed programs: truncated, corrupted headers, wild segments, a
+/// bad interpreter; each is a clear error (ENOEXEC and friends), never a
+/// crash, and the next program runs.
+#[test]
+fn malformed_programs_are_refused() {
+    let good = std::fs::read(flint_examples::linux_path("rshello")).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("magic-only", b"\x7fELF".to_vec()),
+        ("truncated-header", good[..40].to_vec()),
+        ("truncated-body", good[..good.len() / 3].to_vec()),
+        (
+            "random",
+            (0..4096u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
+        ),
+    ];
+    let mut wrong_machine = good.clone();
+    wrong_machine[18] = 0x28; // EM_ARM
+    cases.push(("wrong-machine", wrong_machine));
+    let mut class32 = good.clone();
+    class32[4] = 1;
+    cases.push(("32-bit", class32));
+    let mut phnum = good.clone();
+    phnum[56] = 0xff;
+    phnum[57] = 0xff;
+    cases.push(("huge-phnum", phnum));
+    let mut phoff = good.clone();
+    phoff[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+    cases.push(("wild-phoff", phoff));
+    // Every PT_LOAD's vaddr and size made wild.
+    let mut wild = good.clone();
+    let off = u64::from_le_bytes(wild[32..40].try_into().unwrap()) as usize;
+    let n = u16::from_le_bytes(wild[56..58].try_into().unwrap()) as usize;
+    for i in 0..n {
+        let ph = off + i * 56;
+        if u32::from_le_bytes(wild[ph..ph + 4].try_into().unwrap()) == 1 {
+            wild[ph + 16..ph + 24].copy_from_slice(&0xffff_ffff_ffff_0000u64.to_le_bytes());
+            wild[ph + 40..ph + 48].copy_from_slice(&u64::MAX.to_le_bytes());
+        }
+    }
+    cases.push(("wild-segments", wild));
+    // A PT_INTERP naming nothing.
+    let mut interp = good.clone();
+    if n > 0 {
+        interp[off..off + 4].copy_from_slice(&3u32.to_le_bytes());
+    }
+    cases.push(("bad-interp", interp));
+    for (name, bytes) in &cases {
+        let p = root.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let r = run(root.path(), &format!("/{name}"), &[name]);
+        match &r.result {
+            Err(LinuxError::Exec { source, .. }) => {
+                let e = source.raw_os_error().unwrap_or(0);
+                assert!(
+                    [
+                        libc::ENOEXEC,
+                        libc::EIO,
+                        libc::ENOENT,
+                        libc::ENOMEM,
+                        libc::EACCES
+                    ]
+                    .contains(&e),
+                    "{name}: {source}"
+                );
+            }
+            // A corruption past the headers can still load, then fault.
+            Ok(o) => assert_ne!(o.status.code(), 0, "{name} ran"),
+            Err(e) => panic!("{name}: {e}"),
+        }
+    }
+    std::fs::write(root.path().join("ok"), &good).unwrap();
+    std::fs::set_permissions(
+        root.path().join("ok"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    assert_eq!(run(root.path(), "/ok", &["ok", "x"]).stdout, "hello, x\n");
+}

@@ -138,6 +138,29 @@ fn parse(fd: &OwnedFd) -> Result<Image, LoadError> {
     })
 }
 
+/// Checks an ELF file's headers as `execve` would before loading it
+/// (for fuzzing the parser of hostile programs): `Ok` when it could load.
+pub fn check(bytes: &[u8]) -> Result<(), LoadError> {
+    let mut f = tempfile_in_memory(bytes).map_err(LoadError::Io)?;
+    let _ = &mut f;
+    parse(&f).map(|_| ())
+}
+
+/// An fd holding `bytes` (a memfd), for [`check`].
+fn tempfile_in_memory(bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create with a NUL-terminated name; the fd is ours.
+    let fd = unsafe { libc::memfd_create(c"flint-elf-check".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd owned by nobody else.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(bytes)?;
+    Ok(f.into())
+}
+
 /// Where an image went.
 #[derive(Debug, Clone, Copy)]
 struct Loaded {

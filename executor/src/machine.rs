@@ -593,6 +593,17 @@ pub struct VmProbe {
 }
 
 impl VmProbe {
+    /// A probe of a VM run by another VMM (the Linux layer): its guest
+    /// memory, and the vCPU thread `tid` (of this process) running it.
+    pub fn for_thread(memory: GuestMemoryMmap, tid: i32) -> Self {
+        let cpu = VcpuTime::default();
+        cpu.running_tid.store(tid, Ordering::SeqCst);
+        Self {
+            memory,
+            cpu: Arc::new(cpu),
+        }
+    }
+
     /// CPU time the VM's vCPU threads have used so far (boot included),
     /// in nanoseconds.
     pub fn cpu_ns(&self) -> u64 {

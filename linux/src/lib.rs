@@ -223,6 +223,15 @@ impl Port {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+
+    /// The VM's resident memory and vCPU time (once it runs).
+    pub fn probe(&self) -> Option<flint_executor::VmProbe> {
+        self.control
+            .probe
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Starts `program` in a new VM and returns at once.

@@ -624,7 +624,13 @@ impl Process {
     }
 
     fn usage(&self) -> Usage {
-        let probe = self.probe.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let linux = self
+            .linux_port
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|p| p.probe());
+        let probe = linux.or_else(|| self.probe.lock().unwrap_or_else(|e| e.into_inner()).clone());
         match probe {
             Some(p) => Usage {
                 memory_bytes: p.resident_bytes(),

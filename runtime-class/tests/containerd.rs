@@ -445,6 +445,14 @@ fn ctr_runs_linux_images_in_flint_vms() {
     ]);
     assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout), "from exec\nfrom the image\n");
+    // Stats: the Linux container's VM memory, against its RAM size.
+    let o = ctd.ctr(&["task", "metrics", "--format", "json", "l5"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let m: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)));
+    let usage = m["memory"]["usage"]["usage"].as_u64().unwrap_or(0);
+    let limit = m["memory"]["usage"]["limit"].as_u64().unwrap_or(0);
+    assert!(usage > 0 && usage <= limit, "{m}");
     // SIGTERM reaches process 1 only if it handles it (a PID namespace's
     // init): `sleep` does not, and goes on running.
     let o = ctd.ctr(&["task", "kill", "-s", "SIGTERM", "l5"]);

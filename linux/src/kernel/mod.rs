@@ -72,6 +72,8 @@ pub struct Control {
     pub spawns: std::sync::Mutex<Vec<SpawnRequest>>,
     /// The container's processes (pid, command line), kept current.
     pub processes: std::sync::Mutex<Vec<(Pid, String)>>,
+    /// The VM's memory and vCPU thread, for stats.
+    pub probe: std::sync::Mutex<Option<flint_executor::VmProbe>>,
 }
 
 /// A process to start in a running container.
@@ -418,6 +420,11 @@ impl Kernel {
     /// thread is confined first: the calls of `VCPU_BASE` and of the file
     /// operations the system-call layer makes inside the root.
     pub fn run(&mut self) -> Result<ExitStatus, LinuxError> {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        *self.control.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(
+            flint_executor::VmProbe::for_thread(self.vm.memory().clone(), tid),
+        );
         if let Err(e) = flint_executor::seccomp::confine_thread(HOST_CALLS) {
             tracing::warn!("the vCPU thread runs without its seccomp filter: {e}");
         }

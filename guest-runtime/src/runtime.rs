@@ -117,7 +117,10 @@ fn classify(err: &wasmi::Error, limiter: &Limiter) -> Outcome {
     }
 }
 
-fn parse_start(payload: &[u8]) -> Option<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+/// The invocation's argv and environment, as byte strings.
+type ArgsAndEnv = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+fn parse_start(payload: &[u8]) -> Option<ArgsAndEnv> {
     let mut r = PayloadReader::new(payload);
     let mut lists = [Vec::new(), Vec::new()];
     for list in lists.iter_mut() {

@@ -90,7 +90,7 @@ pub fn kernel_pages() -> Vec<(u64, Vec<u8>)> {
     let mut pages = Vec::new();
     // GDT: null, (unused), kernel code, kernel data, user32 code, user data,
     // user code, (unused), TSS (two slots).
-    let mut gdt = vec![0u64; 10];
+    let mut gdt = [0u64; 10];
     gdt[2] = 0x00af_9b00_0000_ffff; // 0x10: 64-bit code, DPL 0
     gdt[3] = 0x00cf_9300_0000_ffff; // 0x18: data, DPL 0
     gdt[4] = 0x00cf_fb00_0000_ffff; // 0x23: 32-bit code, DPL 3

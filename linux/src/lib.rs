@@ -284,11 +284,7 @@ pub fn start(
             let control = c3;
             let tid = tid_rx.recv().ok();
             let deadline = timeout.map(|t| started + t);
-            loop {
-                match done_rx.recv_timeout(kernel::TICK) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => break,
-                }
+            while let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(kernel::TICK) {
                 let over = deadline.is_some_and(|d| Instant::now() >= d);
                 if over {
                     control.stop.store(true, Ordering::SeqCst);

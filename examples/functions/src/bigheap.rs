@@ -51,6 +51,6 @@ pub extern "C" fn _start() {
         .fold(0u64, |acc, &i| acc.wrapping_add(table[i % ENTRIES]));
     println!(
         "bigheap: {} MiB table, checksum {sum:016x}",
-        table.len() * 8 >> 20
+        (table.len() * 8) >> 20
     );
 }

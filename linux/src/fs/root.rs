@@ -225,7 +225,7 @@ mod tests {
         assert_eq!(read(b"/etc/ok").unwrap(), b"guest");
         assert_eq!(read(b"/../../../etc/ok").unwrap(), b"guest");
         assert_eq!(read(b"/etc/up/etc/ok").unwrap(), b"guest");
-        let secret = format!("/abs/secret");
+        let secret = "/abs/secret".to_string();
         assert!(
             read(secret.as_bytes()).is_err(),
             "an absolute symlink stays inside"

@@ -643,8 +643,8 @@ pub fn fchmodat(k: &mut Kernel, t: Pid, dirfd: u64, path: u64, mode: u64) -> Sys
 pub fn fchmod(k: &mut Kernel, t: Pid, fd: u64, mode: u64) -> SysResult {
     let f = file(k, t, fd)?;
     match &f.kind {
-        // SAFETY: fchmod on an fd we own.
         Kind::Host { fd, .. } => {
+            // SAFETY: fchmod on an fd we own.
             check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as u32 & 0o7777) })
         }
         _ => Ok(0),
@@ -664,8 +664,8 @@ pub fn truncate(k: &mut Kernel, t: Pid, path: u64, len: u64) -> SysResult {
 pub fn ftruncate(k: &mut Kernel, t: Pid, fd: u64, len: u64) -> SysResult {
     let f = file(k, t, fd)?;
     match &f.kind {
-        // SAFETY: ftruncate on an fd we own.
         Kind::Host { fd, dir: false, .. } => {
+            // SAFETY: ftruncate on an fd we own.
             check(unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) })
         }
         _ => err(EINVAL),

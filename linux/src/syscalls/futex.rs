@@ -70,7 +70,7 @@ pub fn futex(
     addr2: u64,
     val3: u64,
 ) -> SysResult {
-    if addr % 4 != 0 {
+    if !addr.is_multiple_of(4) {
         return err(EINVAL);
     }
     let mm = k.proc_of(t).mm_id;

@@ -34,7 +34,7 @@ pub fn mmap(
 ) -> SysResult {
     let flags = flags as i32;
     let prot = prot as u32 & 7;
-    if len == 0 || off % PAGE != 0 {
+    if len == 0 || !off.is_multiple_of(PAGE) {
         return err(EINVAL);
     }
     let len = page_up(len)
@@ -87,17 +87,24 @@ pub fn mmap(
     let start = {
         let m = mm.borrow();
         if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 {
-            if addr % PAGE != 0
+            if !addr.is_multiple_of(PAGE)
                 || addr.checked_add(len).is_none_or(|e| e > USER_END)
                 || addr < crate::mm::MMAP_MIN
             {
-                return err(if addr % PAGE != 0 { EINVAL } else { ENOMEM });
+                return err(if !addr.is_multiple_of(PAGE) {
+                    EINVAL
+                } else {
+                    ENOMEM
+                });
             }
             if flags & MAP_FIXED_NOREPLACE != 0 && !m.is_free(addr, addr + len) {
                 return err(EEXIST);
             }
             addr
-        } else if addr != 0 && addr % PAGE == 0 && m.is_free(addr, addr.saturating_add(len)) {
+        } else if addr != 0
+            && addr.is_multiple_of(PAGE)
+            && m.is_free(addr, addr.saturating_add(len))
+        {
             addr
         } else {
             m.find_free(len).ok_or(Stop::Errno(ENOMEM))?
@@ -128,7 +135,7 @@ pub fn mmap(
 }
 
 fn range(addr: u64, len: u64) -> Result<(u64, u64), Stop> {
-    if addr % PAGE != 0 {
+    if !addr.is_multiple_of(PAGE) {
         return err(EINVAL);
     }
     let end =
@@ -174,7 +181,7 @@ pub fn mremap(
     flags: u64,
     new_addr: u64,
 ) -> SysResult {
-    if old % PAGE != 0 || new_len == 0 {
+    if !old.is_multiple_of(PAGE) || new_len == 0 {
         return err(EINVAL);
     }
     let old_len = page_up(old_len).ok_or(Stop::Errno(EINVAL))?;

@@ -8,8 +8,8 @@ extern "C" fn done(_: libc::c_int) {
 fn main() {
     // SAFETY: installing plain handlers for two signals.
     unsafe {
-        libc::signal(libc::SIGINT, done as usize);
-        libc::signal(libc::SIGTERM, done as usize);
+        libc::signal(libc::SIGINT, done as *const () as usize);
+        libc::signal(libc::SIGTERM, done as *const () as usize);
     }
     loop {
         // SAFETY: pause has no preconditions.

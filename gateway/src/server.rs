@@ -421,21 +421,29 @@ impl Gateway {
                         d.as_secs_f64() * 1e3,
                     );
                 }
-                let l = labels(&[("revision_name", &rev.name), ("response_code", "200")]);
+                let result = if report.exit_code != 0 {
+                    Err(text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("the function exited with status {}", report.exit_code),
+                    ))
+                } else {
+                    cgi::parse_response(&io.stdout)
+                        .map_err(|e| text(StatusCode::BAD_GATEWAY, e.to_string()))
+                };
+                // The status the function's own answer has (as queue-proxy
+                // counts it): its CGI status, or 502 when it gave none.
+                let code = match &result {
+                    Ok(r) => r.status.to_string(),
+                    Err(r) => r.status().as_u16().to_string(),
+                };
+                let l = labels(&[("revision_name", &rev.name), ("response_code", &code)]);
                 self.metrics.inc("revision_app_request_count", &l, 1.0);
                 self.metrics.observe_ms(
                     "revision_app_request_latencies",
                     &l,
                     started.elapsed().as_secs_f64() * 1e3,
                 );
-                if report.exit_code != 0 {
-                    return Err(text(
-                        StatusCode::BAD_GATEWAY,
-                        format!("the function exited with status {}", report.exit_code),
-                    ));
-                }
-                cgi::parse_response(&io.stdout)
-                    .map_err(|e| text(StatusCode::BAD_GATEWAY, e.to_string()))
+                result
             }
             Err(SnapshotError::Run(RunError::Timeout(_))) => Err(timeout_response(timeout)),
             Err(SnapshotError::Run(RunError::Trap(t))) => Err(text(
@@ -1033,12 +1041,21 @@ async fn autoscale(gw: Arc<Gateway>) {
                 for _ in idle + restoring..want_idle {
                     rev.restoring.fetch_add(1, Ordering::SeqCst);
                     let r = rev.clone();
+                    let metrics = gw.clone();
                     tokio::task::spawn_blocking(move || {
                         let Some(snapshot) = &r.snapshot else {
                             r.restoring.fetch_sub(1, Ordering::SeqCst);
                             return;
                         };
-                        match snapshot.restore() {
+                        let t0 = Instant::now();
+                        let restored = snapshot.restore();
+                        // Restores for the pool are restores too.
+                        metrics.metrics.observe_ms(
+                            "flint_restore_latencies",
+                            &labels(&[("revision_name", &r.name)]),
+                            t0.elapsed().as_secs_f64() * 1e3,
+                        );
+                        match restored {
                             Ok(vm) => r.pool.lock().unwrap_or_else(|e| e.into_inner()).push(vm),
                             Err(e) => {
                                 tracing::warn!(revision = %r.name, "pre-restoring an instance failed: {e}")

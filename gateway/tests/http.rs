@@ -863,3 +863,47 @@ async fn a_snapshot_changed_on_disk_cannot_reach_live_revisions() {
     assert_eq!(code, 200);
     gw.stop().await;
 }
+
+/// revision_app_request_count counts the function's own status: a 404 it
+/// answers is a 404, a function that exits non-zero a 502, never 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn app_request_metrics_carry_the_functions_status() {
+    let gw = start(
+        &[manifest("hello", "greet", ""), manifest("bad", "fib", "")],
+        1 << 20,
+    )
+    .await;
+    assert_eq!(
+        http(gw.addr, "GET", "hello.default.example.com", "/nowhere", b"")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        http(gw.addr, "GET", "bad.default.example.com", "/", b"")
+            .await
+            .0,
+        502
+    );
+    let (_, _, body) = http(gw.admin, "GET", "x", "/metrics", b"").await;
+    let m = String::from_utf8_lossy(&body);
+    assert!(
+        m.contains(
+            "revision_app_request_count{revision_name=\"hello-00001\",response_code=\"404\"} 1"
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            "revision_app_request_count{revision_name=\"bad-00001\",response_code=\"502\"} 1"
+        ),
+        "{m}"
+    );
+    assert!(
+        !m.contains(
+            "revision_app_request_count{revision_name=\"bad-00001\",response_code=\"200\"}"
+        ),
+        "{m}"
+    );
+    gw.stop().await;
+}

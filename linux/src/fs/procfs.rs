@@ -154,6 +154,15 @@ fn cpuinfo() -> String {
     "processor\t: 0\nvendor_id\t: Flint\ncpu family\t: 6\nmodel name\t: Flint virtual CPU\nflags\t\t: fpu tsc cx8 cmov mmx fxsr sse sse2 syscall nx lm pni ssse3 sse4_1 sse4_2 popcnt avx\n\n".into()
 }
 
+/// A directory listing of fixed entries (with `.` and `..`).
+fn dir_of(entries: &[(&str, u8)]) -> Node {
+    let mut v: Vec<(String, u64, u8)> = vec![(".".into(), 700, DT_DIR), ("..".into(), 701, DT_DIR)];
+    for (i, (n, t)) in entries.iter().enumerate() {
+        v.push((n.to_string(), 702 + i as u64, *t));
+    }
+    Node::Dir(v)
+}
+
 /// Looks `path` (normalized, under /proc or /dev) up for thread `t`.
 pub fn lookup(k: &Kernel, t: Pid, path: &str) -> Result<Node, i32> {
     let me = k.thread(t).pid;
@@ -193,6 +202,17 @@ pub fn lookup(k: &Kernel, t: Pid, path: &str) -> Result<Node, i32> {
         ["version"] => fixed("Linux version 6.1.0-flint (flint) #1 SMP\n".into()),
         ["mounts"] | ["self", "mounts"] => fixed("rootfs / rootfs rw 0 0\nproc /proc proc rw 0 0\n".into()),
         ["filesystems"] => fixed("nodev\tproc\n\text4\n".into()),
+        ["sys"] => Ok(dir_of(&[("kernel", DT_DIR), ("net", DT_DIR), ("vm", DT_DIR)])),
+        ["sys", "kernel"] => Ok(dir_of(&[
+            ("hostname", DT_REG),
+            ("ostype", DT_REG),
+            ("osrelease", DT_REG),
+            ("pid_max", DT_REG),
+            ("ngroups_max", DT_REG),
+        ])),
+        ["sys", "net"] => Ok(dir_of(&[("core", DT_DIR)])),
+        ["sys", "net", "core"] => Ok(dir_of(&[("somaxconn", DT_REG)])),
+        ["sys", "vm"] => Ok(dir_of(&[("overcommit_memory", DT_REG)])),
         ["sys", "kernel", "hostname"] => fixed(format!("{}\n", k.hostname)),
         ["sys", "kernel", "ostype"] => fixed("Linux\n".into()),
         ["sys", "kernel", "osrelease"] => fixed("6.1.0-flint\n".into()),

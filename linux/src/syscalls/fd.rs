@@ -353,6 +353,27 @@ pub fn close(k: &mut Kernel, t: Pid, fd: u64) -> SysResult {
     }
 }
 
+pub fn close_range(k: &mut Kernel, t: Pid, first: u64, last: u64, flags: u64) -> SysResult {
+    const CLOSE_RANGE_UNSHARE: u64 = 2;
+    const CLOSE_RANGE_CLOEXEC: u64 = 4;
+    if flags & !(CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC) != 0 || first > last {
+        return err(EINVAL);
+    }
+    let fds = k.fds_of(t);
+    let mut fds = fds.borrow_mut();
+    for fd in fds.open_fds() {
+        let fd = fd as u64;
+        if fd >= first && fd <= last {
+            if flags & CLOSE_RANGE_CLOEXEC != 0 {
+                fds.set_cloexec(fd as i64, true);
+            } else {
+                fds.close(fd as i64);
+            }
+        }
+    }
+    Ok(0)
+}
+
 pub fn dup(k: &mut Kernel, t: Pid, fd: u64) -> SysResult {
     let f = file(k, t, fd)?;
     let fds = k.fds_of(t);

@@ -59,8 +59,13 @@ pub struct Revision {
     pub service: Service,
     pub snapshot: Option<Snapshot>,
     pub linux: Option<LinuxFunction>,
-    /// `containerConcurrency` slots (None: unlimited).
+    /// `containerConcurrency` slots of all the revision's instances
+    /// (None: unlimited): `containerConcurrency` per instance, resized as
+    /// the autoscaler changes the instance count (Knative's limit is per
+    /// instance, not per revision).
     pub slots: Option<Arc<Semaphore>>,
+    /// Slots the semaphore holds in all (in use or free).
+    pub capacity: AtomicUsize,
     /// Requests waiting for a slot.
     pub queued: AtomicUsize,
     /// Most requests allowed to wait.
@@ -361,8 +366,20 @@ impl Registry {
         let cc = service.container_concurrency as usize;
         let revision = Arc::new(Revision {
             name,
-            slots: (cc > 0).then(|| Arc::new(Semaphore::new(cc))),
-            queue_limit: if cc > 0 { (cc * 10).max(10) } else { 1000 },
+            slots: (cc > 0).then(|| {
+                Arc::new(Semaphore::new(
+                    cc * service.autoscaling.initial_scale.max(1) as usize,
+                ))
+            }),
+            capacity: AtomicUsize::new(cc * service.autoscaling.initial_scale.max(1) as usize),
+            // What queue-proxy holds per instance (10 x cc), for as many
+            // instances as the revision may have, as the activator
+            // buffers a revision's requests while it scales.
+            queue_limit: if cc > 0 {
+                (cc * 10 * service.autoscaling.max_scale.max(1) as usize).max(100)
+            } else {
+                1000
+            },
             queued: AtomicUsize::new(0),
             inflight: AtomicUsize::new(0),
             arrivals: AtomicU64::new(0),

@@ -1008,6 +1008,23 @@ pub async fn serve_with_admin(
     }
 }
 
+/// Gives the revision `containerConcurrency` slots for each of its
+/// `desired` instances (at least one instance's).
+fn resize_slots(rev: &Revision, desired: u32) {
+    let Some(slots) = &rev.slots else { return };
+    let cc = rev.service.container_concurrency as usize;
+    let want = cc * desired.max(1) as usize;
+    let have = rev.capacity.load(Ordering::SeqCst);
+    if want > have {
+        slots.add_permits(want - have);
+        rev.capacity.store(want, Ordering::SeqCst);
+    } else if want < have {
+        // Only free slots can go; the rest go as requests finish, later.
+        let gone = slots.forget_permits(have - want);
+        rev.capacity.store(have - gone, Ordering::SeqCst);
+    }
+}
+
 /// The autoscaler's loop: every tick, for every routed revision, sample its
 /// load, decide its scale (KPA), and restore or drop idle instances so
 /// that in-use plus idle matches it.
@@ -1018,11 +1035,14 @@ async fn autoscale(gw: Arc<Gateway>) {
         let now = Instant::now();
         for rev in gw.registry.routed_revisions() {
             let inflight = rev.inflight.load(Ordering::SeqCst);
+            // Requests count from their arrival, queued ones included, as
+            // Knative's autoscaler sees them.
+            let queued = rev.queued.load(Ordering::SeqCst);
             let arrivals = rev.arrivals.swap(0, Ordering::Relaxed);
             let desired = {
                 let mut kpa = rev.kpa.lock().unwrap_or_else(|e| e.into_inner());
                 let load = match kpa.metric() {
-                    crate::manifest::Metric::Concurrency => inflight as f64,
+                    crate::manifest::Metric::Concurrency => (inflight + queued) as f64,
                     crate::manifest::Metric::Rps => {
                         arrivals as f64 / crate::autoscaler::TICK.as_secs_f64()
                     }
@@ -1030,6 +1050,7 @@ async fn autoscale(gw: Arc<Gateway>) {
                 kpa.tick(now, load)
             };
             rev.desired.store(desired, Ordering::SeqCst);
+            resize_slots(&rev, desired);
             let want_idle = (desired as usize).saturating_sub(inflight);
             let idle = rev.idle();
             let restoring = rev.restoring.load(Ordering::SeqCst);

@@ -277,6 +277,7 @@ impl Gateway {
             Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
         };
         let mut replies = Vec::new();
+        let mut plain = None;
         for event in &events {
             let data = cloudevents::data_bytes(event);
             let mut env = cgi_env(data.len());
@@ -290,7 +291,7 @@ impl Gateway {
             }
             match cloudevents::reply(&out) {
                 Ok(Some(reply)) => replies.push(reply),
-                Ok(None) => {}
+                Ok(None) => plain = Some(out),
                 Err(e) => {
                     return text(
                         StatusCode::BAD_GATEWAY,
@@ -300,11 +301,16 @@ impl Gateway {
             }
         }
         match (mode, replies.pop()) {
-            (_, None) => {
-                let mut r = Response::new(Full::new(Bytes::new()));
-                *r.status_mut() = StatusCode::ACCEPTED;
-                r
-            }
+            // No event in reply: the function's own response passes
+            // through, as Knative's queue-proxy passes it.
+            (_, None) => match plain {
+                Some(out) => cgi_response(out),
+                None => {
+                    let mut r = Response::new(Full::new(Bytes::new()));
+                    *r.status_mut() = StatusCode::ACCEPTED;
+                    r
+                }
+            },
             (cloudevents::Mode::Binary, Some(reply)) => {
                 let (hs, body) = cloudevents::encode_binary(&reply);
                 let mut r = Response::new(Full::new(Bytes::from(body)));

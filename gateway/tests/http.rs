@@ -403,6 +403,25 @@ async fn cloudevents_in_every_mode() {
     .await;
     assert_eq!((code, body.len()), (202, 0));
 
+    // A plain (non-event) answer passes through as the function gave it.
+    let (code, head, body) = http_with(
+        gw.addr,
+        host,
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "5"),
+            ("ce-source", "/t"),
+            ("ce-type", "x.plain"),
+        ],
+        b"raw",
+    )
+    .await;
+    assert_eq!(
+        (code, String::from_utf8_lossy(&body).into_owned()),
+        (200, "not an event: raw".to_string())
+    );
+    assert!(!head.to_lowercase().contains("ce-id"), "{head}");
+
     // Invalid events: 400 naming the problem.
     let (code, _, body) = http_with(
         gw.addr,

@@ -1,6 +1,7 @@
 //! `ce-responder`: a CloudEvents function. For an event of type T it replies
 //! with an event of type `T.reply` whose data wraps the event's data; for a
-//! type ending in `.noreply` it accepts the event without a reply.
+//! type ending in `.noreply` it accepts the event without a reply (202);
+//! for one ending in `.plain` it answers with plain text, no event.
 use std::io::Read;
 
 fn main() {
@@ -11,7 +12,11 @@ fn main() {
         .read_to_string(&mut data)
         .expect("reading the event data");
     if ty.ends_with(".noreply") {
-        print!("Content-Type: text/plain\r\n\r\n");
+        print!("Status: 202 Accepted\r\n\r\n");
+        return;
+    }
+    if ty.ends_with(".plain") {
+        print!("Content-Type: text/plain\r\n\r\nnot an event: {data}");
         return;
     }
     let got: serde_json::Value =

@@ -869,6 +869,21 @@ fn http1() -> hyper::server::conn::http1::Builder {
     b
 }
 
+/// The data plane's connections: HTTP/1.1, and HTTP/2 with prior
+/// knowledge on the same port (as Knative's ingresses serve), told apart
+/// by the connection's first bytes; the same header read timeout.
+fn data_plane() -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+    let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    b.http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(20)));
+    b
+}
+
 /// Accepts a connection; when the process is out of fds (EMFILE, ENFILE)
 /// or memory, waits a moment instead of retrying at once, so the loop
 /// never spins and service resumes when fds free up.
@@ -995,11 +1010,19 @@ pub async fn serve_with_admin(
                     let gw = gw.clone();
                     async move { Ok::<_, Infallible>(gw.handle(req, remote).await) }
                 });
-                let conn = http1().serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let _ = conn.await;
+                    // A client that sends nothing at all is closed as one
+                    // that sends too little (the protocol is chosen from
+                    // the first bytes, before HTTP/1's own timer runs).
+                    let mut first = [0u8; 1];
+                    if !matches!(tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await, Ok(Ok(n)) if n > 0) {
+                        return;
+                    }
+                    let builder = data_plane();
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    let _ = watcher.watch(conn.into_owned()).await;
                 });
             }
             _ = &mut shutdown => break,

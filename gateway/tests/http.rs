@@ -955,3 +955,43 @@ async fn app_request_metrics_carry_the_functions_status() {
     );
     gw.stop().await;
 }
+
+/// HTTP/2 with prior knowledge on the same port as HTTP/1.1, as
+/// Knative's ingresses serve (the real client: curl).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_with_prior_knowledge_on_the_same_port() {
+    let gw = start(&[manifest("hello", "greet", "")], 1 << 20).await;
+    let url = format!("http://{}/greet?name=h2", gw.addr);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--http2-prior-knowledge",
+                "-H",
+                "Host: hello.default.example.com",
+                "-w",
+                " %{http_version}",
+                &url,
+            ])
+            .output()
+            .expect("curl (scripts/deps installs it)")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello, h2\n 2",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, _, body) = http(
+        gw.addr,
+        "GET",
+        "hello.default.example.com",
+        "/greet?name=h1",
+        b"",
+    )
+    .await;
+    assert_eq!((code, body), (200, b"hello, h1\n".to_vec()));
+    gw.stop().await;
+}

@@ -29,7 +29,7 @@ enum ImageCommand {
         #[arg(long, requires = "rootfs")]
         entrypoint: Option<String>,
         /// The Linux image's default arguments (`Cmd`), repeated.
-        #[arg(long = "cmd", requires = "rootfs")]
+        #[arg(long = "cmd", requires = "rootfs", allow_hyphen_values = true)]
         cmd: Vec<String>,
         /// An environment variable of the Linux image (K=V), repeated.
         #[arg(long = "env", requires = "rootfs")]

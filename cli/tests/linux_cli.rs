@@ -93,3 +93,65 @@ fn statuses_follow_linux() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn image_build_packs_a_root_filesystem_with_its_config() {
+    let root = busybox_root();
+    let out = tempfile::tempdir().unwrap();
+    let tar = out.path().join("bb.tar");
+    let o = flint(
+        &[
+            "image",
+            "build",
+            "--rootfs",
+            root.path().to_str().unwrap(),
+            "--entrypoint",
+            "/bin/sh",
+            "--cmd",
+            "-c",
+            "--cmd",
+            "echo hi",
+            "--env",
+            "A=1",
+            "--workdir",
+            "/etc",
+            "-t",
+            "docker.io/library/bb:v1",
+            "-o",
+            tar.to_str().unwrap(),
+        ],
+        "",
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let unpacked = out.path().join("root");
+    let config = flint_image::unpack_rootfs(&tar, &unpacked).unwrap();
+    assert_eq!(config.entrypoint, ["/bin/sh"]);
+    assert_eq!(config.cmd, ["-c", "echo hi"]);
+    assert!(
+        config.env.contains(&("A".to_string(), "1".to_string())),
+        "{:?}",
+        config.env
+    );
+    assert_eq!(config.working_dir, "/etc");
+    assert_eq!(
+        std::fs::read_link(unpacked.join("bin/sh")).unwrap(),
+        std::path::Path::new("busybox")
+    );
+    assert_eq!(std::fs::read(unpacked.join("etc/motd")).unwrap(), b"hi\n");
+    // And the unpacked image runs.
+    let o = flint(
+        &[
+            "run",
+            "--rootfs",
+            unpacked.to_str().unwrap(),
+            "/bin/sh",
+            "--",
+            "-c",
+            "cat /etc/motd",
+        ],
+        "",
+        &[],
+    );
+    assert_eq!(text(&o.stdout), "hi\n");
+}

@@ -24,6 +24,11 @@ pub struct ServeArgs {
     /// A file holding the bearer token the admin API requires over TCP.
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// Started as root: once /dev/kvm, the listeners and the state
+    /// directory are open, run as this user (its uid and gid, no
+    /// supplementary groups, every capability gone, no_new_privs).
+    #[arg(long)]
+    user: Option<String>,
     /// Where revisions' snapshots are kept.
     #[arg(long)]
     state_dir: PathBuf,
@@ -166,6 +171,12 @@ pub fn main(a: ServeArgs) -> i32 {
                 return exit::USAGE;
             }
         };
+        if let Some(user) = &a.user {
+            if let Err(e) = drop_privileges(user, &a.state_dir) {
+                eprintln!("flint: cannot run as {user}: {e}");
+                return exit::FLINT_ERROR;
+            }
+        }
         eprintln!(
             "flint: serving on http://{} (metrics on http://{}, admin API on {spec})",
             a.listen, a.metrics_listen
@@ -230,4 +241,46 @@ async fn admin_listener(
         ));
     }
     Err("use unix:PATH or tcp:ADDR".into())
+}
+
+/// Becomes `user` for good: KVM is opened first (every VM then uses that
+/// fd), the state directory is handed to the user (later applies write
+/// there), then the gid, the (empty) supplementary groups and the uid
+/// change, which leaves no capability, and no_new_privs is set.
+fn drop_privileges(user: &str, state_dir: &std::path::Path) -> Result<(), String> {
+    let name = std::ffi::CString::new(user).map_err(|_| "bad user name".to_string())?;
+    // SAFETY: getpwnam reads a NUL-terminated name; the record it returns
+    // is read at once, before any other call that could reuse it.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        return Err(format!("no user {user:?}"));
+    }
+    // SAFETY: `pw` is the non-null record just returned.
+    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+    flint_executor::vstate::vm::preopen_kvm().map_err(|e| e.to_string())?;
+    chown_tree(state_dir, uid, gid)
+        .map_err(|e| format!("handing {} over: {e}", state_dir.display()))?;
+    // SAFETY: plain credential calls; glibc applies them to every thread.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(gid) != 0
+            || libc::setuid(uid) != 0
+        {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+    }
+    Ok(())
+}
+
+fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            chown_tree(&e?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
 }

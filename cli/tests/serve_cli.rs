@@ -214,3 +214,71 @@ fn the_admin_api_on_tcp_needs_its_token() {
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     assert!(server.wait().unwrap().success());
 }
+
+/// Started as root with --user, the gateway keeps serving as that user,
+/// with no capability left and no_new_privs set.
+#[test]
+fn serve_drops_to_an_unprivileged_user() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test runs as root");
+    let (port, metrics) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let manifest = dir.path().join("hello.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\nspec:\n  template:\n    spec:\n      containers:\n        - image: {}\n",
+            flint_examples::path("greet").display()
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_flint"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--image-root")
+        .arg(flint_examples::path("greet").parent().unwrap())
+        .args(["--user", "nobody"])
+        .arg(&manifest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "flint serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    assert!(field("Uid:").starts_with("65534"), "{status}");
+    assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    // Requests still boot VMs (through the KVM fd opened before the drop).
+    assert_eq!(
+        get(port, "hello.default.example.com", "/greet?name=nobody"),
+        (200, "hello, nobody\n".into())
+    );
+    // SAFETY: sends SIGTERM to our own child.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    assert!(server.wait().unwrap().success());
+}

@@ -45,7 +45,46 @@ pub fn kvm_device_path() -> PathBuf {
         .unwrap_or_else(|| DEFAULT_KVM_DEVICE.into())
 }
 
+/// `/dev/kvm` opened once ahead of time ([`preopen_kvm`]): every VM then
+/// gets a duplicate of it, so a process that dropped its privileges can
+/// still create VMs.
+static PREOPENED: std::sync::Mutex<Option<(PathBuf, std::os::fd::OwnedFd)>> =
+    std::sync::Mutex::new(None);
+
+/// Opens the KVM device now and keeps it for every later VM of this
+/// process (call before dropping privileges).
+pub fn preopen_kvm() -> Result<(), VmError> {
+    let path = kvm_device_path();
+    let kvm = open_device(&path)?;
+    // SAFETY: the fd is the live one `kvm` owns, borrowed for the clone.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&kvm)) }
+        .try_clone_to_owned()
+        .map_err(|e| VmError::KvmOpen {
+            path: path.clone(),
+            source: kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EBADF)),
+        })?;
+    *PREOPENED.lock().unwrap_or_else(|e| e.into_inner()) = Some((path, fd));
+    Ok(())
+}
+
 fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
+    let pre = PREOPENED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((p, fd)) = pre.as_ref().filter(|(p, _)| p == path) {
+        let dup = fd.try_clone().map_err(|e| VmError::KvmOpen {
+            path: p.clone(),
+            source: kvm_ioctls::Error::new(e.raw_os_error().unwrap_or(libc::EBADF)),
+        })?;
+        // SAFETY: `dup` is a new fd of the opened KVM device, owned by the
+        // Kvm from here on.
+        return Ok(unsafe {
+            <Kvm as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(dup))
+        });
+    }
+    drop(pre);
+    open_device(path)
+}
+
+fn open_device(path: &Path) -> Result<Kvm, VmError> {
     let c = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| VmError::KvmMissing { path: path.into() })?;
     let kvm = Kvm::new_with_path(&c).map_err(|e| match e.errno() {

@@ -130,7 +130,17 @@ impl UffdBackend {
             );
             std::thread::Builder::new()
                 .name("flint-uffd".into())
-                .spawn(move || serve(&uffd, &wake, base, pages, &source, &stop, &abort, record))
+                .spawn(move || {
+                    // The handler serves the guest's faults: only the calls
+                    // it needs (poll, read, UFFDIO ioctls, pread of the
+                    // memory file), as every vCPU thread.
+                    if let Err(e) = flint_executor::seccomp::confine_thread(&[]) {
+                        tracing::warn!(
+                            "the userfaultfd handler runs without its seccomp filter: {e}"
+                        );
+                    }
+                    serve(&uffd, &wake, base, pages, &source, &stop, &abort, record)
+                })
                 .map_err(UffdError::Thread)?
         };
         Ok(Self {

@@ -73,23 +73,8 @@ pub fn main(a: ImageArgs) -> i32 {
         if !cmd.is_empty() {
             config["Cmd"] = serde_json::json!(cmd);
         }
-        let archive = match flint_image::build_dir(&dir, config, &tag) {
-            Ok(a) => a,
-            Err(e) => {
-                exit::report(&e);
-                return exit::FLINT_ERROR;
-            }
-        };
-        if let Err(e) = std::fs::write(&output, archive) {
-            eprintln!("flint: cannot write {}: {e}", output.display());
-            return exit::FLINT_ERROR;
-        }
-        eprintln!(
-            "flint: image {tag} of {} written to {}",
-            dir.display(),
-            output.display()
-        );
-        return 0;
+        let what = format!("image {tag} of {}", dir.display());
+        return write_archive(flint_image::build_dir(&dir, config, &tag), &output, &what);
     }
     let mut files = Vec::new();
     for module in &modules {
@@ -122,20 +107,27 @@ pub fn main(a: ImageArgs) -> i32 {
         .map(|(n, b)| (n.as_str(), b.as_slice()))
         .collect();
     let name = &files[0].0;
-    let archive = match flint_image::build_with(&refs, &tag) {
+    let what = format!("image {tag} (module at /{name})");
+    write_archive(flint_image::build_with(&refs, &tag), &output, &what)
+}
+
+/// Writes a built image archive to `output`; the exit code.
+fn write_archive(
+    archive: Result<Vec<u8>, flint_image::ImageError>,
+    output: &std::path::Path,
+    what: &str,
+) -> i32 {
+    let archive = match archive {
         Ok(a) => a,
         Err(e) => {
             exit::report(&e);
             return exit::FLINT_ERROR;
         }
     };
-    if let Err(e) = std::fs::write(&output, archive) {
+    if let Err(e) = std::fs::write(output, archive) {
         eprintln!("flint: cannot write {}: {e}", output.display());
         return exit::FLINT_ERROR;
     }
-    eprintln!(
-        "flint: image {tag} written to {} (module at /{name})",
-        output.display()
-    );
+    eprintln!("flint: {what} written to {}", output.display());
     0
 }

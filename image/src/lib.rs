@@ -284,51 +284,56 @@ fn json(b: &[u8], what: &str) -> Result<serde_json::Value, ImageError> {
     serde_json::from_slice(b).map_err(|e| malformed(format!("{what} is not JSON: {e}")))
 }
 
-/// The WebAssembly module in an OCI image layout (a directory or a tar
-/// archive of one): its bytes and its file name.
-pub fn find_module(path: &Path) -> Result<(Vec<u8>, String), ImageError> {
+/// The first image manifest of the layout at `path` (nested indexes of
+/// multi-platform images followed), and the blob store to read it from.
+fn manifest(path: &Path) -> Result<(Store, serde_json::Value), ImageError> {
     let store = Store::open(path)?;
     let index = json(&store.read("index.json")?, "index.json")?;
     let mut desc = index["manifests"]
         .get(0)
         .cloned()
         .ok_or_else(|| malformed("index.json lists no manifests"))?;
-    // Follow nested indexes (multi-platform images) to the first manifest.
     for _ in 0..4 {
         let digest = desc["digest"]
             .as_str()
             .ok_or_else(|| malformed("a descriptor has no digest"))?
             .to_string();
         let doc = json(&store.blob(&digest)?, "a manifest")?;
-        if let Some(inner) = doc["manifests"].get(0) {
-            desc = inner.clone();
-            continue;
+        match doc["manifests"].get(0) {
+            Some(inner) => desc = inner.clone(),
+            None => return Ok((store, doc)),
         }
-        let layers = doc["layers"]
-            .as_array()
-            .ok_or_else(|| malformed("the manifest has no layers"))?;
-        for layer in layers.iter().rev() {
-            let media = layer["mediaType"].as_str().unwrap_or("");
-            let digest = layer["digest"]
-                .as_str()
-                .ok_or_else(|| malformed("a layer has no digest"))?;
-            let blob = store.blob(digest)?;
-            if media == MEDIA_LAYER_WASM || blob.starts_with(b"\0asm") {
-                let name = layer["annotations"]["org.opencontainers.image.title"]
-                    .as_str()
-                    .unwrap_or("module.wasm");
-                return Ok((blob, name.to_string()));
-            }
-            if let Some(found) = wasm_in_tar(
-                &blob,
-                media.ends_with("gzip") || blob.starts_with(&[0x1f, 0x8b]),
-            )? {
-                return Ok(found);
-            }
-        }
-        return Err(ImageError::NoModule);
     }
     Err(malformed("indexes nest too deeply"))
+}
+
+/// The WebAssembly module in an OCI image layout (a directory or a tar
+/// archive of one): its bytes and its file name.
+pub fn find_module(path: &Path) -> Result<(Vec<u8>, String), ImageError> {
+    let (store, doc) = manifest(path)?;
+    let layers = doc["layers"]
+        .as_array()
+        .ok_or_else(|| malformed("the manifest has no layers"))?;
+    for layer in layers.iter().rev() {
+        let media = layer["mediaType"].as_str().unwrap_or("");
+        let digest = layer["digest"]
+            .as_str()
+            .ok_or_else(|| malformed("a layer has no digest"))?;
+        let blob = store.blob(digest)?;
+        if media == MEDIA_LAYER_WASM || blob.starts_with(b"\0asm") {
+            let name = layer["annotations"]["org.opencontainers.image.title"]
+                .as_str()
+                .unwrap_or("module.wasm");
+            return Ok((blob, name.to_string()));
+        }
+        if let Some(found) = wasm_in_tar(
+            &blob,
+            media.ends_with("gzip") || blob.starts_with(&[0x1f, 0x8b]),
+        )? {
+            return Ok(found);
+        }
+    }
+    Err(ImageError::NoModule)
 }
 
 /// A Linux image's configuration, as far as running it needs.
@@ -349,90 +354,73 @@ pub const MAX_ROOTFS_BYTES: u64 = 4 << 30;
 /// through a symlink) are refused by the tar reader; device nodes are
 /// skipped; the total size is capped.
 pub fn unpack_rootfs(path: &Path, dest: &Path) -> Result<LinuxConfig, ImageError> {
-    let store = Store::open(path)?;
-    let index = json(&store.read("index.json")?, "index.json")?;
-    let mut desc = index["manifests"]
-        .get(0)
-        .cloned()
-        .ok_or_else(|| malformed("index.json lists no manifests"))?;
+    let (store, doc) = manifest(path)?;
     let io = |e| ImageError::Io {
         path: dest.to_path_buf(),
         source: e,
     };
-    for _ in 0..4 {
-        let digest = desc["digest"]
+    let config_digest = doc["config"]["digest"]
+        .as_str()
+        .ok_or_else(|| malformed("the manifest has no config"))?;
+    let config = json(&store.blob(config_digest)?, "the image config")?;
+    let c = &config["config"];
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let layers = doc["layers"]
+        .as_array()
+        .ok_or_else(|| malformed("the manifest has no layers"))?;
+    std::fs::create_dir_all(dest).map_err(io)?;
+    let mut total = 0u64;
+    for layer in layers {
+        let media = layer["mediaType"].as_str().unwrap_or("");
+        let digest = layer["digest"]
             .as_str()
-            .ok_or_else(|| malformed("a descriptor has no digest"))?
-            .to_string();
-        let doc = json(&store.blob(&digest)?, "a manifest")?;
-        if let Some(inner) = doc["manifests"].get(0) {
-            desc = inner.clone();
-            continue;
-        }
-        let config_digest = doc["config"]["digest"]
-            .as_str()
-            .ok_or_else(|| malformed("the manifest has no config"))?;
-        let config = json(&store.blob(config_digest)?, "the image config")?;
-        let c = &config["config"];
-        let strings = |v: &serde_json::Value| -> Vec<String> {
-            v.as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default()
+            .ok_or_else(|| malformed("a layer has no digest"))?;
+        let blob = store.blob(digest)?;
+        let gzip = media.ends_with("gzip") || blob.starts_with(&[0x1f, 0x8b]);
+        let reader: Box<dyn Read> = if gzip {
+            Box::new(flate2::read::GzDecoder::new(blob.as_slice()))
+        } else {
+            Box::new(blob.as_slice())
         };
-        let layers = doc["layers"]
-            .as_array()
-            .ok_or_else(|| malformed("the manifest has no layers"))?;
-        std::fs::create_dir_all(dest).map_err(io)?;
-        let mut total = 0u64;
-        for layer in layers {
-            let media = layer["mediaType"].as_str().unwrap_or("");
-            let digest = layer["digest"]
-                .as_str()
-                .ok_or_else(|| malformed("a layer has no digest"))?;
-            let blob = store.blob(digest)?;
-            let gzip = media.ends_with("gzip") || blob.starts_with(&[0x1f, 0x8b]);
-            let reader: Box<dyn Read> = if gzip {
-                Box::new(flate2::read::GzDecoder::new(blob.as_slice()))
-            } else {
-                Box::new(blob.as_slice())
-            };
-            let mut archive = tar::Archive::new(reader);
-            archive.set_preserve_permissions(true);
-            for entry in archive.entries().map_err(io)? {
-                let mut entry = entry.map_err(io)?;
-                let kind = entry.header().entry_type();
-                if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
-                    continue;
-                }
-                total += entry.header().size().unwrap_or(0);
-                if total > MAX_ROOTFS_BYTES {
-                    return Err(malformed("the root filesystem is larger than 4 GiB"));
-                }
-                entry.unpack_in(dest).map_err(io)?;
+        let mut archive = tar::Archive::new(reader);
+        archive.set_preserve_permissions(true);
+        for entry in archive.entries().map_err(io)? {
+            let mut entry = entry.map_err(io)?;
+            let kind = entry.header().entry_type();
+            if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
+                continue;
             }
+            total += entry.header().size().unwrap_or(0);
+            if total > MAX_ROOTFS_BYTES {
+                return Err(malformed("the root filesystem is larger than 4 GiB"));
+            }
+            entry.unpack_in(dest).map_err(io)?;
         }
-        return Ok(LinuxConfig {
-            entrypoint: strings(&c["Entrypoint"]),
-            cmd: strings(&c["Cmd"]),
-            env: strings(&c["Env"])
-                .iter()
-                .filter_map(|kv| {
-                    kv.split_once('=')
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                })
-                .collect(),
-            working_dir: c["WorkingDir"]
-                .as_str()
-                .filter(|w| !w.is_empty())
-                .unwrap_or("/")
-                .to_string(),
-        });
     }
-    Err(malformed("indexes nest too deeply"))
+    Ok(LinuxConfig {
+        entrypoint: strings(&c["Entrypoint"]),
+        cmd: strings(&c["Cmd"]),
+        env: strings(&c["Env"])
+            .iter()
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect(),
+        working_dir: c["WorkingDir"]
+            .as_str()
+            .filter(|w| !w.is_empty())
+            .unwrap_or("/")
+            .to_string(),
+    })
 }
 
 fn wasm_in_tar(blob: &[u8], gzip: bool) -> Result<Option<(Vec<u8>, String)>, ImageError> {

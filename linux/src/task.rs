@@ -93,6 +93,18 @@ impl ExitStatus {
         }
     }
 
+    /// SIGCHLD's and waitid's si_code and si_status for this status.
+    pub fn child_code(self) -> (i32, i32) {
+        match self {
+            ExitStatus::Exited(c) => (crate::signal::CLD_EXITED, c),
+            ExitStatus::Signaled { signal, core: true } => (crate::signal::CLD_DUMPED, signal),
+            ExitStatus::Signaled {
+                signal,
+                core: false,
+            } => (crate::signal::CLD_KILLED, signal),
+        }
+    }
+
     /// The exit code a shell (and `flint run`, and runc) reports.
     pub fn code(self) -> i32 {
         match self {

@@ -424,17 +424,7 @@ impl Kernel {
         if ignores || !self.table.procs.contains_key(&ppid) {
             self.reap(pid);
         } else if exit_signal > 0 {
-            let (code, st) = match status {
-                ExitStatus::Exited(c) => (signal::CLD_EXITED, c),
-                ExitStatus::Signaled { signal: s, core } => (
-                    if core {
-                        signal::CLD_DUMPED
-                    } else {
-                        signal::CLD_KILLED
-                    },
-                    s,
-                ),
-            };
+            let (code, st) = status.child_code();
             let info = SigInfo {
                 signo: exit_signal,
                 code,

@@ -289,19 +289,24 @@ pub fn fstat(k: &mut Kernel, t: Pid, fd: u64, buf: u64) -> SysResult {
     Ok(0)
 }
 
-pub fn fstatat(k: &mut Kernel, t: Pid, dirfd: u64, path: u64, buf: u64, flags: u64) -> SysResult {
+/// The stat a `*at` call names: `path` relative to `dirfd`, or `dirfd`
+/// itself with AT_EMPTY_PATH and an empty path; a final symlink followed
+/// unless AT_SYMLINK_NOFOLLOW.
+fn stat_at(k: &mut Kernel, t: Pid, dirfd: u64, path: u64, flags: u64) -> Result<stat, Stop> {
     let p = k.read_cstr(t, path)?;
-    let st = if p.is_empty() && flags & AT_EMPTY_PATH as u64 != 0 {
+    if p.is_empty() && flags & AT_EMPTY_PATH as u64 != 0 {
         if dirfd as i32 == AT_FDCWD {
             let cwd = k.proc_of(t).cwd.clone();
-            stat_path(k, t, Target::Host(cwd.into_bytes()), false)?
-        } else {
-            stat_of_file(&*file(k, t, dirfd)?)?
+            return stat_path(k, t, Target::Host(cwd.into_bytes()), false);
         }
-    } else {
-        let tg = target_of(k, t, dirfd, &p)?;
-        stat_path(k, t, tg, flags & AT_SYMLINK_NOFOLLOW as u64 != 0)?
-    };
+        return stat_of_file(&*file(k, t, dirfd)?);
+    }
+    let tg = target_of(k, t, dirfd, &p)?;
+    stat_path(k, t, tg, flags & AT_SYMLINK_NOFOLLOW as u64 != 0)
+}
+
+pub fn fstatat(k: &mut Kernel, t: Pid, dirfd: u64, path: u64, buf: u64, flags: u64) -> SysResult {
+    let st = stat_at(k, t, dirfd, path, flags)?;
     k.write_user(t, buf, &stat_bytes(&st))?;
     Ok(0)
 }
@@ -315,18 +320,7 @@ pub fn statx(
     _mask: u64,
     buf: u64,
 ) -> SysResult {
-    let p = k.read_cstr(t, path)?;
-    let st = if p.is_empty() && flags & AT_EMPTY_PATH as u64 != 0 {
-        if dirfd as i32 == AT_FDCWD {
-            let cwd = k.proc_of(t).cwd.clone();
-            stat_path(k, t, Target::Host(cwd.into_bytes()), false)?
-        } else {
-            stat_of_file(&*file(k, t, dirfd)?)?
-        }
-    } else {
-        let tg = target_of(k, t, dirfd, &p)?;
-        stat_path(k, t, tg, flags & AT_SYMLINK_NOFOLLOW as u64 != 0)?
-    };
+    let st = stat_at(k, t, dirfd, path, flags)?;
     let mut b = vec![0u8; 256];
     let put32 = |b: &mut Vec<u8>, o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_le_bytes());
     let put64 = |b: &mut Vec<u8>, o: usize, v: u64| b[o..o + 8].copy_from_slice(&v.to_le_bytes());

@@ -397,6 +397,18 @@ fn matching(k: &Kernel, t: Pid, pid: i32) -> Vec<Pid> {
         .collect()
 }
 
+/// A child `pid` selects (as wait4's argument) that has ended, with its
+/// status; ECHILD when `pid` selects no child at all.
+fn zombie_child(k: &Kernel, t: Pid, pid: i32) -> Result<Option<(Pid, ExitStatus)>, Stop> {
+    let kids = matching(k, t, pid);
+    if kids.is_empty() {
+        return err(ECHILD);
+    }
+    Ok(kids
+        .iter()
+        .find_map(|c| k.table.procs.get(c).and_then(|p| p.exit).map(|st| (*c, st))))
+}
+
 pub fn wait4(
     k: &mut Kernel,
     t: Pid,
@@ -405,16 +417,7 @@ pub fn wait4(
     options: u64,
     rusage: u64,
 ) -> SysResult {
-    let kids = matching(k, t, pid);
-    if kids.is_empty() {
-        return err(ECHILD);
-    }
-    let zombie = kids
-        .iter()
-        .copied()
-        .find(|c| k.table.procs.get(c).is_some_and(|p| p.exit.is_some()));
-    if let Some(c) = zombie {
-        let st = k.table.procs[&c].exit.expect("zombie");
+    if let Some((c, st)) = zombie_child(k, t, pid)? {
         if status != 0 {
             k.write_u32(t, status, st.wait_status() as u32)?;
         }
@@ -437,27 +440,8 @@ pub fn waitid(k: &mut Kernel, t: Pid, idtype: u64, id: i32, infop: u64, options:
         P_PGID => -id,
         _ => return err(EINVAL),
     };
-    let kids = matching(k, t, pid);
-    if kids.is_empty() {
-        return err(ECHILD);
-    }
-    let zombie = kids
-        .iter()
-        .copied()
-        .find(|c| k.table.procs.get(c).is_some_and(|p| p.exit.is_some()));
-    if let Some(c) = zombie {
-        let st = k.table.procs[&c].exit.expect("zombie");
-        let (code, status) = match st {
-            ExitStatus::Exited(s) => (crate::signal::CLD_EXITED, s),
-            ExitStatus::Signaled { signal, core } => (
-                if core {
-                    crate::signal::CLD_DUMPED
-                } else {
-                    crate::signal::CLD_KILLED
-                },
-                signal,
-            ),
-        };
+    if let Some((c, st)) = zombie_child(k, t, pid)? {
+        let (code, status) = st.child_code();
         if infop != 0 {
             let info = crate::signal::SigInfo {
                 signo: crate::signal::SIGCHLD,

@@ -34,6 +34,27 @@ fn get(port: u16, host: &str, path: &str) -> (u16, String) {
     )
 }
 
+/// A Service manifest for the greet example at `path`.
+fn write_hello_manifest(path: &std::path::Path) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\nspec:\n  template:\n    spec:\n      containers:\n        - image: {}\n",
+            flint_examples::path("greet").display()
+        ),
+    )
+    .unwrap();
+}
+
+/// Waits until something listens on `port`.
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "flint serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn serve_apply_list_delete_and_sigterm() {
     let (port, admin) = (free_port(), free_port());
@@ -42,14 +63,7 @@ fn serve_apply_list_delete_and_sigterm() {
     let dir_tmp = tempfile::tempdir().unwrap();
     let dir = dir_tmp.path();
     let manifest = dir.join("hello.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\nspec:\n  template:\n    spec:\n      containers:\n        - image: {}\n",
-            flint_examples::path("greet").display()
-        ),
-    )
-    .unwrap();
+    write_hello_manifest(&manifest);
     let mut server = Command::new(env!("CARGO_BIN_EXE_flint"))
         .args([
             "serve",
@@ -67,11 +81,7 @@ fn serve_apply_list_delete_and_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "flint serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(port);
     assert_eq!(
         get(port, "hello.default.example.com", "/greet?name=ada"),
         (200, "hello, ada\n".into())
@@ -158,11 +168,7 @@ fn the_admin_api_on_tcp_needs_its_token() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(("127.0.0.1", adm)).is_err() {
-        assert!(Instant::now() < deadline, "flint serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(adm);
     let a = format!("tcp:127.0.0.1:{adm}");
     let o = flint(&["list", "--admin", &a], "", &[]);
     assert_eq!(o.status.code(), Some(2));
@@ -229,14 +235,7 @@ fn serve_drops_to_an_unprivileged_user() {
     )
     .unwrap();
     let manifest = dir.path().join("hello.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\nspec:\n  template:\n    spec:\n      containers:\n        - image: {}\n",
-            flint_examples::path("greet").display()
-        ),
-    )
-    .unwrap();
+    write_hello_manifest(&manifest);
     let mut server = Command::new(env!("CARGO_BIN_EXE_flint"))
         .args([
             "serve",
@@ -255,11 +254,7 @@ fn serve_drops_to_an_unprivileged_user() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "flint serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(port);
     std::thread::sleep(Duration::from_millis(200));
     let status = std::fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap();
     let field = |k: &str| {

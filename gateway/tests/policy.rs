@@ -14,6 +14,15 @@ fn yaml(image: &str, annotations: &str) -> manifest::Service {
     .unwrap()
 }
 
+/// A registry confined to `root`: 1 MiB modules, 3 instances.
+fn registry(root: &Path) -> Registry {
+    Registry::with_policy(Policy {
+        image_root: root.to_path_buf(),
+        max_module_bytes: 1 << 20,
+        max_instances: 3,
+    })
+}
+
 fn refused(r: Result<std::sync::Arc<flint_gateway::registry::Revision>, DeployError>) -> String {
     match r {
         Err(e @ DeployError::ImageRefused(..)) => e.to_string(),
@@ -35,11 +44,7 @@ fn images_outside_the_root_or_not_files_are_refused_without_saying_what_exists()
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: creating a FIFO at a path we own.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let reg = Registry::with_policy(Policy {
-        image_root: root.path().to_path_buf(),
-        max_module_bytes: 1 << 20,
-        max_instances: 3,
-    });
+    let reg = registry(root.path());
     let base = root.path();
     let apply = |image: &str| reg.apply(yaml(image, ""), base, state.path());
     assert!(apply("hello.wasm").is_ok());
@@ -72,11 +77,7 @@ fn scale_annotations_are_capped_by_the_node_limit() {
         root.path().join("hello.wasm"),
     )
     .unwrap();
-    let reg = Registry::with_policy(Policy {
-        image_root: root.path().to_path_buf(),
-        max_module_bytes: 1 << 20,
-        max_instances: 3,
-    });
+    let reg = registry(root.path());
     let rev = reg
         .apply(
             yaml(
@@ -105,11 +106,7 @@ fn a_named_revision_cannot_change() {
         root.path().join("greet.wasm"),
     )
     .unwrap();
-    let reg = Registry::with_policy(Policy {
-        image_root: root.path().to_path_buf(),
-        max_module_bytes: 1 << 20,
-        max_instances: 3,
-    });
+    let reg = registry(root.path());
     let named = |image: &str| {
         manifest::parse(&format!(
             "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  template:\n    metadata:\n      name: s-blue\n    spec:\n      containers:\n        - image: {image}\n"

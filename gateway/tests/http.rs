@@ -995,3 +995,42 @@ async fn http2_with_prior_knowledge_on_the_same_port() {
     assert_eq!((code, body), (200, b"hello, h1\n".to_vec()));
     gw.stop().await;
 }
+
+/// Every response carries X-Request-Id: the client's if it sent a sane
+/// one, else a new one each time; the function sees the same id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_response_carries_a_request_id() {
+    let gw = start(&[manifest("env", "printenv", "")], 1 << 20).await;
+    let id_of = |head: &str| {
+        head.lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("x-request-id:")
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let (code, head, body) = send(
+        gw.addr,
+        "GET / HTTP/1.1\r\nHost: env.default.example.com\r\nX-Request-Id: abc-123\r\n",
+        b"",
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(id_of(&head), "abc-123");
+    assert!(String::from_utf8_lossy(&body).contains("HTTP_X_REQUEST_ID=abc-123"));
+    let (_, h1, _) = http(gw.addr, "GET", "env.default.example.com", "/", b"").await;
+    let (_, h2, _) = http(gw.addr, "GET", "nowhere.default.example.com", "/", b"").await;
+    let (a, b) = (id_of(&h1), id_of(&h2));
+    assert!(!a.is_empty() && !b.is_empty() && a != b, "{a} {b}");
+    // A hostile id (control characters, too long) is replaced.
+    let long = "x".repeat(300);
+    let (_, h3, _) = send(
+        gw.addr,
+        &format!("GET / HTTP/1.1\r\nHost: env.default.example.com\r\nX-Request-Id: {long}\r\n"),
+        b"",
+    )
+    .await;
+    assert_ne!(id_of(&h3), long);
+    gw.stop().await;
+}

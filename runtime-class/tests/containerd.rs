@@ -396,14 +396,10 @@ fn busybox_image(ctd: &Containerd, reference: &str) -> tempfile::TempDir {
         "Env": ["PATH=/bin", "GREETING=hello"],
         "WorkingDir": "/srv",
     });
-    let tar = ctd.dir.join("bb.tar");
-    std::fs::write(
-        &tar,
+    ctd.import_archive(
+        "bb.tar",
         flint_image::build_dir(root.path(), config, reference).unwrap(),
-    )
-    .unwrap();
-    let o = ctd.ctr(&["images", "import", tar.to_str().unwrap()]);
-    assert!(o.status.success(), "import: {}", text(&o.stderr));
+    );
     root
 }
 

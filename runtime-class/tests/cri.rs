@@ -142,21 +142,15 @@ async fn cri_pods_run_their_containers_in_flint_vms() {
     // its image, as Kubernetes' pause image (built here by flint-image,
     // for there is no registry to pull from).
     let pause = std::fs::read(flint_examples::linux_path("pause")).unwrap();
-    let tar = ctd.dir.join("pause.tar");
-    std::fs::write(
-        &tar,
+    ctd.import_archive(
+        "pause.tar",
         flint_image::build_files(
             &[("pause", &pause)],
             serde_json::json!({"Entrypoint": ["/pause"]}),
             SANDBOX_IMAGE,
         )
         .unwrap(),
-    )
-    .unwrap();
-    assert!(ctd
-        .ctr(&["images", "import", tar.to_str().unwrap()])
-        .status
-        .success());
+    );
     // A Linux image (busybox) for a container beside the wasm ones.
     let bb = tempfile::tempdir().unwrap();
     std::fs::create_dir(bb.path().join("bin")).unwrap();
@@ -165,21 +159,15 @@ async fn cri_pods_run_their_containers_in_flint_vms() {
     for a in ["sh", "echo", "uname", "cat"] {
         std::os::unix::fs::symlink("busybox", bb.path().join("bin").join(a)).unwrap();
     }
-    let tar = ctd.dir.join("bb.tar");
-    std::fs::write(
-        &tar,
+    ctd.import_archive(
+        "bb.tar",
         flint_image::build_dir(
             bb.path(),
             serde_json::json!({"Env": ["PATH=/bin"]}),
             BUSYBOX_IMAGE,
         )
         .unwrap(),
-    )
-    .unwrap();
-    assert!(ctd
-        .ctr(&["images", "import", tar.to_str().unwrap()])
-        .status
-        .success());
+    );
     ctd.import(
         &[
             ("hello.wasm", &flint_examples::bytes("hello")),

@@ -125,8 +125,16 @@ impl Containerd {
     }
 
     pub fn import(&self, modules: &[(&str, &[u8])], reference: &str) {
-        let tar = self.dir.join(format!("{}.tar", modules[0].0));
-        std::fs::write(&tar, flint_image::build_with(modules, reference).unwrap()).unwrap();
+        self.import_archive(
+            &format!("{}.tar", modules[0].0),
+            flint_image::build_with(modules, reference).unwrap(),
+        );
+    }
+
+    /// Imports an image layout archive (built by flint-image) as `name`.
+    pub fn import_archive(&self, name: &str, archive: Vec<u8>) {
+        let tar = self.dir.join(name);
+        std::fs::write(&tar, archive).unwrap();
         let o = self.ctr(&["images", "import", tar.to_str().unwrap()]);
         assert!(o.status.success(), "import: {}", text(&o.stderr));
     }

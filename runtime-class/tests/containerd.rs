@@ -437,10 +437,21 @@ fn ctr_runs_linux_images_in_flint_vms() {
         "l5",
         "sh",
         "-c",
-        "echo from exec; cat /srv/data; exit 4",
+        "echo from exec; cat /srv/data; ps | grep -c 'sleep 100$'; exit 4",
     ]);
+    // The exec runs in the container's VM: it sees process 1.
     assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
-    assert_eq!(text(&o.stdout), "from exec\nfrom the image\n");
+    assert_eq!(text(&o.stdout), "from exec\nfrom the image\n1\n");
+    // ctr task ps lists the container's processes as its VM numbers them.
+    let o = ctd.ctr(&["task", "ps", "l5"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let pids: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(pids, ["1"], "{out}");
     // Stats: the Linux container's VM memory, against its RAM size.
     let o = ctd.ctr(&["task", "metrics", "--format", "json", "l5"]);
     assert!(o.status.success(), "{}", text(&o.stderr));

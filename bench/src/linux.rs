@@ -176,7 +176,7 @@ pub fn main(n: usize) -> Result<()> {
     );
     let host = parse(Command::new(&bench).arg("5000").output()?);
     for ((k, f), (_, h)) in inside.iter().zip(host.iter()) {
-        println!("| {k} | {f:.2} | {h:.2} | {:.0}x |", f / h);
+        println!("| {k} | {f:.3} | {h:.3} | {:.1}x |", f / h);
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

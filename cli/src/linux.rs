@@ -72,7 +72,10 @@ pub fn main(a: &RunArgs) -> i32 {
     match flint_linux::run(&config, &root, &program, None) {
         Ok(out) => {
             if a.call.timings {
-                eprintln!("flint: total {:?}", out.elapsed);
+                eprintln!(
+                    "flint: total {:?}, {} system calls answered by the VMM",
+                    out.elapsed, out.vmm_calls
+                );
             }
             out.status.code()
         }

@@ -3,10 +3,10 @@
 //! the `syscall` entry), all built by the VMM in guest memory and mapped in
 //! the upper half of every address space.
 //!
-//! A `syscall` jumps to LSTAR, which holds one instruction, `out` to
-//! [`SYSCALL_PORT`]: on real KVM that runs at CPL 0, on PVM (where
-//! `syscall` stays at CPL 3) at CPL 3, which the TSS I/O bitmap permits for
-//! that port alone. Each exception vector has its own CPL-0 stub, `out` to
+//! A `syscall` jumps to LSTAR, the entry page (`crate::entry`): `out` to
+//! [`SYSCALL_PORT`], on real KVM at CPL 0, on PVM (where `syscall` stays
+//! at CPL 3) at CPL 3, which the TSS I/O bitmap permits for that port
+//! alone; under PVM the time calls are answered in the page itself. Each exception vector has its own CPL-0 stub, `out` to
 //! `EXCEPTION_PORT_BASE + vector`; the exception frame is on the kernel
 //! stack. Either way the VMM answers and puts the vCPU back at CPL 3 by
 //! setting its registers; no guest code runs at CPL 0 beyond one `out`.
@@ -56,7 +56,7 @@ pub const PTE_NX: u64 = 1 << 63;
 pub const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
 
 const MSR_STAR: u32 = 0xc000_0081;
-const MSR_LSTAR: u32 = 0xc000_0082;
+pub const MSR_LSTAR: u32 = 0xc000_0082;
 const MSR_CSTAR: u32 = 0xc000_0083;
 const MSR_SFMASK: u32 = 0xc000_0084;
 const MSR_FS_BASE: u32 = 0xc000_0100;
@@ -84,9 +84,10 @@ pub fn kernel_stack_top() -> u64 {
     KERNEL_VA + KSTACK_TOP_PHYS
 }
 
-/// The kernel area's pages: `(guest-physical address, contents)`. Written
+/// The kernel area's pages: `(guest-physical address, contents)`, the
+/// `syscall` entry page holding `entry_block` (`crate::entry`). Written
 /// once per VM.
-pub fn kernel_pages() -> Vec<(u64, Vec<u8>)> {
+pub fn kernel_pages(entry_block: Vec<u8>) -> Vec<(u64, Vec<u8>)> {
     let mut pages = Vec::new();
     // GDT: null, (unused), kernel code, kernel data, user32 code, user data,
     // user code, (unused), TSS (two slots).
@@ -145,11 +146,9 @@ pub fn kernel_pages() -> Vec<(u64, Vec<u8>)> {
     }
     pages.push((IDT_PHYS, idt));
 
-    // The syscall entry: `out %al, $SYSCALL_PORT`, then `ud2`.
-    pages.push((
-        SYSCALL_PAGE_PHYS,
-        vec![0xe6, SYSCALL_PORT as u8, 0x0f, 0x0b],
-    ));
+    // The syscall entry: `out %al, $SYSCALL_PORT` first, then the calls
+    // answered in the guest.
+    pages.push((SYSCALL_PAGE_PHYS, entry_block));
 
     // Kernel page tables: PDPT[0] -> PD, PD[0] -> PT, PT maps the first
     // 64 KiB of RAM at KERNEL_VA. Upper levels allow user access so that
@@ -294,9 +293,13 @@ pub fn syscall_msrs() -> Vec<(u32, u64)> {
 mod tests {
     use super::*;
 
+    fn test_block() -> Vec<u8> {
+        crate::entry::block(&crate::entry::Clock::new(|| None, None))
+    }
+
     #[test]
     fn the_tss_descriptor_encodes_its_base_and_limit() {
-        let pages = kernel_pages();
+        let pages = kernel_pages(test_block());
         let gdt = &pages.iter().find(|(a, _)| *a == GDT_PHYS).unwrap().1;
         let lo = u64::from_le_bytes(gdt[64..72].try_into().unwrap());
         let hi = u64::from_le_bytes(gdt[72..80].try_into().unwrap());
@@ -307,7 +310,7 @@ mod tests {
 
     #[test]
     fn only_the_syscall_port_is_open_to_user_code() {
-        let pages = kernel_pages();
+        let pages = kernel_pages(test_block());
         let tss = &pages.iter().find(|(a, _)| *a == TSS_PHYS).unwrap().1;
         let bit = |port: usize| tss[0x68 + port / 8] >> (port % 8) & 1;
         assert_eq!(bit(SYSCALL_PORT as usize), 0);
@@ -320,7 +323,7 @@ mod tests {
 
     #[test]
     fn only_the_syscall_page_is_user_accessible() {
-        let pages = kernel_pages();
+        let pages = kernel_pages(test_block());
         let pt = &pages.iter().find(|(a, _)| *a == KPT_PHYS).unwrap().1;
         for i in 0..16 {
             let e = u64::from_le_bytes(pt[i * 8..][..8].try_into().unwrap());

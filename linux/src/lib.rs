@@ -17,6 +17,7 @@
 //! ```
 
 pub mod arch;
+mod entry;
 mod fs;
 mod kernel;
 pub mod loader;
@@ -24,6 +25,7 @@ mod mm;
 mod signal;
 mod syscalls;
 mod task;
+mod vdso;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
@@ -102,6 +104,9 @@ pub struct Outcome {
     /// A process was killed because guest memory ran out.
     pub oom: bool,
     pub elapsed: Duration,
+    /// System calls that left the VM for the VMM (the ones the vDSO or
+    /// the fast entry answered inside it are not counted).
+    pub vmm_calls: u64,
 }
 
 fn dup(fd: impl AsFd) -> Result<OwnedFd, LinuxError> {
@@ -273,7 +278,7 @@ pub fn start(
             let mut k = kernel::Kernel::new(config2.memory_mib, root, limits, c2)?;
             k.spawn_init(&program2, stdio)?;
             let status = k.run()?;
-            Ok::<_, LinuxError>((status, k.oom_killed))
+            Ok::<_, LinuxError>((status, k.oom_killed, k.vmm_calls))
         })
         .map_err(LinuxError::Thread)?;
     let timeout = config.timeout;
@@ -302,11 +307,12 @@ pub fn start(
             let r = handle
                 .join()
                 .map_err(|_| LinuxError::Crash("the vCPU thread panicked".into()))?;
-            let (status, oom) = r?;
+            let (status, oom, vmm_calls) = r?;
             Ok(Outcome {
                 status,
                 oom,
                 elapsed: started.elapsed(),
+                vmm_calls,
             })
         })
         .map_err(LinuxError::Thread)?;

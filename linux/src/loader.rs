@@ -322,6 +322,7 @@ const AT_SECURE: u64 = 23;
 const AT_RANDOM: u64 = 25;
 const AT_HWCAP2: u64 = 26;
 const AT_EXECFN: u64 = 31;
+const AT_SYSINFO_EHDR: u64 = 33;
 const AT_MINSIGSTKSZ: u64 = 51;
 
 /// Stack size reserved for the main thread.
@@ -330,7 +331,9 @@ pub const STACK_SIZE: u64 = 8 << 20;
 const STACK_EAGER: u64 = 128 << 10;
 
 /// Loads `fd` (the program, named `path` for `AT_EXECFN` and the maps)
-/// into `mm` with `argv` and `envp`. `random` fills `AT_RANDOM`.
+/// into `mm` with `argv` and `envp`. `random` fills `AT_RANDOM`; `vdso`
+/// (`crate::vdso`) is mapped read-only and executable as `[vdso]` and
+/// named by `AT_SYSINFO_EHDR` (none if empty).
 #[allow(clippy::too_many_arguments)]
 pub fn load(
     mm: &mut AddressSpace,
@@ -340,6 +343,7 @@ pub fn load(
     argv: &[Vec<u8>],
     envp: &[Vec<u8>],
     random: [u8; 16],
+    vdso: &[u8],
     fs: &mut dyn OpenInterp,
 ) -> Result<Start, LoadError> {
     let img = parse(&fd)?;
@@ -384,6 +388,28 @@ pub fn load(
     mm.populate_range(frames, top - STACK_EAGER, top)
         .map_err(|_| LoadError::NoMemory)?;
     mm.mmap_top = top - STACK_SIZE - (1 << 30);
+    let mut vdso_at = 0;
+    if !vdso.is_empty() {
+        let len = page_up(vdso.len() as u64).ok_or(LoadError::NoMemory)?;
+        let at = mm.mmap_top - len;
+        mm.insert(
+            frames,
+            at,
+            Vma {
+                end: at + len,
+                prot: PROT_READ | PROT_EXEC,
+                shared: false,
+                backing: Backing::Anon,
+                name: "[vdso]".into(),
+            },
+            &mut released,
+        )
+        .map_err(|_| LoadError::NoMemory)?;
+        mm.write_force(frames, at, vdso)
+            .map_err(|_| LoadError::NoMemory)?;
+        mm.mmap_top = at - PAGE;
+        vdso_at = at;
+    }
 
     // Strings at the top: execfn, platform, random bytes, env, args.
     let mut sp = top;
@@ -419,7 +445,7 @@ pub fn load(
         let r = std::arch::x86_64::__cpuid(1);
         r.edx as u64
     };
-    let auxv: Vec<(u64, u64)> = vec![
+    let mut auxv: Vec<(u64, u64)> = vec![
         (AT_PHDR, main.phdr),
         (AT_PHENT, 56),
         (AT_PHNUM, main.phnum),
@@ -439,8 +465,11 @@ pub fn load(
         (AT_PLATFORM, platform),
         (AT_EXECFN, execfn),
         (AT_MINSIGSTKSZ, 2048),
-        (AT_NULL, 0),
     ];
+    if vdso_at != 0 {
+        auxv.push((AT_SYSINFO_EHDR, vdso_at));
+    }
+    auxv.push((AT_NULL, 0));
     let words = 1 + args.len() + 1 + envs.len() + 1 + auxv.len() * 2;
     sp -= words as u64 * 8;
     sp &= !15;

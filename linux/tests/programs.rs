@@ -148,6 +148,37 @@ fn static_rust_programs_use_threads_files_time_and_children() {
     assert_eq!(run(root.path(), &path, &["rshello", "exit=7"]).code(), 7);
 }
 
+/// The time calls, made with the `syscall` instruction and through libc,
+/// give what Linux gives the same program run natively (every check of
+/// `rsclock` passes in both), and the ones through libc never leave the
+/// VM: the vDSO answers them.
+#[test]
+fn time_calls_match_linux_and_the_vdso_answers_them_in_the_vm() {
+    let prog = flint_examples::linux_path("rsclock");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let native = std::process::Command::new(&prog)
+        .arg(&now)
+        .output()
+        .unwrap();
+    assert!(native.status.success(), "natively: {native:?}");
+    let (root, path) = program_root(&prog);
+    let r = run(root.path(), &path, &["rsclock", &now]);
+    assert_eq!(r.code(), 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&native.stdout));
+
+    let r = run(root.path(), &path, &["rsclock", "loop", "20000"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    let calls = r.result.as_ref().unwrap().vmm_calls;
+    assert!(
+        calls < 1000,
+        "20000 clock reads through libc took {calls} system calls to the VMM"
+    );
+}
+
 #[test]
 fn static_go_programs_run_goroutines_timers_and_signals() {
     let prog = go_program("gohello");

@@ -518,6 +518,7 @@ impl Process {
                     status,
                     oom: false,
                     elapsed: std::time::Duration::ZERO,
+                    vmm_calls: 0,
                 }),
             None => flint_linux::start(&config, root, &prog, Some(stdio)).and_then(|c| {
                 *self.linux_port.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.port());

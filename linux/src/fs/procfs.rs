@@ -196,7 +196,7 @@ pub fn lookup(k: &Kernel, t: Pid, path: &str) -> Result<Node, i32> {
         ["loadavg"] => fixed(format!("0.00 0.00 0.00 1/{} {}\n", k.table.threads.len(), k.table.next_pid - 1)),
         ["stat"] => fixed(format!(
             "cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\nbtime {}\nprocesses {}\nprocs_running 1\nprocs_blocked 0\n",
-            k.boot_wall_ns / 1_000_000_000,
+            k.clock.wall_base() / 1_000_000_000,
             k.table.next_pid - 1
         )),
         ["version"] => fixed("Linux version 6.1.0-flint (flint) #1 SMP\n".into()),

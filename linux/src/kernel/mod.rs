@@ -17,13 +17,14 @@ use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flint_executor::vstate::vcpu::{Vcpu, VcpuEvent};
 use flint_executor::vstate::vm::Vm;
 use kvm_bindings::kvm_regs;
 
 use crate::arch::{self, EXCEPTION_PORT_BASE, SYSCALL_PORT};
+use crate::entry::{self, Clock};
 use crate::fs::file::{FdTable, Kind, OpenFile};
 use crate::fs::root::Root;
 use crate::mm::{AddressSpace, Frames};
@@ -110,8 +111,15 @@ pub struct Kernel {
     sync_valid: bool,
     /// FPU state of a fresh process.
     clean_fpu: Box<kvm_bindings::kvm_xsave>,
-    pub boot: Instant,
-    pub boot_wall_ns: u64,
+    /// The guest's clocks (also read by the guest itself, `entry`).
+    pub clock: Clock,
+    /// System calls answered by the VMM so far.
+    pub vmm_calls: u64,
+    /// The vDSO image every program gets (`crate::vdso`).
+    pub vdso: Vec<u8>,
+    /// LSTAR points at the entry's fast path (`syscall` was seen to stay
+    /// at CPL 3).
+    fast_entry: bool,
     pub next_mm_id: usize,
     pub next_pipe_id: usize,
     pub init_exit: Option<ExitStatus>,
@@ -156,13 +164,6 @@ pub struct Stdio {
     pub stderr: OwnedFd,
 }
 
-fn now_wall_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
 impl Kernel {
     /// Creates the VM, its vCPU and the kernel area.
     pub fn new(
@@ -174,10 +175,11 @@ impl Kernel {
         let mem_size = memory_mib << 20;
         let vm = Vm::new(mem_size as usize).map_err(LinuxError::Vm)?;
         let frames = Frames::new(vm.memory().clone(), mem_size);
-        for (addr, bytes) in arch::kernel_pages() {
+        let mut vcpu = vm.create_vcpu(0).map_err(LinuxError::Vm)?;
+        let clock = Clock::new(|| vcpu.guest_tsc().ok(), vcpu.tsc_khz());
+        for (addr, bytes) in arch::kernel_pages(entry::block(&clock)) {
             frames.write(addr, &bytes);
         }
-        let mut vcpu = vm.create_vcpu(0).map_err(LinuxError::Vm)?;
         let cpuid = vm.supported_cpuid().map_err(LinuxError::Vm)?;
         vcpu.set_cpuid(&cpuid).map_err(LinuxError::Vcpu)?;
         let sregs = vcpu.sregs().map_err(LinuxError::Vcpu)?;
@@ -205,8 +207,14 @@ impl Kernel {
             sregs_dirty: true,
             sync_valid: false,
             clean_fpu,
-            boot: Instant::now(),
-            boot_wall_ns: now_wall_ns(),
+            vmm_calls: 0,
+            vdso: if clock.guest_readable() {
+                crate::vdso::image(&clock)
+            } else {
+                Vec::new()
+            },
+            clock,
+            fast_entry: false,
             next_mm_id: 1,
             next_pipe_id: 1,
             init_exit: None,
@@ -220,11 +228,11 @@ impl Kernel {
 
     /// Nanoseconds on the guest's monotonic clock.
     pub fn mono_ns(&self) -> u64 {
-        self.boot.elapsed().as_nanos() as u64
+        self.clock.mono_ns()
     }
 
     pub fn wall_ns(&self) -> u64 {
-        now_wall_ns()
+        self.clock.wall_ns()
     }
 
     pub fn thread(&self, tid: Pid) -> &Thread {
@@ -703,16 +711,27 @@ impl Kernel {
 
     fn on_syscall(&mut self, tid: Pid) -> bool {
         let r = self.thread(tid).regs;
-        if r.rip != arch::syscall_entry() + 2 {
+        if r.rip != arch::syscall_entry() + entry::SLOW_EXIT_OFFSET {
             self.force_signal(tid, SigInfo::fault(crate::signal::SIGSEGV, 0x80, 0));
             return false;
         }
+        if !self.fast_entry {
+            self.enable_fast_entry();
+        }
+        self.vmm_calls += 1;
         let nr = r.rax;
         let args = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
+        // With the fast entry on, R11 may hold RDX (and under PVM never
+        // held the flags: it reads 0x202).
+        let flags = if self.fast_entry {
+            0x202
+        } else {
+            sanitize_flags(r.r11)
+        };
         {
             let t = self.thread_mut(tid);
             t.regs.rip = r.rcx;
-            t.regs.rflags = sanitize_flags(r.r11);
+            t.regs.rflags = flags;
         }
         let ret = r.rcx;
         let r = syscalls::dispatch(self, tid, nr, args);
@@ -726,6 +745,22 @@ impl Kernel {
             self.vcpu.sync_regs_mut().sregs.cr3
         );
         self.complete(tid, nr, args, r)
+    }
+
+    /// Points LSTAR at the entry's fast path once a `syscall` is seen to
+    /// have stayed at CPL 3 (PVM): there the guest answers the time calls
+    /// itself. On real KVM the `syscall` arrives at CPL 0 and every call
+    /// keeps coming to the VMM.
+    fn enable_fast_entry(&mut self) {
+        if !self.clock.guest_readable() || !arch::at_user_segments(&self.vcpu.sync_regs_mut().sregs)
+        {
+            return;
+        }
+        let lstar = arch::syscall_entry() + entry::fast_offset();
+        match self.vcpu.set_msrs(&[(arch::MSR_LSTAR, lstar)]) {
+            Ok(()) => self.fast_entry = true,
+            Err(e) => tracing::warn!("the time calls stay with the VMM: setting LSTAR failed: {e}"),
+        }
     }
 
     /// Applies a system call's outcome; false when the thread must leave

@@ -81,6 +81,11 @@ impl Kernel {
             17 => SigInfo::fault(SIGBUS, 1, rip),
             _ => SigInfo::fault(SIGSEGV, 0x80, 0),
         };
+        if crate::entry::fixup_fault(arch::syscall_entry(), &mut self.thread_mut(tid).regs) {
+            // The guest's own answer to a time call wrote through a bad
+            // pointer: the call fails with EFAULT.
+            return Ok(true);
+        }
         tracing::debug!(
             "thread {tid}: exception {vector} at rip {rip:#x} (error {err:#x}, cr2 {cr2:#x}): signal {}",
             info.signo

@@ -224,7 +224,7 @@ pub fn dispatch(k: &mut Kernel, t: Pid, nr: u64, a: [u64; 6]) -> SysResult {
         // Time (time.rs).
         SYS_clock_gettime => time::clock_gettime(k, t, a[0], a[1]),
         SYS_clock_getres => time::clock_getres(k, t, a[1]),
-        SYS_gettimeofday => time::gettimeofday(k, t, a[0]),
+        SYS_gettimeofday => time::gettimeofday(k, t, a[0], a[1]),
         SYS_time => time::time(k, t, a[0]),
         SYS_nanosleep => time::nanosleep(k, t, a[0]),
         SYS_clock_nanosleep => time::clock_nanosleep(k, t, a[0], a[1], a[2]),

@@ -283,6 +283,7 @@ fn exec_depth(
             &argv,
             &envp,
             random,
+            &k.vdso,
             &mut interp,
         )
     };

@@ -52,12 +52,17 @@ pub fn clock_getres(k: &mut Kernel, t: Pid, out: u64) -> SysResult {
     Ok(0)
 }
 
-pub fn gettimeofday(k: &mut Kernel, t: Pid, tv: u64) -> SysResult {
+/// `gettimeofday(tv, tz)`: the time zone is always UTC (minutes west 0,
+/// no DST), as in a container without one.
+pub fn gettimeofday(k: &mut Kernel, t: Pid, tv: u64, tz: u64) -> SysResult {
     if tv != 0 {
         let n = k.wall_ns();
         let mut b = ((n / NS) as i64).to_le_bytes().to_vec();
         b.extend((((n % NS) / 1000) as i64).to_le_bytes());
         k.write_user(t, tv, &b)?;
+    }
+    if tz != 0 {
+        k.write_user(t, tz, &[0; 8])?;
     }
     Ok(0)
 }

@@ -1,5 +1,7 @@
 //! `rsbench N`: per-call cost of system calls, measured by the program
 //! itself (a monotonic clock read before and after each loop): `getpid`,
+//! `clock_gettime` (the `syscall` instruction, then libc's call, which
+//! goes through the vDSO),
 //! a 4 KiB `pread` of a file, and a one-byte pipe round trip between two
 //! processes. Prints `NAME MICROSECONDS` lines.
 use std::time::Instant;
@@ -15,6 +17,29 @@ fn main() {
         unsafe { libc::syscall(libc::SYS_getpid) };
     }
     println!("getpid {:.2}", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let t = Instant::now();
+    for _ in 0..n * 100 {
+        // SAFETY: clock_gettime writes one timespec into `ts`.
+        unsafe { libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut ts) };
+    }
+    println!(
+        "clock_gettime-syscall {:.3}",
+        t.elapsed().as_secs_f64() * 1e6 / (n * 100) as f64
+    );
+    let t = Instant::now();
+    for _ in 0..n * 100 {
+        // SAFETY: as above, through libc (the vDSO where there is one).
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    }
+    println!(
+        "clock_gettime-vdso {:.3}",
+        t.elapsed().as_secs_f64() * 1e6 / (n * 100) as f64
+    );
 
     let path = std::env::temp_dir().join("rsbench.dat");
     std::fs::write(&path, vec![7u8; 4096]).unwrap();

@@ -33,6 +33,14 @@ pub const STUBS_PHYS: u64 = 0x6000;
 pub const SYSCALL_PAGE_PHYS: u64 = 0x7000;
 pub const KSTACK_PHYS: u64 = 0x8000;
 pub const KSTACK_TOP_PHYS: u64 = 0x10000;
+/// Most vCPUs a VM has: each has its own TSS (so its own I/O bitmap and
+/// kernel stack, where its exception frames land); vCPU 0's are above,
+/// vCPU n's (n >= 1) are in the 16 KiB at `CPU_AREA_PHYS + (n - 1) *
+/// 0x4000`: the TSS, then a one-page kernel stack.
+pub const MAX_VCPUS: usize = 3;
+pub const CPU_AREA_PHYS: u64 = 0x13000;
+/// The end of what the kernel page table maps.
+const KERNEL_AREA_END: u64 = CPU_AREA_PHYS + (MAX_VCPUS as u64 - 1) * 0x4000;
 /// The kernel area's page tables (a PDPT, a PD and a PT shared by every
 /// address space).
 pub const KPDPT_PHYS: u64 = 0x10000;
@@ -47,7 +55,9 @@ pub const KERNEL_DS: u16 = 0x18;
 pub const USER32_CS: u16 = 0x23;
 pub const USER_DS: u16 = 0x2b;
 pub const USER_CS: u16 = 0x33;
+/// vCPU n's TSS selector is `TSS_SEL + 16 n`.
 pub const TSS_SEL: u16 = 0x40;
+const GDT_ENTRIES: usize = 8 + 2 * MAX_VCPUS;
 
 pub const PTE_P: u64 = 1 << 0;
 pub const PTE_W: u64 = 1 << 1;
@@ -79,9 +89,24 @@ pub fn stub_after_out(vector: u8) -> u64 {
     KERNEL_VA + STUBS_PHYS + vector as u64 * 8 + 2
 }
 
-/// The kernel stack top (RSP0): exception frames are pushed below it.
-pub fn kernel_stack_top() -> u64 {
-    KERNEL_VA + KSTACK_TOP_PHYS
+/// vCPU `cpu`'s TSS (guest-physical).
+fn tss_phys(cpu: usize) -> u64 {
+    if cpu == 0 {
+        TSS_PHYS
+    } else {
+        CPU_AREA_PHYS + (cpu as u64 - 1) * 0x4000
+    }
+}
+
+/// vCPU `cpu`'s kernel stack (RSP0 and IST1 at its top): exception frames
+/// are pushed into it.
+pub fn kernel_stack(cpu: usize) -> std::ops::Range<u64> {
+    if cpu == 0 {
+        KERNEL_VA + KSTACK_PHYS..KERNEL_VA + KSTACK_TOP_PHYS
+    } else {
+        let top = KERNEL_VA + tss_phys(cpu) + 0x4000;
+        top - 0x1000..top
+    }
 }
 
 /// The kernel area's pages: `(guest-physical address, contents)`, the
@@ -89,36 +114,41 @@ pub fn kernel_stack_top() -> u64 {
 /// once per VM.
 pub fn kernel_pages(entry_block: Vec<u8>) -> Vec<(u64, Vec<u8>)> {
     let mut pages = Vec::new();
-    // GDT: null, (unused), kernel code, kernel data, user32 code, user data,
-    // user code, (unused), TSS (two slots).
-    let mut gdt = [0u64; 10];
+    // GDT: null, (unused), kernel code, kernel data, user32 code, user
+    // data, user code, (unused), then a TSS (two slots) per vCPU.
+    let mut gdt = [0u64; GDT_ENTRIES];
     gdt[2] = 0x00af_9b00_0000_ffff; // 0x10: 64-bit code, DPL 0
     gdt[3] = 0x00cf_9300_0000_ffff; // 0x18: data, DPL 0
     gdt[4] = 0x00cf_fb00_0000_ffff; // 0x23: 32-bit code, DPL 3
     gdt[5] = 0x00cf_f300_0000_ffff; // 0x2b: data, DPL 3
     gdt[6] = 0x00af_fb00_0000_ffff; // 0x33: 64-bit code, DPL 3
-    let tss_base = KERNEL_VA + TSS_PHYS;
-    let limit = TSS_LIMIT as u64;
-    gdt[8] = (limit & 0xffff)
-        | ((tss_base & 0xff_ffff) << 16)
-        | (0x89 << 40)
-        | (((limit >> 16) & 0xf) << 48)
-        | (((tss_base >> 24) & 0xff) << 56);
-    gdt[9] = tss_base >> 32;
+    for cpu in 0..MAX_VCPUS {
+        let tss_base = KERNEL_VA + tss_phys(cpu);
+        let limit = TSS_LIMIT as u64;
+        gdt[8 + 2 * cpu] = (limit & 0xffff)
+            | ((tss_base & 0xff_ffff) << 16)
+            | (0x89 << 40)
+            | (((limit >> 16) & 0xf) << 48)
+            | (((tss_base >> 24) & 0xff) << 56);
+        gdt[9 + 2 * cpu] = tss_base >> 32;
+    }
     pages.push((GDT_PHYS, gdt.iter().flat_map(|e| e.to_le_bytes()).collect()));
 
-    // TSS: RSP0 and IST1 on the kernel stack; I/O bitmap at 0x68 denying
-    // every port but the syscall port.
-    let mut tss = vec![0u8; 0x68 + 0x2000 + 1];
-    tss[4..12].copy_from_slice(&kernel_stack_top().to_le_bytes());
-    tss[0x24..0x2c].copy_from_slice(&kernel_stack_top().to_le_bytes());
-    tss[0x66..0x68].copy_from_slice(&0x68u16.to_le_bytes());
-    for b in &mut tss[0x68..] {
-        *b = 0xff;
+    // Each TSS: RSP0 and IST1 on its vCPU's kernel stack; I/O bitmap at
+    // 0x68 denying every port but the syscall port.
+    for cpu in 0..MAX_VCPUS {
+        let top = kernel_stack(cpu).end;
+        let mut tss = vec![0u8; 0x68 + 0x2000 + 1];
+        tss[4..12].copy_from_slice(&top.to_le_bytes());
+        tss[0x24..0x2c].copy_from_slice(&top.to_le_bytes());
+        tss[0x66..0x68].copy_from_slice(&0x68u16.to_le_bytes());
+        for b in &mut tss[0x68..] {
+            *b = 0xff;
+        }
+        let port = SYSCALL_PORT as usize;
+        tss[0x68 + port / 8] &= !(1 << (port % 8));
+        pages.push((tss_phys(cpu), tss));
     }
-    let port = SYSCALL_PORT as usize;
-    tss[0x68 + port / 8] &= !(1 << (port % 8));
-    pages.push((TSS_PHYS, tss));
 
     // Stubs: for vector v, `out %al, $(0xc0 + v)` then `ud2` (never reached:
     // the VMM moves the vCPU on). 8 bytes each.
@@ -150,8 +180,8 @@ pub fn kernel_pages(entry_block: Vec<u8>) -> Vec<(u64, Vec<u8>)> {
     // answered in the guest.
     pages.push((SYSCALL_PAGE_PHYS, entry_block));
 
-    // Kernel page tables: PDPT[0] -> PD, PD[0] -> PT, PT maps the first
-    // 64 KiB of RAM at KERNEL_VA. Upper levels allow user access so that
+    // Kernel page tables: PDPT[0] -> PD, PD[0] -> PT, PT maps the kernel
+    // area's RAM at KERNEL_VA (its own page tables excepted). Upper levels allow user access so that
     // the syscall page (the only leaf with U) is reachable.
     let table = PTE_P | PTE_W | PTE_U;
     let mut pdpt = vec![0u8; 4096];
@@ -159,7 +189,8 @@ pub fn kernel_pages(entry_block: Vec<u8>) -> Vec<(u64, Vec<u8>)> {
     let mut pd = vec![0u8; 4096];
     pd[..8].copy_from_slice(&(KPT_PHYS | table).to_le_bytes());
     let mut pt = vec![0u8; 4096];
-    for i in 1..(KSTACK_TOP_PHYS / 4096) {
+    let mapped = (1..KSTACK_TOP_PHYS / 4096).chain(CPU_AREA_PHYS / 4096..KERNEL_AREA_END / 4096);
+    for i in mapped {
         let phys = i * 4096;
         let flags = match phys {
             SYSCALL_PAGE_PHYS => PTE_P | PTE_U,
@@ -217,9 +248,9 @@ pub fn set_user_segments(s: &mut kvm_sregs) {
     s.ss = user_data();
 }
 
-/// Special registers for a Linux program at CPL 3 with page tables at
-/// `cr3` and thread pointer `fs_base`.
-pub fn user_sregs(mut s: kvm_sregs, cr3: u64) -> kvm_sregs {
+/// Special registers for a Linux program at CPL 3 on vCPU `cpu`, with
+/// page tables at `cr3`.
+pub fn user_sregs(mut s: kvm_sregs, cr3: u64, cpu: usize) -> kvm_sregs {
     const CR0_PE: u64 = 1;
     const CR0_MP: u64 = 1 << 1;
     const CR0_ET: u64 = 1 << 4;
@@ -242,9 +273,9 @@ pub fn user_sregs(mut s: kvm_sregs, cr3: u64) -> kvm_sregs {
     s.fs = kvm_segment { base: 0, ..data };
     s.gs = kvm_segment { base: 0, ..data };
     s.tr = kvm_segment {
-        base: KERNEL_VA + TSS_PHYS,
+        base: KERNEL_VA + tss_phys(cpu),
         limit: TSS_LIMIT,
-        selector: TSS_SEL,
+        selector: TSS_SEL + 16 * cpu as u16,
         type_: 11,
         present: 1,
         dpl: 0,
@@ -256,7 +287,7 @@ pub fn user_sregs(mut s: kvm_sregs, cr3: u64) -> kvm_sregs {
     };
     s.gdt = kvm_dtable {
         base: KERNEL_VA + GDT_PHYS,
-        limit: 10 * 8 - 1,
+        limit: (GDT_ENTRIES * 8 - 1) as u16,
         ..Default::default()
     };
     s.idt = kvm_dtable {
@@ -306,6 +337,31 @@ mod tests {
         let base = ((lo >> 16) & 0xff_ffff) | (((lo >> 56) & 0xff) << 24) | (hi << 32);
         assert_eq!(base, KERNEL_VA + TSS_PHYS);
         assert_eq!((lo & 0xffff) | ((lo >> 48) & 0xf) << 16, TSS_LIMIT as u64);
+        // Every vCPU's TSS, its selector and its own kernel stack.
+        let mut stacks = Vec::new();
+        for cpu in 0..MAX_VCPUS {
+            let s = user_sregs(kvm_sregs::default(), 0, cpu);
+            let at = s.tr.selector as usize;
+            let lo = u64::from_le_bytes(gdt[at..at + 8].try_into().unwrap());
+            let hi = u64::from_le_bytes(gdt[at + 8..at + 16].try_into().unwrap());
+            let base = ((lo >> 16) & 0xff_ffff) | (((lo >> 56) & 0xff) << 24) | (hi << 32);
+            assert_eq!(base, s.tr.base, "vCPU {cpu}");
+            assert!(at + 16 <= s.gdt.limit as usize + 1);
+            let tss = &pages
+                .iter()
+                .find(|(a, _)| *a == base - KERNEL_VA)
+                .unwrap()
+                .1;
+            let rsp0 = u64::from_le_bytes(tss[4..12].try_into().unwrap());
+            assert_eq!(rsp0, kernel_stack(cpu).end);
+            stacks.push(kernel_stack(cpu));
+        }
+        for (i, a) in stacks.iter().enumerate() {
+            for b in &stacks[i + 1..] {
+                assert!(a.end <= b.start || b.end <= a.start, "{a:x?} {b:x?}");
+            }
+            assert!(a.end - KERNEL_VA <= FRAMES_START);
+        }
     }
 
     #[test]
@@ -325,7 +381,7 @@ mod tests {
     fn only_the_syscall_page_is_user_accessible() {
         let pages = kernel_pages(test_block());
         let pt = &pages.iter().find(|(a, _)| *a == KPT_PHYS).unwrap().1;
-        for i in 0..16 {
+        for i in 0..32 {
             let e = u64::from_le_bytes(pt[i * 8..][..8].try_into().unwrap());
             let user = e & PTE_U != 0;
             assert_eq!(user, i as u64 * 4096 == SYSCALL_PAGE_PHYS, "page {i}");

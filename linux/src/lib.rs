@@ -73,6 +73,9 @@ pub enum LinuxError {
 pub struct Config {
     /// Guest RAM in MiB: all of the container's processes share it.
     pub memory_mib: u64,
+    /// vCPUs: the container's threads run on this many host threads at
+    /// once (default: the host's cores, at most 2).
+    pub vcpus: usize,
     /// Wall-clock limit for the whole container.
     pub timeout: Option<Duration>,
     /// Most processes alive (or not yet reaped) at once: a fork past it
@@ -89,6 +92,9 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             memory_mib: 256,
+            vcpus: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(2),
             timeout: Some(Duration::from_secs(60)),
             max_processes: 256,
             signals: None,
@@ -262,22 +268,20 @@ pub fn start(
     let control = Arc::new(kernel::Control::default());
     let started = Instant::now();
     let (done_tx, done_rx) = mpsc::channel::<()>();
-    let (tid_tx, tid_rx) = mpsc::channel();
     let c2 = control.clone();
     let config2 = config.clone();
     let program2 = program.clone();
     let handle = std::thread::Builder::new()
-        .name("flint-linux-vcpu".into())
+        .name("flint-linux-vcpu0".into())
         .spawn(move || {
             let _done = done_tx;
-            let _ = tid_tx.send(vcpu::current_thread());
             let limits = kernel::Limits {
                 max_processes: config2.max_processes,
                 signals: config2.signals.clone(),
             };
-            let mut k = kernel::Kernel::new(config2.memory_mib, root, limits, c2)?;
+            let mut k = kernel::Kernel::new(config2.memory_mib, config2.vcpus, root, limits, c2)?;
             k.spawn_init(&program2, stdio)?;
-            let status = k.run()?;
+            let (status, k) = kernel::run_cpus(k)?;
             Ok::<_, LinuxError>((status, k.oom_killed, k.vmm_calls))
         })
         .map_err(LinuxError::Thread)?;
@@ -291,17 +295,20 @@ pub fn start(
             if let Err(e) = flint_executor::seccomp::confine_thread(&[]) {
                 tracing::warn!("the supervisor runs without its seccomp filter: {e}");
             }
-            let tid = tid_rx.recv().ok();
             let deadline = timeout.map(|t| started + t);
+            // Each tick ends the running threads' time slices; past the
+            // deadline the stop flag ends the container.
             while let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(kernel::TICK) {
-                let over = deadline.is_some_and(|d| Instant::now() >= d);
-                if over {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
                     control.stop.store(true, Ordering::SeqCst);
-                } else {
-                    control.tick.store(true, Ordering::SeqCst);
                 }
-                if let Some(tid) = tid {
-                    vcpu::kick(tid);
+                let threads = control
+                    .vcpu_threads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                for t in threads {
+                    vcpu::kick(t);
                 }
             }
             let r = handle

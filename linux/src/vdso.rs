@@ -1,8 +1,9 @@
 //! The vDSO Flint maps into every program (`AT_SYSINFO_EHDR`): the time
 //! functions glibc, musl and Go look up there (`__vdso_clock_gettime`,
-//! `__vdso_gettimeofday`, `__vdso_time`, `__vdso_getcpu`, version
-//! `LINUX_2.6`, as Linux's x86-64 vDSO exports them), answered from the
-//! TSC with no system call and no exit, on PVM and on real KVM alike.
+//! `__vdso_gettimeofday`, `__vdso_time`, version `LINUX_2.6`, as Linux's
+//! x86-64 vDSO exports them), answered from the TSC with no system call
+//! and no exit, on PVM and on real KVM alike. (`getcpu` is left to the
+//! system call: only the VMM knows which vCPU a thread is on.)
 //! A clock they do not serve, or a time zone, falls back to the
 //! `syscall` instruction, as Linux's vDSO does.
 //!
@@ -100,19 +101,6 @@ core::arch::global_asm!(
     "mov qword ptr [rdi], rax",
     "2:",
     "ret",
-    // int getcpu(unsigned *cpu: rdi, unsigned *node: rsi, void *cache)
-    ".globl flint_vdso_getcpu",
-    "flint_vdso_getcpu:",
-    "test rdi, rdi",
-    "je 2f",
-    "mov dword ptr [rdi], 0",
-    "2:",
-    "test rsi, rsi",
-    "je 3f",
-    "mov dword ptr [rsi], 0",
-    "3:",
-    "xor eax, eax",
-    "ret",
     ".globl flint_vdso_code_end",
     "flint_vdso_code_end:",
     ".balign 8",
@@ -134,7 +122,6 @@ extern "C" {
     static flint_vdso_clock_gettime: u8;
     static flint_vdso_gettimeofday: u8;
     static flint_vdso_time: u8;
-    static flint_vdso_getcpu: u8;
     static flint_vdso_code_end: u8;
     static flint_vdso_tsc_base: u8;
     static flint_vdso_mult: u8;
@@ -279,7 +266,7 @@ fn build() -> object::build::Result<Template> {
         names: vec![b"LINUX_2.6"[..].into()],
         flags: elf::VersionFlags(0),
     }));
-    let functions: [(&[u8], u64, u64); 4] = [
+    let functions: [(&[u8], u64, u64); 3] = [
         (
             b"clock_gettime",
             off(std::ptr::addr_of!(flint_vdso_clock_gettime)),
@@ -293,11 +280,6 @@ fn build() -> object::build::Result<Template> {
         (
             b"time",
             off(std::ptr::addr_of!(flint_vdso_time)),
-            off(std::ptr::addr_of!(flint_vdso_getcpu)),
-        ),
-        (
-            b"getcpu",
-            off(std::ptr::addr_of!(flint_vdso_getcpu)),
             off(std::ptr::addr_of!(flint_vdso_code_end)),
         ),
     ];
@@ -424,7 +406,6 @@ mod tests {
                 std::ptr::addr_of!(flint_vdso_gettimeofday),
             ),
             ("__vdso_time", std::ptr::addr_of!(flint_vdso_time)),
-            ("__vdso_getcpu", std::ptr::addr_of!(flint_vdso_getcpu)),
         ];
         for (name, label) in want {
             let (i, sym) = elf

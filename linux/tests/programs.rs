@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use flint_linux::ExitStatus;
+use flint_linux::{Config, ExitStatus};
 
 /// A shell script using pipes, redirection, subshells, `$(...)`, loops and
 /// the common applets, on relative paths only, so that it means the same
@@ -177,6 +177,34 @@ fn time_calls_match_linux_and_the_vdso_answers_them_in_the_vm() {
         calls < 1000,
         "20000 clock reads through libc took {calls} system calls to the VMM"
     );
+}
+
+/// A VM has as many vCPUs as its config says, and a program's threads
+/// run on them at the same time: two threads that meet without a system
+/// call find themselves on different CPUs; with one vCPU, on the same.
+#[test]
+fn threads_run_on_every_vcpu_at_once() {
+    let (root, path) = program_root(&flint_examples::linux_path("rsthreads"));
+    for (vcpus, want) in [(2, "cpus 2: "), (1, "cpus 1: 0 0\n")] {
+        let config = Config { vcpus, ..config() };
+        let r = run_with(
+            &config,
+            root.path(),
+            &path,
+            &["rsthreads", "parallel"],
+            &[],
+            b"",
+            "/",
+        );
+        assert_eq!(r.code(), 0, "{}", r.stderr);
+        assert!(r.stdout.starts_with(want), "{vcpus} vCPUs: {}", r.stdout);
+        if vcpus == 2 {
+            let cpus: Vec<&str> = r.stdout.trim().rsplit(' ').take(2).collect();
+            assert_ne!(cpus[0], cpus[1], "both threads on one vCPU: {}", r.stdout);
+        }
+    }
+    let r = run(root.path(), &path, &["rsthreads"]);
+    assert_eq!(r.code(), 0, "{}", r.stdout);
 }
 
 #[test]

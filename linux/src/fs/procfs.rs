@@ -150,8 +150,11 @@ fn meminfo(k: &Kernel) -> String {
     )
 }
 
-fn cpuinfo() -> String {
-    "processor\t: 0\nvendor_id\t: Flint\ncpu family\t: 6\nmodel name\t: Flint virtual CPU\nflags\t\t: fpu tsc cx8 cmov mmx fxsr sse sse2 syscall nx lm pni ssse3 sse4_1 sse4_2 popcnt avx\n\n".into()
+/// One entry per vCPU.
+fn cpuinfo(cpus: usize) -> String {
+    (0..cpus)
+        .map(|i| format!("processor\t: {i}\nvendor_id\t: Flint\ncpu family\t: 6\nmodel name\t: Flint virtual CPU\nflags\t\t: fpu tsc cx8 cmov mmx fxsr sse sse2 syscall nx lm pni ssse3 sse4_1 sse4_2 popcnt avx\n\n"))
+        .collect()
 }
 
 /// A directory listing of fixed entries (with `.` and `..`).
@@ -188,14 +191,17 @@ pub fn lookup(k: &Kernel, t: Pid, path: &str) -> Result<Node, i32> {
         ["self"] => Ok(Node::Link(me.to_string())),
         ["thread-self"] => Ok(Node::Link(format!("{me}/task/{t}"))),
         ["meminfo"] => fixed(meminfo(k)),
-        ["cpuinfo"] => fixed(cpuinfo()),
+        ["cpuinfo"] => fixed(cpuinfo(k.cpu_count())),
         ["uptime"] => {
             let up = k.mono_ns() as f64 / 1e9;
             fixed(format!("{up:.2} {up:.2}\n"))
         }
         ["loadavg"] => fixed(format!("0.00 0.00 0.00 1/{} {}\n", k.table.threads.len(), k.table.next_pid - 1)),
         ["stat"] => fixed(format!(
-            "cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\nbtime {}\nprocesses {}\nprocs_running 1\nprocs_blocked 0\n",
+            "cpu  0 0 0 0 0 0 0 0 0 0\n{}btime {}\nprocesses {}\nprocs_running 1\nprocs_blocked 0\n",
+            (0..k.cpu_count())
+                .map(|i| format!("cpu{i} 0 0 0 0 0 0 0 0 0 0\n"))
+                .collect::<String>(),
             k.clock.wall_base() / 1_000_000_000,
             k.table.next_pid - 1
         )),

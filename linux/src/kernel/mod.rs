@@ -1,16 +1,13 @@
-//! The VMM side of a Linux VM: one vCPU that the VMM time-shares between
-//! the container's threads, as a kernel's scheduler would.
-//!
-//! The loop: wake threads whose wait has ended, pick the next runnable
-//! one, load its registers (and page tables, thread pointer, FPU state)
-//! into the vCPU, run until the guest traps, and handle the trap: a system
-//! call (`syscalls/`), a page fault or another exception (`trap.rs`). A
-//! thread keeps the vCPU across system calls until it blocks, exits, or
-//! its time slice ends (the supervising thread kicks the vCPU every
-//! [`TICK`]).
+//! The VMM side of a Linux VM: the container's state (processes,
+//! threads, memory, files) and what its system calls and traps do to it.
+//! Its vCPUs (`cpu.rs`) share it behind one lock, each running the
+//! scheduler loop on its own host thread.
 
+mod cpu;
 mod trap;
 pub mod uaccess;
+
+pub use cpu::{run_cpus, Cpu};
 
 use std::cell::RefCell;
 use std::os::fd::OwnedFd;
@@ -19,11 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flint_executor::vstate::vcpu::{Vcpu, VcpuEvent};
 use flint_executor::vstate::vm::Vm;
 use kvm_bindings::kvm_regs;
 
-use crate::arch::{self, EXCEPTION_PORT_BASE, SYSCALL_PORT};
+use crate::arch;
 use crate::entry::{self, Clock};
 use crate::fs::file::{FdTable, Kind, OpenFile};
 use crate::fs::root::Root;
@@ -59,7 +55,7 @@ pub const HOST_CALLS: &[i64] = &[
     libc::SYS_fstatfs,
 ];
 
-/// Time slice: the supervisor kicks the vCPU this often, so that a thread
+/// Time slice: the supervisor kicks every vCPU this often, so that a thread
 /// that never makes a system call cannot keep the others from running.
 pub const TICK: Duration = Duration::from_millis(10);
 
@@ -68,7 +64,8 @@ pub const TICK: Duration = Duration::from_millis(10);
 #[derive(Debug, Default)]
 pub struct Control {
     pub stop: AtomicBool,
-    pub tick: AtomicBool,
+    /// The vCPU threads, for the supervisor's kicks.
+    pub vcpu_threads: std::sync::Mutex<Vec<libc::pthread_t>>,
     /// Processes to start beside process 1 (`Container::exec`).
     pub spawns: std::sync::Mutex<Vec<SpawnRequest>>,
     /// The container's processes (pid, command line), kept current.
@@ -96,19 +93,19 @@ pub struct Limits {
 
 pub struct Kernel {
     pub vm: Vm,
-    pub vcpu: Vcpu,
+    /// The VM's vCPUs; `current` is the one whose host thread holds the
+    /// kernel now (the one a system call came from).
+    cpus: Vec<Cpu>,
+    current: usize,
+    /// vCPUs sleeping for want of a runnable thread, and the eventfd that
+    /// wakes them.
+    idle_cpus: usize,
+    wake: OwnedFd,
     pub frames: Frames,
     pub root: Root,
     pub table: Table,
     pub limits: Limits,
     pub control: Arc<Control>,
-    /// The thread whose registers are on the vCPU.
-    loaded: Option<Pid>,
-    /// Set when the loaded thread's special registers (CR3, FS base) must
-    /// be written at the next entry.
-    sregs_dirty: bool,
-    /// The sync-regs area holds the vCPU's registers (after the first exit).
-    sync_valid: bool,
     /// FPU state of a fresh process.
     clean_fpu: Box<kvm_bindings::kvm_xsave>,
     /// The guest's clocks (also read by the guest itself, `entry`).
@@ -117,9 +114,6 @@ pub struct Kernel {
     pub vmm_calls: u64,
     /// The vDSO image every program gets (`crate::vdso`).
     pub vdso: Vec<u8>,
-    /// LSTAR points at the entry's fast path (`syscall` was seen to stay
-    /// at CPL 3).
-    fast_entry: bool,
     pub next_mm_id: usize,
     pub next_pipe_id: usize,
     pub init_exit: Option<ExitStatus>,
@@ -141,7 +135,7 @@ fn self_has(t: &Table, pid: Pid) -> bool {
 impl std::fmt::Debug for Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Kernel")
-            .field("loaded", &self.loaded)
+            .field("current", &self.current)
             .finish_non_exhaustive()
     }
 }
@@ -165,9 +159,10 @@ pub struct Stdio {
 }
 
 impl Kernel {
-    /// Creates the VM, its vCPU and the kernel area.
+    /// Creates the VM, its `vcpus` vCPUs and the kernel area.
     pub fn new(
         memory_mib: u64,
+        vcpus: usize,
         root: Root,
         limits: Limits,
         control: Arc<Control>,
@@ -175,26 +170,41 @@ impl Kernel {
         let mem_size = memory_mib << 20;
         let vm = Vm::new(mem_size as usize).map_err(LinuxError::Vm)?;
         let frames = Frames::new(vm.memory().clone(), mem_size);
-        let mut vcpu = vm.create_vcpu(0).map_err(LinuxError::Vm)?;
-        let clock = Clock::new(|| vcpu.guest_tsc().ok(), vcpu.tsc_khz());
+        let cpuid = vm.supported_cpuid().map_err(LinuxError::Vm)?;
+        let mut cpus = Vec::new();
+        for i in 0..vcpus.clamp(1, arch::MAX_VCPUS) {
+            let mut vcpu = vm.create_vcpu(i as u64).map_err(LinuxError::Vm)?;
+            vcpu.set_cpuid(&cpuid).map_err(LinuxError::Vcpu)?;
+            let sregs = vcpu.sregs().map_err(LinuxError::Vcpu)?;
+            vcpu.set_sregs(&arch::user_sregs(sregs, 0, i))
+                .map_err(LinuxError::Vcpu)?;
+            vcpu.set_msrs(&arch::syscall_msrs())
+                .map_err(LinuxError::Vcpu)?;
+            // x87, SSE and AVX state (the guest sees the host's CPUID, so
+            // programs check XCR0 before using more).
+            let _ = vcpu.set_xcr0(0x7).or_else(|_| vcpu.set_xcr0(0x3));
+            vcpu.enable_sync_regs();
+            cpus.push(Cpu::new(vcpu));
+        }
+        let first = cpus[0].vcpu.as_ref().expect("just made");
+        let clean_fpu = first.xsave().map_err(LinuxError::Vcpu)?;
+        let clock = Clock::new(|| first.guest_tsc().ok(), first.tsc_khz());
         for (addr, bytes) in arch::kernel_pages(entry::block(&clock)) {
             frames.write(addr, &bytes);
         }
-        let cpuid = vm.supported_cpuid().map_err(LinuxError::Vm)?;
-        vcpu.set_cpuid(&cpuid).map_err(LinuxError::Vcpu)?;
-        let sregs = vcpu.sregs().map_err(LinuxError::Vcpu)?;
-        vcpu.set_sregs(&arch::user_sregs(sregs, 0))
-            .map_err(LinuxError::Vcpu)?;
-        vcpu.set_msrs(&arch::syscall_msrs())
-            .map_err(LinuxError::Vcpu)?;
-        // x87, SSE and AVX state (the guest sees the host's CPUID, so
-        // programs check XCR0 before using more).
-        let _ = vcpu.set_xcr0(0x7).or_else(|_| vcpu.set_xcr0(0x3));
-        vcpu.enable_sync_regs();
-        let clean_fpu = vcpu.xsave().map_err(LinuxError::Vcpu)?;
+        // SAFETY: eventfd has no memory preconditions; the fd is ours.
+        let wake = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if wake < 0 {
+            return Err(LinuxError::Thread(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `wake` is a fresh fd nobody else owns.
+        let wake = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(wake) };
         Ok(Self {
             vm,
-            vcpu,
+            cpus,
+            current: 0,
+            idle_cpus: 0,
+            wake,
             frames,
             root,
             table: Table {
@@ -203,9 +213,6 @@ impl Kernel {
             },
             limits,
             control,
-            loaded: None,
-            sregs_dirty: true,
-            sync_valid: false,
             clean_fpu,
             vmm_calls: 0,
             vdso: if clock.guest_readable() {
@@ -214,7 +221,6 @@ impl Kernel {
                 Vec::new()
             },
             clock,
-            fast_entry: false,
             next_mm_id: 1,
             next_pipe_id: 1,
             init_exit: None,
@@ -224,6 +230,16 @@ impl Kernel {
             hostname: "flint".into(),
             outside: Vec::new(),
         })
+    }
+
+    /// How many vCPUs the VM has.
+    pub fn cpu_count(&self) -> usize {
+        self.cpus.len()
+    }
+
+    /// The vCPU the current system call came from.
+    pub fn current_cpu(&self) -> usize {
+        self.current
     }
 
     /// Nanoseconds on the guest's monotonic clock.
@@ -263,6 +279,9 @@ impl Kernel {
     /// Makes KVM drop translations it may have cached for entries the VMM
     /// changed, then frees quarantined frames.
     pub fn reset_translations(&mut self) {
+        // No other vCPU may be in the guest while its memory slot is
+        // away, nor keep a translation to a frame about to be reused.
+        self.stop_others();
         if let Err(e) = self.vm.reset_translations() {
             tracing::error!("resetting guest translations failed: {e}");
             return;
@@ -424,47 +443,6 @@ impl Kernel {
         }
     }
 
-    /// Runs until process 1 exits; its status is the container's. The
-    /// thread is confined first: the calls of `VCPU_BASE` and of the file
-    /// operations the system-call layer makes inside the root.
-    pub fn run(&mut self) -> Result<ExitStatus, LinuxError> {
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() };
-        *self.control.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(
-            flint_executor::VmProbe::for_thread(self.vm.memory().clone(), tid),
-        );
-        if let Err(e) = flint_executor::seccomp::confine_thread(HOST_CALLS) {
-            tracing::warn!("the vCPU thread runs without its seccomp filter: {e}");
-        }
-        let mut last = 0;
-        loop {
-            if let Some(st) = self.init_exit {
-                return Ok(st);
-            }
-            if self.control.stop.load(Ordering::SeqCst) {
-                return Err(LinuxError::Timeout);
-            }
-            self.outside_signals();
-            self.spawn_requested();
-            self.publish_processes();
-            self.wake_ready();
-            if let Some(st) = self.init_exit {
-                return Ok(st);
-            }
-            let Some(tid) = self.pick(last) else {
-                self.idle();
-                continue;
-            };
-            last = tid;
-            self.switch_to(tid)?;
-            self.deliver_signals(tid);
-            if !self.runnable(tid) {
-                continue;
-            }
-            self.enter(tid)?;
-        }
-    }
-
     /// Delivers signals sent from outside (the shim's Kill) to process 1
     /// and to processes started by `exec`: SIGKILL always ends them; other
     /// signals reach them only if they handle them (a PID namespace's init
@@ -510,203 +488,23 @@ impl Kernel {
             .is_some_and(|t| t.blocked.is_none())
     }
 
-    /// The next runnable thread after `last`, round robin.
+    /// The next runnable thread after `last` that no other vCPU runs,
+    /// round robin.
     fn pick(&self, last: Pid) -> Option<Pid> {
+        let free = |t: &Thread| t.blocked.is_none() && !self.running_elsewhere(t.tid);
         let after = self
             .table
             .threads
             .range(last + 1..)
-            .find(|(_, t)| t.blocked.is_none())
+            .find(|(_, t)| free(t))
             .map(|(&t, _)| t);
         after.or_else(|| {
             self.table
                 .threads
                 .range(..=last)
-                .find(|(_, t)| t.blocked.is_none())
+                .find(|(_, t)| free(t))
                 .map(|(&t, _)| t)
         })
-    }
-
-    /// Saves the loaded thread (if another) and loads `tid`.
-    fn switch_to(&mut self, tid: Pid) -> Result<(), LinuxError> {
-        if self.loaded == Some(tid) {
-            return Ok(());
-        }
-        if let Some(old) = self.loaded.take() {
-            if self.table.threads.contains_key(&old) {
-                let fpu = self.vcpu.xsave().map_err(LinuxError::Vcpu)?;
-                self.thread_mut(old).fpu = Some(fpu);
-            }
-        }
-        let fpu = self.thread_mut(tid).fpu.take();
-        let fpu = fpu.as_deref().unwrap_or(&self.clean_fpu);
-        self.vcpu.set_xsave(fpu).map_err(LinuxError::Vcpu)?;
-        self.loaded = Some(tid);
-        self.sregs_dirty = true;
-        Ok(())
-    }
-
-    /// Marks the loaded thread's special registers as changed (a new CR3
-    /// after exec, a new FS base).
-    pub fn sregs_changed(&mut self, tid: Pid) {
-        if self.loaded == Some(tid) {
-            self.sregs_dirty = true;
-        }
-    }
-
-    pub fn clean_fpu_copy(&self) -> Box<kvm_bindings::kvm_xsave> {
-        copy_xsave(&self.clean_fpu)
-    }
-
-    /// Gives `tid` a fresh FPU state (after exec).
-    pub fn reset_fpu(&mut self, tid: Pid) {
-        if self.loaded == Some(tid) {
-            let _ = self.vcpu.set_xsave(&self.clean_fpu);
-        } else {
-            self.thread_mut(tid).fpu = None;
-        }
-    }
-
-    /// The loaded thread's FPU state as an FXSAVE image (signal frames).
-    pub fn fxsave_of(&mut self, tid: Pid) -> Vec<u8> {
-        let area = if self.loaded == Some(tid) {
-            self.vcpu.xsave().ok()
-        } else {
-            self.thread(tid).fpu.as_deref().map(copy_xsave)
-        };
-        let area = area.unwrap_or_else(|| copy_xsave(&self.clean_fpu));
-        area.region[..128]
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect()
-    }
-
-    /// Puts an FXSAVE image back (rt_sigreturn).
-    pub fn set_fxsave(&mut self, tid: Pid, image: &[u8]) {
-        let mut area = if self.loaded == Some(tid) {
-            self.vcpu
-                .xsave()
-                .unwrap_or_else(|_| copy_xsave(&self.clean_fpu))
-        } else {
-            self.thread(tid)
-                .fpu
-                .as_deref()
-                .map(copy_xsave)
-                .unwrap_or_else(|| copy_xsave(&self.clean_fpu))
-        };
-        for (i, w) in image.chunks_exact(4).take(128).enumerate() {
-            area.region[i] = u32::from_le_bytes(w.try_into().expect("4 bytes"));
-        }
-        // MXCSR reserved bits would make XRSTOR fault: keep them clear.
-        area.region[6] &= 0xffff;
-        if self.loaded == Some(tid) {
-            let _ = self.vcpu.set_xsave(&area);
-        } else {
-            self.thread_mut(tid).fpu = Some(area);
-        }
-    }
-
-    /// Runs `tid` on the vCPU until it stops being the one to run.
-    fn enter(&mut self, tid: Pid) -> Result<(), LinuxError> {
-        loop {
-            self.load_regs(tid)?;
-            let trap = match self.vcpu.run().map_err(LinuxError::Vcpu)? {
-                VcpuEvent::IoOut(port, _) => Trap::Port(port),
-                VcpuEvent::IoIn(port, _) => Trap::Port(port),
-                VcpuEvent::Interrupted => Trap::Interrupted,
-                VcpuEvent::Shutdown => Trap::Crash("the vCPU triple-faulted".into()),
-                VcpuEvent::MmioRead(a, _) | VcpuEvent::MmioWrite(a, _) => {
-                    Trap::Crash(format!("access to guest-physical {a:#x}, which is not RAM"))
-                }
-                VcpuEvent::Fault(why) => Trap::Crash(why),
-            };
-            self.save_regs(tid);
-            let go_on = match trap {
-                Trap::Port(SYSCALL_PORT) => self.on_syscall(tid),
-                Trap::Port(p) if (EXCEPTION_PORT_BASE..EXCEPTION_PORT_BASE + 32).contains(&p) => {
-                    self.on_exception(tid, (p - EXCEPTION_PORT_BASE) as u8)?
-                }
-                Trap::Port(p) => {
-                    tracing::debug!("thread {tid} wrote port {p:#x} itself");
-                    self.force_signal(tid, SigInfo::fault(crate::signal::SIGSEGV, 0x80, 0));
-                    false
-                }
-                Trap::Interrupted => {
-                    if self.control.tick.swap(false, Ordering::SeqCst) {
-                        false
-                    } else {
-                        !self.control.stop.load(Ordering::SeqCst)
-                    }
-                }
-                Trap::Crash(why) => return Err(LinuxError::Crash(why)),
-            };
-            if !go_on
-                || !self.runnable(tid)
-                || self.has_deliverable(tid)
-                || self.init_exit.is_some()
-            {
-                return Ok(());
-            }
-            if self.control.stop.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Writes the thread's registers into the sync-regs area (by ioctl
-    /// before the first exit, when the area holds nothing yet).
-    fn load_regs(&mut self, tid: Pid) -> Result<(), LinuxError> {
-        let t = &self.table.threads[&tid];
-        let (regs, fs, gs) = (t.regs, t.fs_base, t.gs_base);
-        let cr3 = self.table.procs[&t.pid].mm.borrow().pml4;
-        if !self.sync_valid {
-            let mut s = self.vcpu.sregs().map_err(LinuxError::Vcpu)?;
-            arch::set_user_segments(&mut s);
-            s.cr3 = cr3;
-            s.fs.base = fs;
-            s.gs.base = gs;
-            self.vcpu.set_sregs(&s).map_err(LinuxError::Vcpu)?;
-            self.vcpu.set_regs(&regs).map_err(LinuxError::Vcpu)?;
-            self.sregs_dirty = false;
-            self.sync_valid = true;
-            return Ok(());
-        }
-        let dirty = self.sregs_dirty;
-        let sync = self.vcpu.sync_regs_mut();
-        sync.regs = regs;
-        let mut sregs_dirty = dirty;
-        if !arch::at_user_segments(&sync.sregs) {
-            arch::set_user_segments(&mut sync.sregs);
-            sregs_dirty = true;
-        }
-        if sync.sregs.cr3 != cr3 || sync.sregs.fs.base != fs || sync.sregs.gs.base != gs {
-            sregs_dirty = true;
-        }
-        if sregs_dirty {
-            tracing::trace!(
-                "sregs reload: cs {:#x} cr3 {:#x}/{cr3:#x} fs {:#x}/{fs:#x} gs {:#x}/{gs:#x}",
-                sync.sregs.cs.selector,
-                sync.sregs.cr3,
-                sync.sregs.fs.base,
-                sync.sregs.gs.base
-            );
-            sync.sregs.cr3 = cr3;
-            sync.sregs.fs.base = fs;
-            sync.sregs.gs.base = gs;
-        }
-        self.vcpu.mark_sync_dirty(true, sregs_dirty);
-        self.sregs_dirty = false;
-        Ok(())
-    }
-
-    /// Copies the registers after an exit back into the thread.
-    fn save_regs(&mut self, tid: Pid) {
-        let sync = self.vcpu.sync_regs_mut();
-        let regs = sync.regs;
-        let cr2 = sync.sregs.cr2;
-        let t = self.thread_mut(tid);
-        t.regs = regs;
-        t.last_cr2 = cr2;
     }
 
     fn on_syscall(&mut self, tid: Pid) -> bool {
@@ -715,19 +513,13 @@ impl Kernel {
             self.force_signal(tid, SigInfo::fault(crate::signal::SIGSEGV, 0x80, 0));
             return false;
         }
-        if !self.fast_entry {
+        if !self.cpus[self.current].fast_entry {
             self.enable_fast_entry();
         }
         self.vmm_calls += 1;
         let nr = r.rax;
         let args = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
-        // With the fast entry on, R11 may hold RDX (and under PVM never
-        // held the flags: it reads 0x202).
-        let flags = if self.fast_entry {
-            0x202
-        } else {
-            sanitize_flags(r.r11)
-        };
+        let flags = self.syscall_flags(r.r11);
         {
             let t = self.thread_mut(tid);
             t.regs.rip = r.rcx;
@@ -742,25 +534,9 @@ impl Kernel {
             args[2],
             args[3],
             ret,
-            self.vcpu.sync_regs_mut().sregs.cr3
+            self.vcpu().sync_regs_mut().sregs.cr3
         );
         self.complete(tid, nr, args, r)
-    }
-
-    /// Points LSTAR at the entry's fast path once a `syscall` is seen to
-    /// have stayed at CPL 3 (PVM): there the guest answers the time calls
-    /// itself. On real KVM the `syscall` arrives at CPL 0 and every call
-    /// keeps coming to the VMM.
-    fn enable_fast_entry(&mut self) {
-        if !self.clock.guest_readable() || !arch::at_user_segments(&self.vcpu.sync_regs_mut().sregs)
-        {
-            return;
-        }
-        let lstar = arch::syscall_entry() + entry::fast_offset();
-        match self.vcpu.set_msrs(&[(arch::MSR_LSTAR, lstar)]) {
-            Ok(()) => self.fast_entry = true,
-            Err(e) => tracing::warn!("the time calls stay with the VMM: setting LSTAR failed: {e}"),
-        }
     }
 
     /// Applies a system call's outcome; false when the thread must leave
@@ -866,60 +642,6 @@ impl Kernel {
             return;
         };
         self.complete(tid, b.nr, b.args, r);
-    }
-
-    /// Nothing can run: sleep until the nearest deadline or a host fd.
-    fn idle(&mut self) {
-        let now = self.mono_ns();
-        let mut deadline: Option<u64> = None;
-        let mut fds: Vec<libc::pollfd> = Vec::new();
-        for t in self.table.threads.values() {
-            let Some(b) = &t.blocked else { continue };
-            let d = match &b.wait {
-                Wait::Sleep(d) => Some(*d),
-                Wait::Futex { deadline, .. } | Wait::Poll { deadline } => *deadline,
-                _ => None,
-            };
-            if let Some(d) = d {
-                deadline = Some(deadline.map_or(d, |x: u64| x.min(d)));
-            }
-            match &b.wait {
-                Wait::HostRead(fd) => fds.push(libc::pollfd {
-                    fd: *fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                }),
-                Wait::Poll { .. } => {
-                    for fd in syscalls::poll::host_fds_of(self, t.tid) {
-                        fds.push(libc::pollfd {
-                            fd,
-                            events: libc::POLLIN,
-                            revents: 0,
-                        });
-                    }
-                }
-                _ => {}
-            }
-        }
-        for p in self.table.procs.values() {
-            if let Some((at, _)) = p.itimer {
-                deadline = Some(deadline.map_or(at, |x: u64| x.min(at)));
-            }
-        }
-        // Wake at least every tick to see the stop flag.
-        let wait_ns = deadline
-            .map_or(TICK.as_nanos() as u64, |d| d.saturating_sub(now))
-            .min(TICK.as_nanos() as u64);
-        let ms = wait_ns.div_ceil(1_000_000) as i32;
-        if fds.is_empty() {
-            std::thread::sleep(Duration::from_nanos(wait_ns.max(50_000)));
-        } else {
-            // SAFETY: `fds` is a valid array of pollfd of the given length.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        }
-        if self.table.threads.is_empty() && self.init_exit.is_none() {
-            self.init_exit = Some(ExitStatus::Exited(0));
-        }
     }
 }
 

@@ -22,7 +22,7 @@ impl Kernel {
         }
         // The frame on the kernel stack: [error code], rip, cs, rflags, rsp, ss.
         let sp = r.rsp;
-        if !(KERNEL_VA + arch::KSTACK_PHYS..arch::kernel_stack_top()).contains(&sp) {
+        if !arch::kernel_stack(self.current_cpu()).contains(&sp) {
             return Err(LinuxError::Crash(format!(
                 "exception with kernel stack at {sp:#x}"
             )));
@@ -348,9 +348,7 @@ impl Kernel {
         let Some(t) = self.table.threads.remove(&tid) else {
             return;
         };
-        if self.loaded == Some(tid) {
-            self.loaded = None;
-        }
+        self.unload(tid);
         if let Some(p) = self.table.procs.get_mut(&t.pid) {
             p.threads.retain(|&x| x != tid);
         }
@@ -389,11 +387,8 @@ impl Kernel {
         let exit_signal = p.exit_signal;
         let children = std::mem::take(&mut p.children);
         for tid in threads {
-            if let Some(t) = self.table.threads.remove(&tid) {
-                if self.loaded == Some(tid) {
-                    self.loaded = None;
-                }
-                let _ = t;
+            if self.table.threads.remove(&tid).is_some() {
+                self.unload(tid);
             }
         }
         // Drop files and memory now (a pipe's reader sees EOF at once).

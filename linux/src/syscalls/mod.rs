@@ -199,6 +199,7 @@ pub fn dispatch(k: &mut Kernel, t: Pid, nr: u64, a: [u64; 6]) -> SysResult {
         SYS_rseq => err(ENOSYS),
         SYS_sched_yield => Err(Stop::Yield),
         SYS_sched_getaffinity => proc::sched_getaffinity(k, t, a[1], a[2]),
+        SYS_getcpu => proc::getcpu(k, t, a[0], a[1]),
         SYS_sched_setaffinity | SYS_sched_setscheduler | SYS_sched_setparam | SYS_setpriority => {
             Ok(0)
         }

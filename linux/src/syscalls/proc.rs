@@ -570,12 +570,25 @@ pub fn prctl(k: &mut Kernel, t: Pid, option: u64, arg: u64) -> SysResult {
     }
 }
 
+/// Every vCPU (the mask is in 8-byte words, as Linux's `cpumask`).
 pub fn sched_getaffinity(k: &mut Kernel, t: Pid, len: u64, mask: u64) -> SysResult {
-    if len < 8 {
+    if len < 8 || !len.is_multiple_of(8) {
         return err(EINVAL);
     }
-    k.write_u64(t, mask, 1)?;
+    let bits = (1u64 << k.cpu_count()) - 1;
+    k.write_u64(t, mask, bits)?;
     Ok(8)
+}
+
+/// `getcpu(cpu, node, cache)`: the vCPU the call came from, node 0.
+pub fn getcpu(k: &mut Kernel, t: Pid, cpu: u64, node: u64) -> SysResult {
+    if cpu != 0 {
+        k.write_u32(t, cpu, k.current_cpu() as u32)?;
+    }
+    if node != 0 {
+        k.write_u32(t, node, 0)?;
+    }
+    Ok(0)
 }
 
 pub fn getresid(k: &mut Kernel, t: Pid, a: u64, b: u64, c: u64) -> SysResult {

@@ -1,6 +1,7 @@
 //! `rsthreads`: threads, channels, a mutex, files, time, randomness and a
 //! child process, each checked by the program itself; prints one line per
-//! check and exits 0 only if all passed.
+//! check and exits 0 only if all passed. `rsthreads parallel`: which CPUs
+//! two threads run on at the same moment.
 use std::io::Read;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,7 +11,47 @@ fn check(name: &str, ok: bool) -> bool {
     ok
 }
 
+/// Two threads meet (each spins until the other has arrived, with no
+/// system call), then each asks which CPU it is on while the other is
+/// still spinning: on two vCPUs they must be on different ones. Prints
+/// `cpus N: A B` (N from sched_getaffinity).
+fn parallel() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static ARRIVED: AtomicU32 = AtomicU32::new(0);
+    static DONE: AtomicU32 = AtomicU32::new(0);
+    fn meet() -> u32 {
+        ARRIVED.fetch_add(1, Ordering::SeqCst);
+        while ARRIVED.load(Ordering::SeqCst) < 2 {
+            std::hint::spin_loop();
+        }
+        let mut cpu = u32::MAX;
+        // SAFETY: getcpu writes one u32 into `cpu`; the others are null.
+        unsafe {
+            libc::syscall(
+                libc::SYS_getcpu,
+                &mut cpu as *mut u32,
+                std::ptr::null_mut::<u32>(),
+                std::ptr::null_mut::<u8>(),
+            )
+        };
+        DONE.fetch_add(1, Ordering::SeqCst);
+        while DONE.load(Ordering::SeqCst) < 2 {
+            std::hint::spin_loop();
+        }
+        cpu
+    }
+    let other = std::thread::spawn(meet);
+    let a = meet();
+    let b = other.join().unwrap();
+    let n = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("cpus {n}: {a} {b}");
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("parallel") {
+        parallel();
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("child") {
         println!("child pid {}", std::process::id());
         std::process::exit(3);

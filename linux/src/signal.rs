@@ -120,8 +120,9 @@ pub struct SigInfo {
     /// Sender pid and uid (kill), or the child's pid (SIGCHLD).
     pub pid: i32,
     pub uid: u32,
-    /// The child's status (SIGCHLD) or the fault address (SIGSEGV).
+    /// The child's status (SIGCHLD), or a timer's overrun.
     pub status: i32,
+    /// The fault address (SIGSEGV), or a timer's `sigev_value`.
     pub addr: u64,
 }
 
@@ -156,6 +157,12 @@ impl SigInfo {
         match self.signo {
             SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGTRAP if self.code > 0 => {
                 b[16..24].copy_from_slice(&self.addr.to_le_bytes());
+            }
+            // A POSIX timer's: si_tid (the timer id), si_overrun, si_value.
+            _ if self.code == crate::syscalls::timer::SI_TIMER => {
+                b[16..20].copy_from_slice(&self.pid.to_le_bytes());
+                b[20..24].copy_from_slice(&self.status.to_le_bytes());
+                b[24..32].copy_from_slice(&self.addr.to_le_bytes());
             }
             _ => {
                 b[16..20].copy_from_slice(&self.pid.to_le_bytes());

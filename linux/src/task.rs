@@ -143,8 +143,30 @@ pub struct Process {
     pub start_ns: u64,
     /// Interval timer (ITIMER_REAL): next expiry and interval, in ns.
     pub itimer: Option<(u64, u64)>,
+    /// POSIX timers (`timer_create`), by id.
+    pub timers: BTreeMap<i32, PosixTimer>,
     /// Told the exit status (a process started from outside the VM).
     pub notify: Option<std::sync::mpsc::Sender<Result<ExitStatus, crate::LinuxError>>>,
+}
+
+/// One POSIX timer (`syscalls/timer.rs`).
+#[derive(Debug, Clone)]
+pub struct PosixTimer {
+    /// The clock it was created on (a realtime one converts absolute
+    /// deadlines).
+    pub clock: i32,
+    pub signo: i32,
+    /// `SIGEV_SIGNAL`, `SIGEV_NONE` or `SIGEV_THREAD_ID`.
+    pub notify: i32,
+    /// The thread `SIGEV_THREAD_ID` names.
+    pub target: Option<Pid>,
+    /// `sigev_value`, handed back in the signal's `si_value`.
+    pub value: u64,
+    /// Next expiry (monotonic ns) while armed, and the period.
+    pub next: Option<u64>,
+    pub interval: u64,
+    /// Periods missed at the last expiry.
+    pub overrun: i32,
 }
 
 /// Every process and thread of one VM.

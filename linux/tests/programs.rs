@@ -179,6 +179,22 @@ fn time_calls_match_linux_and_the_vdso_answers_them_in_the_vm() {
     );
 }
 
+/// POSIX timers (periodic, one-shot to a thread, SIGEV_NONE, absolute
+/// realtime, bad arguments) behave as Linux's: `rstimer` passes every
+/// check natively and in Flint alike. It also sleeps through a 10 ms
+/// periodic signal, which only ends if an interrupted nanosleep reports
+/// the time left, as Linux's does.
+#[test]
+fn posix_timers_match_linux() {
+    let prog = flint_examples::linux_path("rstimer");
+    let native = std::process::Command::new(&prog).output().unwrap();
+    assert!(native.status.success(), "natively: {native:?}");
+    let (root, path) = program_root(&prog);
+    let r = run(root.path(), &path, &["rstimer"]);
+    assert_eq!(r.code(), 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&native.stdout));
+}
+
 /// A VM has as many vCPUs as its config says, and a program's threads
 /// run on them at the same time: two threads that meet without a system
 /// call find themselves on different CPUs; with one vCPU, on the same.

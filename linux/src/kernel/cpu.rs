@@ -604,10 +604,13 @@ impl Kernel {
                 _ => {}
             }
         }
-        for p in self.table.procs.values() {
-            if let Some((at, _)) = p.itimer {
-                deadline = Some(deadline.map_or(at, |x: u64| x.min(at)));
-            }
+        let timers = self
+            .table
+            .procs
+            .values()
+            .filter_map(|p| p.itimer.map(|(at, _)| at));
+        for at in timers.chain(self.next_posix_timer()) {
+            deadline = Some(deadline.map_or(at, |x: u64| x.min(at)));
         }
         let tick = super::TICK.as_nanos() as u64;
         let wait_ns = deadline

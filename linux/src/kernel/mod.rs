@@ -419,6 +419,7 @@ impl Kernel {
                 vfork_parent: None,
                 start_ns: self.mono_ns(),
                 itimer: None,
+                timers: Default::default(),
                 notify: None,
             },
         );
@@ -594,6 +595,9 @@ impl Kernel {
                 continue;
             }
             if self.has_deliverable(tid) && !matches!(b.wait, Wait::Vfork(_)) {
+                if let Wait::Sleep(deadline) = b.wait {
+                    syscalls::time::write_remaining(self, tid, b.nr, b.args, deadline);
+                }
                 self.finish_blocked(tid, Err(Stop::Restart));
                 continue;
             }

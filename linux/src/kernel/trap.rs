@@ -301,6 +301,7 @@ impl Kernel {
 
     /// Fires expired interval timers.
     pub(super) fn fire_timers(&mut self, now: u64) {
+        self.fire_posix_timers(now);
         let due: Vec<Pid> = self
             .table
             .procs

@@ -12,6 +12,7 @@ pub mod poll;
 pub mod proc;
 pub mod signal;
 pub mod time;
+pub mod timer;
 
 use libc::*;
 
@@ -232,6 +233,11 @@ pub fn dispatch(k: &mut Kernel, t: Pid, nr: u64, a: [u64; 6]) -> SysResult {
         SYS_setitimer => time::setitimer(k, t, a[0], a[1], a[2]),
         SYS_getitimer => time::getitimer(k, t, a[1]),
         SYS_alarm => time::alarm(k, t, a[0]),
+        SYS_timer_create => timer::timer_create(k, t, a[0], a[1], a[2]),
+        SYS_timer_settime => timer::timer_settime(k, t, a[0], a[1], a[2], a[3]),
+        SYS_timer_gettime => timer::timer_gettime(k, t, a[0], a[1]),
+        SYS_timer_getoverrun => timer::timer_getoverrun(k, t, a[0]),
+        SYS_timer_delete => timer::timer_delete(k, t, a[0]),
         SYS_times => time::times(k, t, a[0]),
         SYS_getrusage => time::getrusage(k, t, a[1]),
         // The system (info.rs).

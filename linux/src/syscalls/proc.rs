@@ -129,6 +129,7 @@ pub fn clone(
             vfork_parent: (f & CLONE_VFORK != 0).then_some(parent_pid),
             start_ns: k.mono_ns(),
             itimer: None,
+            timers: Default::default(),
             notify: None,
         };
         if f & CLONE_VM == 0 {
@@ -331,6 +332,8 @@ fn exec_depth(
     actions.reset_for_exec();
     p.actions = Rc::new(RefCell::new(actions));
     p.exe = guest_path;
+    // POSIX timers do not survive exec (interval timers do).
+    p.timers.clear();
     p.cmdline = argv;
     p.environ = envp;
     let th = k.thread_mut(t);

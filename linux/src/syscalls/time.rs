@@ -83,6 +83,21 @@ fn sleep_until(k: &mut Kernel, deadline: u64) -> SysResult {
     Err(Stop::Block(Wait::Sleep(deadline)))
 }
 
+/// A relative sleep cut short by a signal tells how much was left (the
+/// `rem` argument of nanosleep and of clock_nanosleep without
+/// TIMER_ABSTIME), as Linux does when the call returns EINTR.
+pub fn write_remaining(k: &mut Kernel, t: Pid, nr: u64, args: [u64; 6], deadline: u64) {
+    let rem = match nr as i64 {
+        libc::SYS_nanosleep => args[1],
+        libc::SYS_clock_nanosleep if args[1] as i32 & TIMER_ABSTIME == 0 => args[3],
+        _ => 0,
+    };
+    if rem != 0 {
+        let left = deadline.saturating_sub(k.mono_ns());
+        let _ = k.write_user(t, rem, &timespec(left));
+    }
+}
+
 pub fn nanosleep(k: &mut Kernel, t: Pid, req: u64) -> SysResult {
     let d = read_timespec(k, t, req)?;
     let deadline = k.mono_ns().saturating_add(d);

@@ -27,6 +27,8 @@ pub struct ServeArgs {
     /// Started as root: once /dev/kvm, the listeners and the state
     /// directory are open, run as this user (its uid and gid, no
     /// supplementary groups, every capability gone, no_new_privs).
+    /// Default: the `flint` user `scripts/setup` creates, if it exists;
+    /// `--user root` keeps root.
     #[arg(long)]
     user: Option<String>,
     /// Where revisions' snapshots are kept.
@@ -171,10 +173,19 @@ pub fn main(a: ServeArgs) -> i32 {
                 return exit::USAGE;
             }
         };
-        if let Some(user) = &a.user {
-            if let Err(e) = drop_privileges(user, &a.state_dir) {
-                eprintln!("flint: cannot run as {user}: {e}");
-                return exit::FLINT_ERROR;
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        match run_as(euid, a.user.as_deref(), user_exists(DEFAULT_USER)) {
+            RunAs::Itself => {}
+            RunAs::RootUnasked => eprintln!(
+                "flint: warning: serving as root; create the {DEFAULT_USER} user (scripts/setup \
+                 does) or pass --user NAME to drop privileges"
+            ),
+            RunAs::User(user) => {
+                if let Err(e) = drop_privileges(user, &a.state_dir) {
+                    eprintln!("flint: cannot run as {user}: {e}");
+                    return exit::FLINT_ERROR;
+                }
             }
         }
         eprintln!(
@@ -243,6 +254,40 @@ async fn admin_listener(
     Err("use unix:PATH or tcp:ADDR".into())
 }
 
+/// The unprivileged user `flint serve` becomes by default when started
+/// as root (`scripts/setup` creates it).
+const DEFAULT_USER: &str = "flint";
+
+#[derive(Debug, PartialEq, Eq)]
+enum RunAs<'a> {
+    /// Not root, or root by request (`--user root`): stay as is.
+    Itself,
+    /// Root, no `--user`, and no default user to become.
+    RootUnasked,
+    User(&'a str),
+}
+
+/// Whom `flint serve` runs as, started with effective uid `euid` and
+/// `--user given`, when the default user exists or not.
+fn run_as(euid: u32, given: Option<&str>, default_exists: bool) -> RunAs<'_> {
+    match given {
+        Some("root") => RunAs::Itself,
+        Some(user) => RunAs::User(user),
+        None if euid != 0 => RunAs::Itself,
+        None if default_exists => RunAs::User(DEFAULT_USER),
+        None => RunAs::RootUnasked,
+    }
+}
+
+fn user_exists(user: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(user) else {
+        return false;
+    };
+    // SAFETY: getpwnam reads a NUL-terminated name; only the pointer's
+    // nullness is used.
+    !unsafe { libc::getpwnam(name.as_ptr()) }.is_null()
+}
+
 /// Becomes `user` for good: KVM is opened first (every VM then uses that
 /// fd), the state directory is handed to the user (later applies write
 /// there), then the gid, the (empty) supplementary groups and the uid
@@ -283,4 +328,20 @@ fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_drops_to_the_flint_user_by_default() {
+        assert_eq!(run_as(0, None, true), RunAs::User("flint"));
+        assert_eq!(run_as(0, None, false), RunAs::RootUnasked);
+        assert_eq!(run_as(0, Some("root"), true), RunAs::Itself);
+        assert_eq!(run_as(0, Some("nobody"), true), RunAs::User("nobody"));
+        assert_eq!(run_as(1000, None, true), RunAs::Itself);
+        // A non-root --user is honoured (and fails in drop_privileges).
+        assert_eq!(run_as(1000, Some("nobody"), false), RunAs::User("nobody"));
+    }
 }

@@ -662,6 +662,11 @@ fn run_vcpu(
         if stop.load(Ordering::SeqCst) {
             return Ok(Stop::Kicked);
         }
+        if let Err(e) = crate::seccomp::check() {
+            return Err(RunError::GuestCrash(format!(
+                "the VMM stopped this VM: {e} (answering the guest's last exit)"
+            )));
+        }
         let event = vcpu.run()?;
         first_exit.get_or_insert_with(Instant::now);
         match event {

@@ -1,16 +1,22 @@
 //! seccomp filters for the threads that handle guest input, built with
 //! seccompiler (as Firecracker builds its own): each thread may make only
-//! the system calls its work needs. A call outside the list fails with
-//! EPERM, so the VM it serves ends with an error while the host process
-//! and every other VM carry on (a kill action would take the thread down
-//! without unwinding, leaving its VM's waiters hanging).
+//! the system calls its work needs. A call outside the list traps
+//! (`SIGSYS`): the handler makes it fail with EPERM and records it for the
+//! thread, and the thread's loop ends the VM it serves with an error
+//! ([`check`]) while the host process and every other VM carry on. (A kill
+//! action would take the thread down without unwinding, holding its VM's
+//! locks and leaving its waiters hanging.)
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::sync::Once;
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
+    #[error("system call {0} is outside this thread's seccomp filter")]
+    Violation(i64),
     #[error("building the seccomp filter failed")]
     Build(#[source] seccompiler::BackendError),
     #[error("compiling the seccomp filter failed")]
@@ -59,9 +65,63 @@ pub const VCPU_BASE: &[i64] = &[
     libc::SYS_exit_group,
 ];
 
+thread_local! {
+    /// The last call this thread's filter refused (0: none).
+    static VIOLATION: Cell<i64> = const { Cell::new(0) };
+}
+
+/// Refused (EPERM) without ending the VM: glibc's allocator opens
+/// `/proc/sys/vm/overcommit_memory` on its own the first time it trims a
+/// thread's heap, on whatever thread that is.
+const TOLERATED: &[i64] = &[libc::SYS_openat, libc::SYS_open];
+
+/// `SIGSYS` from the filter: the call fails with EPERM and is recorded.
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo and ucontext to an
+    // SA_SIGINFO handler; for SIGSYS the siginfo's `_sigsys` member holds
+    // the call number at byte 24 (after si_signo, si_errno, si_code and
+    // the call address).
+    unsafe {
+        let nr = *(info as *const u8).add(24).cast::<i32>() as i64;
+        if !TOLERATED.contains(&nr) {
+            VIOLATION.with(|v| v.set(nr));
+        }
+        let uc = &mut *(ctx as *mut libc::ucontext_t);
+        uc.uc_mcontext.gregs[libc::REG_RAX as usize] = -(libc::EPERM as i64);
+    }
+}
+
+fn init_sigsys() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: installs a handler that touches only a const-initialised
+        // thread-local and the interrupted context.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigsys as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO;
+            libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut());
+        }
+    });
+}
+
+/// Fails if the calling thread's filter refused a call since the last
+/// check: its VM must end.
+pub fn check() -> Result<(), SeccompError> {
+    match VIOLATION.with(|v| v.replace(0)) {
+        0 => Ok(()),
+        nr => Err(SeccompError::Violation(nr)),
+    }
+}
+
 /// Installs a filter on the calling thread allowing `VCPU_BASE` and
-/// `extra`. Threads it creates later inherit it.
+/// `extra`; any other call fails with EPERM and is reported by [`check`].
+/// Asynchronous signals but the kick are blocked on the thread first.
+/// Threads it creates later inherit both.
 pub fn confine_thread(extra: &[i64]) -> Result<(), SeccompError> {
+    init_sigsys();
+    // Other threads' signal handlers must not run here.
+    crate::vstate::vcpu::block_signals_but_kick();
     let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = VCPU_BASE
         .iter()
         .chain(extra)
@@ -69,7 +129,7 @@ pub fn confine_thread(extra: &[i64]) -> Result<(), SeccompError> {
         .collect();
     let filter = SeccompFilter::new(
         rules,
-        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Trap,
         SeccompAction::Allow,
         TargetArch::x86_64,
     )
@@ -113,5 +173,43 @@ mod tests {
         );
         assert_eq!((r.1, r.2), (-1, Some(libc::EPERM)));
         assert_eq!((r.3, r.4), (-1, Some(libc::EPERM)));
+    }
+
+    #[test]
+    fn a_refused_call_is_reported_to_its_thread_alone() {
+        let (before, after, again) = std::thread::spawn(|| {
+            confine_thread(&[]).unwrap();
+            let before = check().is_ok();
+            // SAFETY: socket with constant arguments; it must be refused.
+            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+            let after = check();
+            (before, after, check().is_ok())
+        })
+        .join()
+        .unwrap();
+        assert!(before);
+        assert!(
+            matches!(after, Err(SeccompError::Violation(n)) if n == libc::SYS_socket),
+            "{after:?}"
+        );
+        assert!(again, "a check clears the record");
+        let blocked = std::thread::spawn(|| {
+            confine_thread(&[]).unwrap();
+            // SAFETY: reads this thread's signal mask into a local set.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+                [libc::SIGCHLD, libc::SIGTERM, libc::SIGSYS, libc::SIGSEGV]
+                    .map(|s| libc::sigismember(&set, s) == 1)
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            blocked,
+            [true, true, false, false],
+            "process signals are blocked on a filtered thread, SIGSYS and faults are not"
+        );
+        assert!(check().is_ok(), "other threads are not affected");
     }
 }

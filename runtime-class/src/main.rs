@@ -112,5 +112,48 @@ async fn main() {
         );
         std::process::exit(2);
     }
+    if let Err(e) = drop_capabilities() {
+        eprintln!("containerd-shim-flint-v2: warning: keeping every capability: {e}");
+    }
     run::<FlintShim>(RUNTIME, None).await;
+}
+
+/// The capabilities the shim keeps: mounting and unmounting container
+/// roots (SYS_ADMIN), acting as root on the files of a container's root
+/// for the Linux programs it runs (CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH,
+/// FOWNER, FSETID), containerd-shim's OOM score set-up (SYS_RESOURCE), and
+/// signalling its own children (KILL). Everything else (NET_ADMIN,
+/// NET_RAW, SYS_MODULE, SYS_RAWIO, SYS_PTRACE, SYS_BOOT, MKNOD, SETUID,
+/// BPF, ...) goes from every set, the bounding set included, so the
+/// daemon the shim re-executes cannot regain it either.
+pub const KEPT_CAPABILITIES: &[caps::Capability] = &[
+    caps::Capability::CAP_SYS_ADMIN,
+    caps::Capability::CAP_CHOWN,
+    caps::Capability::CAP_DAC_OVERRIDE,
+    caps::Capability::CAP_DAC_READ_SEARCH,
+    caps::Capability::CAP_FOWNER,
+    caps::Capability::CAP_FSETID,
+    caps::Capability::CAP_SYS_RESOURCE,
+    caps::Capability::CAP_KILL,
+];
+
+fn drop_capabilities() -> Result<(), caps::errors::CapsError> {
+    let keep: caps::CapsHashSet = KEPT_CAPABILITIES.iter().copied().collect();
+    // The bounding set first: dropping from it needs CAP_SETPCAP, which
+    // goes with the rest below.
+    for cap in caps::read(None, caps::CapSet::Bounding)? {
+        if !keep.contains(&cap) {
+            caps::drop(None, caps::CapSet::Bounding, cap)?;
+        }
+    }
+    for set in [
+        caps::CapSet::Inheritable,
+        caps::CapSet::Ambient,
+        caps::CapSet::Effective,
+        caps::CapSet::Permitted,
+    ] {
+        let now = caps::read(None, set)?;
+        caps::set(None, set, &now.intersection(&keep).copied().collect())?;
+    }
+    Ok(())
 }

@@ -308,6 +308,19 @@ fn tasks_survive_containerd_restarts_and_killed_shims_are_cleaned_up() {
     // containerd reconnects to it by the bundle's address file.
     ctd.run_detached("docker.io/library/tools:v1", "r1", &["/spin.wasm"]);
     let before = ctd.task_status("r1").unwrap();
+    // The shim holding the task kept only the capabilities it needs: not
+    // NET_ADMIN (12), NET_RAW (13), SYS_MODULE (16), SYS_RAWIO (17),
+    // SYS_PTRACE (19), SYS_BOOT (22), MKNOD (27), SETUID (7), SETPCAP (8),
+    // not even in its bounding set; SYS_ADMIN (21) for its mounts stays.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", before.0)).unwrap();
+    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        let mask = u64::from_str_radix(line[field.len()..].trim(), 16).unwrap();
+        for cap in [12, 13, 16, 17, 19, 22, 27, 7, 8] {
+            assert_eq!(mask >> cap & 1, 0, "{field} {mask:#x} has capability {cap}");
+        }
+        assert_eq!(mask >> 21 & 1, 1, "{field} {mask:#x} lacks SYS_ADMIN");
+    }
     ctd.crash_and_restart();
     assert_eq!(ctd.task_status("r1"), Some(before), "the task survives");
     let o = ctd.ctr(&[

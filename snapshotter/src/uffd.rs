@@ -316,6 +316,9 @@ fn serve(
                 // Already populated (a race with prefetch): just wake the waiter.
                 let _ = uffd.wake(dst, PAGE as usize);
             }
+            if let Err(e) = flint_executor::seccomp::check() {
+                fail(&mut report, abort, e.to_string());
+            }
             report.faults += 1;
             report.fault_time += t.elapsed();
             if record && !seen[index as usize] {

@@ -385,6 +385,33 @@ pub fn init_kick_signal() {
     });
 }
 
+/// Blocks every asynchronous signal on the calling thread but the kick:
+/// process-directed signals (SIGCHLD, SIGTERM, ...) then go to the
+/// process's other threads, whose handlers may make calls a vCPU thread's
+/// seccomp filter refuses (a self-pipe write, say). Synchronous ones
+/// (faults, SIGSYS from the filter) stay deliverable.
+pub fn block_signals_but_kick() {
+    // SAFETY: builds a signal set on the stack and applies it to this
+    // thread only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for s in [
+            kick_signal(),
+            libc::SIGSYS,
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGILL,
+            libc::SIGFPE,
+            libc::SIGTRAP,
+            libc::SIGABRT,
+        ] {
+            libc::sigdelset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// The calling thread's handle, for [`kick`].
 pub fn current_thread() -> libc::pthread_t {
     // SAFETY: pthread_self has no preconditions.

@@ -238,6 +238,11 @@ fn enter<'a>(
             Trap::Crash(why) => break Err(LinuxError::Crash(why)),
         };
         k.after_trap();
+        if let Err(e) = flint_executor::seccomp::check() {
+            // The VMM itself made a call its filter refuses while
+            // answering this VM: the VM ends, the host process does not.
+            break Err(LinuxError::Crash(e.to_string()));
+        }
         if !go_on
             || !k.runnable(tid)
             || k.has_deliverable(tid)

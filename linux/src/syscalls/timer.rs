@@ -197,7 +197,8 @@ impl Kernel {
             match (now - at).checked_div(timer.interval) {
                 Some(missed) => {
                     timer.overrun = missed.min(i32::MAX as u64) as i32;
-                    timer.next = Some(at.saturating_add((missed + 1).saturating_mul(timer.interval)));
+                    timer.next =
+                        Some(at.saturating_add((missed + 1).saturating_mul(timer.interval)));
                 }
                 None => {
                     timer.overrun = 0;

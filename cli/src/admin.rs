@@ -1,4 +1,4 @@
-//! `flint apply FILE`, `flint delete NAME`, `flint list`: requests to a
+//! `flint apply FILE`, `flint delete NAME`, `flint list`, `flint get NAME`: requests to a
 //! running gateway's admin API (`flint serve --admin`: a Unix socket, or
 //! TCP with a bearer token).
 
@@ -51,6 +51,21 @@ pub struct DeleteArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The service's name.
+    name: String,
+    /// Its namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// `yaml` or `json`: the Service with its status, as Knative's API
+    /// returns it; default a one-line summary.
+    #[arg(short = 'o', long)]
+    output: Option<String>,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -135,4 +150,50 @@ pub fn delete(a: DeleteArgs) -> i32 {
 
 pub fn list(a: ListArgs) -> i32 {
     call(&a.admin, "GET", "/apis/services", b"")
+}
+
+pub fn get(a: GetArgs) -> i32 {
+    let path = format!("/apis/services/{}/{}", a.namespace, a.name);
+    let body = match request(&a.admin, "GET", &path, b"") {
+        Ok((200, body)) => body,
+        Ok(_) | Err(_) => return call(&a.admin, "GET", &path, b""),
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+        eprintln!("flint: the gateway answered something that is not JSON: {body}");
+        return exit::FLINT_ERROR;
+    };
+    match a.output.as_deref() {
+        Some("json") => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            0
+        }
+        Some("yaml") => {
+            print!("{}", serde_yaml::to_string(&v).unwrap_or_default());
+            0
+        }
+        Some(other) => {
+            eprintln!("flint: unknown output format {other:?} (use yaml or json)");
+            exit::USAGE
+        }
+        None => {
+            let s = &v["status"];
+            let ready = s["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .cloned()
+                .unwrap_or_default();
+            let field = |x: &serde_json::Value| x.as_str().unwrap_or("").to_string();
+            println!("NAME\tURL\tLATESTCREATED\tLATESTREADY\tREADY\tREASON");
+            println!(
+                "{}\t{}\t{}\t{}\t{}\t{}",
+                a.name,
+                field(&s["url"]),
+                field(&s["latestCreatedRevisionName"]),
+                field(&s["latestReadyRevisionName"]),
+                field(&ready["status"]),
+                field(&ready["reason"]),
+            );
+            0
+        }
+    }
 }

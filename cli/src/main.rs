@@ -42,6 +42,8 @@ enum Command {
     Delete(admin::DeleteArgs),
     /// List the services of a running gateway.
     List(admin::ListArgs),
+    /// Show a service of a running gateway with its Knative status.
+    Get(admin::GetArgs),
     /// OCI images of WebAssembly functions.
     Image(image::ImageArgs),
 }
@@ -63,6 +65,7 @@ fn main() {
         Command::Apply(args) => admin::apply(args),
         Command::Delete(args) => admin::delete(args),
         Command::List(args) => admin::list(args),
+        Command::Get(args) => admin::get(args),
         Command::Image(args) => image::main(args),
     };
     std::process::exit(code);

@@ -106,14 +106,69 @@ fn serve_apply_list_delete_and_sigterm() {
         "{}",
         text(&o.stdout)
     );
-    // Apply again: a new revision.
+    // Apply again unchanged: no new revision (Knative's rule); changed: one.
     let o = flint(
         &["apply", "--admin", &a, manifest.to_str().unwrap()],
         "",
         &[],
     );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    assert!(text(&o.stdout).contains("hello-00002"));
+    assert!(
+        text(&o.stdout).contains("hello-00001"),
+        "{}",
+        text(&o.stdout)
+    );
+    let yaml = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        yaml + "          env:\n            - name: V\n              value: \"2\"\n",
+    )
+    .unwrap();
+    let o = flint(
+        &["apply", "--admin", &a, manifest.to_str().unwrap()],
+        "",
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("hello-00002"),
+        "{}",
+        text(&o.stdout)
+    );
+    // `flint get`: a summary, and the Service with its Knative status.
+    let o = flint(&["get", "hello", "--admin", &a], "", &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let line = text(&o.stdout).lines().nth(1).unwrap_or("").to_string();
+    assert_eq!(
+        line.split('\t').collect::<Vec<_>>(),
+        [
+            "hello",
+            "http://hello.default.example.com",
+            "hello-00002",
+            "hello-00002",
+            "True",
+            ""
+        ],
+        "{}",
+        text(&o.stdout)
+    );
+    let o = flint(&["get", "hello", "-o", "json", "--admin", &a], "", &[]);
+    let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+    assert_eq!(v["kind"], "Service");
+    assert_eq!(v["status"]["traffic"][0]["percent"], 100);
+    assert_eq!(v["status"]["traffic"][0]["revisionName"], "hello-00002");
+    let o = flint(&["get", "hello", "-o", "yaml", "--admin", &a], "", &[]);
+    assert!(
+        text(&o.stdout).contains("latestReadyRevisionName: hello-00002"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = flint(&["get", "nothere", "--admin", &a], "", &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a missing service is a usage error"
+    );
     let bad = dir.join("bad.yaml");
     std::fs::write(&bad, "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: x\nspec:\n  template:\n    spec:\n      containers:\n        - imagee: x\n").unwrap();
     let o = flint(&["apply", "--admin", &a, bad.to_str().unwrap()], "", &[]);

@@ -107,6 +107,11 @@ struct ServiceEntry {
     generation: u32,
     revisions: Vec<Arc<Revision>>,
     route: Option<Route>,
+    /// The traffic spec the route was made from.
+    traffic: Vec<crate::manifest::TrafficTarget>,
+    /// The latest revision that failed to deploy, and why (cleared when
+    /// a later one deploys).
+    failure: Option<(String, String)>,
 }
 
 /// What an apply may use of the host.
@@ -337,6 +342,23 @@ impl Registry {
                 };
             }
         }
+        // An unchanged template makes no new revision (Knative creates one
+        // only when spec.template changes); a changed traffic spec still
+        // re-routes.
+        {
+            let mut map = self.services.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(entry) = map.get_mut(&key) {
+                if let Some(latest) = entry.revisions.last().cloned() {
+                    let mut same = latest.service.clone();
+                    same.traffic = service.traffic.clone();
+                    if same == service && entry.failure.is_none() {
+                        entry.route = Some(route(&service, &entry.revisions)?);
+                        entry.traffic = service.traffic.clone();
+                        return Ok(latest);
+                    }
+                }
+            }
+        }
         let generation = {
             let mut map = self.services.write().unwrap_or_else(|e| e.into_inner());
             let entry = map.entry(key.clone()).or_default();
@@ -348,20 +370,18 @@ impl Registry {
             .clone()
             .unwrap_or_else(|| format!("{}-{generation:05}", service.name));
         let dir = state_dir.join(&service.namespace).join(&name);
-        let (snapshot, linux) = match resolve_image(&service.image, base, &self.policy)? {
-            Image::Wasm(module, argv0) => {
-                let config = VmConfig {
-                    memory_mib: service.memory_mib.unwrap_or(128).max(32),
-                    timeout: Some(service.timeout),
-                    ..VmConfig::default()
-                };
-                flint_snapshotter::create(&module, &argv0, &dir, &config, &mut BufferIo::default())
-                    .map_err(|e| DeployError::NotReady(name.clone(), e))?;
-                let snapshot = Snapshot::open_sealed(&dir)
-                    .map_err(|e| DeployError::NotReady(name.clone(), e))?;
-                (Some(snapshot), None)
+        let built = self.build(&service, &name, base, &dir);
+        let (snapshot, linux) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                // Knative keeps the failed revision in the status (and the
+                // route on the last ready one).
+                let mut map = self.services.write().unwrap_or_else(|e| e.into_inner());
+                if let Some(entry) = map.get_mut(&key) {
+                    entry.failure = Some((name.clone(), error_chain(&e)));
+                }
+                return Err(e);
             }
-            Image::Linux(image) => (None, Some(linux_function(&image, &dir, &service, &name)?)),
         };
         let cc = service.container_concurrency as usize;
         let revision = Arc::new(Revision {
@@ -395,7 +415,145 @@ impl Registry {
         let entry = map.entry(key).or_default();
         entry.revisions.push(revision.clone());
         entry.route = Some(route(&revision.service, &entry.revisions)?);
+        entry.traffic = revision.service.traffic.clone();
+        entry.failure = None;
         Ok(revision)
+    }
+
+    /// Boots `service`'s image to its ready point: a snapshot of a module,
+    /// or a Linux program unpacked and checked.
+    fn build(
+        &self,
+        service: &Service,
+        name: &str,
+        base: &Path,
+        dir: &Path,
+    ) -> Result<(Option<Snapshot>, Option<LinuxFunction>), DeployError> {
+        Ok(match resolve_image(&service.image, base, &self.policy)? {
+            Image::Wasm(module, argv0) => {
+                let config = VmConfig {
+                    memory_mib: service.memory_mib.unwrap_or(128).max(32),
+                    timeout: Some(service.timeout),
+                    ..VmConfig::default()
+                };
+                flint_snapshotter::create(&module, &argv0, dir, &config, &mut BufferIo::default())
+                    .map_err(|e| DeployError::NotReady(name.to_string(), e))?;
+                let snapshot = Snapshot::open_sealed(dir)
+                    .map_err(|e| DeployError::NotReady(name.to_string(), e))?;
+                (Some(snapshot), None)
+            }
+            Image::Linux(image) => (None, Some(linux_function(&image, dir, service, name)?)),
+        })
+    }
+
+    /// The service as Knative's API returns it: metadata and `status`
+    /// (conditions `ConfigurationsReady`, `Ready` and `RoutesReady` with
+    /// their reasons, `url`, `latestCreatedRevisionName`,
+    /// `latestReadyRevisionName`, and `traffic` with percents and tag
+    /// URLs), as `kubectl get ksvc NAME -o json` shows it.
+    pub fn status(&self, namespace: &str, name: &str, domain: &str) -> Option<serde_json::Value> {
+        use serde_json::json;
+        let map = self.services.read().unwrap_or_else(|e| e.into_inner());
+        let e = map.get(&(namespace.to_string(), name.to_string()))?;
+        let url = |tag: Option<&str>| match tag {
+            Some(t) => format!("http://{t}-{name}.{namespace}.{domain}"),
+            None => format!("http://{name}.{namespace}.{domain}"),
+        };
+        let ready = e.revisions.last().map(|r| r.name.clone());
+        let created = e
+            .failure
+            .as_ref()
+            .map(|(n, _)| n.clone())
+            .or_else(|| ready.clone());
+        let cond = |ty: &str, ok: bool, reason: &str, message: &str| {
+            let mut c = json!({"type": ty, "status": if ok { "True" } else { "False" }});
+            if !ok {
+                c["reason"] = json!(reason);
+                c["message"] = json!(message);
+            }
+            c
+        };
+        let (config_ok, config_reason, config_message) = match &e.failure {
+            Some((rev, why)) => (
+                false,
+                "RevisionFailed",
+                format!("Revision \"{rev}\" failed with message: {why}."),
+            ),
+            None => (true, "", String::new()),
+        };
+        let routed = e.route.is_some();
+        let route_message = format!("Configuration \"{name}\" does not have any ready Revision.");
+        let ready_ok = config_ok && routed;
+        let (ready_reason, ready_message) = if !config_ok {
+            (config_reason, config_message.clone())
+        } else {
+            ("RevisionMissing", route_message.clone())
+        };
+        let targets = if e.traffic.is_empty() {
+            vec![crate::manifest::TrafficTarget {
+                revision_name: None,
+                latest_revision: true,
+                percent: 100,
+                tag: None,
+            }]
+        } else {
+            e.traffic.clone()
+        };
+        let traffic: Vec<serde_json::Value> = if routed {
+            targets
+                .iter()
+                .map(|t| {
+                    let mut v = json!({
+                        "revisionName": t.revision_name.clone().or_else(|| ready.clone()),
+                        "latestRevision": t.latest_revision,
+                        "percent": t.percent,
+                    });
+                    if let Some(tag) = &t.tag {
+                        v["tag"] = json!(tag);
+                        v["url"] = json!(url(Some(tag)));
+                    }
+                    v
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut status = json!({
+            "observedGeneration": e.generation,
+            "conditions": [
+                cond("ConfigurationsReady", config_ok, config_reason, &config_message),
+                cond("Ready", ready_ok, ready_reason, &ready_message),
+                cond("RoutesReady", routed, "RevisionMissing", &route_message),
+            ],
+            "traffic": traffic,
+        });
+        if let Some(c) = created {
+            status["latestCreatedRevisionName"] = json!(c);
+        }
+        if let Some(r) = &ready {
+            status["latestReadyRevisionName"] = json!(r);
+        }
+        if routed {
+            status["url"] = json!(url(None));
+        }
+        Some(json!({
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace, "generation": e.generation},
+            "status": status,
+        }))
+    }
+
+    /// An error and its sources, `: `-separated.
+    pub fn error_chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut src = e.source();
+        while let Some(x) = src {
+            s.push_str(": ");
+            s.push_str(&x.to_string());
+            src = x.source();
+        }
+        s
     }
 
     /// Removes a service; returns whether it existed.
@@ -485,6 +643,18 @@ fn pick(route: &Route, n: u64) -> Option<Arc<Revision>> {
         }
     }
     route.split.last().map(|(r, _)| r.clone())
+}
+
+/// An error and its sources, `: `-separated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
 }
 
 fn route(service: &Service, revisions: &[Arc<Revision>]) -> Result<Route, DeployError> {

@@ -26,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::metrics::{labels, Metrics};
+use crate::registry::error_chain;
 use crate::registry::{Registry, Revision};
 use crate::{cgi, cloudevents};
 
@@ -668,17 +669,6 @@ fn timeout_response(t: Duration) -> Response<Body> {
     )
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
-
 fn cgi_response(r: cgi::Response) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(r.body)));
     *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
@@ -696,7 +686,8 @@ fn cgi_response(r: cgi::Response) -> Response<Body> {
 /// The admin port: `/healthz`, `/readyz`, `/metrics`, and the admin API
 /// that `flint apply`, `flint delete` and `flint list` use:
 /// `POST /apis/services` (a manifest), `GET /apis/services`,
-/// `DELETE /apis/services/NAMESPACE/NAME`.
+/// `GET /apis/services/NAMESPACE/NAME` (the Service with its Knative
+/// status), `DELETE /apis/services/NAMESPACE/NAME`.
 /// Which port a request came in on, and so what it may do.
 #[derive(Debug, Clone)]
 enum Port {
@@ -806,6 +797,22 @@ async fn admin(gw: Arc<Gateway>, req: Request<Incoming>, port: Port) -> Response
                 Err(e) => text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("deploying failed: {e}"),
+                ),
+            }
+        }
+        ("GET", p) if p.starts_with("/apis/services/") => {
+            let rest = &p["/apis/services/".len()..];
+            match rest.split_once('/') {
+                Some((ns, name)) => match gw.registry.status(ns, name, &gw.settings.domain) {
+                    Some(v) => json(StatusCode::OK, v),
+                    None => text(
+                        StatusCode::NOT_FOUND,
+                        format!("no service {name} in namespace {ns}"),
+                    ),
+                },
+                None => text(
+                    StatusCode::BAD_REQUEST,
+                    "use GET /apis/services/NAMESPACE/NAME",
                 ),
             }
         }

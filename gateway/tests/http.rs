@@ -287,17 +287,88 @@ async fn drain_lets_in_flight_requests_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revisions_traffic_split_and_tags() {
     let gw = start(&[manifest("hello", "greet", "")], 1 << 20).await;
-    // Apply again: a new revision, with 100% to it and the first one tagged.
-    let v2 = format!("{}  traffic:\n    - latestRevision: true\n      percent: 100\n    - revisionName: hello-00001\n      percent: 0\n      tag: old\n", manifest("hello", "greet", ""));
-    let s = manifest::parse(&v2).unwrap();
-    let g = gw.gw.clone();
-    let state = g.settings.state_dir.clone();
-    let rev = tokio::task::spawn_blocking(move || {
-        g.registry.apply(s, &PathBuf::from("."), &state).unwrap()
-    })
-    .await
-    .unwrap();
+    let apply = |yaml: String| {
+        let g = gw.gw.clone();
+        async move {
+            let s = manifest::parse(&yaml).unwrap();
+            let state = g.settings.state_dir.clone();
+            tokio::task::spawn_blocking(move || g.registry.apply(s, &PathBuf::from("."), &state))
+                .await
+                .unwrap()
+        }
+    };
+    // The same template again is no new revision (Knative makes one only
+    // when spec.template changes).
+    let rev = apply(manifest("hello", "greet", "")).await.unwrap();
+    assert_eq!(rev.name, "hello-00001");
+    // A changed template with a traffic block: a new revision, 100% to
+    // it and the first one tagged.
+    let changed = manifest("hello", "greet", "      containerConcurrency: 5\n");
+    let v2 = format!("{changed}  traffic:\n    - latestRevision: true\n      percent: 100\n    - revisionName: hello-00001\n      percent: 0\n      tag: old\n");
+    let rev = apply(v2.clone()).await.unwrap();
     assert_eq!(rev.name, "hello-00002");
+    let status = gw
+        .gw
+        .registry
+        .status("default", "hello", "example.com")
+        .unwrap();
+    let s = &status["status"];
+    assert_eq!(s["latestReadyRevisionName"], "hello-00002");
+    assert_eq!(s["latestCreatedRevisionName"], "hello-00002");
+    assert_eq!(s["url"], "http://hello.default.example.com");
+    assert_eq!(
+        s["traffic"],
+        serde_json::json!([
+            {"revisionName": "hello-00002", "latestRevision": true, "percent": 100},
+            {"revisionName": "hello-00001", "latestRevision": false, "percent": 0,
+             "tag": "old", "url": "http://old-hello.default.example.com"},
+        ])
+    );
+    for c in s["conditions"].as_array().unwrap() {
+        assert_eq!(c["status"], "True", "{c}");
+    }
+    // The same template, traffic only: re-routed, no new revision.
+    let back =
+        format!("{changed}  traffic:\n    - revisionName: hello-00001\n      percent: 100\n");
+    assert_eq!(apply(back).await.unwrap().name, "hello-00002");
+    let (_, head, _) = http(gw.addr, "GET", "hello.default.example.com", "/", b"").await;
+    assert!(
+        head.to_lowercase().contains("x-revision: hello-00001"),
+        "{head}"
+    );
+    assert_eq!(apply(v2).await.unwrap().name, "hello-00002");
+    // A revision that fails to deploy: the status says which and why,
+    // the last ready one keeps serving.
+    assert!(apply(manifest("hello", "nosuch", "")).await.is_err());
+    let status = gw
+        .gw
+        .registry
+        .status("default", "hello", "example.com")
+        .unwrap();
+    let s = &status["status"];
+    assert_eq!(s["latestCreatedRevisionName"], "hello-00003");
+    assert_eq!(s["latestReadyRevisionName"], "hello-00002");
+    let ready = s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "RevisionFailed");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Revision \"hello-00003\" failed with message: ")
+            && message.contains("nosuch"),
+        "{message}"
+    );
+    let (code, head, _) = http(gw.addr, "GET", "hello.default.example.com", "/", b"").await;
+    assert_eq!(code, 200);
+    assert!(
+        head.to_lowercase().contains("x-revision: hello-00002"),
+        "{head}"
+    );
     let (_, head, _) = http(gw.addr, "GET", "hello.default.example.com", "/", b"").await;
     assert!(
         head.to_lowercase().contains("x-revision: hello-00002"),

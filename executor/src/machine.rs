@@ -242,7 +242,8 @@ impl Machine {
 
     /// Writes a fresh clock page and random seed under a new generation.
     fn refresh_entropy_and_time(&mut self) -> Result<(), RunError> {
-        self.generation += 1;
+        // Read back from guest memory on restore: the guest controls it.
+        self.generation = self.generation.wrapping_add(1);
         let mem = self.vm.memory();
         loader::write_seed(mem, self.generation)?;
         let tsc_khz = self

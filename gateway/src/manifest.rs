@@ -106,6 +106,10 @@ pub struct Service {
 
 type Map = serde_yaml::Mapping;
 
+/// Knative's `max-revision-timeout-seconds` default: the most
+/// `timeoutSeconds` (and the response-start and idle timeouts) may be.
+pub const MAX_REVISION_TIMEOUT_SECONDS: u64 = 600;
+
 fn as_map<'a>(v: &'a Value, path: &str) -> Result<&'a Map, ManifestError> {
     v.as_mapping()
         .ok_or_else(|| invalid(path, "must be a mapping"))
@@ -205,7 +209,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
             "ns" => 1e-9,
             _ => return None,
         };
-        total += Duration::from_secs_f64(n * secs);
+        total = total.checked_add(Duration::try_from_secs_f64(n * secs).ok()?)?;
         rest = &rest[unit_end..];
     }
     Some(total)
@@ -396,11 +400,16 @@ pub fn parse(yaml: &str) -> Result<Service, ManifestError> {
             "must be at most 1000",
         ));
     }
+    // Knative's webhook: 0 (or absent) is the default, anything past
+    // max-revision-timeout-seconds (600 by default) is out of bounds.
     let secs = |key: &str| -> Result<Option<Duration>, ManifestError> {
         match uint(tspec, p, key)? {
-            Some(0) => Err(invalid(&format!("{p}.{key}"), "must be at least 1")),
-            Some(s) if s > 3600 => Err(invalid(&format!("{p}.{key}"), "must be at most 3600")),
-            other => Ok(other.map(Duration::from_secs)),
+            Some(0) | None => Ok(None),
+            Some(s) if s > MAX_REVISION_TIMEOUT_SECONDS => Err(invalid(
+                &format!("{p}.{key}"),
+                format!("expected 0 <= {s} <= {MAX_REVISION_TIMEOUT_SECONDS}"),
+            )),
+            Some(s) => Ok(Some(Duration::from_secs(s))),
         }
     };
     let timeout = secs("timeoutSeconds")?.unwrap_or(Duration::from_secs(300));

@@ -134,6 +134,25 @@ fn unknown_fields_are_named_by_path() {
 }
 
 #[test]
+fn timeout_seconds_zero_is_the_default() {
+    let yaml = MINIMAL.replace(
+        "      containers:",
+        "      timeoutSeconds: 0\n      responseStartTimeoutSeconds: 0\n      containers:",
+    );
+    let s = parse(&yaml).unwrap();
+    assert_eq!(s.timeout, std::time::Duration::from_secs(300));
+    assert_eq!(s.response_start_timeout, None);
+    let yaml = MINIMAL.replace(
+        "      containers:",
+        "      timeoutSeconds: 600\n      containers:",
+    );
+    assert_eq!(
+        parse(&yaml).unwrap().timeout,
+        std::time::Duration::from_secs(600)
+    );
+}
+
+#[test]
 fn invalid_values_are_refused_with_a_reason() {
     let cases: &[(&str, &str, &str)] = &[
         ("apiVersion: serving.knative.dev/v1", "apiVersion: v1", "apiVersion: \"v1\" is not supported"),
@@ -141,7 +160,10 @@ fn invalid_values_are_refused_with_a_reason() {
         ("name: hello", "name: Hello_World", "metadata.name: \"Hello_World\" is not a valid name"),
         ("- image: greet.wasm", "- name: x", "spec.template.spec.containers[0].image: required field is missing"),
         ("      containers:", "      containerConcurrency: -1\n      containers:", "spec.template.spec.containerConcurrency: must be a non-negative integer"),
-        ("      containers:", "      timeoutSeconds: 0\n      containers:", "spec.template.spec.timeoutSeconds: must be at least 1"),
+        ("      containers:", "      timeoutSeconds: 601\n      containers:", "spec.template.spec.timeoutSeconds: expected 0 <= 601 <= 600"),
+        ("      containers:", "      idleTimeoutSeconds: 18446744073709551615\n      containers:", "spec.template.spec.idleTimeoutSeconds: expected 0 <= 18446744073709551615 <= 600"),
+        ("      containers:", "      timeoutSeconds: 99999999999999999999999\n      containers:", "spec.template.spec.timeoutSeconds: invalid type"),
+        ("  template:\n", "  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/window: 99999999999999999999999h\n", "autoscaling.knative.dev/window"),
         ("      containers:", "      timeoutSeconds: \"30\"\n      containers:", "spec.template.spec.timeoutSeconds: must be a non-negative integer"),
         ("      containers:", "      runtimeClassName: runc\n      containers:", "runtimeClassName: \"runc\" is not served here"),
         ("        - image: greet.wasm\n", "        - image: greet.wasm\n          resources:\n            limits:\n              memory: lots\n", "memory: \"lots\" is not a memory quantity"),

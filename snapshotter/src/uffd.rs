@@ -168,9 +168,14 @@ impl UffdBackend {
             .map(|&p| p as u64)
             .filter(|&p| p < self.pages)
             .collect();
+        let outside = pages.len() - sorted.len();
         sorted.sort_unstable();
         sorted.dedup();
         let mut installed = 0;
+        // Pages that could not be installed for another reason than being
+        // there already (a fault raced the prefetch): the guest faults
+        // them in later, but it is said.
+        let mut failed = 0u64;
         let mut buf = Vec::new();
         let mut i = 0;
         while i < sorted.len() {
@@ -195,15 +200,22 @@ impl UffdBackend {
                         let page = &buf[k * PAGE as usize..(k + 1) * PAGE as usize];
                         let d = (dst as usize + k * PAGE as usize) as *mut libc::c_void;
                         // SAFETY: one page inside the registered mapping.
-                        if unsafe { self.uffd.copy(page.as_ptr().cast(), d, PAGE as usize, true) }
-                            .is_ok()
-                        {
-                            installed += 1;
+                        match unsafe {
+                            self.uffd.copy(page.as_ptr().cast(), d, PAGE as usize, true)
+                        } {
+                            Ok(_) => installed += 1,
+                            Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EEXIST => {}
+                            Err(_) => failed += 1,
                         }
                     }
                 }
             }
             i += n;
+        }
+        if outside > 0 || failed > 0 {
+            tracing::warn!(
+                "prefetch: {outside} recorded pages lie outside guest memory and {failed} could not be installed; the guest faults them in"
+            );
         }
         Ok(installed)
     }

@@ -97,7 +97,12 @@ impl SerialConsole {
             BoundedLog::default(),
         ) {
             Ok(uart) => Self { uart },
-            Err(_) => Self::new(),
+            Err(e) => {
+                tracing::warn!(
+                    "the snapshot's UART state was refused ({e:?}): a fresh UART replaces it"
+                );
+                Self::new()
+            }
         }
     }
 

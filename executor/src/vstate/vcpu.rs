@@ -54,7 +54,10 @@ fn msr_index_list(kvm: &kvm_ioctls::Kvm) -> Vec<u32> {
     LIST.get_or_init(|| {
         kvm.get_msr_index_list()
             .map(|l| l.as_slice().to_vec())
-            .unwrap_or_default()
+            .unwrap_or_else(|e| {
+                tracing::error!("KVM_GET_MSR_INDEX_LIST failed ({e}): snapshots are refused");
+                Vec::new()
+            })
     })
     .clone()
 }
@@ -115,7 +118,13 @@ impl Vcpu {
             .fd
             .get_vcpu_events()
             .map_err(|e| VcpuError::Save("events", e))?;
+        if self.msr_indices.is_empty() {
+            return Err(VcpuError::Invalid(
+                "KVM lists no MSRs, so a snapshot would lose them".into(),
+            ));
+        }
         let mut msrs = Vec::new();
+        let mut dropped = Vec::new();
         for &index in &self.msr_indices {
             let mut one = Msrs::from_entries(&[kvm_msr_entry {
                 index,
@@ -123,13 +132,27 @@ impl Vcpu {
             }])
             .expect("one MSR fits");
             if self.fd.get_msrs(&mut one).ok() != Some(1) {
+                dropped.push(index);
                 continue;
             }
             // Keep it only if writing it back works (setting an MSR to its
             // current value changes nothing).
             if self.fd.set_msrs(&one).ok() == Some(1) {
                 msrs.push(one.as_slice()[0]);
+            } else {
+                dropped.push(index);
             }
+        }
+        if !dropped.is_empty() {
+            // The same set every time under one KVM: said once.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::info!(
+                    "{} of {} MSRs KVM lists do not read back and write again here and are not saved: {dropped:x?}",
+                    dropped.len(),
+                    self.msr_indices.len()
+                )
+            });
         }
         Ok(VcpuState {
             regs,

@@ -100,6 +100,9 @@ pub struct Service {
     /// The container's `command` (a Linux image's entrypoint override).
     pub command: Vec<String>,
     pub args: Vec<String>,
+    /// The container's `workingDir` (a Linux image's, overriding the
+    /// image's own).
+    pub working_dir: Option<String>,
     pub memory_mib: Option<u64>,
     pub traffic: Vec<TrafficTarget>,
 }
@@ -391,8 +394,25 @@ pub fn parse(yaml: &str) -> Result<Service, ManifestError> {
             "idleTimeoutSeconds",
             "runtimeClassName",
             "containers",
+            // Accepted as Knative's webhook accepts them (PodSpecMask);
+            // they have no effect in a Flint VM.
+            "serviceAccountName",
+            "imagePullSecrets",
+            "enableServiceLinks",
+            "securityContext",
+            "volumes",
         ],
     )?;
+    string(tspec, p, "serviceAccountName")?;
+    if let Some(v) = get(tspec, "securityContext") {
+        as_map(v, &format!("{p}.securityContext"))?;
+    }
+    if get(tspec, "volumes").is_some() {
+        return Err(invalid(
+            &format!("{p}.volumes"),
+            "volumes (ConfigMaps, Secrets, projected) need a Kubernetes API, which Flint does not have",
+        ));
+    }
     let container_concurrency = uint(tspec, p, "containerConcurrency")?.unwrap_or(0);
     if container_concurrency > 1000 {
         return Err(invalid(
@@ -448,8 +468,23 @@ pub fn parse(yaml: &str) -> Result<Service, ManifestError> {
             "args",
             "resources",
             "ports",
+            "workingDir",
+            // Accepted as Knative's webhook accepts them (ContainerMask);
+            // checked for shape, without effect here: a revision is ready
+            // when its VM reaches its ready point, images are local.
+            "imagePullPolicy",
+            "readinessProbe",
+            "livenessProbe",
+            "startupProbe",
+            "securityContext",
+            "terminationMessagePath",
+            "terminationMessagePolicy",
+            "envFrom",
+            "volumeMounts",
         ],
     )?;
+    container_extras(c, &cp)?;
+    let working_dir = string(c, &cp, "workingDir")?;
     let image =
         string(c, &cp, "image")?.ok_or_else(|| ManifestError::Missing(format!("{cp}.image")))?;
     let mut env = Vec::new();
@@ -460,7 +495,13 @@ pub fn parse(yaml: &str) -> Result<Service, ManifestError> {
         for (i, e) in list.iter().enumerate() {
             let ep = format!("{cp}.env[{i}]");
             let e = as_map(e, &ep)?;
-            only(e, &ep, &["name", "value"])?;
+            only(e, &ep, &["name", "value", "valueFrom"])?;
+            if get(e, "valueFrom").is_some() {
+                return Err(invalid(
+                    &format!("{ep}.valueFrom"),
+                    "ConfigMap and Secret references need a Kubernetes API, which Flint does not have; give a value",
+                ));
+            }
             let n = string(e, &ep, "name")?
                 .ok_or_else(|| ManifestError::Missing(format!("{ep}.name")))?;
             if n.is_empty() || n.contains('=') {
@@ -515,9 +556,47 @@ pub fn parse(yaml: &str) -> Result<Service, ManifestError> {
         }
     }
     if let Some(ports) = get(c, "ports") {
-        ports
+        let ports = ports
             .as_sequence()
             .ok_or_else(|| invalid(&format!("{cp}.ports"), "must be a list"))?;
+        if ports.len() > 1 {
+            return Err(invalid(
+                &format!("{cp}.ports"),
+                "more than one container port is not allowed",
+            ));
+        }
+        for (i, port) in ports.iter().enumerate() {
+            let pp = format!("{cp}.ports[{i}]");
+            let port = as_map(port, &pp)?;
+            only(port, &pp, &["containerPort", "name", "protocol"])?;
+            match uint(port, &pp, "containerPort")? {
+                Some(1..=65535) | None => {}
+                Some(n) => {
+                    return Err(invalid(
+                        &format!("{pp}.containerPort"),
+                        format!("expected 1 <= {n} <= 65535"),
+                    ))
+                }
+            }
+            match string(port, &pp, "name")?.as_deref() {
+                None | Some("") | Some("http1") | Some("h2c") => {}
+                Some(other) => {
+                    return Err(invalid(
+                        &format!("{pp}.name"),
+                        format!("{other:?} is not http1 or h2c"),
+                    ))
+                }
+            }
+            match string(port, &pp, "protocol")?.as_deref() {
+                None | Some("TCP") => {}
+                Some(other) => {
+                    return Err(invalid(
+                        &format!("{pp}.protocol"),
+                        format!("{other:?} is not supported; use TCP"),
+                    ))
+                }
+            }
+        }
     }
 
     let mut traffic = Vec::new();
@@ -559,6 +638,15 @@ pub fn parse(yaml: &str) -> Result<Service, ManifestError> {
             let tag = string(t, &tp, "tag")?;
             if let Some(tag) = &tag {
                 check_name(&format!("{tp}.tag"), tag)?;
+                if traffic
+                    .iter()
+                    .any(|x: &TrafficTarget| x.tag.as_ref() == Some(tag))
+                {
+                    return Err(invalid(
+                        &format!("{tp}.tag"),
+                        format!("multiple definitions for {tag:?}"),
+                    ));
+                }
             }
             traffic.push(TrafficTarget {
                 revision_name,
@@ -590,7 +678,110 @@ pub fn parse(yaml: &str) -> Result<Service, ManifestError> {
         env,
         command,
         args,
+        working_dir,
         memory_mib,
         traffic,
     })
+}
+
+/// The container fields Flint accepts for Knative's sake: their shape and
+/// values are checked as Kubernetes would, nothing more.
+fn container_extras(c: &Map, cp: &str) -> Result<(), ManifestError> {
+    if let Some(policy) = string(c, cp, "imagePullPolicy")? {
+        if !["Always", "IfNotPresent", "Never"].contains(&policy.as_str()) {
+            return Err(invalid(
+                &format!("{cp}.imagePullPolicy"),
+                format!("{policy:?} is not Always, IfNotPresent or Never"),
+            ));
+        }
+    }
+    if let Some(policy) = string(c, cp, "terminationMessagePolicy")? {
+        if !["File", "FallbackToLogsOnError"].contains(&policy.as_str()) {
+            return Err(invalid(
+                &format!("{cp}.terminationMessagePolicy"),
+                format!("{policy:?} is not File or FallbackToLogsOnError"),
+            ));
+        }
+    }
+    string(c, cp, "terminationMessagePath")?;
+    for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+        let Some(v) = get(c, probe) else { continue };
+        let pp = format!("{cp}.{probe}");
+        let p = as_map(v, &pp)?;
+        only(
+            p,
+            &pp,
+            &[
+                "httpGet",
+                "tcpSocket",
+                "exec",
+                "grpc",
+                "initialDelaySeconds",
+                "timeoutSeconds",
+                "periodSeconds",
+                "successThreshold",
+                "failureThreshold",
+            ],
+        )?;
+        for n in [
+            "initialDelaySeconds",
+            "timeoutSeconds",
+            "periodSeconds",
+            "successThreshold",
+            "failureThreshold",
+        ] {
+            uint(p, &pp, n)?;
+        }
+        let handlers: Vec<&str> = ["httpGet", "tcpSocket", "exec", "grpc"]
+            .into_iter()
+            .filter(|h| get(p, h).is_some())
+            .collect();
+        if handlers.len() > 1 {
+            return Err(invalid(
+                &pp,
+                format!("expected exactly one handler, got {}", handlers.join(", ")),
+            ));
+        }
+        for h in handlers {
+            let hp = format!("{pp}.{h}");
+            let m = as_map(get(p, h).expect("present"), &hp)?;
+            let allowed: &[&str] = match h {
+                "httpGet" => &["path", "port", "host", "scheme", "httpHeaders"],
+                "tcpSocket" => &["port", "host"],
+                "exec" => &["command"],
+                _ => &["port", "service"],
+            };
+            only(m, &hp, allowed)?;
+        }
+    }
+    if let Some(v) = get(c, "securityContext") {
+        let sp = format!("{cp}.securityContext");
+        let sc = as_map(v, &sp)?;
+        only(
+            sc,
+            &sp,
+            &[
+                "runAsUser",
+                "runAsGroup",
+                "runAsNonRoot",
+                "readOnlyRootFilesystem",
+                "allowPrivilegeEscalation",
+                "capabilities",
+                "seccompProfile",
+                "privileged",
+            ],
+        )?;
+        if matches!(get(sc, "privileged"), Some(Value::Bool(true))) {
+            return Err(invalid(&format!("{sp}.privileged"), "must not be true"));
+        }
+    }
+    for field in ["envFrom", "volumeMounts"] {
+        if get(c, field).is_some() {
+            return Err(invalid(
+                &format!("{cp}.{field}"),
+                "needs a Kubernetes API (ConfigMaps, Secrets, volumes), which Flint does not have",
+            ));
+        }
+    }
+    Ok(())
 }

@@ -291,7 +291,7 @@ fn linux_function(
         path,
         argv,
         env,
-        workdir: config.working_dir,
+        workdir: service.working_dir.clone().unwrap_or(config.working_dir),
         memory_mib: service.memory_mib.unwrap_or(128).max(64),
     })
 }

@@ -133,6 +133,65 @@ fn unknown_fields_are_named_by_path() {
     );
 }
 
+/// What users write in real Knative Services (the fields Knative's
+/// webhook accepts: its ContainerMask and PodSpecMask) is accepted.
+#[test]
+fn fields_knative_accepts_are_accepted() {
+    let yaml = "apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: hello
+  labels:
+    app: hello
+spec:
+  template:
+    metadata:
+      labels:
+        app: hello
+    spec:
+      serviceAccountName: default
+      enableServiceLinks: false
+      imagePullSecrets:
+        - name: regcred
+      securityContext:
+        runAsNonRoot: true
+      containers:
+        - name: user-container
+          image: greet.wasm
+          imagePullPolicy: IfNotPresent
+          workingDir: /srv
+          ports:
+            - containerPort: 8080
+              name: http1
+              protocol: TCP
+          readinessProbe:
+            httpGet:
+              path: /healthz
+              port: 8080
+            initialDelaySeconds: 1
+            periodSeconds: 5
+          livenessProbe:
+            tcpSocket:
+              port: 8080
+          resources:
+            requests:
+              cpu: 100m
+              memory: 64Mi
+            limits:
+              cpu: \"1\"
+              memory: 128Mi
+          securityContext:
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities:
+              drop: [ALL]
+          terminationMessagePolicy: FallbackToLogsOnError
+";
+    let s = parse(yaml).unwrap();
+    assert_eq!(s.memory_mib, Some(128));
+    assert_eq!(s.working_dir.as_deref(), Some("/srv"));
+}
+
 #[test]
 fn timeout_seconds_zero_is_the_default() {
     let yaml = MINIMAL.replace(
@@ -168,6 +227,14 @@ fn invalid_values_are_refused_with_a_reason() {
         ("      containers:", "      runtimeClassName: runc\n      containers:", "runtimeClassName: \"runc\" is not served here"),
         ("        - image: greet.wasm\n", "        - image: greet.wasm\n          resources:\n            limits:\n              memory: lots\n", "memory: \"lots\" is not a memory quantity"),
         ("        - image: greet.wasm\n", "        - image: greet.wasm\n          env:\n            - value: x\n", "env[0].name: required field is missing"),
+        ("        - image: greet.wasm\n", "        - image: greet.wasm\n          imagePullPolicy: Sometimes\n", "containers[0].imagePullPolicy: \"Sometimes\" is not Always, IfNotPresent or Never"),
+        ("        - image: greet.wasm\n", "        - image: greet.wasm\n          ports:\n            - containerPort: 70000\n", "containers[0].ports[0].containerPort: expected 1 <= 70000 <= 65535"),
+        ("        - image: greet.wasm\n", "        - image: greet.wasm\n          ports:\n            - containerPort: 80\n            - containerPort: 81\n", "containers[0].ports: more than one container port is not allowed"),
+        ("        - image: greet.wasm\n", "        - image: greet.wasm\n          readinessProbe:\n            httpGet:\n              path: /\n            exec:\n              command: [true]\n", "readinessProbe: expected exactly one handler"),
+        ("        - image: greet.wasm\n", "        - image: greet.wasm\n          readinessProbe:\n            httpGett: {}\n", "containers[0].readinessProbe.httpGett: unknown field"),
+        ("        - image: greet.wasm\n", "        - image: greet.wasm\n          securityContext:\n            privileged: true\n", "securityContext.privileged: must not be true"),
+        ("        - image: greet.wasm\n", "        - image: greet.wasm\n          env:\n            - name: A\n              valueFrom:\n                secretKeyRef: {name: s, key: k}\n", "env[0].valueFrom: ConfigMap and Secret references need a Kubernetes API"),
+        ("      containers:", "      volumes:\n        - name: v\n      containers:", "spec.template.spec.volumes: volumes"),
     ];
     for (from, to, want) in cases {
         let yaml = MINIMAL.replace(from, to);
@@ -176,6 +243,12 @@ fn invalid_values_are_refused_with_a_reason() {
     }
     let traffic = format!("{MINIMAL}  traffic:\n    - latestRevision: true\n      percent: 50\n");
     assert!(err(&traffic).contains("percentages add up to 50, not 100"));
+    let traffic = format!("{MINIMAL}  traffic:\n    - latestRevision: true\n      percent: 100\n      tag: a\n    - revisionName: hello-00001\n      percent: 0\n      tag: a\n");
+    assert!(
+        err(&traffic).contains("spec.traffic[1].tag: multiple definitions for \"a\""),
+        "{}",
+        err(&traffic)
+    );
     let traffic = format!("{MINIMAL}  traffic:\n    - percent: 100\n");
     assert!(err(&traffic).contains("needs exactly one of revisionName and latestRevision"));
     assert!(matches!(parse("{not: [valid"), Err(ManifestError::Yaml(_))));

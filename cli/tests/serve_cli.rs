@@ -28,9 +28,25 @@ fn get(port: u16, host: &str, path: &str) -> (u16, String) {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let body = if head.to_lowercase().contains("transfer-encoding: chunked") {
+        // Size lines and data alternate; the last chunk is empty.
+        let mut data = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || after.len() < n {
+                break;
+            }
+            data.push_str(&after[..n]);
+            rest = after[n..].trim_start_matches("\r\n");
+        }
+        data
+    } else {
+        body.to_string()
+    };
     (
         head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-        body.to_string(),
+        body,
     )
 }
 

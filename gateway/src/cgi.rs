@@ -102,7 +102,8 @@ pub enum CgiError {
 }
 
 /// Longest header block accepted.
-const MAX_HEADER_BLOCK: usize = 64 * 1024;
+/// Largest CGI header block read.
+pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
 
 /// Headers that describe the connection or the message framing, not the
 /// response (RFC 9110 7.6.1, 8.6; RFC 9112 6.1): the gateway frames every

@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod registry;
 pub mod server;
+pub mod stream;
 
 pub use registry::Policy;
 pub use server::{serve, serve_with_admin, AdminListener, Gateway, Settings};

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use flint_executor::{Invocation, RunError};
 use flint_snapshotter::SnapshotError;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
@@ -52,10 +53,19 @@ pub struct Gateway {
     draining: AtomicBool,
 }
 
-type Body = Full<Bytes>;
+/// Every response's body: whole ([`full`]) or streamed from a function
+/// (`stream::StreamingBody`).
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A whole body.
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(msg.into() + "\n")));
+    let mut r = Response::new(full(Bytes::from(msg.into() + "\n")));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -264,6 +274,13 @@ impl Gateway {
             env
         };
         let Some(mode) = cloudevents::detect(&parts.headers) else {
+            if rev.snapshot.is_some() {
+                // A plain request to a module: its response streams.
+                return self
+                    .clone()
+                    .run_streaming(rev, &request_id, cgi_env(body.len()), body.to_vec())
+                    .await;
+            }
             return match self
                 .run_function(rev, &request_id, cgi_env(body.len()), body.to_vec())
                 .await
@@ -307,23 +324,22 @@ impl Gateway {
             (_, None) => match plain {
                 Some(out) => cgi_response(out),
                 None => {
-                    let mut r = Response::new(Full::new(Bytes::new()));
+                    let mut r = Response::new(full(Bytes::new()));
                     *r.status_mut() = StatusCode::ACCEPTED;
                     r
                 }
             },
             (cloudevents::Mode::Binary, Some(reply)) => {
                 let (hs, body) = cloudevents::encode_binary(&reply);
-                let mut r = Response::new(Full::new(Bytes::from(body)));
+                let mut r = Response::new(full(Bytes::from(body)));
                 for (k, v) in hs {
                     r.headers_mut().append(k, v);
                 }
                 r
             }
             (cloudevents::Mode::Structured, Some(reply)) => {
-                let mut r = Response::new(Full::new(Bytes::from(cloudevents::encode_structured(
-                    &reply,
-                ))));
+                let mut r =
+                    Response::new(full(Bytes::from(cloudevents::encode_structured(&reply))));
                 r.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static(cloudevents::STRUCTURED),
@@ -336,7 +352,7 @@ impl Gateway {
                     .iter()
                     .filter_map(|e| serde_json::from_slice(&cloudevents::encode_structured(e)).ok())
                     .collect();
-                let mut r = Response::new(Full::new(Bytes::from(
+                let mut r = Response::new(full(Bytes::from(
                     serde_json::to_vec(&list).unwrap_or_default(),
                 )));
                 r.headers_mut()
@@ -344,6 +360,184 @@ impl Gateway {
                 r
             }
         }
+    }
+
+    /// Runs one invocation of a module revision and streams its response
+    /// (`stream.rs`): the status and headers as soon as the function has
+    /// written its header block, within the first-byte deadline; the body
+    /// as it writes it, each gap within `idleTimeoutSeconds`; the whole run
+    /// within Knative's maximum revision timeout.
+    async fn run_streaming(
+        self: Arc<Self>,
+        rev: &Arc<Revision>,
+        request_id: &str,
+        env: Vec<(String, String)>,
+        stdin: Vec<u8>,
+    ) -> Response<Body> {
+        let Some(snapshot) = &rev.snapshot else {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the revision has no module",
+            );
+        };
+        let mut args = vec![snapshot.module_name().to_string()];
+        args.extend(rev.service.args.iter().cloned());
+        let invocation = Invocation { args, env };
+        let first_byte = match rev.service.response_start_timeout {
+            Some(t) => t.min(rev.service.timeout),
+            None => rev.service.timeout,
+        };
+        let whole =
+            Duration::from_secs(crate::manifest::MAX_REVISION_TIMEOUT_SECONDS).max(first_byte);
+        let started = Instant::now();
+        let warm = self.begin(rev);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let abort = Arc::new(AtomicBool::new(false));
+        let (rev2, abort2, request_id2) = (rev.clone(), abort.clone(), request_id.to_string());
+        let job = tokio::task::spawn_blocking(move || {
+            let mut io = crate::stream::StreamIo::new(stdin, tx);
+            let restore_started = Instant::now();
+            let vm = match warm {
+                Some(vm) => Ok((vm, None)),
+                None => rev2
+                    .snapshot
+                    .as_ref()
+                    .expect("a module revision")
+                    .restore()
+                    .map(|vm| (vm, Some(restore_started.elapsed()))),
+            };
+            let r = vm.and_then(|(vm, restore)| {
+                let report = vm
+                    .invoke_abortable(&invocation, &mut io, Some(whole), Some(&abort2))
+                    .map_err(SnapshotError::Run)?;
+                Ok((report, restore))
+            });
+            log_stderr(&rev2.name, &request_id2, &io.stderr, io.stderr_total);
+            r
+        });
+        // The header block, within the first-byte deadline.
+        let mut head = Vec::new();
+        let deadline = tokio::time::Instant::now() + first_byte;
+        let parsed = loop {
+            tokio::select! {
+                chunk = rx.recv() => match chunk {
+                    Some(c) => {
+                        head.extend_from_slice(&c);
+                        match cgi::parse_response(&head) {
+                            Ok(r) => break Some(Ok(r)),
+                            Err(cgi::CgiError::NoHeaders) if head.len() < cgi::MAX_HEADER_BLOCK => {}
+                            Err(e) => break Some(Err(e)),
+                        }
+                    }
+                    // Done writing without a header block: judged below
+                    // on how the run ended.
+                    None => break None,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    abort.store(true, Ordering::SeqCst);
+                    let _ = job.await;
+                    self.end(rev);
+                    self.app_metrics(rev, "504", started);
+                    return timeout_response(first_byte);
+                }
+            }
+        };
+        let mut r = match parsed {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                abort.store(true, Ordering::SeqCst);
+                let _ = job.await;
+                self.end(rev);
+                self.app_metrics(rev, "502", started);
+                return text(StatusCode::BAD_GATEWAY, e.to_string());
+            }
+            None => {
+                let result = job.await;
+                self.end(rev);
+                let resp = match result {
+                    Err(e) => text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("the invocation task failed: {e}"),
+                    ),
+                    Ok(Err(e)) => run_error_response(e, first_byte),
+                    Ok(Ok((report, _))) if report.exit_code != 0 => text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("the function exited with status {}", report.exit_code),
+                    ),
+                    Ok(Ok(_)) => text(
+                        StatusCode::BAD_GATEWAY,
+                        cgi::CgiError::NoHeaders.to_string(),
+                    ),
+                };
+                self.app_metrics(rev, resp.status().as_str(), started);
+                return resp;
+            }
+        };
+        // Headers are out: the rest streams; how the run ends decides
+        // whether the body ends cleanly.
+        self.app_metrics(rev, &r.status.to_string(), started);
+        let gw = self.clone();
+        let rev3 = rev.clone();
+        let ending = tokio::spawn(async move {
+            let result = job.await;
+            rev3.inflight.fetch_sub(1, Ordering::SeqCst);
+            match result {
+                Err(e) => Err(format!("the invocation task failed: {e}")),
+                Ok(Err(e)) => Err(error_chain(&e)),
+                Ok(Ok((report, restore))) => {
+                    if let Some(d) = restore {
+                        gw.metrics.observe_ms(
+                            "flint_restore_latencies",
+                            &labels(&[("revision_name", &rev3.name)]),
+                            d.as_secs_f64() * 1e3,
+                        );
+                    }
+                    if report.exit_code == 0 {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "the function exited with status {}",
+                            report.exit_code
+                        ))
+                    }
+                }
+            }
+        });
+        let first = Bytes::from(std::mem::take(&mut r.body));
+        let body =
+            crate::stream::StreamingBody::new(first, rx, rev.service.idle_timeout, abort, ending);
+        cgi_response(r).map(|_| body.boxed_unsync())
+    }
+
+    /// A request starts on `rev`: counted, and given a pre-restored VM if
+    /// the pool has one.
+    fn begin(&self, rev: &Arc<Revision>) -> Option<flint_executor::ReadyVm> {
+        rev.arrivals.fetch_add(1, Ordering::Relaxed);
+        rev.inflight.fetch_add(1, Ordering::SeqCst);
+        let warm = rev.take_warm();
+        let start_kind = if warm.is_some() { "warm" } else { "cold" };
+        self.metrics.inc(
+            "flint_requests_total",
+            &labels(&[("revision_name", &rev.name), ("start", start_kind)]),
+            1.0,
+        );
+        warm
+    }
+
+    /// A request on `rev` ends before its body streams.
+    fn end(&self, rev: &Arc<Revision>) {
+        rev.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The function's own answer, as queue-proxy counts it.
+    fn app_metrics(&self, rev: &Arc<Revision>, code: &str, started: Instant) {
+        let l = labels(&[("revision_name", &rev.name), ("response_code", code)]);
+        self.metrics.inc("revision_app_request_count", &l, 1.0);
+        self.metrics.observe_ms(
+            "revision_app_request_latencies",
+            &l,
+            started.elapsed().as_secs_f64() * 1e3,
+        );
     }
 
     /// Runs one invocation of `rev` in a fresh VM (a pre-restored one from
@@ -377,15 +571,7 @@ impl Gateway {
         };
         let rev2 = rev.clone();
         let started = Instant::now();
-        rev.arrivals.fetch_add(1, Ordering::Relaxed);
-        rev.inflight.fetch_add(1, Ordering::SeqCst);
-        let warm = rev.take_warm();
-        let start_kind = if warm.is_some() { "warm" } else { "cold" };
-        self.metrics.inc(
-            "flint_requests_total",
-            &labels(&[("revision_name", &rev.name), ("start", start_kind)]),
-            1.0,
-        );
+        let warm = self.begin(rev);
         let job = tokio::task::spawn_blocking(move || {
             let mut io = CappedIo::new(stdin);
             let restore_started = Instant::now();
@@ -443,21 +629,10 @@ impl Gateway {
                     Ok(r) => r.status.to_string(),
                     Err(r) => r.status().as_u16().to_string(),
                 };
-                let l = labels(&[("revision_name", &rev.name), ("response_code", &code)]);
-                self.metrics.inc("revision_app_request_count", &l, 1.0);
-                self.metrics.observe_ms(
-                    "revision_app_request_latencies",
-                    &l,
-                    started.elapsed().as_secs_f64() * 1e3,
-                );
+                self.app_metrics(rev, &code, started);
                 result
             }
-            Err(SnapshotError::Run(RunError::Timeout(_))) => Err(timeout_response(timeout)),
-            Err(SnapshotError::Run(RunError::Trap(t))) => Err(text(
-                StatusCode::BAD_GATEWAY,
-                format!("the function trapped: {t}"),
-            )),
-            Err(e) => Err(text(StatusCode::BAD_GATEWAY, error_chain(&e))),
+            Err(e) => Err(run_error_response(e, timeout)),
         }
     }
 }
@@ -589,9 +764,7 @@ fn new_request_id() -> String {
     format!("{t:016x}-{:08x}", N.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Largest response a function may write (stdout): past it the request
-/// gets 502 and its VM is stopped.
-const MAX_RESPONSE_BYTES: usize = 16 << 20;
+use crate::stream::{MAX_RESPONSE_BYTES, MAX_STDERR_LOG};
 
 /// A function's streams for one request, bounded: stdin from the body,
 /// stdout up to `MAX_RESPONSE_BYTES` (then the write fails and the VM
@@ -637,9 +810,6 @@ impl flint_executor::GuestIo for CappedIo {
     }
 }
 
-/// Most of a function's stderr that one request logs.
-const MAX_STDERR_LOG: usize = 8 * 1024;
-
 /// Logs a function's stderr as data: under its revision and request id,
 /// escaped (`{:?}`: no control characters or terminal escapes reach the
 /// log, and a line of it cannot pass for one of the gateway's), and cut at
@@ -659,6 +829,18 @@ fn log_stderr(revision: &str, request_id: &str, stderr: &[u8], total: usize) {
     );
 }
 
+/// The response to a run that failed before answering.
+fn run_error_response(e: SnapshotError, timeout: Duration) -> Response<Body> {
+    match e {
+        SnapshotError::Run(RunError::Timeout(_)) => timeout_response(timeout),
+        SnapshotError::Run(RunError::Trap(t)) => text(
+            StatusCode::BAD_GATEWAY,
+            format!("the function trapped: {t}"),
+        ),
+        e => text(StatusCode::BAD_GATEWAY, error_chain(&e)),
+    }
+}
+
 fn timeout_response(t: Duration) -> Response<Body> {
     text(
         StatusCode::GATEWAY_TIMEOUT,
@@ -670,7 +852,7 @@ fn timeout_response(t: Duration) -> Response<Body> {
 }
 
 fn cgi_response(r: cgi::Response) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(r.body)));
+    let mut resp = Response::new(full(Bytes::from(r.body)));
     *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
     for (k, v) in r.headers {
         if let (Ok(k), Ok(v)) = (
@@ -746,7 +928,7 @@ async fn admin(gw: Arc<Gateway>, req: Request<Incoming>, port: Port) -> Response
         }
         ("GET", "/readyz") => text(StatusCode::OK, "ready"),
         ("GET", "/metrics") => {
-            let mut r = Response::new(Full::new(Bytes::from(gw.metrics.render())));
+            let mut r = Response::new(full(Bytes::from(gw.metrics.render())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -840,7 +1022,7 @@ async fn admin(gw: Arc<Gateway>, req: Request<Incoming>, port: Port) -> Response
 }
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string() + "\n")));
+    let mut r = Response::new(full(Bytes::from(v.to_string() + "\n")));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -1,7 +1,9 @@
 //! `greet`: an HTTP function (CGI contract, see docs/function-contract.md).
 //! `GET /greet?name=ada` answers `hello, ada`; other paths answer 404; a
 //! POST body is echoed back after the greeting; `sleep_ms=N` waits first;
-//! `/count` answers how many requests this instance has served.
+//! `chunks=N&gap_ms=M` then writes N more lines, M ms apart, each flushed
+//! (a response that streams); `/count` answers how many requests this
+//! instance has served.
 use std::io::Read;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,4 +42,19 @@ fn main() {
         .expect("reading the body");
     let revision = std::env::var("K_REVISION").unwrap_or_default();
     print!("Content-Type: text/plain\r\nX-Revision: {revision}\r\n\r\nhello, {name}\n{body}");
+    let param = |k: &str| -> u64 {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let (chunks, gap) = (param("chunks="), param("gap_ms="));
+    let mut out = std::io::stdout();
+    let _ = std::io::Write::flush(&mut out);
+    for i in 0..chunks {
+        std::thread::sleep(std::time::Duration::from_millis(gap));
+        let _ = std::io::Write::write_all(&mut out, format!("chunk {i}\n").as_bytes());
+        let _ = std::io::Write::flush(&mut out);
+    }
 }

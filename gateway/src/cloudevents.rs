@@ -138,14 +138,7 @@ fn from_attributes(
             "dataschema" => dataschema = Some(value),
             "datacontenttype" => {}
             ext => {
-                if ext.is_empty()
-                    || ext.len() > 20
-                    || !ext
-                        .bytes()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-                {
-                    return Err(invalid(format!("extension attribute name {ext:?} must be 1 to 20 lowercase letters or digits")));
-                }
+                check_extension_name(ext)?;
                 b = b.extension(ext, value);
             }
         }
@@ -158,6 +151,9 @@ fn from_attributes(
             )))
         }
         None => return Err(invalid("missing required attribute specversion")),
+    }
+    if let Some(ct) = &content_type {
+        check_media_type(ct)?;
     }
     if !body.is_empty() || content_type.is_some() {
         let ct = content_type.unwrap_or_else(|| "application/octet-stream".into());
@@ -209,7 +205,13 @@ pub fn parse(mode: Mode, headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>,
                 .get(CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            Ok(vec![from_attributes(attrs, ct, body.to_vec())?])
+            let mut event = from_attributes(attrs, ct.clone(), body.to_vec())?;
+            // The body is the event's data byte for byte: never parsed
+            // and serialised again on its way to the function.
+            if let Some(ct) = ct {
+                event.set_data(ct, body.to_vec());
+            }
+            Ok(vec![event])
         }
         Mode::Structured => {
             let v: serde_json::Value = serde_json::from_slice(body)
@@ -251,7 +253,83 @@ fn structured(v: serde_json::Value) -> Result<Event, CeError> {
             None => return Err(invalid(format!("missing required attribute {required}"))),
         }
     }
+    let obj = v.as_object().expect("checked");
+    for optional in ["subject", "dataschema", "datacontenttype", "time"] {
+        match obj.get(optional) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(s)) if !s.is_empty() => {}
+            Some(_) => {
+                return Err(invalid(format!(
+                    "attribute {optional} must be a non-empty string when present"
+                )))
+            }
+        }
+    }
+    if let Some(serde_json::Value::String(ct)) = obj.get("datacontenttype") {
+        check_media_type(ct)?;
+    }
+    if obj.contains_key("data") && obj.contains_key("data_base64") {
+        return Err(invalid("an event has data or data_base64, not both"));
+    }
+    const CONTEXT: &[&str] = &[
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "subject",
+        "dataschema",
+        "datacontenttype",
+        "time",
+        "data",
+        "data_base64",
+    ];
+    for (name, value) in obj.iter().filter(|(k, _)| !CONTEXT.contains(&k.as_str())) {
+        check_extension_name(name)?;
+        match value {
+            serde_json::Value::String(_) | serde_json::Value::Bool(_) | serde_json::Value::Null => {
+            }
+            serde_json::Value::Number(n)
+                if n.as_i64().is_some_and(|i| i32::try_from(i).is_ok()) => {}
+            _ => {
+                return Err(invalid(format!(
+                    "extension {name:?} must be a string, a boolean or a 32-bit integer"
+                )))
+            }
+        }
+    }
     serde_json::from_value(v).map_err(|e| invalid(e.to_string()))
+}
+
+/// An extension attribute's name: lowercase letters and digits (the spec
+/// only advises at most 20 of them, so longer ones are accepted).
+fn check_extension_name(name: &str) -> Result<(), CeError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    {
+        return Err(invalid(format!(
+            "extension attribute name {name:?} must be lowercase letters or digits"
+        )));
+    }
+    Ok(())
+}
+
+/// `datacontenttype` is an RFC 2046 media type: `type/subtype`, tokens,
+/// then parameters.
+fn check_media_type(ct: &str) -> Result<(), CeError> {
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+    };
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    match essence.split_once('/') {
+        Some((ty, sub)) if token(ty) && token(sub) => Ok(()),
+        _ => Err(invalid(format!(
+            "datacontenttype {ct:?} is not a media type (type/subtype)"
+        ))),
+    }
 }
 
 fn attr_string(v: &AttributeValue<'_>) -> String {

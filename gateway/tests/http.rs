@@ -1,141 +1,15 @@
 //! The gateway over real HTTP on loopback: routing, the CGI contract,
 //! limits, errors, metrics and drain. Each test deploys its own services.
 
+mod common;
+
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use flint_gateway::{manifest, serve, Gateway, Settings};
+use common::*;
+use flint_gateway::manifest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-
-struct Running {
-    addr: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<()>,
-    gw: Arc<Gateway>,
-    /// The gateway's state directory, removed with it.
-    _state: tempfile::TempDir,
-}
-
-fn manifest(name: &str, example: &str, spec_extra: &str) -> String {
-    format!(
-        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n{spec_extra}      containers:\n        - image: {}\n          env:\n            - name: FROM_MANIFEST\n              value: yes\n",
-        flint_examples::path(example).display()
-    )
-}
-
-async fn start(services: &[String], max_body: usize) -> Running {
-    let state_dir = tempfile::Builder::new()
-        .prefix("flint-gw-")
-        .tempdir()
-        .unwrap();
-    let state = state_dir.path().to_path_buf();
-    let gw = Gateway::new(Settings {
-        domain: "example.com".into(),
-        max_body_bytes: max_body,
-        state_dir: state.clone(),
-        policy: Default::default(),
-    });
-    for yaml in services {
-        let s = manifest::parse(yaml).unwrap();
-        let gw2 = gw.clone();
-        let st = state.clone();
-        tokio::task::spawn_blocking(move || {
-            gw2.registry.apply(s, &PathBuf::from("."), &st).unwrap()
-        })
-        .await
-        .unwrap();
-    }
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (addr, admin) = (l.local_addr().unwrap(), a.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    let done = tokio::spawn(serve(gw.clone(), l, Some(a), async move {
-        let _ = rx.await;
-    }));
-    Running {
-        addr,
-        admin,
-        stop: Some(tx),
-        done,
-        gw,
-        _state: state_dir,
-    }
-}
-
-/// One HTTP/1.1 request with `Connection: close`; returns (status, head, body).
-async fn http(
-    addr: std::net::SocketAddr,
-    method: &str,
-    host: &str,
-    path: &str,
-    body: &[u8],
-) -> (u16, String, Vec<u8>) {
-    send(
-        addr,
-        &format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n"),
-        body,
-    )
-    .await
-}
-
-/// Sends `head` (request line and headers, without the final blank line)
-/// plus `Connection: close`, `Content-Length` and `body`; reads the response.
-async fn send(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "{head}Connection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    let _ = s.write_all(body).await;
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out).await;
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
-    let head = String::from_utf8_lossy(&out[..split]).into_owned();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = &out[split + 4..];
-    let body = if head.to_lowercase().contains("transfer-encoding: chunked") {
-        dechunk(body)
-    } else {
-        body.to_vec()
-    };
-    (status, head, body)
-}
-
-/// The data of a chunked body (as far as it goes, if it was cut short).
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&b[..eol])
-            .ok()
-            .and_then(|l| usize::from_str_radix(l.split(';').next().unwrap_or("").trim(), 16).ok());
-        let Some(size) = size else { break };
-        if size == 0 {
-            break;
-        }
-        let data = &b[eol + 2..];
-        out.extend_from_slice(&data[..size.min(data.len())]);
-        if data.len() < size + 2 {
-            break;
-        }
-        b = &data[size + 2..];
-    }
-    out
-}
-
-impl Running {
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.done.await.unwrap();
-    }
-}
+use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn routes_by_host_and_follows_the_cgi_contract() {
@@ -407,20 +281,6 @@ async fn revisions_traffic_split_and_tags() {
         "{head}"
     );
     gw.stop().await;
-}
-
-/// A POST with extra headers.
-async fn http_with(
-    addr: std::net::SocketAddr,
-    host: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String, Vec<u8>) {
-    let mut head = format!("POST / HTTP/1.1\r\nHost: {host}\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    send(addr, &head, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -6,11 +6,6 @@
 
 use std::path::PathBuf;
 
-/// Every example, by name.
-pub const NAMES: &[&str] = &[
-    "hello", "echo", "fib", "alloc", "trap", "spin", "counter", "entropy",
-];
-
 /// The path of example `name`'s module (built into this crate's OUT_DIR).
 pub fn path(name: &str) -> PathBuf {
     PathBuf::from(env!("FLINT_EXAMPLES_DIR")).join(format!("{name}.wasm"))

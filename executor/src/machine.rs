@@ -339,12 +339,7 @@ impl Machine {
         match outcome {
             Err(RunError::GuestCrash(why)) => {
                 let log = self.bus.serial.log();
-                Err(if why == "out of memory" {
-                    RunError::OutOfMemory {
-                        memory_mib: self.memory_mib,
-                        detail: "the guest runtime's heap is exhausted".into(),
-                    }
-                } else if log.is_empty() {
+                Err(if log.is_empty() {
                     RunError::GuestCrash(why)
                 } else {
                     RunError::GuestCrash(format!("{why}; guest log: {log}"))
@@ -677,9 +672,10 @@ fn run_vcpu(
             VcpuEvent::IoOut(PANIC_PORT, data) => {
                 let log = bus.serial.log();
                 return Err(match data[0] {
-                    HALT_OUT_OF_MEMORY if log.is_empty() => {
-                        RunError::GuestCrash("out of memory".into())
-                    }
+                    HALT_OUT_OF_MEMORY if log.is_empty() => RunError::OutOfMemory {
+                        memory_mib: mem_bytes(mem) >> 20,
+                        detail: "the guest runtime's heap is exhausted".into(),
+                    },
                     HALT_OUT_OF_MEMORY => RunError::OutOfMemory {
                         memory_mib: mem_bytes(mem) >> 20,
                         detail: format!("the guest runtime's heap is exhausted: {log}"),

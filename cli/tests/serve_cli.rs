@@ -326,8 +326,15 @@ fn serve_drops_to_an_unprivileged_user() {
         .spawn()
         .unwrap();
     wait_listening(port);
-    std::thread::sleep(Duration::from_millis(200));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap();
+    // It listens first and drops privileges right after: wait for that.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap();
+        if !status.lines().any(|l| l.starts_with("Uid:\t0")) || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let field = |k: &str| {
         status
             .lines()

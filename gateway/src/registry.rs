@@ -633,8 +633,26 @@ impl Registry {
 }
 
 /// Spreads requests over the split by percent, deterministically.
+/// Where request number `n` falls in a traffic split, 0 to 99: the count
+/// mixed (splitmix64) with a seed drawn once per process, so consecutive
+/// requests land independently, by weight, as Knative's random pick does
+/// (a plain `n % 100` would send runs of 50 to one side of a 50/50 split).
+fn slot(n: u64) -> u32 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        let mut b = [0u8; 8];
+        // SAFETY: getrandom writes at most 8 bytes into `b`.
+        unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
+        u64::from_le_bytes(b)
+    });
+    let mut z = n.wrapping_add(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ((z ^ (z >> 31)) % 100) as u32
+}
+
 fn pick(route: &Route, n: u64) -> Option<Arc<Revision>> {
-    let slot = (n % 100) as u32;
+    let slot = slot(n);
     let mut acc = 0;
     for (r, pct) in &route.split {
         acc += pct;
@@ -684,4 +702,33 @@ fn route(service: &Service, revisions: &[Arc<Revision>]) -> Result<Route, Deploy
         }
     }
     Ok(Route { split, tags })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slot;
+
+    #[test]
+    fn a_split_picks_by_weight_without_sticky_runs() {
+        // A 50/50 split over 400 consecutive requests.
+        let sides: Vec<bool> = (0..400).map(|n| slot(n) < 50).collect();
+        let first = sides.iter().filter(|&&a| a).count();
+        assert!(
+            (140..=260).contains(&first),
+            "{first} of 400 to the first half"
+        );
+        let mut run = 1;
+        let mut longest = 1;
+        for w in sides.windows(2) {
+            run = if w[0] == w[1] { run + 1 } else { 1 };
+            longest = longest.max(run);
+        }
+        assert!(longest < 20, "a run of {longest} requests to one side");
+        // A 90/10 split gives the small side about a tenth.
+        let small = (0..1000).filter(|&n| slot(n) >= 90).count();
+        assert!(
+            (50..=150).contains(&small),
+            "{small} of 1000 to the 10% side"
+        );
+    }
 }

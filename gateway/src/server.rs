@@ -396,23 +396,14 @@ impl Gateway {
         let (rev2, abort2, request_id2) = (rev.clone(), abort.clone(), request_id.to_string());
         let job = tokio::task::spawn_blocking(move || {
             let mut io = crate::stream::StreamIo::new(stdin, tx);
-            let restore_started = Instant::now();
-            let vm = match warm {
-                Some(vm) => Ok((vm, None)),
-                None => rev2
-                    .snapshot
-                    .as_ref()
-                    .expect("a module revision")
-                    .restore()
-                    .map(|vm| (vm, Some(restore_started.elapsed()))),
-            };
+            let vm = ready_vm(&rev2, warm);
             let r = vm.and_then(|(vm, restore)| {
                 let report = vm
                     .invoke_abortable(&invocation, &mut io, Some(whole), Some(&abort2))
                     .map_err(SnapshotError::Run)?;
                 Ok((report, restore))
             });
-            log_stderr(&rev2.name, &request_id2, &io.stderr, io.stderr_total);
+            log_stderr(&rev2.name, &request_id2, &io.stderr);
             r
         });
         // The header block, within the first-byte deadline.
@@ -574,18 +565,7 @@ impl Gateway {
         let warm = self.begin(rev);
         let job = tokio::task::spawn_blocking(move || {
             let mut io = CappedIo::new(stdin);
-            let restore_started = Instant::now();
-            // A warm instance was restored ahead of time; otherwise restore
-            // now (scale from zero: the request waits, it is not dropped).
-            let vm = match warm {
-                Some(vm) => Ok((vm, None)),
-                None => rev2
-                    .snapshot
-                    .as_ref()
-                    .expect("a module revision")
-                    .restore()
-                    .map(|vm| (vm, Some(restore_started.elapsed()))),
-            };
+            let vm = ready_vm(&rev2, warm);
             let r = vm.and_then(|(vm, restore)| {
                 Ok((vm.invoke(&invocation, &mut io, Some(timeout))?, restore))
             });
@@ -604,7 +584,7 @@ impl Gateway {
             }
             Ok(Ok(o)) => o,
         };
-        log_stderr(&rev.name, request_id, &io.stderr, io.stderr_total);
+        log_stderr(&rev.name, request_id, &io.stderr);
         match result {
             Ok((report, restore)) => {
                 if let Some(d) = restore {
@@ -674,7 +654,9 @@ impl Gateway {
                 ))
             }
         };
-        log_stderr(&rev.name, request_id, &stderr, stderr.len());
+        let mut log = StderrLog::default();
+        log.push(&stderr);
+        log_stderr(&rev.name, request_id, &log);
         let code = match &outcome {
             Ok(o) if o.status.code() == 0 => "200",
             _ => "502",
@@ -764,7 +746,7 @@ fn new_request_id() -> String {
     format!("{t:016x}-{:08x}", N.fetch_add(1, Ordering::Relaxed))
 }
 
-use crate::stream::{MAX_RESPONSE_BYTES, MAX_STDERR_LOG};
+use crate::stream::{StderrLog, MAX_RESPONSE_BYTES, MAX_STDERR_LOG};
 
 /// A function's streams for one request, bounded: stdin from the body,
 /// stdout up to `MAX_RESPONSE_BYTES` (then the write fails and the VM
@@ -774,8 +756,7 @@ use crate::stream::{MAX_RESPONSE_BYTES, MAX_STDERR_LOG};
 struct CappedIo {
     stdin: std::io::Cursor<Vec<u8>>,
     stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    stderr_total: usize,
+    stderr: StderrLog,
 }
 
 impl CappedIo {
@@ -783,8 +764,7 @@ impl CappedIo {
         Self {
             stdin: std::io::Cursor::new(stdin),
             stdout: Vec::new(),
-            stderr: Vec::new(),
-            stderr_total: 0,
+            stderr: StderrLog::default(),
         }
     }
 }
@@ -800,9 +780,7 @@ impl flint_executor::GuestIo for CappedIo {
         Ok(())
     }
     fn stderr(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.stderr_total += data.len();
-        let room = MAX_STDERR_LOG.saturating_sub(self.stderr.len());
-        self.stderr.extend_from_slice(&data[..data.len().min(room)]);
+        self.stderr.push(data);
         Ok(())
     }
     fn stdin(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -814,19 +792,37 @@ impl flint_executor::GuestIo for CappedIo {
 /// escaped (`{:?}`: no control characters or terminal escapes reach the
 /// log, and a line of it cannot pass for one of the gateway's), and cut at
 /// `MAX_STDERR_LOG` bytes.
-fn log_stderr(revision: &str, request_id: &str, stderr: &[u8], total: usize) {
-    if stderr.is_empty() {
+fn log_stderr(revision: &str, request_id: &str, stderr: &StderrLog) {
+    if stderr.kept.is_empty() {
         return;
     }
-    let shown = &stderr[..stderr.len().min(MAX_STDERR_LOG)];
+    let shown = &stderr.kept[..stderr.kept.len().min(MAX_STDERR_LOG)];
     tracing::info!(
         revision = %revision,
         request_id = %request_id,
-        bytes = total,
-        truncated = total > shown.len(),
+        bytes = stderr.total,
+        truncated = stderr.total > shown.len(),
         stderr = ?String::from_utf8_lossy(shown),
         "function stderr"
     );
+}
+
+/// A VM for one request of a module revision: the warm one restored ahead
+/// of time, or one restored now (scale from zero: the request waits, it is
+/// not dropped) with how long that took.
+fn ready_vm(
+    rev: &Revision,
+    warm: Option<flint_executor::ReadyVm>,
+) -> Result<(flint_executor::ReadyVm, Option<Duration>), SnapshotError> {
+    if let Some(vm) = warm {
+        return Ok((vm, None));
+    }
+    let started = Instant::now();
+    rev.snapshot
+        .as_ref()
+        .expect("a module revision")
+        .restore()
+        .map(|vm| (vm, Some(started.elapsed())))
 }
 
 /// The response to a run that failed before answering.

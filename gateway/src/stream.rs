@@ -40,8 +40,7 @@ pub struct StreamIo {
     stdin: std::io::Cursor<Vec<u8>>,
     out: UnboundedSender<Bytes>,
     sent: usize,
-    pub stderr: Vec<u8>,
-    pub stderr_total: usize,
+    pub stderr: StderrLog,
 }
 
 impl StreamIo {
@@ -50,9 +49,24 @@ impl StreamIo {
             stdin: std::io::Cursor::new(stdin),
             out,
             sent: 0,
-            stderr: Vec::new(),
-            stderr_total: 0,
+            stderr: StderrLog::default(),
         }
+    }
+}
+
+/// A function's stderr for one request: its first `MAX_STDERR_LOG` bytes,
+/// and how many it wrote in all.
+#[derive(Debug, Default)]
+pub struct StderrLog {
+    pub kept: Vec<u8>,
+    pub total: usize,
+}
+
+impl StderrLog {
+    pub fn push(&mut self, data: &[u8]) {
+        self.total += data.len();
+        let room = MAX_STDERR_LOG.saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&data[..data.len().min(room)]);
     }
 }
 
@@ -69,9 +83,7 @@ impl flint_executor::GuestIo for StreamIo {
             .map_err(|_| std::io::Error::other("the client went away"))
     }
     fn stderr(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.stderr_total += data.len();
-        let room = MAX_STDERR_LOG.saturating_sub(self.stderr.len());
-        self.stderr.extend_from_slice(&data[..data.len().min(room)]);
+        self.stderr.push(data);
         Ok(())
     }
     fn stdin(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {

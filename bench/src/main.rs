@@ -56,6 +56,7 @@ fn flint_process(flint: &Path, module: &Path) -> Result<(f64, u64)> {
 
 mod linux;
 mod pods;
+mod reset;
 mod snapshot;
 
 fn main() -> Result<()> {
@@ -67,12 +68,13 @@ fn main() -> Result<()> {
         "snapshot" => snapshot::main(iterations),
         "containerd" => pods::main(iterations),
         "linux" => linux::main(iterations),
+        "reset" => reset::main(iterations),
         "all" => {
             cold(iterations)?;
             println!();
             snapshot::main(iterations)
         }
-        other => bail!("unknown benchmark {other:?}: use cold, snapshot, linux, containerd or all"),
+        other => bail!("unknown benchmark {other:?}: use cold, snapshot, reset, linux, containerd or all"),
     }
 }
 

@@ -350,14 +350,30 @@ impl Machine {
     }
 
     /// Turns the end of a run into its report or error, and tears the VM down.
+    /// How the run ended; the VM is torn down.
     fn conclude(
         mut self,
         stop: Result<Stop, RunError>,
         marks: Marks,
         timeout: Option<Duration>,
     ) -> Result<RunReport, RunError> {
-        let guest_resident_bytes = self.vm.resident_bytes();
         let t_end = Instant::now();
+        let r = self.outcome(stop, marks, timeout);
+        drop(self);
+        r.map(|mut report| {
+            report.phases.teardown = t_end.elapsed();
+            report
+        })
+    }
+
+    /// How the run ended, the VM kept.
+    fn outcome(
+        &mut self,
+        stop: Result<Stop, RunError>,
+        marks: Marks,
+        timeout: Option<Duration>,
+    ) -> Result<RunReport, RunError> {
+        let guest_resident_bytes = self.vm.resident_bytes();
         let memory_mib = self.memory_mib;
         let mut phases = self.phases;
         phases.run = marks
@@ -365,8 +381,6 @@ impl Machine {
             .map(|e| e.saturating_duration_since(marks.ready.unwrap_or(self.started)))
             .unwrap_or_default();
         self.phases = Phases::default();
-        drop(self);
-        phases.teardown = t_end.elapsed();
         match stop? {
             Stop::Guest(GuestEnd::Exited(code)) => Ok(RunReport {
                 exit_code: code,
@@ -424,6 +438,10 @@ pub fn run(
 /// It can be saved (see [`ReadyVm::save`]), invoked once, or dropped.
 pub struct ReadyVm {
     machine: Machine,
+    /// The last run in place ended cleanly, so [`ReadyVm::reset`] may
+    /// return the VM to its snapshot (a VM whose run trapped, timed out,
+    /// broke the protocol or ran out of memory is dropped instead).
+    resettable: bool,
 }
 
 impl std::fmt::Debug for ReadyVm {
@@ -444,7 +462,10 @@ impl ReadyVm {
         let marks = session.marks;
         machine.note_boot_phases(&marks);
         match stop {
-            Ok(Stop::Ready) => Ok(Self { machine }),
+            Ok(Stop::Ready) => Ok(Self {
+                machine,
+                resettable: false,
+            }),
             other => match machine.conclude(other, marks, config.timeout) {
                 Err(e) => Err(e),
                 Ok(report) => Err(RunError::GuestProtocol(ProtocolViolation::Session(
@@ -545,7 +566,10 @@ impl ReadyVm {
         phases.guest_load = t1.elapsed();
         machine.phases = phases;
         machine.started = Instant::now();
-        Ok(Self { machine })
+        Ok(Self {
+            machine,
+            resettable: false,
+        })
     }
 
     /// Starts the invocation and runs it to the end; the VM is torn down.
@@ -578,6 +602,78 @@ impl ReadyVm {
         let stop = m.drive(&mut session, timeout, abort);
         let marks = session.marks;
         self.machine.conclude(stop, marks, timeout)
+    }
+}
+
+impl ReadyVm {
+    /// [`Self::invoke_abortable`], keeping the VM: after a clean end,
+    /// [`Self::reset`] returns it to its snapshot for the next invocation.
+    pub fn invoke_in_place(
+        &mut self,
+        invocation: &Invocation,
+        io: &mut dyn GuestIo,
+        timeout: Option<Duration>,
+        abort: Option<&AtomicBool>,
+    ) -> Result<RunReport, RunError> {
+        self.resettable = false;
+        let m = &mut self.machine;
+        m.bus.console.clear();
+        m.bus
+            .console
+            .send(&start_frame(&invocation.args, &invocation.env));
+        m.bus.console.fill_rx(m.vm.memory())?;
+        let mut session = Session::resumed(io);
+        m.started = Instant::now();
+        let stop = m.drive(&mut session, timeout, abort);
+        let marks = session.marks;
+        let r = m.outcome(stop, marks, timeout);
+        self.resettable = r.as_ref().is_ok_and(|rep| rep.exit_code == 0);
+        r
+    }
+
+    /// Returns this VM, restored from `state`'s snapshot and run in place,
+    /// to the snapshot: every page the guest or the VMM wrote goes back to
+    /// the snapshot's (`Vm::discard_written_pages`: the memory is a private
+    /// mapping of the snapshot), the vCPU and the devices take the saved
+    /// state again, and the clock and random seed are new, as on a
+    /// restore. Returns how many pages were written. Refused after a run
+    /// that did not end cleanly.
+    pub fn reset(&mut self, state: &VmState) -> Result<u64, RunError> {
+        if !std::mem::take(&mut self.resettable) {
+            return Err(RunError::InvalidState(
+                "only a VM whose last run ended cleanly is reset; this one is dropped".into(),
+            ));
+        }
+        let m = &mut self.machine;
+        let pages = m.vm.discard_written_pages().map_err(|e| {
+            RunError::InvalidState(format!("returning guest memory to the snapshot: {e}"))
+        })?;
+        m.vcpu
+            .restore(&state.vcpu)
+            .map_err(|e| RunError::InvalidState(format!("the vCPU state was refused: {e}")))?;
+        m.bus.console = Console::restore(&state.console, m.vm.memory()).map_err(|e| {
+            RunError::InvalidState(format!("the data channel's state is invalid: {e}"))
+        })?;
+        m.bus.serial = SerialConsole::restore(&state.serial);
+        m.generation = loader::read_generation(m.vm.memory());
+        m.refresh_entropy_and_time()?;
+        Ok(pages)
+    }
+
+    /// Reads guest memory from guest-physical `addr` (for checks of a
+    /// reset).
+    pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> Result<(), RunError> {
+        use vm_memory::Bytes;
+        self.machine
+            .vm
+            .memory()
+            .read_slice(buf, vm_memory::GuestAddress(addr))
+            .map_err(|e| RunError::InvalidState(format!("reading guest memory: {e}")))
+    }
+
+    /// The vCPU's general registers now (for checks of a reset).
+    pub fn registers(&self) -> Result<kvm_bindings::kvm_regs, RunError> {
+        Ok(self.machine.vcpu.regs()?)
     }
 }
 

@@ -308,6 +308,14 @@ impl Snapshot {
         Ok(ReadyVm::restore(&self.state.vm, memory)?)
     }
 
+    /// Returns `vm`, restored from this snapshot with [`Self::restore`]
+    /// and run with `ReadyVm::invoke_in_place`, to this snapshot in place
+    /// (`ReadyVm::reset`): the next invocation cannot see a byte of the
+    /// last one. Returns how many pages had been written.
+    pub fn reset(&self, vm: &mut ReadyVm) -> Result<u64, SnapshotError> {
+        Ok(vm.reset(&self.state.vm)?)
+    }
+
     /// Restores the VM and runs one invocation in it. With the uffd backend
     /// and no working set yet, records one beside the snapshot.
     pub fn invoke(

@@ -405,3 +405,68 @@ fn a_memory_file_that_shrinks_under_a_uffd_restore_stops_the_vm_with_an_error() 
         other => panic!("expected a memory backend error, got {other:?}"),
     }
 }
+
+/// Reset in place: a VM restored from a snapshot, run, and reset is the
+/// snapshot again: every byte of guest memory equal to the snapshot's but
+/// the clock and seed pages (fresh on every restore, as they are), the
+/// registers as saved, and each run sees none of the last (`counter`
+/// always counts 1). A run that fails leaves a VM that is not reset.
+#[test]
+fn a_vm_reset_in_place_is_the_snapshot_again() {
+    let dir = snapshot("counter");
+    let snap = Snapshot::open(dir.path()).unwrap();
+    let image = std::fs::read(dir.path().join("memory.bin")).unwrap();
+    let mut vm = snap.restore().unwrap();
+    let saved = vm.registers().unwrap();
+    let fresh = [
+        flint_abi::layout::CLOCK_PAGE_ADDR as usize / 4096,
+        flint_abi::layout::SEED_PAGE_ADDR as usize / 4096,
+    ];
+    for round in 0..5 {
+        let mut io = BufferIo::default();
+        let r = vm
+            .invoke_in_place(
+                &inv(&["counter.wasm"], &[]),
+                &mut io,
+                Some(Duration::from_secs(30)),
+                None,
+            )
+            .unwrap();
+        assert_eq!(r.exit_code, 0);
+        assert_eq!(io.stdout, b"count 1\n", "round {round}");
+        let written = snap.reset(&mut vm).unwrap();
+        assert!(written > 2, "round {round}: {written} pages written");
+        let mut now = vec![0u8; image.len()];
+        vm.read_memory(0, &mut now).unwrap();
+        for (page, (a, b)) in now.chunks(4096).zip(image.chunks(4096)).enumerate() {
+            if !fresh.contains(&page) {
+                assert!(
+                    a == b,
+                    "round {round}: page {page:#x} differs from the snapshot"
+                );
+            }
+        }
+        let regs = vm.registers().unwrap();
+        assert_eq!(
+            (regs.rip, regs.rsp, regs.rflags, regs.rax, regs.rbx),
+            (saved.rip, saved.rsp, saved.rflags, saved.rax, saved.rbx),
+            "round {round}"
+        );
+    }
+    // A trap: that VM is not reset.
+    let dir = snapshot("trap");
+    let snap = Snapshot::open(dir.path()).unwrap();
+    let mut vm = snap.restore().unwrap();
+    let mut io = BufferIo::default();
+    let r = vm.invoke_in_place(
+        &inv(&["trap.wasm"], &[]),
+        &mut io,
+        Some(Duration::from_secs(30)),
+        None,
+    );
+    assert!(matches!(r, Err(RunError::Trap(_))), "{r:?}");
+    assert!(
+        snap.reset(&mut vm).is_err(),
+        "a VM whose run trapped is not reset"
+    );
+}

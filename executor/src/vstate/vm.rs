@@ -173,6 +173,67 @@ impl Vm {
         Ok(())
     }
 
+    /// Drops every private page of guest memory: for memory that is a
+    /// private mapping of a snapshot file, that returns each page the guest
+    /// or the VMM wrote to the file's contents, and leaves the pages only
+    /// read (and KVM's translations of them) alone. The written pages are
+    /// found in `/proc/self/pagemap`: present and anonymous (a private
+    /// copy), or swapped. Returns how many there were. Refused for memory
+    /// without a file behind it, which this would zero.
+    pub fn discard_written_pages(&self) -> std::io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        const PAGE: usize = 4096;
+        const PRESENT: u64 = 1 << 63;
+        const SWAPPED: u64 = 1 << 62;
+        const FILE: u64 = 1 << 61;
+        let pagemap = std::fs::File::open("/proc/self/pagemap")?;
+        let mut written = 0u64;
+        for region in self.memory.iter() {
+            if region.file_offset().is_none() {
+                return Err(std::io::Error::other(
+                    "guest memory is not a mapping of a snapshot file",
+                ));
+            }
+            let host = self
+                .memory
+                .get_host_address(region.start_addr())
+                .map_err(std::io::Error::other)? as usize;
+            let pages = region.len() as usize / PAGE;
+            let mut entries = vec![0u8; pages * 8];
+            pagemap.read_exact_at(&mut entries, (host / PAGE * 8) as u64)?;
+            let dirty = |i: usize| {
+                let e = u64::from_le_bytes(entries[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+                (e & PRESENT != 0 && e & FILE == 0) || e & SWAPPED != 0
+            };
+            let mut i = 0;
+            while i < pages {
+                if !dirty(i) {
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while i < pages && dirty(i) {
+                    i += 1;
+                }
+                // SAFETY: the range lies inside this region's live mapping;
+                // MADV_DONTNEED on a private file mapping only drops private
+                // copies (the next access reads the file again).
+                let r = unsafe {
+                    libc::madvise(
+                        (host + start * PAGE) as *mut libc::c_void,
+                        (i - start) * PAGE,
+                        libc::MADV_DONTNEED,
+                    )
+                };
+                if r != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                written += (i - start) as u64;
+            }
+        }
+        Ok(written)
+    }
+
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
     }

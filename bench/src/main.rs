@@ -74,7 +74,9 @@ fn main() -> Result<()> {
             println!();
             snapshot::main(iterations)
         }
-        other => bail!("unknown benchmark {other:?}: use cold, snapshot, reset, linux, containerd or all"),
+        other => bail!(
+            "unknown benchmark {other:?}: use cold, snapshot, reset, linux, containerd or all"
+        ),
     }
 }
 

@@ -23,13 +23,20 @@ pub fn main(iterations: usize) -> Result<()> {
             env: vec![],
         };
         let dir = tmp.join(name);
-        create(&module, name, &dir, &VmConfig::default(), &mut BufferIo::default())?;
+        create(
+            &module,
+            name,
+            &dir,
+            &VmConfig::default(),
+            &mut BufferIo::default(),
+        )?;
         let snap = Snapshot::open_sealed(&dir)?;
         let timeout = Some(std::time::Duration::from_secs(30));
         let mut fresh = Vec::new();
         for _ in 0..iterations {
             let t = Instant::now();
-            snap.restore()?.invoke(&inv, &mut BufferIo::default(), timeout)?;
+            snap.restore()?
+                .invoke(&inv, &mut BufferIo::default(), timeout)?;
             fresh.push(ms(t.elapsed()));
         }
         let mut vm = snap.restore()?;

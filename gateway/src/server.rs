@@ -396,12 +396,10 @@ impl Gateway {
         let (rev2, abort2, request_id2) = (rev.clone(), abort.clone(), request_id.to_string());
         let job = tokio::task::spawn_blocking(move || {
             let mut io = crate::stream::StreamIo::new(stdin, tx);
-            let vm = ready_vm(&rev2, warm);
-            let r = vm.and_then(|(vm, restore)| {
-                let report = vm
-                    .invoke_abortable(&invocation, &mut io, Some(whole), Some(&abort2))
-                    .map_err(SnapshotError::Run)?;
-                Ok((report, restore))
+            let r = ready_vm(&rev2, warm).and_then(|(vm, restore)| {
+                let (report, reset) =
+                    run_and_recycle(&rev2, vm, &invocation, &mut io, Some(whole), Some(&abort2))?;
+                Ok((report, restore, reset))
             });
             log_stderr(&rev2.name, &request_id2, &io.stderr);
             r
@@ -451,7 +449,7 @@ impl Gateway {
                         format!("the invocation task failed: {e}"),
                     ),
                     Ok(Err(e)) => run_error_response(e, first_byte),
-                    Ok(Ok((report, _))) if report.exit_code != 0 => text(
+                    Ok(Ok((report, ..))) if report.exit_code != 0 => text(
                         StatusCode::BAD_GATEWAY,
                         format!("the function exited with status {}", report.exit_code),
                     ),
@@ -475,14 +473,8 @@ impl Gateway {
             match result {
                 Err(e) => Err(format!("the invocation task failed: {e}")),
                 Ok(Err(e)) => Err(error_chain(&e)),
-                Ok(Ok((report, restore))) => {
-                    if let Some(d) = restore {
-                        gw.metrics.observe_ms(
-                            "flint_restore_latencies",
-                            &labels(&[("revision_name", &rev3.name)]),
-                            d.as_secs_f64() * 1e3,
-                        );
-                    }
+                Ok(Ok((report, restore, reset))) => {
+                    gw.observe_vm_latencies(&rev3, restore, reset);
                     if report.exit_code == 0 {
                         Ok(())
                     } else {
@@ -498,6 +490,25 @@ impl Gateway {
         let body =
             crate::stream::StreamingBody::new(first, rx, rev.service.idle_timeout, abort, ending);
         cgi_response(r).map(|_| body.boxed_unsync())
+    }
+
+    /// How long the request's VM took to restore (if it was not warm) and
+    /// to reset in place afterwards (if it was kept).
+    fn observe_vm_latencies(
+        &self,
+        rev: &Revision,
+        restore: Option<Duration>,
+        reset: Option<Duration>,
+    ) {
+        let l = labels(&[("revision_name", &rev.name)]);
+        for (name, d) in [
+            ("flint_restore_latencies", restore),
+            ("flint_reset_latencies", reset),
+        ] {
+            if let Some(d) = d {
+                self.metrics.observe_ms(name, &l, d.as_secs_f64() * 1e3);
+            }
+        }
     }
 
     /// A request starts on `rev`: counted, and given a pre-restored VM if
@@ -552,7 +563,6 @@ impl Gateway {
                 "the revision has no function",
             ));
         };
-        let rev_labels = labels(&[("revision_name", &rev.name)]);
         let mut args = vec![snapshot.module_name().to_string()];
         args.extend(rev.service.args.iter().cloned());
         let invocation = Invocation { args, env };
@@ -565,9 +575,10 @@ impl Gateway {
         let warm = self.begin(rev);
         let job = tokio::task::spawn_blocking(move || {
             let mut io = CappedIo::new(stdin);
-            let vm = ready_vm(&rev2, warm);
-            let r = vm.and_then(|(vm, restore)| {
-                Ok((vm.invoke(&invocation, &mut io, Some(timeout))?, restore))
+            let r = ready_vm(&rev2, warm).and_then(|(vm, restore)| {
+                let (report, reset) =
+                    run_and_recycle(&rev2, vm, &invocation, &mut io, Some(timeout), None)?;
+                Ok((report, restore, reset))
             });
             (r, io)
         });
@@ -586,14 +597,8 @@ impl Gateway {
         };
         log_stderr(&rev.name, request_id, &io.stderr);
         match result {
-            Ok((report, restore)) => {
-                if let Some(d) = restore {
-                    self.metrics.observe_ms(
-                        "flint_restore_latencies",
-                        &rev_labels,
-                        d.as_secs_f64() * 1e3,
-                    );
-                }
+            Ok((report, restore, reset)) => {
+                self.observe_vm_latencies(rev, restore, reset);
                 let result = if report.exit_code != 0 {
                     Err(text(
                         StatusCode::BAD_GATEWAY,
@@ -823,6 +828,44 @@ fn ready_vm(
         .expect("a module revision")
         .restore()
         .map(|vm| (vm, Some(started.elapsed())))
+}
+
+/// Runs `invocation` in `vm`, then, when it ended cleanly (exit 0) and
+/// the revision does not ask for `flint.dev/isolation: request`, resets the
+/// VM to the snapshot in place and gives it back to the revision's pool for
+/// a later request (`Snapshot::reset`: nothing of this run survives). A VM
+/// whose run failed, or whose reset failed, is dropped. Returns how long
+/// the reset took, if there was one.
+fn run_and_recycle(
+    rev: &Revision,
+    mut vm: flint_executor::ReadyVm,
+    invocation: &Invocation,
+    io: &mut dyn flint_executor::GuestIo,
+    timeout: Option<Duration>,
+    abort: Option<&AtomicBool>,
+) -> Result<(flint_executor::RunReport, Option<Duration>), SnapshotError> {
+    let report = vm
+        .invoke_in_place(invocation, io, timeout, abort)
+        .map_err(SnapshotError::Run)?;
+    if report.exit_code != 0 || rev.service.isolation == crate::manifest::Isolation::Request {
+        return Ok((report, None));
+    }
+    let started = Instant::now();
+    match rev
+        .snapshot
+        .as_ref()
+        .expect("a module revision")
+        .reset(&mut vm)
+    {
+        Ok(_) => {
+            rev.pool.lock().unwrap_or_else(|e| e.into_inner()).push(vm);
+            Ok((report, Some(started.elapsed())))
+        }
+        Err(e) => {
+            tracing::warn!(revision = %rev.name, "a VM could not be reset, so it is dropped: {}", error_chain(&e));
+            Ok((report, None))
+        }
+    }
 }
 
 /// The response to a run that failed before answering.

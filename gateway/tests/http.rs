@@ -571,6 +571,32 @@ async fn every_request_gets_a_fresh_instance() {
     gw.stop().await;
 }
 
+/// Without `flint.dev/isolation: request`, an instance is kept after a
+/// clean run and reset to its snapshot in place for the next request: the
+/// requests are served warm by reset VMs, each still sees a pristine one
+/// (`/count` is 1 every time), and the resets are in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_are_reset_in_place_between_requests() {
+    let gw = start(&[manifest("kept", "greet", "")], 1 << 20).await;
+    for i in 0..8 {
+        let (code, _, body) = http(gw.addr, "GET", "kept.default.example.com", "/count", b"").await;
+        assert_eq!(
+            (code, String::from_utf8_lossy(&body).into_owned()),
+            (200, "count 1\n".to_string()),
+            "request {i}"
+        );
+    }
+    let (_, _, metrics) = http(gw.admin, "GET", "x", "/metrics", b"").await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let resets: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("flint_reset_latencies_count{revision_name=\"kept-00001\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(resets >= 7.0, "{resets} resets for 8 requests:\n{metrics}");
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn images_can_be_oci_layouts() {
     let archive = flint_image::build(

@@ -1117,7 +1117,13 @@ fn data_plane() -> hyper_util::server::conn::auto::Builder<hyper_util::rt::Tokio
 /// never spins and service resumes when fds free up.
 async fn accept(l: &TcpListener) -> Option<(tokio::net::TcpStream, SocketAddr)> {
     match l.accept().await {
-        Ok(c) => Some(c),
+        Ok(c) => {
+            // A streamed response is written in pieces (head, chunks):
+            // without TCP_NODELAY, Nagle's algorithm holds each small write
+            // back for the client's delayed ACK, about 40 ms.
+            let _ = c.0.set_nodelay(true);
+            Some(c)
+        }
         Err(e) => {
             let transient = matches!(
                 e.raw_os_error(),

@@ -350,6 +350,26 @@ impl Machine {
     }
 
     /// Turns the end of a run into its report or error, and tears the VM down.
+    /// Starts `invocation` in a VM at its ready point and runs it until it
+    /// stops.
+    fn resume(
+        &mut self,
+        invocation: &Invocation,
+        io: &mut dyn GuestIo,
+        timeout: Option<Duration>,
+        abort: Option<&AtomicBool>,
+    ) -> Result<(Result<Stop, RunError>, Marks), RunError> {
+        self.bus.console.clear();
+        self.bus
+            .console
+            .send(&start_frame(&invocation.args, &invocation.env));
+        self.bus.console.fill_rx(self.vm.memory())?;
+        let mut session = Session::resumed(io);
+        self.started = Instant::now();
+        let stop = self.drive(&mut session, timeout, abort);
+        Ok((stop, session.marks))
+    }
+
     /// How the run ended; the VM is torn down.
     fn conclude(
         mut self,
@@ -591,16 +611,7 @@ impl ReadyVm {
         timeout: Option<Duration>,
         abort: Option<&AtomicBool>,
     ) -> Result<RunReport, RunError> {
-        let m = &mut self.machine;
-        m.bus.console.clear();
-        m.bus
-            .console
-            .send(&start_frame(&invocation.args, &invocation.env));
-        m.bus.console.fill_rx(m.vm.memory())?;
-        let mut session = Session::resumed(io);
-        m.started = Instant::now();
-        let stop = m.drive(&mut session, timeout, abort);
-        let marks = session.marks;
+        let (stop, marks) = self.machine.resume(invocation, io, timeout, abort)?;
         self.machine.conclude(stop, marks, timeout)
     }
 }
@@ -616,17 +627,8 @@ impl ReadyVm {
         abort: Option<&AtomicBool>,
     ) -> Result<RunReport, RunError> {
         self.resettable = false;
-        let m = &mut self.machine;
-        m.bus.console.clear();
-        m.bus
-            .console
-            .send(&start_frame(&invocation.args, &invocation.env));
-        m.bus.console.fill_rx(m.vm.memory())?;
-        let mut session = Session::resumed(io);
-        m.started = Instant::now();
-        let stop = m.drive(&mut session, timeout, abort);
-        let marks = session.marks;
-        let r = m.outcome(stop, marks, timeout);
+        let (stop, marks) = self.machine.resume(invocation, io, timeout, abort)?;
+        let r = self.machine.outcome(stop, marks, timeout);
         self.resettable = r.as_ref().is_ok_and(|rep| rep.exit_code == 0);
         r
     }

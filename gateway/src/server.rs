@@ -374,19 +374,13 @@ impl Gateway {
         env: Vec<(String, String)>,
         stdin: Vec<u8>,
     ) -> Response<Body> {
-        let Some(snapshot) = &rev.snapshot else {
+        let Some(invocation) = module_invocation(rev, env) else {
             return text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the revision has no module",
             );
         };
-        let mut args = vec![snapshot.module_name().to_string()];
-        args.extend(rev.service.args.iter().cloned());
-        let invocation = Invocation { args, env };
-        let first_byte = match rev.service.response_start_timeout {
-            Some(t) => t.min(rev.service.timeout),
-            None => rev.service.timeout,
-        };
+        let first_byte = first_byte_timeout(rev);
         let whole =
             Duration::from_secs(crate::manifest::MAX_REVISION_TIMEOUT_SECONDS).max(first_byte);
         let started = Instant::now();
@@ -557,19 +551,13 @@ impl Gateway {
                 .run_linux(rev, linux.clone(), request_id, env, stdin)
                 .await;
         }
-        let Some(snapshot) = &rev.snapshot else {
+        let Some(invocation) = module_invocation(rev, env) else {
             return Err(text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the revision has no function",
             ));
         };
-        let mut args = vec![snapshot.module_name().to_string()];
-        args.extend(rev.service.args.iter().cloned());
-        let invocation = Invocation { args, env };
-        let timeout = match rev.service.response_start_timeout {
-            Some(t) => t.min(rev.service.timeout),
-            None => rev.service.timeout,
-        };
+        let timeout = first_byte_timeout(rev);
         let rev2 = rev.clone();
         let started = Instant::now();
         let warm = self.begin(rev);
@@ -634,10 +622,7 @@ impl Gateway {
         env: Vec<(String, String)>,
         stdin: Vec<u8>,
     ) -> Result<cgi::Response, Response<Body>> {
-        let timeout = match rev.service.response_start_timeout {
-            Some(t) => t.min(rev.service.timeout),
-            None => rev.service.timeout,
-        };
+        let timeout = first_byte_timeout(rev);
         let started = Instant::now();
         rev.arrivals.fetch_add(1, Ordering::Relaxed);
         rev.inflight.fetch_add(1, Ordering::SeqCst);
@@ -810,6 +795,25 @@ fn log_stderr(revision: &str, request_id: &str, stderr: &StderrLog) {
         stderr = ?String::from_utf8_lossy(shown),
         "function stderr"
     );
+}
+
+/// The invocation of a module revision's function: the module's name and
+/// the manifest's args, `env`.
+fn module_invocation(rev: &Revision, env: Vec<(String, String)>) -> Option<Invocation> {
+    let snapshot = rev.snapshot.as_ref()?;
+    let mut args = vec![snapshot.module_name().to_string()];
+    args.extend(rev.service.args.iter().cloned());
+    Some(Invocation { args, env })
+}
+
+/// How long a function has to write its first byte (a buffered response's
+/// whole run): `responseStartTimeoutSeconds` if shorter, else
+/// `timeoutSeconds`.
+fn first_byte_timeout(rev: &Revision) -> Duration {
+    match rev.service.response_start_timeout {
+        Some(t) => t.min(rev.service.timeout),
+        None => rev.service.timeout,
+    }
 }
 
 /// A VM for one request of a module revision: the warm one restored ahead

@@ -173,3 +173,182 @@ fn replace(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// The Linux layer's system calls, made by a hostile program: each input
+/// is a sequence of calls with fuzzed numbers and arguments, made through
+/// the real dispatcher of a real VM's kernel on a thread confined as a
+/// vCPU thread is. An argument is a small number, a negative one, any
+/// 64-bit value, a value an earlier call returned (fds, addresses, pids),
+/// or a pointer: into the input itself (mapped into the process) or to one
+/// of a few well-formed things (paths inside the root, a timespec, an
+/// iovec array, an argv), so that calls get past their first check. An
+/// input passes when every call returns without a panic and without a host
+/// call outside the vCPU thread's seccomp list, and when, once its
+/// processes are ended, all the guest memory they held is free again.
+#[test]
+fn linux_syscalls() {
+    use std::sync::mpsc;
+    // The kernel lives on its own thread, confined as a vCPU thread is
+    // (the filter stays on a thread once installed, and the fuzz engine's
+    // own host calls must not count); inputs go to it and verdicts back.
+    let (to_kernel, inputs) = mpsc::channel::<Vec<u8>>();
+    let (to_engine, verdicts) = mpsc::channel::<Result<(), String>>();
+    let (root_tx, root_rx) = mpsc::channel();
+    let kernel = std::thread::spawn(move || {
+        let mut h = flint_linux::fuzz::Harness::new(64).expect("a Linux VM for the harness");
+        root_tx
+            .send(h.root().to_path_buf())
+            .expect("the engine thread");
+        h.confine().expect("the vCPU thread's filter");
+        let frames = (h.end(), h.frames().1);
+        // A panic fails the input; `begin` rebuilds the state anyway.
+        let mut h = std::panic::AssertUnwindSafe(h);
+        for input in inputs {
+            let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                syscall_sequence(&mut h, frames, &input)
+            }))
+            .unwrap_or_else(|p| {
+                Err(p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic".into()))
+            });
+            if to_engine.send(verdict).is_err() {
+                break;
+            }
+        }
+    });
+    let root = root_rx.recv().expect("the kernel thread");
+    check!().for_each(|input: &[u8]| {
+        // Files the last input's calls made, removed or changed go.
+        flint_linux::fuzz::fill_root(&root).expect("the harness's root");
+        to_kernel.send(input.to_vec()).expect("the kernel thread");
+        if let Err(e) = verdicts.recv().expect("the kernel thread") {
+            panic!("{e}");
+        }
+    });
+    drop(to_kernel);
+    kernel.join().expect("the kernel thread");
+}
+
+/// Where the well-formed things a pointer argument may point at are in
+/// the scratch region's second page (the first holds the input).
+const DICTIONARY: u64 = 0x1000;
+const PATHS: [&str; 8] = [
+    "/etc/hostname",
+    "/tmp/f",
+    "/proc/self/maps",
+    "/",
+    "/init",
+    "/proc/self/status",
+    "/tmp",
+    "/dev/null",
+];
+
+/// The scratch region for `input`: the input, then paths (one per 32
+/// bytes), a timespec of 1 µs, an iovec array of two 64-byte buffers, an
+/// argv and zeroed room for what calls write back.
+fn scratch(input: &[u8]) -> Vec<u8> {
+    use flint_linux::fuzz::{SCRATCH, SCRATCH_LEN};
+    let mut s = vec![0u8; SCRATCH_LEN as usize];
+    let n = input.len().min(DICTIONARY as usize);
+    s[..n].copy_from_slice(&input[..n]);
+    let d = DICTIONARY as usize;
+    for (i, p) in PATHS.iter().enumerate() {
+        s[d + 32 * i..d + 32 * i + p.len()].copy_from_slice(p.as_bytes());
+    }
+    let mut put = |at: usize, v: u64| s[d + at..d + at + 8].copy_from_slice(&v.to_le_bytes());
+    put(0x100, 0);
+    put(0x108, 1000);
+    put(0x110, SCRATCH + 0x1800);
+    put(0x118, 64);
+    put(0x120, SCRATCH + 0x1900);
+    put(0x128, 64);
+    put(0x130, SCRATCH + DICTIONARY + 32 * 4);
+    put(0x138, 0);
+    s
+}
+
+/// One input's calls (see [`linux_syscalls`]); `frames` is what the kernel
+/// area holds with no process, and the memory's size.
+fn syscall_sequence(
+    h: &mut flint_linux::fuzz::Harness,
+    (baseline, total): (u64, u64),
+    input: &[u8],
+) -> Result<(), String> {
+    use flint_linux::fuzz::{SCRATCH, SCRATCH_LEN};
+    h.begin(&scratch(input))
+        .map_err(|e| format!("process 1: {e}"))?;
+    if let Err(e) = flint_executor::seccomp::check() {
+        return Err(format!("starting process 1: {e}"));
+    }
+    let pos = std::cell::Cell::new(0);
+    let next = |n: usize| {
+        let at = pos.get();
+        pos.set(at + n);
+        (0..n).fold(0u64, |v, i| {
+            v | u64::from(input.get(at + i).copied().unwrap_or(0)) << (8 * i)
+        })
+    };
+    let mut results = [3u64, 4, 0x1000_0000, 1];
+    for i in 0..64 {
+        if pos.get() >= input.len() {
+            break;
+        }
+        let sel = next(2) as u16;
+        // Every x86-64 number up to 334, and the newer calls Flint
+        // answers (close_range, openat2, clone3, faccessat2).
+        let nr = match sel % 340 {
+            335 => 435,
+            336 => 436,
+            337 => 437,
+            338 => 439,
+            339 => u64::from(sel),
+            n => u64::from(n),
+        };
+        let mut args = [0u64; 6];
+        for a in args.iter_mut() {
+            let kind = next(1);
+            let high = kind >> 3;
+            *a = match kind % 8 {
+                0 | 1 => high,
+                2 => SCRATCH + DICTIONARY + 32 * (high % PATHS.len() as u64),
+                3 => SCRATCH + DICTIONARY + [0x100, 0x110, 0x130, 0x200][high as usize % 4],
+                4 => SCRATCH + next(2) % SCRATCH_LEN,
+                5 => next(8),
+                6 => (-((high % 8) as i64 + 1)) as u64,
+                _ => results[high as usize % results.len()],
+            };
+        }
+        let threads = h.runnable();
+        let Some(&tid) = threads.get((sel as usize / 340) % threads.len().max(1)) else {
+            break;
+        };
+        let r = h.call(tid, nr, args);
+        if let Some(v) = r.filter(|&v| (v as i64) > 0) {
+            results[i % results.len()] = v;
+        }
+        // `FLINT_FUZZ_TRACE=1` shows each call, as strace would.
+        if std::env::var_os("FLINT_FUZZ_TRACE").is_some() {
+            let r = r.map(|v| v as i64);
+            eprintln!("[{tid}] {nr}({args:x?}) = {r:?}, {} frames", h.frames().0);
+        }
+        if let Err(e) = flint_executor::seccomp::check() {
+            return Err(format!("system call {nr}{args:x?} from thread {tid}: {e}"));
+        }
+        let (used, all) = h.frames();
+        if used > all || all != total {
+            return Err(format!(
+                "frame accounting after system call {nr}: {used} of {all}"
+            ));
+        }
+    }
+    let left = h.end();
+    if left != baseline {
+        return Err(format!(
+            "guest frames leaked: {left} in use once every process ended, {baseline} with none"
+        ));
+    }
+    Ok(())
+}

@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 
 use flint_executor::vstate::vcpu;
 
+#[cfg(feature = "fuzzing")]
+pub use kernel::fuzz;
 pub use kernel::{Program, Stdio};
 pub use task::ExitStatus;
 

@@ -51,8 +51,13 @@ pub const CLD_EXITED: i32 = 1;
 pub const CLD_KILLED: i32 = 2;
 pub const CLD_DUMPED: i32 = 3;
 
+/// The mask bit of signal `sig`; none for a number that is no signal.
 pub fn bit(sig: i32) -> SigSet {
-    1u64 << (sig - 1)
+    if (1..=NSIG).contains(&sig) {
+        1u64 << (sig - 1)
+    } else {
+        0
+    }
 }
 
 /// Signals that can be neither caught, blocked nor ignored.
@@ -227,10 +232,11 @@ pub fn push_frame(
 ) -> Result<(), Fault> {
     let (ss_sp, ss_size, ss_flags) = d.altstack;
     let rsp = d.regs.rsp;
-    let on_alt = ss_size > 0 && rsp > ss_sp && rsp <= ss_sp + ss_size;
+    let on_alt = ss_size > 0 && rsp > ss_sp && rsp <= ss_sp.wrapping_add(ss_size);
     let mut sp =
         if act.flags & SA_ONSTACK != 0 && ss_flags & SS_DISABLE == 0 && ss_size > 0 && !on_alt {
-            ss_sp + ss_size
+            // Guest values: a wrapped top is unmapped and faults below.
+            ss_sp.wrapping_add(ss_size)
         } else {
             rsp.wrapping_sub(128)
         };
@@ -277,12 +283,13 @@ pub fn sigreturn(
     frames: &mut Frames,
     regs: &mut kvm_regs,
 ) -> Result<Restored, Fault> {
+    // The guest's rsp: a frame that wraps is unmapped and faults.
     let uc = regs.rsp;
     let mut sc = [0u8; 256];
-    mm.read(frames, uc + 40, &mut sc)?;
+    mm.read(frames, uc.wrapping_add(40), &mut sc)?;
     let w = |i: usize| u64::from_le_bytes(sc[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
     let mut mask = [0u8; 8];
-    mm.read(frames, uc + 40 + 256, &mut mask)?;
+    mm.read(frames, uc.wrapping_add(40 + 256), &mut mask)?;
     regs.r8 = w(0);
     regs.r9 = w(1);
     regs.r10 = w(2);

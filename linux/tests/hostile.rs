@@ -103,6 +103,33 @@ fn memory_exhaustion_kills_with_137() {
     assert!(out.oom);
 }
 
+/// A reservation of terabytes (what Go's and the JVM's heaps do) costs
+/// what is mapped in it, not its size: mapping, protecting and unmapping
+/// 32 TiB twenty times ends well inside the timeout, as natively.
+#[test]
+fn huge_reservations_cost_what_is_touched() {
+    let native = native_run(&flint_examples::linux_path("rsfault"), &["reserve"]);
+    assert_eq!(native, "reserved 20 times\n");
+    let r = fault("reserve", &config());
+    assert_eq!(r.stdout, native, "{:?} {}", r.result, r.stderr);
+    assert_eq!(r.code(), 0);
+}
+
+/// A process that exits while a zombie it vforked still names its address
+/// space gives that memory back: thirty children of 8 MiB each fit in a
+/// 64 MiB VM one after another (before, each one's memory leaked).
+#[test]
+fn memory_of_exited_processes_comes_back() {
+    let native = native_run(&flint_examples::linux_path("rsfault"), &["orphans"]);
+    let config = Config {
+        memory_mib: 64,
+        ..config()
+    };
+    let r = fault("orphans", &config);
+    assert_eq!(r.stdout, native, "{:?} {}", r.result, r.stderr);
+    assert_eq!(r.code(), 0);
+}
+
 #[test]
 fn a_spinning_program_is_stopped_by_the_timeout() {
     let config = Config {

@@ -4,6 +4,8 @@
 //! scheduler loop on its own host thread.
 
 mod cpu;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 mod trap;
 pub mod uaccess;
 

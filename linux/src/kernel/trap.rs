@@ -398,7 +398,7 @@ impl Kernel {
         drop(fds);
         let mm = p.mm.clone();
         let vfork_parent = p.vfork_parent.take();
-        if std::rc::Rc::strong_count(&mm) <= 2 {
+        if !self.mm_shared_by_live(pid, &mm) {
             let mut released = crate::mm::space::Released::default();
             mm.borrow_mut().destroy(&mut self.frames, &mut released);
             self.release(released);
@@ -424,7 +424,9 @@ impl Kernel {
             .is_some_and(|pp| pp.actions.borrow().get(SIGCHLD).handler == signal::SIG_IGN);
         if ignores || !self.table.procs.contains_key(&ppid) {
             self.reap(pid);
-        } else if exit_signal > 0 {
+        } else if (1..=signal::NSIG).contains(&exit_signal) {
+            // Legacy clone takes any CSIGNAL byte; the kernel's
+            // do_notify_parent sends only a valid one.
             let (code, st) = status.child_code();
             let info = SigInfo {
                 signo: exit_signal,
@@ -441,6 +443,20 @@ impl Kernel {
     }
 
     /// Removes a zombie from the table.
+    /// Whether a live process other than `pid` uses address space `mm`
+    /// (a vfork child, a CLONE_VM process): zombies hold theirs but never
+    /// use it again, so the last live user frees it.
+    pub fn mm_shared_by_live(
+        &self,
+        pid: Pid,
+        mm: &std::rc::Rc<std::cell::RefCell<crate::mm::AddressSpace>>,
+    ) -> bool {
+        self.table
+            .procs
+            .values()
+            .any(|q| q.pid != pid && q.exit.is_none() && std::rc::Rc::ptr_eq(&q.mm, mm))
+    }
+
     pub fn reap(&mut self, pid: Pid) {
         if let Some(p) = self.table.procs.remove(&pid) {
             if let Some(pp) = self.table.procs.get_mut(&p.ppid) {

@@ -323,17 +323,12 @@ impl AddressSpace {
         let mut any_present = false;
         for s in starts {
             let vma = self.vmas.remove(&s).expect("listed");
-            let mut va = s;
-            while va < vma.end {
-                if let Ok(Some(pte)) = self.pte_addr(frames, va, false) {
-                    let e = frames.read_u64(pte);
-                    if e & (PTE_P | KEPT) != 0 {
-                        frames.write_u64(pte, 0);
-                        released.frames.push(e & PTE_ADDR);
-                        any_present |= e & PTE_P != 0;
-                    }
+            for (_, pte, e) in self.leaves(frames, s, vma.end) {
+                if e & (PTE_P | KEPT) != 0 {
+                    frames.write_u64(pte, 0);
+                    released.frames.push(e & PTE_ADDR);
+                    any_present |= e & PTE_P != 0;
                 }
-                va += PAGE;
             }
         }
         if any_present {
@@ -364,27 +359,22 @@ impl AddressSpace {
             let old = vma.prot;
             vma.prot = prot;
             let vend = vma.end;
-            let mut va = s;
-            while va < vend {
-                if let Ok(Some(pte)) = self.pte_addr(frames, va, false) {
-                    let e = frames.read_u64(pte);
-                    if e & PTE_P != 0 {
-                        if prot == 0 {
-                            // PROT_NONE: keep the frame (the contents stay)
-                            // but unmap it; `populate` is not used for it
-                            // again because the VMA keeps it in `kept`.
-                            frames.write_u64(pte, (e & PTE_ADDR) & !PTE_P | KEPT);
-                        } else {
-                            frames.write_u64(pte, (e & PTE_ADDR) | Self::leaf_flags(prot));
-                        }
-                        if old & !prot != 0 {
-                            narrowed = true;
-                        }
-                    } else if e & KEPT != 0 && prot != 0 {
+            for (_, pte, e) in self.leaves(frames, s, vend) {
+                if e & PTE_P != 0 {
+                    if prot == 0 {
+                        // PROT_NONE: keep the frame (the contents stay)
+                        // but unmap it; `populate` is not used for it
+                        // again because the VMA keeps it in `kept`.
+                        frames.write_u64(pte, (e & PTE_ADDR) & !PTE_P | KEPT);
+                    } else {
                         frames.write_u64(pte, (e & PTE_ADDR) | Self::leaf_flags(prot));
                     }
+                    if old & !prot != 0 {
+                        narrowed = true;
+                    }
+                } else if e & KEPT != 0 && prot != 0 {
+                    frames.write_u64(pte, (e & PTE_ADDR) | Self::leaf_flags(prot));
                 }
-                va += PAGE;
             }
         }
         if narrowed {
@@ -425,9 +415,7 @@ impl AddressSpace {
         child.mmap_top = self.mmap_top;
         for (&start, vma) in &self.vmas {
             child.vmas.insert(start, vma.clone());
-            let mut va = start;
-            while va < vma.end {
-                let e = self.pte_raw(frames, va);
+            for (va, _, e) in self.leaves(frames, start, vma.end) {
                 if e & (PTE_P | KEPT) != 0 {
                     let old = e & PTE_ADDR;
                     let frame = if vma.shared {
@@ -451,23 +439,41 @@ impl AddressSpace {
                     };
                     frames.write_u64(pte, frame | (e & !PTE_ADDR));
                 }
-                va += PAGE;
             }
         }
         Ok(child)
     }
 
-    /// The leaf entry for `va` whether present or kept (PROT_NONE), or 0.
-    fn pte_raw(&self, frames: &Frames, va: u64) -> u64 {
-        let mut table = self.pml4;
-        for shift in [39u32, 30, 21] {
-            let e = frames.read_u64(table + ((va >> shift) & 511) * 8);
-            if e & PTE_P == 0 {
-                return 0;
+    /// The non-zero leaf entries of `[start, end)` (present, or kept for
+    /// PROT_NONE): their addresses, entry addresses and values. Only the
+    /// tables that exist are walked, so that the cost follows what is
+    /// mapped, not how large a reservation is (a hostile program may map
+    /// terabytes of PROT_NONE).
+    pub fn leaves(&self, frames: &Frames, start: u64, end: u64) -> Vec<(u64, u64, u64)> {
+        let mut out = Vec::new();
+        let mut va = start;
+        'walk: while va < end {
+            let mut table = self.pml4;
+            for shift in [39u32, 30, 21] {
+                let e = frames.read_u64(table + ((va >> shift) & 511) * 8);
+                if e & PTE_P == 0 {
+                    // Nothing below this entry: on to the next one.
+                    va = (va | ((1u64 << shift) - 1)).saturating_add(1);
+                    continue 'walk;
+                }
+                table = e & PTE_ADDR;
             }
-            table = e & PTE_ADDR;
+            let table_end = (va | ((1u64 << 21) - 1)).saturating_add(1);
+            while va < end.min(table_end) {
+                let pte = table + ((va >> 12) & 511) * 8;
+                let e = frames.read_u64(pte);
+                if e != 0 {
+                    out.push((va, pte, e));
+                }
+                va += PAGE;
+            }
         }
-        frames.read_u64(table + ((va >> 12) & 511) * 8)
+        out
     }
 
     /// Unmaps everything and gives back the page tables; the frames (data
@@ -475,13 +481,10 @@ impl AddressSpace {
     pub fn destroy(&mut self, frames: &mut Frames, released: &mut Released) {
         let all: Vec<(u64, u64)> = self.vmas.iter().map(|(&s, v)| (s, v.end)).collect();
         for (s, e) in all {
-            let mut va = s;
-            while va < e {
-                let pte = self.pte_raw(frames, va);
+            for (_, _, pte) in self.leaves(frames, s, e) {
                 if pte & (PTE_P | KEPT) != 0 {
                     released.frames.push(pte & PTE_ADDR);
                 }
-                va += PAGE;
             }
         }
         self.vmas.clear();

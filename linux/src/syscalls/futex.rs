@@ -90,15 +90,7 @@ pub fn futex(
                 return err(EAGAIN);
             }
             let deadline = if timeout != 0 {
-                let b = k.read_user(t, timeout, 16)?;
-                let s = i64::from_le_bytes(b[..8].try_into().expect("8"));
-                let ns = i64::from_le_bytes(b[8..].try_into().expect("8"));
-                if s < 0 || !(0..1_000_000_000).contains(&ns) {
-                    return err(EINVAL);
-                }
-                let d = (s as u64)
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(ns as u64);
+                let d = super::time::read_timespec(k, t, timeout)?;
                 Some(if cmd == FUTEX_WAIT {
                     k.mono_ns().saturating_add(d)
                 } else if op & FUTEX_CLOCK_REALTIME != 0 {

@@ -263,17 +263,14 @@ pub fn madvise(k: &mut Kernel, t: Pid, addr: u64, len: u64, advice: u64) -> SysR
         // place (no entry changes, so no translation reset).
         let mm = k.mm_of(t);
         let m = mm.borrow();
-        let mut va = start;
-        while va < end {
-            if let Some((_, v)) = m.vma_at(va) {
-                if matches!(v.backing, Backing::Anon) && !v.shared {
-                    if let Some(pte) = m.pte(&k.frames, va) {
-                        k.frames
-                            .write(pte & crate::arch::PTE_ADDR, &[0u8; PAGE as usize]);
-                    }
-                }
+        for (va, _, pte) in m.leaves(&k.frames, start, end) {
+            let private_anon = m
+                .vma_at(va)
+                .is_some_and(|(_, v)| matches!(v.backing, Backing::Anon) && !v.shared);
+            if private_anon && pte & crate::arch::PTE_P != 0 {
+                k.frames
+                    .write(pte & crate::arch::PTE_ADDR, &[0u8; PAGE as usize]);
             }
-            va += PAGE;
         }
     }
     let _ = page_down;

@@ -129,21 +129,17 @@ pub fn poll(k: &mut Kernel, t: Pid, fds: u64, nfds: u64, timeout_ms: i64) -> Sys
     do_poll(k, t, fds, nfds, to)
 }
 
-fn read_ts(k: &mut Kernel, t: Pid, addr: u64) -> Result<Option<u64>, Stop> {
+/// A timeout argument: none when null, else a timespec (`frac_ns` 1) or
+/// a timeval (1000).
+fn read_timeout(k: &mut Kernel, t: Pid, addr: u64, frac_ns: u64) -> Result<Option<u64>, Stop> {
     if addr == 0 {
         return Ok(None);
     }
-    let b = k.read_user(t, addr, 16)?;
-    let s = i64::from_le_bytes(b[..8].try_into().expect("8"));
-    let ns = i64::from_le_bytes(b[8..].try_into().expect("8"));
-    if s < 0 || !(0..1_000_000_000).contains(&ns) {
-        return err(EINVAL);
-    }
-    Ok(Some(s as u64 * 1_000_000_000 + ns as u64))
+    Ok(Some(super::time::read_times(k, t, addr, 1, frac_ns)?[0]))
 }
 
 pub fn ppoll(k: &mut Kernel, t: Pid, fds: u64, nfds: u64, ts: u64) -> SysResult {
-    let to = read_ts(k, t, ts)?;
+    let to = read_timeout(k, t, ts, 1)?;
     do_poll(k, t, fds, nfds, to)
 }
 
@@ -170,16 +166,7 @@ pub fn select(
         }
     };
     let (r, w, e) = (load(k, rd)?, load(k, wr)?, load(k, ex)?);
-    let to = if pselect {
-        read_ts(k, t, timeout)?
-    } else if timeout != 0 {
-        let b = k.read_user(t, timeout, 16)?;
-        let s = i64::from_le_bytes(b[..8].try_into().expect("8")).max(0) as u64;
-        let us = i64::from_le_bytes(b[8..].try_into().expect("8")).max(0) as u64;
-        Some(s * 1_000_000_000 + us * 1000)
-    } else {
-        None
-    };
+    let to = read_timeout(k, t, timeout, if pselect { 1 } else { 1000 })?;
     let table = k.fds_of(t);
     let (mut ro, mut wo, eo) = (vec![0u8; bytes], vec![0u8; bytes], vec![0u8; bytes]);
     let mut count = 0;

@@ -313,7 +313,7 @@ fn exec_depth(
     let p = k.table.procs.get_mut(&pid).expect("live");
     p.threads = vec![t];
     let old = std::mem::replace(&mut p.mm, Rc::new(RefCell::new(mm)));
-    let shared_mm = Rc::strong_count(&old) > 1;
+    let shared_mm = k.mm_shared_by_live(pid, &old);
     if !shared_mm {
         let mut released = Released::default();
         old.borrow_mut().destroy(&mut k.frames, &mut released);

@@ -29,14 +29,36 @@ fn timespec(ns: u64) -> Vec<u8> {
     b
 }
 
-fn read_timespec(k: &mut Kernel, t: Pid, addr: u64) -> Result<u64, Stop> {
-    let b = k.read_user(t, addr, 16)?;
-    let s = i64::from_le_bytes(b[..8].try_into().expect("8"));
-    let ns = i64::from_le_bytes(b[8..].try_into().expect("8"));
-    if s < 0 || !(0..NS as i64).contains(&ns) {
-        return err(EINVAL);
-    }
-    Ok((s as u64).saturating_mul(NS).saturating_add(ns as u64))
+/// Reads `count` consecutive `(seconds, fraction)` pairs of 64-bit words
+/// (`struct timespec` when `frac_ns` is 1, `struct timeval` when it is
+/// 1000; `itimerspec`/`itimerval` are two) as nanoseconds, saturating.
+/// A negative value or a fraction out of range is `EINVAL`, as the
+/// kernel's `timespec64_valid` and `timeval_valid` have it.
+pub fn read_times(
+    k: &mut Kernel,
+    t: Pid,
+    addr: u64,
+    count: usize,
+    frac_ns: u64,
+) -> Result<Vec<u64>, Stop> {
+    let b = k.read_user(t, addr, 16 * count)?;
+    b.chunks_exact(16)
+        .map(|c| {
+            let s = i64::from_le_bytes(c[..8].try_into().expect("8"));
+            let f = i64::from_le_bytes(c[8..].try_into().expect("8"));
+            if s < 0 || !(0..(NS / frac_ns) as i64).contains(&f) {
+                return err(EINVAL);
+            }
+            Ok((s as u64)
+                .saturating_mul(NS)
+                .saturating_add(f as u64 * frac_ns))
+        })
+        .collect()
+}
+
+/// A `struct timespec` as nanoseconds (see [`read_times`]).
+pub fn read_timespec(k: &mut Kernel, t: Pid, addr: u64) -> Result<u64, Stop> {
+    Ok(read_times(k, t, addr, 1, 1)?[0])
 }
 
 pub fn clock_gettime(k: &mut Kernel, t: Pid, clock: u64, out: u64) -> SysResult {
@@ -142,13 +164,10 @@ pub fn setitimer(k: &mut Kernel, t: Pid, which: u64, new: u64, old: u64) -> SysR
         k.write_user(t, old, &b)?;
     }
     if new != 0 {
-        let b = k.read_user(t, new, 32)?;
-        let w =
-            |i: usize| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8")).max(0) as u64;
-        let interval = w(0) * NS + w(1) * 1000;
-        let value = w(2) * NS + w(3) * 1000;
+        let v = read_times(k, t, new, 2, 1000)?;
+        let (interval, value) = (v[0], v[1]);
         let now = k.mono_ns();
-        k.proc_of_mut(t).itimer = (value > 0).then_some((now + value, interval));
+        k.proc_of_mut(t).itimer = (value > 0).then_some((now.saturating_add(value), interval));
     }
     Ok(0)
 }
@@ -160,12 +179,14 @@ pub fn getitimer(k: &mut Kernel, t: Pid, out: u64) -> SysResult {
 }
 
 pub fn alarm(k: &mut Kernel, t: Pid, secs: u64) -> SysResult {
+    // alarm(2) takes an unsigned int.
+    let secs = u64::from(secs as u32);
     let now = k.mono_ns();
     let old = k
         .proc_of(t)
         .itimer
         .map_or(0, |(at, _)| at.saturating_sub(now).div_ceil(NS));
-    k.proc_of_mut(t).itimer = (secs > 0).then_some((now + secs * NS, 0));
+    k.proc_of_mut(t).itimer = (secs > 0).then_some((now.saturating_add(secs * NS), 0));
     Ok(old)
 }
 

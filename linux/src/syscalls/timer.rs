@@ -94,15 +94,8 @@ pub fn timer_create(k: &mut Kernel, t: Pid, clock: u64, sevp: u64, out: u64) -> 
 
 /// Reads a `struct itimerspec` (interval, value) in nanoseconds.
 fn read_itimerspec(k: &mut Kernel, t: Pid, addr: u64) -> Result<(u64, u64), super::Stop> {
-    let b = k.read_user(t, addr, 32)?;
-    let w = |i: usize| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8"));
-    let ns = |s: i64, n: i64| -> Result<u64, super::Stop> {
-        if s < 0 || !(0..NS as i64).contains(&n) {
-            return err(EINVAL);
-        }
-        Ok((s as u64).saturating_mul(NS).saturating_add(n as u64))
-    };
-    Ok((ns(w(0), w(1))?, ns(w(2), w(3))?))
+    let v = super::time::read_times(k, t, addr, 2, 1)?;
+    Ok((v[0], v[1]))
 }
 
 fn itimerspec(interval: u64, value: u64) -> Vec<u8> {

@@ -255,3 +255,13 @@ pub fn program_root(program: &Path) -> (tempfile::TempDir, String) {
     std::fs::copy(program, dir.path().join(&name)).unwrap();
     (dir, format!("/{name}"))
 }
+
+/// What `program ARGS` prints when run natively (it must succeed).
+pub fn native_run(program: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "natively: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -3,7 +3,11 @@
 //! privileged instruction; `wild` passes wild pointers and lengths to
 //! every system call number and survives (prints how many returned
 //! EFAULT); `forks` forks until it is refused and prints how many it got;
-//! `oom` allocates and touches memory until it is killed; `spin` loops.
+//! `oom` allocates and touches memory until it is killed; `spin` loops;
+//! `reserve` maps 32 TiB of PROT_NONE (as Go and JVMs reserve their
+//! heaps), opens 1 GiB of it, touches it and unmaps it, 20 times;
+//! `orphans` has 30 children each fill 8 MiB, vfork a grandchild that
+//! exits, and exit without reaping it (their memory must come back).
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
     match mode.as_str() {
@@ -99,6 +103,60 @@ fn main() {
                 }
             }
             println!("survived, {faults} EFAULT");
+        }
+        "reserve" => {
+            const LEN: usize = 1 << 45;
+            for _ in 0..20 {
+                // SAFETY: a fresh anonymous mapping nothing else uses; it
+                // is touched only in the part made writable.
+                unsafe {
+                    let p = libc::mmap(
+                        std::ptr::null_mut(),
+                        LEN,
+                        libc::PROT_NONE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                        -1,
+                        0,
+                    );
+                    assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+                    let rw = libc::PROT_READ | libc::PROT_WRITE;
+                    assert_eq!(libc::mprotect(p, 1 << 30, rw), 0);
+                    for i in (0..1usize << 30).step_by(1 << 24) {
+                        *(p as *mut u8).add(i) = 1;
+                    }
+                    assert_eq!(libc::munmap(p, LEN), 0);
+                }
+            }
+            println!("reserved 20 times");
+        }
+        "orphans" => {
+            for _ in 0..30 {
+                // SAFETY: fork in a single-threaded program; the child
+                // touches its own memory, vforks a grandchild that only
+                // calls _exit, and exits without waiting for it.
+                unsafe {
+                    let pid = libc::fork();
+                    assert!(pid >= 0, "{}", std::io::Error::last_os_error());
+                    if pid == 0 {
+                        let mut v = vec![0u8; 8 << 20];
+                        for i in (0..v.len()).step_by(4096) {
+                            v[i] = 1;
+                        }
+                        std::hint::black_box(&v);
+                        if libc::vfork() == 0 {
+                            libc::_exit(0);
+                        }
+                        libc::_exit(0);
+                    }
+                    let mut st = 0;
+                    libc::waitpid(pid, &mut st, 0);
+                    assert_eq!(st, 0);
+                }
+            }
+            // The grandchildren were orphans: process 1 may reap them.
+            // SAFETY: plain libc calls.
+            while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+            println!("30 children came and went");
         }
         "forks" => {
             let mut n = 0;

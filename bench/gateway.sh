@@ -22,8 +22,9 @@ svc() { # name image annotations...
       echo "    spec:"; echo "      containers:"; echo "        - image: $PWD/examples/$image"; } > "$work/$name.yaml"
 }
 svc hello greet.wasm 'autoscaling.knative.dev/initial-scale: "4"' 'autoscaling.knative.dev/target: "2"'
+svc over greet.wasm 'autoscaling.knative.dev/max-scale: "20"'
 svc iso greet.wasm 'autoscaling.knative.dev/initial-scale: "4"' 'autoscaling.knative.dev/target: "2"' 'flint.dev/isolation: request'
-"$flint" serve --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$admin --state-dir "$state" --image-root "$PWD/examples" "$work/hello.yaml" "$work/iso.yaml" 2>"$work/gw.log" &
+"$flint" serve --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$admin --state-dir "$state" --image-root "$PWD/examples" "$work/hello.yaml" "$work/iso.yaml" "$work/over.yaml" 2>"$work/gw.log" &
 gw=$!
 "$peer" examples/greet.wasm 127.0.0.1:$peer_port 2>"$work/peer.log" &
 pp=$!
@@ -33,8 +34,8 @@ for p in $port $peer_port; do
 done
 sleep 2 # let the pools fill
 
-lat() { # wrk output -> p50 p99 rps
-    awk '/^ +50%/{p50=$2} /^ +99%/{p99=$2} /Requests\/sec/{rps=$2} END{print p50, p99, rps}'
+lat() { # wrk output -> p50 p99 rps timeouts non-2xx
+    awk '/^ +50%/{p50=$2} /^ +99%/{p99=$2} /Requests\/sec/{rps=$2} /Socket errors/{gsub(",","");to=$NF} /Non-2xx/{bad=$NF} END{print p50, p99, rps, to+0, bad+0}'
 }
 run_wrk() { # host url conns
     local threads=2
@@ -46,13 +47,27 @@ echo
 echo "| load | Flint p50 | Flint p99 | Flint req/s | peer p50 | peer p99 | peer req/s |"
 echo "|---|---|---|---|---|---|---|"
 for c in 1 8; do
-    read -r fp50 fp99 frps < <(run_wrk hello.default.example.com "http://127.0.0.1:$port/greet?name=bench" $c)
-    read -r pp50 pp99 prps < <(run_wrk x "http://127.0.0.1:$peer_port/greet?name=bench" $c)
+    read -r fp50 fp99 frps _ < <(run_wrk hello.default.example.com "http://127.0.0.1:$port/greet?name=bench" $c)
+    read -r pp50 pp99 prps _ < <(run_wrk x "http://127.0.0.1:$peer_port/greet?name=bench" $c)
     echo "| $c connection(s), warm | $fp50 | $fp99 | $frps | $pp50 | $pp99 | $prps |"
 done
-read -r ip50 ip99 irps < <(run_wrk iso.default.example.com "http://127.0.0.1:$port/greet?name=bench" 8)
+read -r ip50 ip99 irps _ < <(run_wrk iso.default.example.com "http://127.0.0.1:$port/greet?name=bench" 8)
 echo
 echo "Per-request isolation (\`flint.dev/isolation: request\`, 8 connections): $irps requests/s, p50 $ip50, p99 $ip99."
+
+# Overload: one service (containerConcurrency 0, max-scale 20) at 8 and
+# at 256 connections; the node's run slots (--max-running) bound the VMs
+# that run at once, the rest wait.
+echo
+echo "Overload, one service (containerConcurrency 0, max-scale 20), $(nproc) cores, run slots: default (two per core):"
+echo
+echo "| connections | req/s | p50 | p99 | timeouts (wrk's 2 s) | non-2xx | gateway RSS after |"
+echo "|---|---|---|---|---|---|---|"
+for c in 8 256; do
+    read -r op50 op99 orps oto obad < <(run_wrk over.default.example.com "http://127.0.0.1:$port/greet?name=bench" $c)
+    rss=$(awk '/VmRSS/{printf "%d MB", $2/1024}' /proc/$gw/status)
+    echo "| $c | $orps | $op50 | $op99 | $oto | $obad | $rss |"
+done
 
 # Gateway overhead: mean total request latency minus mean function latency
 # (restore or warm start + run), from the gateway's own metrics.
@@ -70,7 +85,7 @@ for fn in greet bigheap; do
     ts=()
     for i in 1 2 3 4 5; do
         svc "z$fn$i" "$fn.wasm" 'autoscaling.knative.dev/initial-scale: "0"'
-        "$flint" apply --admin 127.0.0.1:$admin "$work/z$fn$i.yaml" >/dev/null
+        "$flint" apply --admin "unix:$state/admin.sock" "$work/z$fn$i.yaml" >/dev/null
         t=$(curl -s -o /dev/null -w '%{time_starttransfer}' -H "Host: z$fn$i.default.example.com" "http://127.0.0.1:$port/")
         ts+=("$t")
     done

@@ -51,6 +51,11 @@ pub struct ServeArgs {
     /// 128 MiB VMs as the node's RAM holds).
     #[arg(long)]
     max_instances: Option<u32>,
+    /// Most VMs running requests at once on this node, all services
+    /// together; more requests wait in arrival order (default: two per
+    /// core).
+    #[arg(long)]
+    max_running: Option<usize>,
     /// Knative Service manifests (YAML) to deploy.
     manifests: Vec<PathBuf>,
 }
@@ -94,6 +99,9 @@ pub fn main(a: ServeArgs) -> i32 {
             image_root,
             max_module_bytes: a.max_module_bytes,
             max_instances: a.max_instances.unwrap_or_else(instances_ram_holds),
+            max_running: a
+                .max_running
+                .unwrap_or_else(flint_gateway::registry::default_max_running),
         },
     };
     let gw = Gateway::new(settings);
@@ -303,6 +311,10 @@ fn drop_privileges(user: &str, state_dir: &std::path::Path) -> Result<(), String
     // SAFETY: `pw` is the non-null record just returned.
     let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
     flint_executor::vstate::vm::preopen_kvm().map_err(|e| e.to_string())?;
+    // Made now if nothing made it yet (an admin API on TCP makes no socket
+    // there): the user could not create it under a root-owned parent.
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| format!("creating {}: {e}", state_dir.display()))?;
     chown_tree(state_dir, uid, gid)
         .map_err(|e| format!("handing {} over: {e}", state_dir.display()))?;
     // SAFETY: plain credential calls; glibc applies them to every thread.

@@ -124,6 +124,15 @@ pub struct Policy {
     /// Most instances a revision may ask for (scale annotations are
     /// capped to it).
     pub max_instances: u32,
+    /// Most VMs running requests at once on the node, all revisions
+    /// together; further requests wait for a slot in arrival order.
+    pub max_running: usize,
+}
+
+/// The default run slots: two per core (a run is mostly CPU in its vCPU
+/// thread; the second covers the restore and I/O around it).
+pub fn default_max_running() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
 
 impl Default for Policy {
@@ -132,6 +141,7 @@ impl Default for Policy {
             image_root: PathBuf::from("/"),
             max_module_bytes: 64 << 20,
             max_instances: 64,
+            max_running: default_max_running(),
         }
     }
 }

@@ -51,6 +51,32 @@ pub struct Gateway {
     pub metrics: Metrics,
     inflight: AtomicUsize,
     draining: AtomicBool,
+    /// The node's run slots (`Policy::max_running`) and the requests
+    /// waiting for one.
+    running: Arc<tokio::sync::Semaphore>,
+    waiting: AtomicUsize,
+}
+
+/// A request counted in its revision's in-flight number until dropped,
+/// whichever way it ends (a client that goes away included).
+struct InFlight(Arc<Revision>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A request waiting for a run slot, until dropped.
+struct Waiting<'a>(&'a Gateway);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let n = self.0.waiting.fetch_sub(1, Ordering::SeqCst) - 1;
+        self.0
+            .metrics
+            .set("flint_requests_waiting_for_vm", "", n as f64);
+    }
 }
 
 /// Every response's body: whole ([`full`]) or streamed from a function
@@ -77,12 +103,18 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
 impl Gateway {
     pub fn new(settings: Settings) -> Arc<Self> {
         let policy = settings.policy.clone();
+        let max_running = policy.max_running.max(1);
+        let metrics = Metrics::default();
+        metrics.set("flint_run_slots", "", max_running as f64);
+        metrics.set("flint_requests_waiting_for_vm", "", 0.0);
         Arc::new(Self {
             settings,
             registry: Registry::with_policy(policy),
-            metrics: Metrics::default(),
+            metrics,
             inflight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            running: Arc::new(tokio::sync::Semaphore::new(max_running)),
+            waiting: AtomicUsize::new(0),
         })
     }
 
@@ -384,11 +416,13 @@ impl Gateway {
         let whole =
             Duration::from_secs(crate::manifest::MAX_REVISION_TIMEOUT_SECONDS).max(first_byte);
         let started = Instant::now();
-        let warm = self.begin(rev);
+        let inflight = self.begin(rev);
+        let (slot, warm) = self.run_slot(rev).await;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
         let abort = Arc::new(AtomicBool::new(false));
         let (rev2, abort2, request_id2) = (rev.clone(), abort.clone(), request_id.to_string());
         let job = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let mut io = crate::stream::StreamIo::new(stdin, tx);
             let r = ready_vm(&rev2, warm).and_then(|(vm, restore)| {
                 let (report, reset) =
@@ -419,7 +453,7 @@ impl Gateway {
                 _ = tokio::time::sleep_until(deadline) => {
                     abort.store(true, Ordering::SeqCst);
                     let _ = job.await;
-                    self.end(rev);
+                    drop(inflight);
                     self.app_metrics(rev, "504", started);
                     return timeout_response(first_byte);
                 }
@@ -430,13 +464,13 @@ impl Gateway {
             Some(Err(e)) => {
                 abort.store(true, Ordering::SeqCst);
                 let _ = job.await;
-                self.end(rev);
+                drop(inflight);
                 self.app_metrics(rev, "502", started);
                 return text(StatusCode::BAD_GATEWAY, e.to_string());
             }
             None => {
                 let result = job.await;
-                self.end(rev);
+                drop(inflight);
                 let resp = match result {
                     Err(e) => text(
                         StatusCode::INTERNAL_SERVER_ERROR,
@@ -463,7 +497,7 @@ impl Gateway {
         let rev3 = rev.clone();
         let ending = tokio::spawn(async move {
             let result = job.await;
-            rev3.inflight.fetch_sub(1, Ordering::SeqCst);
+            drop(inflight);
             match result {
                 Err(e) => Err(format!("the invocation task failed: {e}")),
                 Ok(Err(e)) => Err(error_chain(&e)),
@@ -505,11 +539,37 @@ impl Gateway {
         }
     }
 
-    /// A request starts on `rev`: counted, and given a pre-restored VM if
-    /// the pool has one.
-    fn begin(&self, rev: &Arc<Revision>) -> Option<flint_executor::ReadyVm> {
+    /// A request starts on `rev`: counted as it arrives (what the
+    /// autoscaler sees, waiting ones included) until the guard drops.
+    fn begin(&self, rev: &Arc<Revision>) -> InFlight {
         rev.arrivals.fetch_add(1, Ordering::Relaxed);
         rev.inflight.fetch_add(1, Ordering::SeqCst);
+        InFlight(rev.clone())
+    }
+
+    /// Waits for one of the node's run slots (`Policy::max_running`), first
+    /// come first served, then takes a pre-restored VM if the pool has
+    /// one. Bounding the VMs that run at once keeps an overload from
+    /// restoring a VM per waiting request and thrashing the cores: the
+    /// excess waits here and latency grows with the queue.
+    async fn run_slot(
+        &self,
+        rev: &Arc<Revision>,
+    ) -> (
+        Option<tokio::sync::OwnedSemaphorePermit>,
+        Option<flint_executor::ReadyVm>,
+    ) {
+        let slot = match self.running.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                let n = self.waiting.fetch_add(1, Ordering::SeqCst) + 1;
+                self.metrics
+                    .set("flint_requests_waiting_for_vm", "", n as f64);
+                // Dropped with the request if its client goes away.
+                let _waiting = Waiting(self);
+                self.running.clone().acquire_owned().await.ok()
+            }
+        };
         let warm = rev.take_warm();
         let start_kind = if warm.is_some() { "warm" } else { "cold" };
         self.metrics.inc(
@@ -517,12 +577,7 @@ impl Gateway {
             &labels(&[("revision_name", &rev.name), ("start", start_kind)]),
             1.0,
         );
-        warm
-    }
-
-    /// A request on `rev` ends before its body streams.
-    fn end(&self, rev: &Arc<Revision>) {
-        rev.inflight.fetch_sub(1, Ordering::SeqCst);
+        (slot, warm)
     }
 
     /// The function's own answer, as queue-proxy counts it.
@@ -560,8 +615,10 @@ impl Gateway {
         let timeout = first_byte_timeout(rev);
         let rev2 = rev.clone();
         let started = Instant::now();
-        let warm = self.begin(rev);
+        let inflight = self.begin(rev);
+        let (slot, warm) = self.run_slot(rev).await;
         let job = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let mut io = CappedIo::new(stdin);
             let r = ready_vm(&rev2, warm).and_then(|(vm, restore)| {
                 let (report, reset) =
@@ -572,7 +629,7 @@ impl Gateway {
         });
         // A little grace beyond the VM's own limit, which stops it.
         let waited = tokio::time::timeout(timeout + Duration::from_millis(500), job).await;
-        rev.inflight.fetch_sub(1, Ordering::SeqCst);
+        drop(inflight);
         let (result, io) = match waited {
             Err(_) => return Err(timeout_response(timeout)),
             Ok(Err(e)) => {
@@ -624,11 +681,14 @@ impl Gateway {
     ) -> Result<cgi::Response, Response<Body>> {
         let timeout = first_byte_timeout(rev);
         let started = Instant::now();
-        rev.arrivals.fetch_add(1, Ordering::Relaxed);
-        rev.inflight.fetch_add(1, Ordering::SeqCst);
-        let job = tokio::task::spawn_blocking(move || linux_invoke(&f, env, &stdin, timeout));
+        let inflight = self.begin(rev);
+        let (slot, _) = self.run_slot(rev).await;
+        let job = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            linux_invoke(&f, env, &stdin, timeout)
+        });
         let r = job.await;
-        rev.inflight.fetch_sub(1, Ordering::SeqCst);
+        drop(inflight);
         let (outcome, stdout, stderr) = match r {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => {

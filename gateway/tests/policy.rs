@@ -20,6 +20,7 @@ fn registry(root: &Path) -> Registry {
         image_root: root.to_path_buf(),
         max_module_bytes: 1 << 20,
         max_instances: 3,
+        ..Policy::default()
     })
 }
 

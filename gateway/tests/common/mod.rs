@@ -28,6 +28,15 @@ pub fn manifest(name: &str, example: &str, spec_extra: &str) -> String {
 }
 
 pub async fn start(services: &[String], max_body: usize) -> Running {
+    start_with_policy(services, max_body, Default::default()).await
+}
+
+/// [`start`] with what applies and requests may use of the host.
+pub async fn start_with_policy(
+    services: &[String],
+    max_body: usize,
+    policy: flint_gateway::Policy,
+) -> Running {
     let state_dir = tempfile::Builder::new()
         .prefix("flint-gw-")
         .tempdir()
@@ -37,7 +46,7 @@ pub async fn start(services: &[String], max_body: usize) -> Running {
         domain: "example.com".into(),
         max_body_bytes: max_body,
         state_dir: state.clone(),
-        policy: Default::default(),
+        policy,
     });
     for yaml in services {
         let s = manifest::parse(yaml).unwrap();

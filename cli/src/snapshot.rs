@@ -57,6 +57,11 @@ pub struct InvokeArgs {
     /// Install the recorded working set before resuming (uffd backend).
     #[arg(long, value_enum, default_value = "on")]
     prefetch: OnOff,
+    /// Run this many invocations in one restored VM, reset to the snapshot
+    /// in place between them (memory then comes from a private file
+    /// mapping, which a reset needs); stops at the first that fails.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
     #[command(flatten)]
     call: CallArgs,
 }
@@ -151,12 +156,59 @@ fn inspect(dir: &std::path::Path) -> i32 {
     }
 }
 
+/// `flint invoke --repeat N`: one restore, then N invocations with a reset
+/// in place after each clean one; the exit code is the last one's (or the
+/// first failing one's, after which the VM is not reset but dropped).
+fn invoke_repeated(
+    snap: &Snapshot,
+    invocation: &flint_executor::Invocation,
+    repeat: u32,
+    call: &CallArgs,
+) -> i32 {
+    let t0 = std::time::Instant::now();
+    let mut vm = match snap.restore() {
+        Ok(vm) => vm,
+        Err(e) => return fail(&e),
+    };
+    if call.timings {
+        eprintln!("flint: restore {:?}", t0.elapsed());
+    }
+    for i in 1..=repeat {
+        let r = match vm.invoke_in_place(invocation, &mut StdIo, call.timeout(), None) {
+            Ok(r) => r,
+            Err(e) => return fail(&SnapshotError::Run(e)),
+        };
+        if r.exit_code != 0 || i == repeat {
+            if call.timings {
+                eprintln!("flint: invocation {i}: run {:?}", r.phases.run);
+            }
+            return r.exit_code;
+        }
+        let t = std::time::Instant::now();
+        let pages = match snap.reset(&mut vm) {
+            Ok(p) => p,
+            Err(e) => return fail(&e),
+        };
+        if call.timings {
+            eprintln!(
+                "flint: invocation {i}: run {:?} reset {:?} ({pages} pages written)",
+                r.phases.run,
+                t.elapsed()
+            );
+        }
+    }
+    0
+}
+
 pub fn invoke(a: InvokeArgs) -> i32 {
     let snap = match Snapshot::open(&a.dir) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
     let invocation = a.call.invocation(snap.module_name().to_string());
+    if a.repeat > 1 {
+        return invoke_repeated(&snap, &invocation, a.repeat, &a.call);
+    }
     let opts = InvokeOptions {
         backend: match a.memory_backend {
             BackendArg::Uffd => Backend::Uffd,

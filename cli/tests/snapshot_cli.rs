@@ -158,3 +158,34 @@ fn snapshotting_a_bad_module_fails_like_run() {
     let o = flint(&["snapshot", "only-a-module.wasm"], "");
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// `flint invoke --repeat N`: N invocations in one VM, reset in place
+/// between them: each sees the snapshot again (the counter prints 1 every
+/// time), `--timings` reports each reset, and a failing invocation ends
+/// the series with its own exit code.
+#[test]
+fn invoke_repeat_resets_between_invocations() {
+    let d_tmp = dir("repeat");
+    let ds = d_tmp.path().to_str().unwrap();
+    let counter = flint_examples::path("counter");
+    let o = flint(&["snapshot", counter.to_str().unwrap(), "-o", ds], "");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let o = flint(&["invoke", ds, "--repeat", "4", "--timings"], "");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "count 1\n".repeat(4));
+    let err = text(&o.stderr);
+    assert_eq!(err.matches(" reset ").count(), 3, "{err}");
+    assert_eq!(err.matches("flint: invocation ").count(), 4, "{err}");
+
+    let t_tmp = dir("repeat-trap");
+    let ts = t_tmp.path().to_str().unwrap();
+    let trap = flint_examples::path("trap");
+    let o = flint(&["snapshot", trap.to_str().unwrap(), "-o", ts], "");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let o = flint(&["invoke", ts, "--repeat", "3", "--timings"], "");
+    assert_eq!(o.status.code(), Some(122), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stderr).matches(" reset ").count(), 0);
+
+    let o = flint(&["invoke", ds, "--repeat", "0"], "");
+    assert_eq!(o.status.code(), Some(2));
+}

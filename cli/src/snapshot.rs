@@ -140,8 +140,8 @@ fn inspect(dir: &std::path::Path) -> i32 {
                 i.data_pages * 4
             );
             println!(
-                "module:          {} ({} bytes)",
-                i.module_name, i.module_len
+                "module:          {} ({} bytes, CRC-64 {:016x})",
+                i.module_name, i.module_len, i.module_crc
             );
             println!("created:         {} (Unix time)", i.created);
             match i.working_set_pages {

@@ -34,6 +34,9 @@ pub struct Kpa {
     lower_since: Option<Instant>,
     /// The first tick: no scaling down before a whole stable window of data.
     first: Option<Instant>,
+    /// When the revision went idle (wanting zero), for the last
+    /// instance's retention.
+    idle_since: Option<Instant>,
 }
 
 impl Kpa {
@@ -46,6 +49,7 @@ impl Kpa {
             panic_until: None,
             lower_since: None,
             first: None,
+            idle_since: None,
         }
     }
 
@@ -89,7 +93,9 @@ impl Kpa {
         {
             self.samples.pop_front();
         }
-        let target = self.settings.target.max(0.01);
+        // Knative's per-instance target: target x utilization.
+        let target =
+            (self.settings.target * self.settings.target_utilization_percentage / 100.0).max(0.01);
         let panic_window = window
             .mul_f64((self.settings.panic_window_percentage / 100.0).clamp(0.01, 1.0))
             .max(TICK);
@@ -111,6 +117,14 @@ impl Kpa {
         if stable > 0.0 {
             want = want.max(1);
         }
+        // Any non-zero scale is at least activation-scale (Knative's
+        // autoscaler raises both its stable and its panic count so).
+        if want > 0 {
+            want = want.max(self.settings.activation_scale);
+        }
+        if want > 0 {
+            self.idle_since = None;
+        }
         let want = self.clamp(want);
         if want >= self.current {
             self.lower_since = None;
@@ -118,7 +132,13 @@ impl Kpa {
         } else if now.duration_since(first) >= window {
             let since = *self.lower_since.get_or_insert(now);
             if now.duration_since(since) >= self.settings.scale_down_delay {
-                self.current = want;
+                // Going to zero: the last instance stays the retention
+                // period from then (Knative's
+                // scale-to-zero-pod-retention-period, from when the
+                // revision went inactive).
+                let idle = *self.idle_since.get_or_insert(now);
+                let retained = now.duration_since(idle) < self.settings.last_instance_retention;
+                self.current = if want == 0 && retained { 1 } else { want };
                 self.lower_since = None;
             }
         }
@@ -138,9 +158,61 @@ mod tests {
         Autoscaling {
             window: Duration::from_secs(10),
             target: 2.0,
+            // The arithmetic below is per whole target.
+            target_utilization_percentage: 100.0,
             initial_scale: 1,
             ..Autoscaling::default()
         }
+    }
+
+    #[test]
+    fn the_per_instance_target_is_target_times_utilization() {
+        // Knative's default utilization is 70%: target 10 carries 7 each.
+        let mut k = Kpa::new(Autoscaling {
+            window: Duration::from_secs(10),
+            target: 10.0,
+            ..Autoscaling::default()
+        });
+        let (t, n) = run(&mut k, Instant::now(), 20.0, 14.0);
+        assert_eq!(n, 2, "14 in flight at 7 each");
+        let (_, n) = run(&mut k, t, 20.0, 7.0);
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_non_zero_scale_is_at_least_activation_scale() {
+        // As Knative's TestAutoscalerActivationScale: idle stays at zero,
+        // any load scales to activation-scale at once.
+        let mut k = Kpa::new(Autoscaling {
+            activation_scale: 2,
+            ..settings()
+        });
+        let (t, n) = run(&mut k, Instant::now(), 11.0, 0.0);
+        assert_eq!(n, 0);
+        let (t, n) = run(&mut k, t, 1.0, 1.0);
+        assert_eq!(n, 2);
+        let (_, n) = run(&mut k, t, 20.0, 7.0);
+        assert_eq!(n, 4, "above activation-scale the load decides");
+    }
+
+    #[test]
+    fn the_last_instance_stays_for_the_retention_period() {
+        let mut k = Kpa::new(Autoscaling {
+            last_instance_retention: Duration::from_secs(5),
+            ..settings()
+        });
+        // Idle from the start: the stable window passes, then retention.
+        let (t, n) = run(&mut k, Instant::now(), 11.0, 0.0);
+        assert_eq!(n, 1, "kept: inactive for 1 s of the 5 s retention");
+        let (t, n) = run(&mut k, t, 3.0, 0.0);
+        assert_eq!(n, 1);
+        let (t, n) = run(&mut k, t, 2.0, 0.0);
+        assert_eq!(n, 0, "retention over");
+        // Load again resets it.
+        let (t, n) = run(&mut k, t, 1.0, 1.0);
+        assert_eq!(n, 1);
+        let (_, n) = run(&mut k, t, 11.0, 0.0);
+        assert_eq!(n, 1, "idle again, within a new retention period");
     }
 
     fn run(k: &mut Kpa, start: Instant, secs: f64, load: f64) -> (Instant, u32) {

@@ -53,6 +53,15 @@ pub struct Autoscaling {
     pub panic_window_percentage: f64,
     pub panic_threshold_percentage: f64,
     pub scale_down_delay: Duration,
+    /// The share of `target` an instance is meant to carry
+    /// (`target-utilization-percentage`, 1 to 100, default 70).
+    pub target_utilization_percentage: f64,
+    /// The least non-zero scale (`activation-scale`, at least 2 when set;
+    /// 1 means unset).
+    pub activation_scale: u32,
+    /// How long the last instance stays once the revision went idle
+    /// (`scale-to-zero-pod-retention-period`).
+    pub last_instance_retention: Duration,
 }
 
 impl Default for Autoscaling {
@@ -67,6 +76,9 @@ impl Default for Autoscaling {
             panic_window_percentage: 10.0,
             panic_threshold_percentage: 200.0,
             scale_down_delay: Duration::ZERO,
+            target_utilization_percentage: 70.0,
+            activation_scale: 1,
+            last_instance_retention: Duration::ZERO,
         }
     }
 }
@@ -282,6 +294,43 @@ fn autoscaling(
                 a.panic_threshold_percentage = num()?
             }
             Some("scale-down-delay" | "scaleDownDelay") => a.scale_down_delay = dur()?,
+            Some("target-utilization-percentage") => {
+                a.target_utilization_percentage = num()?;
+                if !(1.0..=100.0).contains(&a.target_utilization_percentage) {
+                    return Err(invalid(&p, "must be between 1 and 100"));
+                }
+            }
+            Some("activation-scale") => {
+                a.activation_scale = int()?;
+                if a.activation_scale < 2 {
+                    return Err(invalid(&p, "must be greater than 1"));
+                }
+            }
+            Some("scale-to-zero-pod-retention-period") => {
+                a.last_instance_retention = dur()?;
+                if a.last_instance_retention > Duration::from_secs(3600) {
+                    return Err(invalid(&p, "must be between 0s and 1h"));
+                }
+            }
+            // Whether Knative keeps its activator in the request path:
+            // Flint's gateway always buffers as the activator does.
+            Some("target-burst-capacity") => {
+                if !v
+                    .parse::<f64>()
+                    .is_ok_and(|x| x.is_finite() && (x >= 0.0 || x == -1.0))
+                {
+                    return Err(invalid(&p, "must be -1 or a non-negative number"));
+                }
+            }
+            // Flint averages its windows linearly whichever is named.
+            Some("metric-aggregation-algorithm") => {
+                if !matches!(
+                    v.as_str(),
+                    "linear" | "weighted-exponential" | "weightedExponential"
+                ) {
+                    return Err(invalid(&p, "must be linear or weighted-exponential"));
+                }
+            }
             Some("class") => {}
             Some(_) => return Err(ManifestError::Unknown(p)),
             None if k == "flint.dev/isolation" => {
@@ -296,6 +345,15 @@ fn autoscaling(
     }
     if a.max_scale > 0 && a.min_scale > a.max_scale {
         return Err(invalid(path, "min-scale is larger than max-scale"));
+    }
+    if a.activation_scale > 1 {
+        let p = format!("{path}[{AUTOSCALING}activation-scale]");
+        if a.min_scale > a.activation_scale {
+            return Err(invalid(&p, "min-scale is greater than activation-scale"));
+        }
+        if a.max_scale > 0 && a.max_scale < a.activation_scale {
+            return Err(invalid(&p, "max-scale is less than activation-scale"));
+        }
     }
     Ok((a, isolation))
 }

@@ -261,3 +261,68 @@ fn invalid_values_are_refused_with_a_reason() {
     let window = MINIMAL.replace("    spec:\n", "    metadata:\n      annotations:\n        autoscaling.knative.dev/window: 2s\n    spec:\n");
     assert!(err(&window).contains("between 6s and 1h"));
 }
+
+/// The rest of Knative's autoscaling annotations, with its bounds
+/// (`pkg/apis/autoscaling/annotation_validation.go`).
+#[test]
+fn knatives_whole_autoscaling_annotation_set() {
+    let with = |annotations: &str| {
+        MINIMAL.replace(
+            "  template:\n",
+            &format!("  template:\n    metadata:\n      annotations:\n{annotations}"),
+        )
+    };
+    let a = "        autoscaling.knative.dev/";
+    let ok = with(&format!(
+        "{a}target-utilization-percentage: \"85\"\n{a}activation-scale: \"3\"\n{a}scale-to-zero-pod-retention-period: 1m5s\n{a}target-burst-capacity: \"-1\"\n{a}metric-aggregation-algorithm: weighted-exponential\n{a}max-scale: \"3\"\n"
+    ));
+    let s = parse(&ok).unwrap().autoscaling;
+    assert_eq!(s.target_utilization_percentage, 85.0);
+    assert_eq!(s.activation_scale, 3);
+    assert_eq!(s.last_instance_retention, Duration::from_secs(65));
+    let defaults = parse(MINIMAL).unwrap().autoscaling;
+    assert_eq!(defaults.target_utilization_percentage, 70.0);
+    for (annotations, want) in [
+        (
+            "target-utilization-percentage: \"0\"",
+            "must be between 1 and 100",
+        ),
+        (
+            "target-utilization-percentage: \"101\"",
+            "must be between 1 and 100",
+        ),
+        (
+            "activation-scale: \"1\"",
+            "activation-scale]: must be greater than 1",
+        ),
+        (
+            "target-burst-capacity: \"-2\"",
+            "target-burst-capacity]: must be -1 or",
+        ),
+        (
+            "scale-to-zero-pod-retention-period: 2h",
+            "must be between 0s and 1h",
+        ),
+        (
+            "metric-aggregation-algorithm: median",
+            "must be linear or weighted-exponential",
+        ),
+    ] {
+        let got = err(&with(&format!("{a}{annotations}\n")));
+        assert!(got.contains(want), "{annotations}: {got}");
+    }
+    let got = err(&with(&format!(
+        "{a}activation-scale: \"2\"\n{a}min-scale: \"3\"\n"
+    )));
+    assert!(
+        got.contains("min-scale is greater than activation-scale"),
+        "{got}"
+    );
+    let got = err(&with(&format!(
+        "{a}activation-scale: \"4\"\n{a}max-scale: \"3\"\n"
+    )));
+    assert!(
+        got.contains("max-scale is less than activation-scale"),
+        "{got}"
+    );
+}

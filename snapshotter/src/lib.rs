@@ -129,6 +129,8 @@ pub struct Info {
     pub data_pages: u64,
     pub module_name: String,
     pub module_len: u64,
+    /// CRC-64/ECMA-182 of the module.
+    pub module_crc: u64,
     pub created: u64,
     pub working_set_pages: Option<usize>,
 }
@@ -288,9 +290,17 @@ impl Snapshot {
             data_pages: self.state.data_pages,
             module_name: self.state.module_name.clone(),
             module_len: self.state.module_len,
+            module_crc: self.state.module_crc,
             created: self.state.created,
             working_set_pages: self.working_set.as_ref().map(|w| w.len()),
         }
+    }
+
+    /// Whether this snapshot was made from `module` (its length and
+    /// CRC-64 match): how a cache of snapshots tells a stale one.
+    pub fn made_from(&self, module: &[u8]) -> bool {
+        self.state.module_len == module.len() as u64
+            && self.state.module_crc == format::module_crc(module)
     }
 
     /// The name the module was snapshotted under (its `argv[0]`).

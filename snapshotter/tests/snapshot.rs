@@ -540,3 +540,19 @@ fn every_example_is_pristine_after_each_reset() {
         }
     }
 }
+
+/// A snapshot knows the module it was made from (length and CRC-64 in its
+/// state file): the same bytes match, a changed byte or length does not.
+#[test]
+fn a_snapshot_tells_whether_it_was_made_from_a_module() {
+    let d = snapshot("hello");
+    let snap = Snapshot::open(d.path()).unwrap();
+    let module = std::fs::read(flint_examples::path("hello")).unwrap();
+    assert!(snap.made_from(&module));
+    let mut changed = module.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 1;
+    assert!(!snap.made_from(&changed));
+    assert!(!snap.made_from(&module[..last]));
+    assert!(!snap.made_from(&std::fs::read(flint_examples::path("echo")).unwrap()));
+}

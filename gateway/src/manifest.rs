@@ -314,23 +314,23 @@ fn autoscaling(
             }
             // Whether Knative keeps its activator in the request path:
             // Flint's gateway always buffers as the activator does.
-            Some("target-burst-capacity") => {
+            Some("target-burst-capacity")
                 if !v
                     .parse::<f64>()
-                    .is_ok_and(|x| x.is_finite() && (x >= 0.0 || x == -1.0))
-                {
-                    return Err(invalid(&p, "must be -1 or a non-negative number"));
-                }
+                    .is_ok_and(|x| x.is_finite() && (x >= 0.0 || x == -1.0)) =>
+            {
+                return Err(invalid(&p, "must be -1 or a non-negative number"));
             }
             // Flint averages its windows linearly whichever is named.
-            Some("metric-aggregation-algorithm") => {
+            Some("metric-aggregation-algorithm")
                 if !matches!(
                     v.as_str(),
                     "linear" | "weighted-exponential" | "weightedExponential"
-                ) {
-                    return Err(invalid(&p, "must be linear or weighted-exponential"));
-                }
+                ) =>
+            {
+                return Err(invalid(&p, "must be linear or weighted-exponential"));
             }
+            Some("target-burst-capacity" | "metric-aggregation-algorithm") => {}
             Some("class") => {}
             Some(_) => return Err(ManifestError::Unknown(p)),
             None if k == "flint.dev/isolation" => {

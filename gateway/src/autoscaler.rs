@@ -119,10 +119,9 @@ impl Kpa {
         }
         // Any non-zero scale is at least activation-scale (Knative's
         // autoscaler raises both its stable and its panic count so).
+        // Load again: the revision is active, its retention starts anew.
         if want > 0 {
             want = want.max(self.settings.activation_scale);
-        }
-        if want > 0 {
             self.idle_since = None;
         }
         let want = self.clamp(want);

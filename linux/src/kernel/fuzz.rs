@@ -19,8 +19,8 @@ pub const SCRATCH: u64 = 0x1000_0000;
 /// The scratch region's size (two pages).
 pub const SCRATCH_LEN: u64 = 0x2000;
 
-/// A kernel with process 1 started from a minimal static program, ready
-/// for calls.
+/// A kernel whose process 1 ([`Harness::begin`]) runs a minimal static
+/// program and makes the calls it is given.
 pub struct Harness {
     k: Kernel,
     root: tempfile::TempDir,

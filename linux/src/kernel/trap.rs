@@ -442,7 +442,6 @@ impl Kernel {
         let _ = Wait::Child;
     }
 
-    /// Removes a zombie from the table.
     /// Whether a live process other than `pid` uses address space `mm`
     /// (a vfork child, a CLONE_VM process): zombies hold theirs but never
     /// use it again, so the last live user frees it.
@@ -457,6 +456,7 @@ impl Kernel {
             .any(|q| q.pid != pid && q.exit.is_none() && std::rc::Rc::ptr_eq(&q.mm, mm))
     }
 
+    /// Removes a zombie from the table.
     pub fn reap(&mut self, pid: Pid) {
         if let Some(p) = self.table.procs.remove(&pid) {
             if let Some(pp) = self.table.procs.get_mut(&p.ppid) {

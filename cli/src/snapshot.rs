@@ -31,7 +31,8 @@ pub struct SnapshotArgs {
 
 #[derive(Debug, Subcommand)]
 enum SnapshotCommand {
-    /// Describe a snapshot: format version, sizes, checksum, working set.
+    /// Describe a snapshot: format version, sizes, checksum, working set;
+    /// checks every memory page against its checksum.
     Inspect { dir: PathBuf },
 }
 
@@ -76,6 +77,7 @@ fn fail(e: &SnapshotError) -> i32 {
         SnapshotError::Run(r) => exit::code(r),
         SnapshotError::Format { .. }
         | SnapshotError::MemorySize { .. }
+        | SnapshotError::MemoryCorrupt { .. }
         | SnapshotError::WorkingSet { .. } => exit::INVALID_SNAPSHOT,
         SnapshotError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             exit::INVALID_SNAPSHOT
@@ -138,6 +140,12 @@ fn inspect(dir: &std::path::Path) -> i32 {
                 i.memory_bytes >> 20,
                 i.data_pages,
                 i.data_pages * 4
+            );
+            if let Err(e) = s.verify_memory() {
+                return fail(&e);
+            }
+            println!(
+                "memory checksums: every page verified (CRC-32 per data page, zeros elsewhere)"
             );
             println!(
                 "module:          {} ({} bytes, CRC-64 {:016x})",

@@ -53,11 +53,12 @@ fn snapshot_invoke_inspect() {
     assert_eq!(o.status.code(), Some(0));
     let out = text(&o.stdout);
     for want in [
-        "format version:  1",
+        "format version:  2",
         "architecture:    x86_64",
         "checksum:",
         "memory:          128 MiB",
         "working set:     ",
+        "memory checksums: every page verified",
     ] {
         assert!(out.contains(want), "missing {want:?} in\n{out}");
     }
@@ -140,6 +141,42 @@ fn bad_snapshots_exit_119_with_the_reason() {
             "{}",
             text(&o.stderr)
         );
+    }
+}
+
+/// A byte changed in every data page of `memory.bin` (the state file
+/// untouched): every way of invoking, and inspect, refuse it with 119 and
+/// print nothing the function would have printed.
+#[test]
+fn a_corrupted_memory_file_exits_119() {
+    let d_tmp = dir("badmem");
+    let d = d_tmp.path();
+    let ds = d.to_str().unwrap();
+    let hello = flint_examples::path("hello");
+    let o = flint(&["snapshot", hello.to_str().unwrap(), "-o", ds], "");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let mem = d.join("memory.bin");
+    let mut b = std::fs::read(&mem).unwrap();
+    for page in b.chunks_mut(4096) {
+        if let Some(i) = page.iter().position(|x| *x != 0) {
+            page[i] ^= 0x80;
+        }
+    }
+    std::fs::write(&mem, b).unwrap();
+    for args in [
+        vec!["invoke", ds, "--memory-backend", "uffd", "--", "x"],
+        vec!["invoke", ds, "--memory-backend", "file", "--", "x"],
+        vec!["invoke", ds, "--repeat", "2", "--", "x"],
+        vec!["snapshot", "inspect", ds],
+    ] {
+        let o = flint(&args, "");
+        assert_eq!(o.status.code(), Some(119), "{args:?}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains("memory.bin is corrupted"),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+        assert!(!text(&o.stdout).contains("hello"), "{args:?}");
     }
 }
 

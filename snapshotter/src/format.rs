@@ -17,10 +17,12 @@
 //! size limit.
 
 use flint_executor::VmState;
+
+use crate::memory::DataPage;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &[u8; 8] = b"FLINTSNP";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 pub const ARCH_X86_64: u32 = 1;
 const HEADER_LEN: usize = 32;
 const CRC_LEN: usize = 8;
@@ -35,8 +37,9 @@ pub struct SnapshotState {
     pub vm: VmState,
     /// Size of the memory file, in bytes.
     pub memory_bytes: u64,
-    /// Pages of the memory file that hold data (the rest are holes).
-    pub data_pages: u64,
+    /// Pages of the memory file that hold data, with their checksums, in
+    /// increasing order; every other page is zero.
+    pub data_pages: Vec<DataPage>,
     /// The module's file name, its `argv[0]` in invocations.
     pub module_name: String,
     /// Length and CRC-64 of the module the snapshot was made from.
@@ -204,7 +207,13 @@ mod tests {
                 serial: SerialState::default(),
             },
             memory_bytes: 64 << 20,
-            data_pages: 300,
+            data_pages: vec![
+                DataPage { index: 0, crc: 9 },
+                DataPage {
+                    index: 300,
+                    crc: 0xdead_beef,
+                },
+            ],
             module_name: "hello.wasm".into(),
             module_len: 1000,
             module_crc: 5,
@@ -255,8 +264,8 @@ mod tests {
     fn header_errors_name_the_problem() {
         let bytes = encode(&sample()).unwrap();
         let mut b = bytes.clone();
-        b[8] = 2;
-        assert_eq!(decode(&b).unwrap_err(), FormatError::Version(2));
+        b[8] = 1;
+        assert_eq!(decode(&b).unwrap_err(), FormatError::Version(1));
         let mut b = bytes.clone();
         b[12] = 2;
         assert_eq!(decode(&b).unwrap_err(), FormatError::Architecture(2));

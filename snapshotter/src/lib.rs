@@ -5,7 +5,9 @@
 //! restores that VM instead of booting one. A snapshot is a directory:
 //!
 //! * `state.bin`: vCPU and device state (see [`format`]), checksummed;
-//! * `memory.bin`: guest RAM from address 0, sparse (holes are zero pages);
+//! * `memory.bin`: guest RAM from address 0, sparse (holes are zero pages),
+//!   each data page checked against its CRC-32 in the state file before a
+//!   guest sees it (see [`memory`]);
 //! * `working-set.bin`: the pages the first userfaultfd-backed invocation
 //!   touched, in order, prefetched by later ones (see [`working_set`]).
 //!
@@ -24,12 +26,13 @@ pub mod working_set;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flint_executor::{GuestIo, Invocation, ReadyVm, RunError, RunReport, VmConfig};
 
 use crate::format::{FormatError, Header, SnapshotState};
-use crate::memory::PAGE;
+use crate::memory::{CorruptPage, PageSums, VerifyError, PAGE};
 use crate::uffd::{HandlerReport, UffdBackend, UffdError};
 
 pub const STATE_FILE: &str = "state.bin";
@@ -57,6 +60,12 @@ pub enum SnapshotError {
         expected: u64,
         actual: u64,
     },
+    #[error("the memory file {path} is corrupted: {page}")]
+    MemoryCorrupt {
+        path: PathBuf,
+        #[source]
+        page: CorruptPage,
+    },
     #[error("the working-set file {path} is unusable: {why}")]
     WorkingSet { path: PathBuf, why: String },
     #[error("the userfaultfd memory backend failed")]
@@ -70,6 +79,14 @@ pub enum SnapshotError {
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
     let path = path.to_path_buf();
     move |source| SnapshotError::Io { op, path, source }
+}
+
+fn verify_err(op: &'static str, path: &Path) -> impl FnOnce(VerifyError) -> SnapshotError {
+    let path = path.to_path_buf();
+    move |e| match e {
+        VerifyError::Io(source) => SnapshotError::Io { op, path, source },
+        VerifyError::Corrupt(page) => SnapshotError::MemoryCorrupt { path, page },
+    }
 }
 
 /// Where a restored VM's memory comes from.
@@ -112,7 +129,8 @@ pub struct InvokeReport {
     pub restore: Duration,
     /// Pages installed by prefetch before the guest ran.
     pub prefetched_pages: u64,
-    /// Pages faulted in one by one while it ran (uffd only).
+    /// Pages faulted in one by one while it ran (uffd only); each checked
+    /// against its checksum as it was served, as prefetched ones are.
     pub faulted_pages: u64,
     /// Time the handler spent serving those faults.
     pub fault_time: Duration,
@@ -126,6 +144,7 @@ pub struct Info {
     pub header: Header,
     pub state_bytes: u64,
     pub memory_bytes: u64,
+    /// Pages of memory that hold data, each with a CRC-32.
     pub data_pages: u64,
     pub module_name: String,
     pub module_len: u64,
@@ -154,6 +173,7 @@ pub fn create(
     let data_pages = memory::write(vm.memory(), memory_bytes, &mut mem_file)
         .map_err(io_err("writing", &mem_path))?;
     drop(vm);
+    mem_file.sync_all().map_err(io_err("writing", &mem_path))?;
     let state = SnapshotState {
         vm: vm_state,
         memory_bytes,
@@ -190,7 +210,8 @@ pub struct Snapshot {
     header: Header,
     state: SnapshotState,
     state_bytes: u64,
-    data_map: Vec<bool>,
+    /// What each page of memory must hold.
+    sums: Arc<PageSums>,
     working_set: Option<Vec<u32>>,
     /// A sealed in-memory copy of `memory.bin` ([`Snapshot::open_sealed`]):
     /// restores map or read it instead of the file.
@@ -221,8 +242,10 @@ impl Snapshot {
                 state.memory_bytes, state.vm.memory_mib
             ))));
         }
+        let sums = PageSums::new(&state.data_pages, state.memory_bytes / PAGE)
+            .map_err(|why| format_err(FormatError::Payload(why)))?;
         let mem_path = dir.join(MEMORY_FILE);
-        let mut mem = File::open(&mem_path).map_err(io_err("opening", &mem_path))?;
+        let mem = File::open(&mem_path).map_err(io_err("opening", &mem_path))?;
         let actual = mem.metadata().map_err(io_err("reading", &mem_path))?.len();
         if actual != state.memory_bytes {
             return Err(SnapshotError::MemorySize {
@@ -231,7 +254,6 @@ impl Snapshot {
                 actual,
             });
         }
-        let data_map = memory::data_map(&mut mem, actual).map_err(io_err("reading", &mem_path))?;
         let ws_path = dir.join(WORKING_SET_FILE);
         let working_set = match std::fs::read(&ws_path) {
             Ok(b) => Some(working_set::decode(&b, actual / PAGE).map_err(|why| {
@@ -248,14 +270,14 @@ impl Snapshot {
             header,
             state,
             state_bytes: len,
-            data_map,
+            sums: Arc::new(sums),
             working_set,
             sealed: None,
         })
     }
 
-    /// As [`Snapshot::open`], then copies the memory file's data pages
-    /// into a sealed memfd (no writes, no shrinking or growing) that every
+    /// As [`Snapshot::open`], then copies the memory file's data pages,
+    /// each checked against its checksum, into a sealed memfd (no writes, no shrinking or growing) that every
     /// restore maps instead of the file: what happens to `memory.bin` on
     /// disk afterwards (truncated, rewritten) cannot reach a live VM or
     /// raise SIGBUS in this process. For long-lived users (the gateway);
@@ -264,13 +286,14 @@ impl Snapshot {
         let mut snap = Self::open(dir)?;
         let mem_path = dir.join(MEMORY_FILE);
         let file = File::open(&mem_path).map_err(io_err("opening", &mem_path))?;
-        let fd = memory::sealed_copy(&file, snap.state.memory_bytes, &snap.data_map)
-            .map_err(io_err("copying", &mem_path))?;
+        let fd =
+            memory::sealed_copy(&file, &snap.sums).map_err(verify_err("copying", &mem_path))?;
         snap.sealed = Some(fd);
         Ok(snap)
     }
 
-    /// The memory to restore from: the sealed copy, else the file.
+    /// The memory to restore from: the sealed copy (checked as it was
+    /// made), else the file.
     fn memory_source(&self) -> Result<File, SnapshotError> {
         let mem_path = self.dir.join(MEMORY_FILE);
         match &self.sealed {
@@ -282,12 +305,36 @@ impl Snapshot {
         }
     }
 
+    /// The memory to map privately: as [`Self::memory_source`], with a
+    /// file checked page by page first (a mapping gives the guest every
+    /// page without asking).
+    fn checked_memory(&self) -> Result<File, SnapshotError> {
+        let file = self.memory_source()?;
+        if self.sealed.is_none() {
+            self.verify_memory_file(&file)?;
+        }
+        Ok(file)
+    }
+
+    fn verify_memory_file(&self, file: &File) -> Result<(), SnapshotError> {
+        memory::verify_file(file, &self.sums)
+            .map_err(verify_err("reading", &self.dir.join(MEMORY_FILE)))
+    }
+
+    /// Checks every page of the memory file against the snapshot's
+    /// checksums now (`flint snapshot inspect`).
+    pub fn verify_memory(&self) -> Result<(), SnapshotError> {
+        let mem_path = self.dir.join(MEMORY_FILE);
+        let file = File::open(&mem_path).map_err(io_err("opening", &mem_path))?;
+        self.verify_memory_file(&file)
+    }
+
     pub fn info(&self) -> Info {
         Info {
             header: self.header,
             state_bytes: self.state_bytes,
             memory_bytes: self.state.memory_bytes,
-            data_pages: self.state.data_pages,
+            data_pages: self.state.data_pages.len() as u64,
             module_name: self.state.module_name.clone(),
             module_len: self.state.module_len,
             module_crc: self.state.module_crc,
@@ -312,7 +359,7 @@ impl Snapshot {
     /// invoked (for pools of pre-restored instances).
     pub fn restore(&self) -> Result<ReadyVm, SnapshotError> {
         let mem_path = self.dir.join(MEMORY_FILE);
-        let file = self.memory_source()?;
+        let file = self.checked_memory()?;
         let memory = memory::map_private(file, self.state.memory_bytes)
             .map_err(io_err("mapping", &mem_path))?;
         Ok(ReadyVm::restore(&self.state.vm, memory)?)
@@ -336,7 +383,11 @@ impl Snapshot {
     ) -> Result<InvokeReport, SnapshotError> {
         let t0 = Instant::now();
         let mem_path = self.dir.join(MEMORY_FILE);
-        let file = self.memory_source()?;
+        let file = match opts.backend {
+            Backend::File => self.checked_memory()?,
+            // The handler checks each page as it serves it.
+            Backend::Uffd => self.memory_source()?,
+        };
         let load = t0.elapsed();
         let t1 = Instant::now();
         let (memory, backend, prefetched) = match opts.backend {
@@ -350,10 +401,16 @@ impl Snapshot {
                 let mem = memory::anonymous(self.state.memory_bytes)
                     .map_err(io_err("allocating memory for", &mem_path))?;
                 let record = self.working_set.is_none();
-                let b = UffdBackend::start(&mem, file, self.data_map.clone(), record)
+                let b = UffdBackend::start(&mem, file, self.sums.clone(), record)
                     .map_err(SnapshotError::Uffd)?;
                 let prefetched = match (&self.working_set, opts.prefetch) {
-                    (Some(ws), true) => b.prefetch(ws).map_err(SnapshotError::Uffd)?,
+                    (Some(ws), true) => b.prefetch(ws).map_err(|e| match e {
+                        UffdError::Corrupt(page) => SnapshotError::MemoryCorrupt {
+                            path: mem_path.clone(),
+                            page,
+                        },
+                        e => SnapshotError::Uffd(e),
+                    })?,
                     _ => 0,
                 };
                 (mem, Some(b), prefetched)
@@ -368,6 +425,12 @@ impl Snapshot {
             vm.invoke_abortable(invocation, io, opts.timeout, abort)
         });
         let handler: HandlerReport = backend.map(UffdBackend::finish).unwrap_or_default();
+        if let Some(page) = handler.corrupt {
+            return Err(SnapshotError::MemoryCorrupt {
+                path: mem_path,
+                page,
+            });
+        }
         if let Some(why) = handler.error {
             return Err(SnapshotError::MemoryBackend(why));
         }

@@ -1,7 +1,8 @@
 //! The userfaultfd memory backend: guest RAM is anonymous memory registered
 //! with userfaultfd; a handler thread fills each page on its first touch,
 //! from the memory file (`UFFDIO_COPY`) or with zeros for a hole
-//! (`UFFDIO_ZEROPAGE`). It can record the order of faults (the working set)
+//! (`UFFDIO_ZEROPAGE`), each page read from the file checked against its
+//! checksum before the guest sees it. It can record the order of faults (the working set)
 //! and install a recorded working set in one pass before the guest runs.
 //!
 //! If serving a page fails, the handler raises the abort flag (the VM is
@@ -19,7 +20,7 @@ use userfaultfd::{Event, Uffd, UffdBuilder};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::memory::PAGE;
+use crate::memory::{CorruptPage, PageSums, PAGE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UffdError {
@@ -35,6 +36,8 @@ pub enum UffdError {
     EventFd(#[source] std::io::Error),
     #[error("prefetching the working set failed at page {0}: {1}")]
     Prefetch(u64, String),
+    #[error("the memory file is corrupted: {0}")]
+    Corrupt(#[source] CorruptPage),
 }
 
 /// What the handler did, returned when it stops.
@@ -48,21 +51,40 @@ pub struct HandlerReport {
     pub recorded: Vec<u32>,
     /// Why serving stopped working, if it did.
     pub error: Option<String>,
+    /// The page whose contents did not match its checksum, if one did.
+    pub corrupt: Option<CorruptPage>,
 }
 
-/// Where pages come from: the memory file and which of its pages hold data.
+/// Where pages come from: the memory file, and what each page must hold.
 struct Source {
     file: File,
-    data: Vec<bool>,
+    sums: Arc<PageSums>,
+}
+
+#[derive(Debug)]
+enum ReadError {
+    Io(String),
+    Corrupt(CorruptPage),
 }
 
 impl Source {
-    /// Reads `count` pages from `first` into `buf` (holes read as zeros).
-    fn read(&self, first: u64, buf: &mut [u8]) -> Result<(), String> {
+    /// Reads the pages from `first` into `buf` (whole pages): data pages
+    /// from the file, each checked against its checksum; zero pages as
+    /// zeros, whatever the file holds there.
+    fn read(&self, first: u64, buf: &mut [u8]) -> Result<(), ReadError> {
         let at = first * PAGE;
         self.file
             .read_exact_at(buf, at)
-            .map_err(|e| format!("reading the memory file at {at:#x}: {e}"))
+            .map_err(|e| ReadError::Io(format!("reading the memory file at {at:#x}: {e}")))?;
+        for (i, page) in buf.chunks_mut(PAGE as usize).enumerate() {
+            let index = first + i as u64;
+            if self.sums.has_data(index) {
+                self.sums.check(index, page).map_err(ReadError::Corrupt)?;
+            } else {
+                page.fill(0);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -93,11 +115,11 @@ impl std::fmt::Debug for UffdBackend {
 
 impl UffdBackend {
     /// Registers `mem` (anonymous, untouched) and starts serving its faults
-    /// from `file`, whose data pages `data` marks.
+    /// from `file`, whose pages `sums` describes.
     pub fn start(
         mem: &GuestMemoryMmap,
         file: File,
-        data: Vec<bool>,
+        sums: Arc<PageSums>,
         record: bool,
     ) -> Result<Self, UffdError> {
         let uffd = UffdBuilder::new()
@@ -115,7 +137,7 @@ impl UffdBackend {
             .map_err(UffdError::Register)?;
         let uffd = Arc::new(uffd);
         let pages = len / PAGE;
-        let source = Arc::new(Source { file, data });
+        let source = Arc::new(Source { file, sums });
         let stop = Arc::new(AtomicBool::new(false));
         let abort = Arc::new(AtomicBool::new(false));
         let base = Base(host as usize);
@@ -185,9 +207,10 @@ impl UffdBackend {
                 n += 1;
             }
             buf.resize(n * PAGE as usize, 0);
-            self.source
-                .read(first, &mut buf)
-                .map_err(|e| UffdError::Prefetch(first, e))?;
+            self.source.read(first, &mut buf).map_err(|e| match e {
+                ReadError::Io(why) => UffdError::Prefetch(first, why),
+                ReadError::Corrupt(page) => UffdError::Corrupt(page),
+            })?;
             let dst = (self.base.0 + (first * PAGE) as usize) as *mut libc::c_void;
             // SAFETY: `dst..dst + buf.len()` lies inside the registered guest
             // mapping (pages < self.pages), which is alive while `self` is;
@@ -307,15 +330,21 @@ fn serve(
                 );
                 continue;
             }
-            let has_data =
-                report.error.is_none() && source.data.get(index as usize).copied().unwrap_or(false);
+            let has_data = report.error.is_none() && source.sums.has_data(index);
             let result = if has_data {
                 match source.read(index, &mut buf) {
                     // SAFETY: one page inside the registered, live mapping.
                     Ok(()) => unsafe { uffd.copy(buf.as_ptr().cast(), dst, PAGE as usize, true) }
                         .map(|_| ()),
                     Err(e) => {
-                        fail(&mut report, abort, e);
+                        let why = match e {
+                            ReadError::Io(why) => why,
+                            ReadError::Corrupt(page) => {
+                                report.corrupt.get_or_insert(page);
+                                format!("the memory file is corrupted: {page}")
+                            }
+                        };
+                        fail(&mut report, abort, why);
                         // SAFETY: as above; zeros unblock the faulting thread.
                         unsafe { uffd.zeropage(dst, PAGE as usize, true) }.map(|_| ())
                     }

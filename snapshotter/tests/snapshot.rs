@@ -382,6 +382,175 @@ fn corrupted_snapshots_are_refused_with_the_reason() {
     assert_eq!(r.unwrap().run.exit_code, 0);
 }
 
+/// The pages of `memory.bin` that hold data.
+fn data_pages(dir: &Path) -> Vec<usize> {
+    let mem = std::fs::read(dir.join("memory.bin")).unwrap();
+    mem.chunks(4096)
+        .enumerate()
+        .filter(|(_, p)| p.iter().any(|b| *b != 0))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn invoke_with(dir: &Path, backend: Backend, prefetch: bool) -> Result<String, SnapshotError> {
+    let opts = InvokeOptions {
+        backend,
+        prefetch,
+        timeout: Some(Duration::from_secs(30)),
+    };
+    let mut io = BufferIo::default();
+    let r = Snapshot::open(dir)?.invoke(&inv(&["hello", "pages"], &[]), &mut io, &opts)?;
+    assert_eq!(r.run.exit_code, 0);
+    Ok(String::from_utf8_lossy(&io.stdout).into_owned())
+}
+
+fn expect_corrupt(r: Result<impl std::fmt::Debug, SnapshotError>, what: &str) {
+    match r {
+        Err(SnapshotError::MemoryCorrupt { page, .. }) => {
+            let e = SnapshotError::MemoryCorrupt {
+                path: "memory.bin".into(),
+                page,
+            };
+            assert!(e.to_string().contains("does not match"), "{e}");
+        }
+        other => panic!("{what}: expected the memory file refused as corrupted, got {other:?}"),
+    }
+}
+
+/// `memory.bin` is checked page by page against the CRC-32s the state file
+/// lists: a changed byte in a data page is refused by every way a restore
+/// takes memory (a private mapping before the VM runs, the sealed copy as
+/// it is made, the userfaultfd handler as it serves or prefetches the
+/// page), with the snapshot's exit code in the CLI; data written into a
+/// zero page is refused where the guest would see it (a private mapping)
+/// and ignored where zero pages are served as zeros; a data page punched
+/// out to a hole is refused.
+#[test]
+fn memory_pages_that_do_not_match_their_checksums_are_refused() {
+    let good_tmp = snapshot("hello");
+    let good = good_tmp.path();
+    let data = data_pages(good);
+    assert!(data.len() > 10, "hello's snapshot has data pages");
+    let copy = |tag: &str| {
+        let d = temp_dir(tag);
+        for f in ["state.bin", "memory.bin"] {
+            std::fs::copy(good.join(f), d.path().join(f)).unwrap();
+        }
+        d
+    };
+    let flip = |d: &Path, page: usize, at: usize| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(d.join("memory.bin"))
+            .unwrap();
+        let mut b = [0u8];
+        let off = (page * 4096 + at) as u64;
+        f.read_exact_at(&mut b, off).unwrap();
+        f.write_all_at(&[b[0] ^ 0x01], off).unwrap();
+    };
+
+    // One bit of one data page.
+    let d_tmp = copy("onebit");
+    let d = d_tmp.path();
+    flip(d, data[data.len() / 2], 1234);
+    assert!(Snapshot::open(d).is_ok(), "opening reads no memory");
+    expect_corrupt(invoke_with(d, Backend::File, false), "file backend");
+    expect_corrupt(Snapshot::open(d).unwrap().restore(), "restore");
+    expect_corrupt(Snapshot::open_sealed(d), "sealed copy");
+    expect_corrupt(Snapshot::open(d).unwrap().verify_memory(), "verify");
+
+    // Every data page: the uffd handler meets one on the guest's first
+    // touch of data, without a working set and with one.
+    let d_tmp = copy("allpages");
+    let d = d_tmp.path();
+    for &p in &data {
+        flip(d, p, 7);
+    }
+    expect_corrupt(invoke_with(d, Backend::Uffd, false), "uffd faults");
+    std::fs::copy(good.join("memory.bin"), d.join("memory.bin")).unwrap();
+    invoke_with(d, Backend::Uffd, true).expect("the repaired file restores");
+    assert!(d.join("working-set.bin").exists());
+    for &p in &data {
+        flip(d, p, 7);
+    }
+    expect_corrupt(invoke_with(d, Backend::Uffd, true), "uffd prefetch");
+
+    // Data in a zero page: a private mapping would show it to the guest;
+    // the other backends serve zeros there whatever the file holds.
+    let d_tmp = copy("hole");
+    let d = d_tmp.path();
+    let hole = (0..).find(|p| !data.contains(p)).unwrap();
+    flip(d, hole, 0);
+    expect_corrupt(invoke_with(d, Backend::File, false), "data in a hole");
+    let out = invoke_with(d, Backend::Uffd, false).unwrap();
+    assert_eq!(out, "hello, pages\n");
+    Snapshot::open_sealed(d).expect("the sealed copy keeps zero pages zero");
+
+    // A data page punched out (it reads as zeros).
+    let d_tmp = copy("punched");
+    let d = d_tmp.path();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("memory.bin"))
+        .unwrap();
+    let page = data[0] as i64 * 4096;
+    // SAFETY: fallocate on a file we own; no memory is touched.
+    let rc = unsafe {
+        libc::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            page,
+            4096,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    expect_corrupt(invoke_with(d, Backend::File, false), "punched page");
+
+    // The good one is untouched by all that.
+    for backend in [Backend::File, Backend::Uffd] {
+        assert_eq!(invoke_with(good, backend, true).unwrap(), "hello, pages\n");
+    }
+}
+
+/// A state file whose checksum is right but whose page list is hostile
+/// (a page outside memory, pages out of order, one twice) is refused
+/// when opened, before any memory is read.
+#[test]
+fn a_checksummed_state_file_with_a_hostile_page_list_is_refused() {
+    use flint_snapshotter::format;
+    use flint_snapshotter::memory::DataPage;
+    let good_tmp = snapshot("hello");
+    let good = good_tmp.path();
+    let (_, state) = format::decode(&std::fs::read(good.join("state.bin")).unwrap()).unwrap();
+    let pages = (state.memory_bytes / 4096) as u32;
+    type Edit = fn(&mut Vec<DataPage>, u32);
+    let cases: [(&str, Edit); 3] = [
+        ("outside", |l, pages| {
+            l.push(DataPage {
+                index: pages,
+                crc: 0,
+            })
+        }),
+        ("increasing", |l, _| l.swap(0, 1)),
+        ("increasing", |l, _| {
+            let first = l[0];
+            l.insert(1, first)
+        }),
+    ];
+    for (want, f) in cases {
+        let d_tmp = temp_dir("hostile-list");
+        let d = d_tmp.path();
+        std::fs::copy(good.join("memory.bin"), d.join("memory.bin")).unwrap();
+        let mut s = state.clone();
+        f(&mut s.data_pages, pages);
+        std::fs::write(d.join("state.bin"), format::encode(&s).unwrap()).unwrap();
+        let e = open_err(d);
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}
+
 #[test]
 fn a_memory_file_that_shrinks_under_a_uffd_restore_stops_the_vm_with_an_error() {
     let dir_tmp = snapshot("hello");

@@ -92,3 +92,11 @@ for fn in greet bigheap; do
     med=$(printf '%s\n' "${ts[@]}" | sort -n | awk '{a[NR]=$1} END{printf "%.2f", a[int((NR+1)/2)]*1000}')
     echo "| $fn | $med |"
 done
+
+# The run is only valid if serving stayed inside the seccomp filter and
+# the VMs were reset in place (not dropped and restored again).
+m=$(curl -s "http://127.0.0.1:$admin/metrics")
+refused=$(echo "$m" | awk '/^flint_seccomp_refused_calls_total/{print $NF}')
+resets=$(echo "$m" | awk -F'[{} ]' '/^flint_reset_latencies_count/{c+=$NF} END{print c+0}')
+echo
+echo "System calls refused by the gateway's seccomp filter: ${refused:-?}; VMs reset in place: $resets; VMs that could not be reset: $(grep -c 'could not be reset' "$work/gw.log")."

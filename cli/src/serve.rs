@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// `--user root` keeps root.
     #[arg(long)]
     user: Option<String>,
+    /// Serve without the process-wide seccomp filter (for debugging a
+    /// refused call; the vCPU threads keep theirs).
+    #[arg(long)]
+    no_seccomp: bool,
     /// Where revisions' snapshots are kept.
     #[arg(long)]
     state_dir: PathBuf,
@@ -196,17 +200,32 @@ pub fn main(a: ServeArgs) -> i32 {
                 }
             }
         }
+        use tokio::signal::unix::{signal, SignalKind};
+        // Before the filter: tokio sets up its signal pipe on first use.
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(t), Ok(i)) => (t, i),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("flint: cannot handle SIGTERM and SIGINT: {e}");
+                return exit::FLINT_ERROR;
+            }
+        };
+        if !a.no_seccomp {
+            if let Err(e) = flint_gateway::confine::confine() {
+                exit::report(&e);
+                return exit::FLINT_ERROR;
+            }
+        }
         eprintln!(
             "flint: serving on http://{} (metrics on http://{}, admin API on {spec})",
             a.listen, a.metrics_listen
         );
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
+        let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
             }
             eprintln!("flint: draining: finishing in-flight requests");
         };
@@ -311,6 +330,8 @@ fn drop_privileges(user: &str, state_dir: &std::path::Path) -> Result<(), String
     // SAFETY: `pw` is the non-null record just returned.
     let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
     flint_executor::vstate::vm::preopen_kvm().map_err(|e| e.to_string())?;
+    flint_executor::vstate::vm::preopen_pagemap()
+        .map_err(|e| format!("opening /proc/self/pagemap: {e}"))?;
     // Made now if nothing made it yet (an admin API on TCP makes no socket
     // there): the user could not create it under a root-owned parent.
     std::fs::create_dir_all(state_dir)

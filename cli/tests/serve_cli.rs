@@ -346,12 +346,196 @@ fn serve_drops_to_an_unprivileged_user() {
     assert!(field("Uid:").starts_with("65534"), "{status}");
     assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
     assert_eq!(field("NoNewPrivs:"), "1", "{status}");
-    // Requests still boot VMs (through the KVM fd opened before the drop).
-    assert_eq!(
-        get(port, "hello.default.example.com", "/greet?name=nobody"),
-        (200, "hello, nobody\n".into())
-    );
+    // Requests still boot VMs (through the KVM fd opened before the drop),
+    // and the VMs are reset in place after each (through the pagemap
+    // opened before it: an unprivileged process cannot open its own).
+    for _ in 0..3 {
+        assert_eq!(
+            get(port, "hello.default.example.com", "/greet?name=nobody"),
+            (200, "hello, nobody\n".into())
+        );
+    }
+    let (_, metrics_text) = get(metrics, "localhost", "/metrics");
+    let resets: f64 = metrics_text
+        .lines()
+        .find_map(|l| l.strip_prefix("flint_reset_latencies_count"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(resets >= 1.0, "no reset in place:\n{metrics_text}");
     // SAFETY: sends SIGTERM to our own child.
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-    assert!(server.wait().unwrap().success());
+    let status = server.wait().unwrap();
+    let mut err = String::new();
+    server
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{err}");
+    assert!(!err.contains("could not be reset"), "{err}");
+}
+
+/// The seccomp mode of every thread of process `pid`.
+fn thread_modes(pid: u32) -> Vec<(String, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+            let get = |k: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            };
+            Some((get("Name:"), get("Seccomp:")))
+        })
+        .collect()
+}
+
+/// `flint serve` puts all of its threads under its seccomp filter once it
+/// is set up, and serving needs no call outside it: an apply at run time
+/// (a module snapshotted, a Linux image unpacked), requests to a module,
+/// to a CloudEvents consumer and to a Linux program, a trapping function,
+/// a delete and the drain on SIGTERM all work with no call refused.
+#[test]
+fn every_thread_of_serve_is_under_its_seccomp_filter() {
+    let (port, metrics) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // A Linux image: a shell CGI program on a busybox root.
+    let root = tempfile::tempdir().unwrap();
+    for d in ["bin", "srv"] {
+        std::fs::create_dir(root.path().join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.path().join("bin/busybox")).expect("install busybox-static");
+    std::os::unix::fs::symlink("busybox", root.path().join("bin/sh")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.path().join("bin/cat")).unwrap();
+    let script =
+        "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"linux $QUERY_STRING\"\ncat\n";
+    std::fs::write(root.path().join("srv/handler"), script).unwrap();
+    std::fs::set_permissions(
+        root.path().join("srv/handler"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let tar = images.path().join("sh.tar");
+    let config = serde_json::json!({"Entrypoint": ["/srv/handler"], "Env": ["PATH=/bin"]});
+    std::fs::write(
+        &tar,
+        flint_image::build_dir(root.path(), config, "docker.io/library/shcgi:v1").unwrap(),
+    )
+    .unwrap();
+    let service = |name: &str, image: &std::path::Path| {
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n      containers:\n        - image: {}\n",
+            image.display()
+        )
+    };
+    std::fs::write(images.path().join("sh.yaml"), service("sh", &tar)).unwrap();
+    for ex in ["trap", "greet"] {
+        std::fs::copy(
+            flint_examples::path(ex),
+            images.path().join(format!("{ex}.wasm")),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        images.path().join("trap.yaml"),
+        service("trap", &images.path().join("trap.wasm")),
+    )
+    .unwrap();
+    let manifest = images.path().join("hello.yaml");
+    std::fs::write(
+        &manifest,
+        service("hello", &images.path().join("greet.wasm")),
+    )
+    .unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_flint"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--image-root")
+        .arg(images.path())
+        .arg(&manifest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_listening(port);
+    let a = format!("unix:{}", state.join("admin.sock").display());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !state.join("admin.sock").exists() {
+        assert!(Instant::now() < deadline, "no admin socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for m in ["sh.yaml", "trap.yaml"] {
+        let o = flint(
+            &[
+                "apply",
+                "--admin",
+                &a,
+                images.path().join(m).to_str().unwrap(),
+            ],
+            "",
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(0), "{m}: {}", text(&o.stderr));
+    }
+    assert_eq!(
+        get(port, "hello.default.example.com", "/greet?name=ada"),
+        (200, "hello, ada\n".into())
+    );
+    let (code, body) = get(port, "sh.default.example.com", "/?q=1");
+    assert_eq!((code, body.as_str()), (200, "linux q=1\n"));
+    assert_eq!(get(port, "trap.default.example.com", "/").0, 502);
+    // A CloudEvent in binary mode to the module.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST /greet?name=ev HTTP/1.1\r\nHost: hello.default.example.com\r\nce-specversion: 1.0\r\nce-id: 1\r\nce-source: /t\r\nce-type: t\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 2"), "{out}");
+    let (_, metrics_text) = get(metrics, "localhost", "/metrics");
+    let refused = metrics_text
+        .lines()
+        .find(|l| l.starts_with("flint_seccomp_refused_calls_total"))
+        .and_then(|l| l.split_whitespace().last());
+    assert_eq!(refused, Some("0"), "{metrics_text}");
+    let modes = thread_modes(server.id());
+    assert!(modes.len() > 2, "{modes:?}");
+    for (name, mode) in &modes {
+        assert_eq!(mode, "2", "thread {name} is not filtered: {modes:?}");
+    }
+    let o = flint(&["delete", "sh", "--admin", &a], "", &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // SAFETY: sends SIGTERM to our own child.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let status = server.wait().unwrap();
+    let mut err = String::new();
+    server
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{err}");
+    assert!(
+        !err.contains("seccomp refused"),
+        "serving made a call outside its filter:\n{err}"
+    );
 }

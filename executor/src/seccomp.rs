@@ -6,9 +6,18 @@
 //! ([`check`]) while the host process and every other VM carry on. (A kill
 //! action would take the thread down without unwinding, holding its VM's
 //! locks and leaving its waiters hanging.)
+//!
+//! A process that serves many VMs (the gateway, the shim) also puts all of
+//! its threads under one filter of its own once its setup is done
+//! ([`confine_process`]): the async workers that parse clients' requests
+//! and functions' responses may make only the calls serving needs. A
+//! refused call there fails with EPERM, is logged (from the signal handler,
+//! with the call's number and the thread) and counted ([`refused_calls`]).
+//! The vCPU threads' own filters stack on top of it.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
@@ -70,6 +79,47 @@ thread_local! {
     static VIOLATION: Cell<i64> = const { Cell::new(0) };
 }
 
+/// Calls refused by any filter of this process, tolerated ones aside.
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// How many system calls the process's filters have refused so far.
+pub fn refused_calls() -> u64 {
+    REFUSED.load(Ordering::Relaxed)
+}
+
+/// Writes "flint: seccomp refused system call N on thread T" to stderr
+/// with only async-signal-safe calls (no allocation, no locks).
+fn log_refused(nr: i64) {
+    fn put(buf: &mut [u8], at: &mut usize, bytes: &[u8]) {
+        let n = bytes.len().min(buf.len() - *at);
+        buf[*at..*at + n].copy_from_slice(&bytes[..n]);
+        *at += n;
+    }
+    fn put_num(buf: &mut [u8], at: &mut usize, mut v: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        put(buf, at, &digits[i..]);
+    }
+    let mut buf = [0u8; 96];
+    let mut at = 0;
+    put(&mut buf, &mut at, b"flint: seccomp refused system call ");
+    put_num(&mut buf, &mut at, nr as u64);
+    put(&mut buf, &mut at, b" on thread ");
+    // SAFETY: gettid has no preconditions and is async-signal-safe.
+    put_num(&mut buf, &mut at, unsafe { libc::gettid() } as u64);
+    put(&mut buf, &mut at, b"\n");
+    // SAFETY: write(2) of a stack buffer to stderr, async-signal-safe.
+    unsafe { libc::write(2, buf.as_ptr().cast(), at) };
+}
+
 /// Refused (EPERM) without ending the VM: glibc's allocator opens
 /// `/proc/sys/vm/overcommit_memory` on its own the first time it trims a
 /// thread's heap, on whatever thread that is.
@@ -85,6 +135,8 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
         let nr = *(info as *const u8).add(24).cast::<i32>() as i64;
         if !TOLERATED.contains(&nr) {
             VIOLATION.with(|v| v.set(nr));
+            REFUSED.fetch_add(1, Ordering::Relaxed);
+            log_refused(nr);
         }
         let uc = &mut *(ctx as *mut libc::ucontext_t);
         uc.uc_mcontext.gregs[libc::REG_RAX as usize] = -(libc::EPERM as i64);
@@ -122,11 +174,14 @@ pub fn confine_thread(extra: &[i64]) -> Result<(), SeccompError> {
     init_sigsys();
     // Other threads' signal handlers must not run here.
     crate::vstate::vcpu::block_signals_but_kick();
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = VCPU_BASE
-        .iter()
-        .chain(extra)
-        .map(|&nr| (nr, Vec::new()))
-        .collect();
+    let program = compile(VCPU_BASE.iter().chain(extra))?;
+    seccompiler::apply_filter(&program).map_err(SeccompError::Install)
+}
+
+/// A filter allowing `calls` (any arguments), trapping everything else.
+fn compile<'a>(calls: impl Iterator<Item = &'a i64>) -> Result<BpfProgram, SeccompError> {
+    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+        calls.map(|&nr| (nr, Vec::new())).collect();
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Trap,
@@ -134,8 +189,66 @@ pub fn confine_thread(extra: &[i64]) -> Result<(), SeccompError> {
         TargetArch::x86_64,
     )
     .map_err(SeccompError::Build)?;
-    let program: BpfProgram = filter.try_into().map_err(SeccompError::Compile)?;
-    seccompiler::apply_filter(&program).map_err(SeccompError::Install)
+    filter.try_into().map_err(SeccompError::Compile)
+}
+
+/// Installs a filter allowing `calls` on every thread of the process at
+/// once (`SECCOMP_FILTER_FLAG_TSYNC`) and, through inheritance, on every
+/// thread made later; any other call fails with EPERM, logged and counted.
+/// Whatever `calls` says, the process cannot make another: `clone` is
+/// allowed only for threads (`CLONE_THREAD`), `clone3` (whose flags a
+/// filter cannot read) answers ENOSYS so that the C library falls back to
+/// `clone`, and `tgkill` reaches only this process's own threads.
+/// Threads that have filters of their own already must not exist (the
+/// kernel refuses to synchronise them): call it before any VM runs.
+pub fn confine_process(calls: &[i64]) -> Result<(), SeccompError> {
+    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+    init_sigsys();
+    let cond = |arg, op, value| {
+        SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value).map_err(SeccompError::Build)
+    };
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u64;
+    let thread = libc::CLONE_THREAD as u64;
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        calls.iter().map(|&nr| (nr, Vec::new())).collect();
+    rules.insert(
+        libc::SYS_clone,
+        vec![
+            SeccompRule::new(vec![cond(0, SeccompCmpOp::MaskedEq(thread), thread)?])
+                .map_err(SeccompError::Build)?,
+        ],
+    );
+    rules.insert(
+        libc::SYS_tgkill,
+        vec![SeccompRule::new(vec![cond(0, SeccompCmpOp::Eq, pid)?]).map_err(SeccompError::Build)?],
+    );
+    // Allowed here so that the second filter's ENOSYS is what it gets
+    // (the strictest action of all filters wins, and a trap while the C
+    // library blocks signals around clone would kill the process).
+    rules.insert(libc::SYS_clone3, Vec::new());
+    rules.remove(&libc::SYS_fork);
+    rules.remove(&libc::SYS_vfork);
+    let allow: BpfProgram = SeccompFilter::new(
+        rules,
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(SeccompError::Build)?
+    .try_into()
+    .map_err(SeccompError::Compile)?;
+    let no_clone3: BpfProgram = SeccompFilter::new(
+        [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(SeccompError::Build)?
+    .try_into()
+    .map_err(SeccompError::Compile)?;
+    seccompiler::apply_filter_all_threads(&no_clone3).map_err(SeccompError::Install)?;
+    seccompiler::apply_filter_all_threads(&allow).map_err(SeccompError::Install)
 }
 
 /// The calling thread's seccomp mode (`Seccomp:` in /proc: 2 is filtered).

@@ -7,6 +7,7 @@
 pub mod autoscaler;
 pub mod cgi;
 pub mod cloudevents;
+pub mod confine;
 pub mod manifest;
 pub mod metrics;
 pub mod registry;

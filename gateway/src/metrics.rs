@@ -51,6 +51,13 @@ impl Metrics {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Sets a counter kept elsewhere (a process-wide count) to `value`.
+    pub fn set_counter(&self, name: &str, labels: &str, value: f64) {
+        self.lock()
+            .counters
+            .insert((name.into(), labels.into()), value);
+    }
+
     pub fn inc(&self, name: &str, labels: &str, by: f64) {
         *self
             .lock()

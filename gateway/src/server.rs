@@ -1031,6 +1031,11 @@ async fn admin(gw: Arc<Gateway>, req: Request<Incoming>, port: Port) -> Response
         }
         ("GET", "/readyz") => text(StatusCode::OK, "ready"),
         ("GET", "/metrics") => {
+            gw.metrics.set_counter(
+                "flint_seccomp_refused_calls_total",
+                "",
+                flint_executor::seccomp::refused_calls() as f64,
+            );
             let mut r = Response::new(full(Bytes::from(gw.metrics.render())));
             r.headers_mut().insert(
                 CONTENT_TYPE,

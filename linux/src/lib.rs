@@ -37,7 +37,7 @@ use flint_executor::vstate::vcpu;
 
 #[cfg(feature = "fuzzing")]
 pub use kernel::fuzz;
-pub use kernel::{Program, Stdio};
+pub use kernel::{Program, Stdio, HOST_CALLS};
 pub use task::ExitStatus;
 
 #[derive(Debug, thiserror::Error)]

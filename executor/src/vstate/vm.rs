@@ -67,6 +67,26 @@ pub fn preopen_kvm() -> Result<(), VmError> {
     Ok(())
 }
 
+/// This process's `/proc/self/pagemap`, which resets read to find the
+/// pages a VM wrote. Opened once: a process that changed its uid is not
+/// dumpable, and its pagemap (mode 0400, then owned by root) cannot be
+/// opened again.
+static PAGEMAP: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+
+/// Opens `/proc/self/pagemap` now, for every later reset (call before
+/// dropping privileges).
+pub fn preopen_pagemap() -> std::io::Result<()> {
+    pagemap().map(|_| ())
+}
+
+fn pagemap() -> std::io::Result<&'static std::fs::File> {
+    if let Some(f) = PAGEMAP.get() {
+        return Ok(f);
+    }
+    let f = std::fs::File::open("/proc/self/pagemap")?;
+    Ok(PAGEMAP.get_or_init(|| f))
+}
+
 fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
     let pre = PREOPENED.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((p, fd)) = pre.as_ref().filter(|(p, _)| p == path) {
@@ -186,7 +206,7 @@ impl Vm {
         const PRESENT: u64 = 1 << 63;
         const SWAPPED: u64 = 1 << 62;
         const FILE: u64 = 1 << 61;
-        let pagemap = std::fs::File::open("/proc/self/pagemap")?;
+        let pagemap = pagemap()?;
         let mut written = 0u64;
         for region in self.memory.iter() {
             if region.file_offset().is_none() {

@@ -74,6 +74,48 @@ pub const VCPU_BASE: &[i64] = &[
     libc::SYS_exit_group,
 ];
 
+/// What a process serving many VMs (the gateway, the shim) needs beyond
+/// `VCPU_BASE`, for [`confine_process`]: accepting and answering
+/// connections, tokio's reactor and wakers, threads (clone narrowed to
+/// threads), VM memory, and reading its limits, usage and identity.
+pub const SERVICE_BASE: &[i64] = &[
+    libc::SYS_accept4,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+    libc::SYS_shutdown,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_eventfd2,
+    libc::SYS_dup,
+    libc::SYS_dup3,
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_prctl,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_rt_sigaction,
+    libc::SYS_restart_syscall,
+    libc::SYS_seccomp,
+    libc::SYS_mincore,
+    libc::SYS_memfd_create,
+    libc::SYS_prlimit64,
+    libc::SYS_getrusage,
+    libc::SYS_getuid,
+    libc::SYS_geteuid,
+    libc::SYS_getgid,
+    libc::SYS_getegid,
+    libc::SYS_uname,
+];
+
 thread_local! {
     /// The last call this thread's filter refused (0: none).
     static VIOLATION: Cell<i64> = const { Cell::new(0) };
@@ -198,14 +240,37 @@ fn compile<'a>(calls: impl Iterator<Item = &'a i64>) -> Result<BpfProgram, Secco
 /// Whatever `calls` says, the process cannot make another: `clone` is
 /// allowed only for threads (`CLONE_THREAD`), `clone3` (whose flags a
 /// filter cannot read) answers ENOSYS so that the C library falls back to
-/// `clone`, and `tgkill` reaches only this process's own threads.
+/// `clone`, `tgkill` reaches only this process's own threads, and `socket`
+/// makes only Unix sockets.
 /// Threads that have filters of their own already must not exist (the
 /// kernel refuses to synchronise them): call it before any VM runs.
 pub fn confine_process(calls: &[i64]) -> Result<(), SeccompError> {
-    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
     init_sigsys();
-    let cond = |arg, op, value| {
-        SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value).map_err(SeccompError::Build)
+    for program in process_filters(calls)? {
+        seccompiler::apply_filter_all_threads(&program).map_err(SeccompError::Install)?;
+    }
+    Ok(())
+}
+
+/// As [`confine_process`], but for the calling thread and the threads it
+/// (and they) create from now on only: threads that exist already stay
+/// as they are (a process keeps one thread outside on purpose).
+pub fn confine_from_here(calls: &[i64]) -> Result<(), SeccompError> {
+    init_sigsys();
+    for program in process_filters(calls)? {
+        seccompiler::apply_filter(&program).map_err(SeccompError::Install)?;
+    }
+    Ok(())
+}
+
+/// The two filters of a confined process: ENOSYS for `clone3`, then the
+/// allow list with its argument rules.
+fn process_filters(calls: &[i64]) -> Result<[BpfProgram; 2], SeccompError> {
+    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+    let rule = |arg, op, value| -> Result<Vec<SeccompRule>, SeccompError> {
+        let c = SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value)
+            .map_err(SeccompError::Build)?;
+        Ok(vec![SeccompRule::new(vec![c]).map_err(SeccompError::Build)?])
     };
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u64;
@@ -214,15 +279,12 @@ pub fn confine_process(calls: &[i64]) -> Result<(), SeccompError> {
         calls.iter().map(|&nr| (nr, Vec::new())).collect();
     rules.insert(
         libc::SYS_clone,
-        vec![
-            SeccompRule::new(vec![cond(0, SeccompCmpOp::MaskedEq(thread), thread)?])
-                .map_err(SeccompError::Build)?,
-        ],
+        rule(0, SeccompCmpOp::MaskedEq(thread), thread)?,
     );
-    rules.insert(
-        libc::SYS_tgkill,
-        vec![SeccompRule::new(vec![cond(0, SeccompCmpOp::Eq, pid)?]).map_err(SeccompError::Build)?],
-    );
+    rules.insert(libc::SYS_tgkill, rule(0, SeccompCmpOp::Eq, pid)?);
+    if let Some(socket) = rules.get_mut(&libc::SYS_socket) {
+        *socket = rule(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?;
+    }
     // Allowed here so that the second filter's ENOSYS is what it gets
     // (the strictest action of all filters wins, and a trap while the C
     // library blocks signals around clone would kill the process).
@@ -247,8 +309,7 @@ pub fn confine_process(calls: &[i64]) -> Result<(), SeccompError> {
     .map_err(SeccompError::Build)?
     .try_into()
     .map_err(SeccompError::Compile)?;
-    seccompiler::apply_filter_all_threads(&no_clone3).map_err(SeccompError::Install)?;
-    seccompiler::apply_filter_all_threads(&allow).map_err(SeccompError::Install)
+    Ok([no_clone3, allow])
 }
 
 /// The calling thread's seccomp mode (`Seccomp:` in /proc: 2 is filtered).

@@ -21,6 +21,8 @@ fn child() {
         libc::SYS_prctl,
         libc::SYS_sched_getaffinity,
         libc::SYS_rt_sigaction,
+        // Listed, but only for Unix sockets.
+        libc::SYS_socket,
         // Listed, but the process filter refuses them whatever the list.
         libc::SYS_fork,
         libc::SYS_vfork,
@@ -74,16 +76,20 @@ fn child() {
         libc::execve(c"/bin/true".as_ptr(), argv.as_ptr(), argv.as_ptr())
     };
     println!("execve {}", errno_of(e as i64));
+    // SAFETY: socket with constant arguments (the child exits soon after).
+    let u = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+    println!("unix-socket {}", if u >= 0 { "ok" } else { "refused" });
     println!("refused {}", refused_calls());
 }
 
-/// This thread's seccomp mode and what `socket` (not in the list) gives.
+/// This thread's seccomp mode and what an IPv4 `socket` (the list allows
+/// Unix sockets only) gives.
 fn probe() -> (u32, String) {
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
     let mode = thread_mode(tid).unwrap_or(99);
     // SAFETY: socket with constant arguments.
-    let s = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
     (mode, errno_of(s as i64))
 }
 
@@ -139,6 +145,11 @@ fn every_thread_of_a_confined_process_is_filtered() {
     assert_eq!(get("clone-process"), "EPERM", "clone without CLONE_THREAD");
     assert_eq!(get("tgkill-other"), "EPERM", "signals to other processes");
     assert_eq!(get("execve"), "EPERM");
+    assert_eq!(
+        get("unix-socket"),
+        "ok",
+        "a listed socket call, for Unix sockets"
+    );
     assert_eq!(get("refused"), "7", "each refusal counted");
     assert!(
         stderr.contains(&format!(

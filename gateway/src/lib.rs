@@ -8,6 +8,7 @@ pub mod autoscaler;
 pub mod cgi;
 pub mod cloudevents;
 pub mod confine;
+mod linux;
 pub mod manifest;
 pub mod metrics;
 pub mod registry;

@@ -306,8 +306,8 @@ impl Gateway {
             env
         };
         let Some(mode) = cloudevents::detect(&parts.headers) else {
-            if rev.snapshot.is_some() {
-                // A plain request to a module: its response streams.
+            if rev.snapshot.is_some() || rev.linux.is_some() {
+                // A plain request: its response streams.
                 return self
                     .clone()
                     .run_streaming(rev, &request_id, cgi_env(body.len()), body.to_vec())
@@ -394,11 +394,12 @@ impl Gateway {
         }
     }
 
-    /// Runs one invocation of a module revision and streams its response
-    /// (`stream.rs`): the status and headers as soon as the function has
-    /// written its header block, within the first-byte deadline; the body
-    /// as it writes it, each gap within `idleTimeoutSeconds`; the whole run
-    /// within Knative's maximum revision timeout.
+    /// Runs one invocation of a revision (a module, or a Linux program)
+    /// and streams its response (`stream.rs`): the status and headers as
+    /// soon as the function has written its header block, within the
+    /// first-byte deadline; the body as it writes it, each gap within
+    /// `idleTimeoutSeconds`; the whole run within Knative's maximum
+    /// revision timeout.
     async fn run_streaming(
         self: Arc<Self>,
         rev: &Arc<Revision>,
@@ -406,11 +407,16 @@ impl Gateway {
         env: Vec<(String, String)>,
         stdin: Vec<u8>,
     ) -> Response<Body> {
-        let Some(invocation) = module_invocation(rev, env) else {
-            return text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the revision has no module",
-            );
+        let linux = rev.linux.clone();
+        let invocation = match (&linux, module_invocation(rev, env.clone())) {
+            (Some(_), _) => None,
+            (None, Some(i)) => Some(i),
+            (None, None) => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the revision has no function",
+                )
+            }
         };
         let first_byte = first_byte_timeout(rev);
         let whole =
@@ -418,20 +424,59 @@ impl Gateway {
         let started = Instant::now();
         let inflight = self.begin(rev);
         let (slot, warm) = self.run_slot(rev).await;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
         let abort = Arc::new(AtomicBool::new(false));
         let (rev2, abort2, request_id2) = (rev.clone(), abort.clone(), request_id.to_string());
         let job = tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            let mut io = crate::stream::StreamIo::new(stdin, tx);
-            let r = ready_vm(&rev2, warm).and_then(|(vm, restore)| {
-                let (report, reset) =
-                    run_and_recycle(&rev2, vm, &invocation, &mut io, Some(whole), Some(&abort2))?;
-                Ok((report, restore, reset))
-            });
-            log_stderr(&rev2.name, &request_id2, &io.stderr);
-            r
+            match (linux, invocation) {
+                (Some(f), _) => match crate::linux::run(&f, env, &stdin, whole, tx, &abort2) {
+                    Ok(end) => {
+                        log_stderr(&rev2.name, &request_id2, &end.stderr);
+                        Ended::of_linux(end.outcome)
+                    }
+                    Err(e) => Ended::Failed(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("running the function failed: {e}"),
+                    ),
+                },
+                (None, Some(invocation)) => {
+                    let mut io = crate::stream::StreamIo::new(stdin, tx);
+                    let r = ready_vm(&rev2, warm).and_then(|(vm, restore)| {
+                        let (report, reset) = run_and_recycle(
+                            &rev2,
+                            vm,
+                            &invocation,
+                            &mut io,
+                            Some(whole),
+                            Some(&abort2),
+                        )?;
+                        Ok((report, restore, reset))
+                    });
+                    log_stderr(&rev2.name, &request_id2, &io.stderr);
+                    Ended::of_module(r)
+                }
+                (None, None) => unreachable!("checked above"),
+            }
         });
+        self.stream_response(rev, rx, abort, job, first_byte, inflight, started)
+            .await
+    }
+
+    /// The response of a run whose stdout arrives on `rx`: its header
+    /// block within `first_byte`, then the rest as a streaming body whose
+    /// end says how the run ended. Raising `abort` stops the run.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_response(
+        self: Arc<Self>,
+        rev: &Arc<Revision>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+        abort: Arc<AtomicBool>,
+        job: tokio::task::JoinHandle<Ended>,
+        first_byte: Duration,
+        inflight: InFlight,
+        started: Instant,
+    ) -> Response<Body> {
         // The header block, within the first-byte deadline.
         let mut head = Vec::new();
         let deadline = tokio::time::Instant::now() + first_byte;
@@ -469,22 +514,22 @@ impl Gateway {
                 return text(StatusCode::BAD_GATEWAY, e.to_string());
             }
             None => {
-                let result = job.await;
+                let ended = Ended::joined(job.await);
                 drop(inflight);
-                let resp = match result {
-                    Err(e) => text(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("the invocation task failed: {e}"),
-                    ),
-                    Ok(Err(e)) => run_error_response(e, first_byte),
-                    Ok(Ok((report, ..))) if report.exit_code != 0 => text(
+                let resp = match ended {
+                    Ended::Failed(code, why) => text(code, why),
+                    Ended::Timeout => timeout_response(first_byte),
+                    Ended::Exited { code, .. } if code != 0 => text(
                         StatusCode::BAD_GATEWAY,
-                        format!("the function exited with status {}", report.exit_code),
+                        format!("the function exited with status {code}"),
                     ),
-                    Ok(Ok(_)) => text(
-                        StatusCode::BAD_GATEWAY,
-                        cgi::CgiError::NoHeaders.to_string(),
-                    ),
+                    Ended::Exited { restore, reset, .. } => {
+                        self.observe_vm_latencies(rev, restore, reset);
+                        text(
+                            StatusCode::BAD_GATEWAY,
+                            cgi::CgiError::NoHeaders.to_string(),
+                        )
+                    }
                 };
                 self.app_metrics(rev, resp.status().as_str(), started);
                 return resp;
@@ -496,20 +541,21 @@ impl Gateway {
         let gw = self.clone();
         let rev3 = rev.clone();
         let ending = tokio::spawn(async move {
-            let result = job.await;
+            let ended = Ended::joined(job.await);
             drop(inflight);
-            match result {
-                Err(e) => Err(format!("the invocation task failed: {e}")),
-                Ok(Err(e)) => Err(error_chain(&e)),
-                Ok(Ok((report, restore, reset))) => {
+            match ended {
+                Ended::Failed(_, why) => Err(why),
+                Ended::Timeout => Err("the function timed out".into()),
+                Ended::Exited {
+                    code,
+                    restore,
+                    reset,
+                } => {
                     gw.observe_vm_latencies(&rev3, restore, reset);
-                    if report.exit_code == 0 {
+                    if code == 0 {
                         Ok(())
                     } else {
-                        Err(format!(
-                            "the function exited with status {}",
-                            report.exit_code
-                        ))
+                        Err(format!("the function exited with status {code}"))
                     }
                 }
             }
@@ -668,9 +714,9 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// Runs one request of a Linux function: a fresh VM boots its program
-    /// with the CGI environment, the body on stdin; its stdout is the CGI
-    /// response (at most `MAX_LINUX_OUTPUT` bytes are read back).
+    /// Runs one request of a Linux function and collects its whole
+    /// response (for CloudEvents, whose reply is read whole): a fresh VM
+    /// boots its program with the CGI environment, the body on stdin.
     async fn run_linux(
         &self,
         rev: &Arc<Revision>,
@@ -683,14 +729,21 @@ impl Gateway {
         let started = Instant::now();
         let inflight = self.begin(rev);
         let (slot, _) = self.run_slot(rev).await;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let abort = Arc::new(AtomicBool::new(false));
         let job = tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            linux_invoke(&f, env, &stdin, timeout)
+            crate::linux::run(&f, env, &stdin, timeout, tx, &abort)
         });
+        // At most MAX_RESPONSE_BYTES arrive: past that the run is stopped.
+        let mut stdout = Vec::new();
+        while let Some(c) = rx.recv().await {
+            stdout.extend_from_slice(&c);
+        }
         let r = job.await;
         drop(inflight);
-        let (outcome, stdout, stderr) = match r {
-            Ok(Ok(o)) => o,
+        let end = match r {
+            Ok(Ok(end)) => end,
             Ok(Err(e)) => {
                 return Err(text(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -704,85 +757,87 @@ impl Gateway {
                 ))
             }
         };
-        let mut log = StderrLog::default();
-        log.push(&stderr);
-        log_stderr(&rev.name, request_id, &log);
-        let code = match &outcome {
-            Ok(o) if o.status.code() == 0 => "200",
-            _ => "502",
-        };
-        let l = labels(&[("revision_name", &rev.name), ("response_code", code)]);
-        self.metrics.inc("revision_app_request_count", &l, 1.0);
-        self.metrics.observe_ms(
-            "revision_app_request_latencies",
-            &l,
-            started.elapsed().as_secs_f64() * 1e3,
-        );
-        match outcome {
-            Ok(o) if o.status.code() == 0 => cgi::parse_response(&stdout)
+        log_stderr(&rev.name, request_id, &end.stderr);
+        let result = match Ended::of_linux(end.outcome) {
+            Ended::Exited { code: 0, .. } => cgi::parse_response(&stdout)
                 .map_err(|e| text(StatusCode::BAD_GATEWAY, e.to_string())),
-            Ok(o) => Err(text(
+            Ended::Exited { code, .. } => Err(text(
                 StatusCode::BAD_GATEWAY,
-                format!("the function exited with status {}", o.status.code()),
+                format!("the function exited with status {code}"),
             )),
-            Err(flint_linux::LinuxError::Timeout) => Err(timeout_response(timeout)),
-            Err(e) => Err(text(StatusCode::BAD_GATEWAY, error_chain(&e))),
-        }
+            Ended::Timeout => Err(timeout_response(timeout)),
+            Ended::Failed(code, why) => Err(text(code, why)),
+        };
+        let code = match &result {
+            Ok(r) => r.status.to_string(),
+            Err(r) => r.status().as_u16().to_string(),
+        };
+        self.app_metrics(rev, &code, started);
+        result
     }
 }
 
-/// Most of a Linux function's stdout (and stderr) read back.
-const MAX_LINUX_OUTPUT: u64 = 16 << 20;
+/// How a run whose output streamed ended.
+#[derive(Debug)]
+enum Ended {
+    /// The function exited with `code`; its VM took `restore` to restore
+    /// (if it was not warm) and `reset` to reset afterwards (if kept).
+    Exited {
+        code: i32,
+        restore: Option<Duration>,
+        reset: Option<Duration>,
+    },
+    Timeout,
+    /// It failed before exiting: the response to send if nothing was.
+    Failed(StatusCode, String),
+}
 
-type LinuxRun = (
-    Result<flint_linux::Outcome, flint_linux::LinuxError>,
-    Vec<u8>,
-    Vec<u8>,
-);
-
-/// Boots `f`'s program once with `env` and `stdin`; its outcome, stdout
-/// and stderr (each read back up to `MAX_LINUX_OUTPUT`).
-fn linux_invoke(
-    f: &crate::registry::LinuxFunction,
-    env: Vec<(String, String)>,
-    stdin: &[u8],
-    timeout: Duration,
-) -> std::io::Result<LinuxRun> {
-    use std::io::{Read, Seek, Write};
-    let mut input = tempfile::tempfile()?;
-    input.write_all(stdin)?;
-    input.rewind()?;
-    let mut out = tempfile::tempfile()?;
-    let mut err = tempfile::tempfile()?;
-    let stdio = flint_linux::Stdio {
-        stdin: input.try_clone()?.into(),
-        stdout: out.try_clone()?.into(),
-        stderr: err.try_clone()?.into(),
-    };
-    let mut all_env = f.env.clone();
-    for (k, v) in env {
-        all_env.retain(|(x, _)| *x != k);
-        all_env.push((k, v));
+impl Ended {
+    fn of_module(
+        r: Result<
+            (
+                flint_executor::RunReport,
+                Option<Duration>,
+                Option<Duration>,
+            ),
+            SnapshotError,
+        >,
+    ) -> Self {
+        match r {
+            Ok((report, restore, reset)) => Self::Exited {
+                code: report.exit_code,
+                restore,
+                reset,
+            },
+            Err(SnapshotError::Run(RunError::Timeout(_))) => Self::Timeout,
+            Err(SnapshotError::Run(RunError::Trap(t))) => Self::Failed(
+                StatusCode::BAD_GATEWAY,
+                format!("the function trapped: {t}"),
+            ),
+            Err(e) => Self::Failed(StatusCode::BAD_GATEWAY, error_chain(&e)),
+        }
     }
-    let program = flint_linux::Program {
-        path: f.path.clone(),
-        argv: f.argv.clone(),
-        env: all_env,
-        workdir: f.workdir.clone(),
-    };
-    let config = flint_linux::Config {
-        memory_mib: f.memory_mib,
-        timeout: Some(timeout),
-        ..flint_linux::Config::default()
-    };
-    let outcome = flint_linux::run(&config, &f.root, &program, Some(stdio));
-    let read = |f: &mut std::fs::File| -> std::io::Result<Vec<u8>> {
-        f.rewind()?;
-        let mut v = Vec::new();
-        f.take(MAX_LINUX_OUTPUT).read_to_end(&mut v)?;
-        Ok(v)
-    };
-    Ok((outcome, read(&mut out)?, read(&mut err)?))
+
+    fn of_linux(r: Result<flint_linux::Outcome, flint_linux::LinuxError>) -> Self {
+        match r {
+            Ok(o) => Self::Exited {
+                code: o.status.code(),
+                restore: None,
+                reset: None,
+            },
+            Err(flint_linux::LinuxError::Timeout) => Self::Timeout,
+            Err(e) => Self::Failed(StatusCode::BAD_GATEWAY, error_chain(&e)),
+        }
+    }
+
+    fn joined(r: Result<Self, tokio::task::JoinError>) -> Self {
+        r.unwrap_or_else(|e| {
+            Self::Failed(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the invocation task failed: {e}"),
+            )
+        })
+    }
 }
 
 /// A new request id: time and a process-wide counter, as hex.

@@ -758,19 +758,17 @@ async fn client_headers_cannot_pose_as_the_gateways() {
     gw.stop().await;
 }
 
-/// A Linux image as a function: a shell CGI program from a busybox root,
-/// run under the CGI contract (env in, body on stdin, response on stdout).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn linux_images_serve_under_the_cgi_contract() {
+/// A Linux image of a shell CGI program, `script`, on a busybox root, as
+/// an image tarball in a temporary directory (kept while the guard lives).
+fn shell_cgi_image(script: &str, env: &[&str]) -> (tempfile::TempDir, std::path::PathBuf) {
     let root = tempfile::tempdir().unwrap();
     for d in ["bin", "srv", "tmp"] {
         std::fs::create_dir(root.path().join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", root.path().join("bin/busybox")).expect("install busybox-static");
-    for a in ["sh", "echo", "cat", "tr"] {
+    for a in ["sh", "echo", "cat", "tr", "sleep"] {
         std::os::unix::fs::symlink("busybox", root.path().join("bin").join(a)).unwrap();
     }
-    let script = "#!/bin/sh\necho 'Content-Type: text/plain'\necho 'X-From: shell'\necho\necho \"$REQUEST_METHOD $PATH_INFO $QUERY_STRING $FROM_MANIFEST $GREETING\"\ntr a-z A-Z\n";
     std::fs::write(root.path().join("srv/handler"), script).unwrap();
     std::fs::set_permissions(
         root.path().join("srv/handler"),
@@ -779,18 +777,31 @@ async fn linux_images_serve_under_the_cgi_contract() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tar = dir.path().join("sh.tar");
-    let config =
-        serde_json::json!({"Entrypoint": ["/srv/handler"], "Env": ["PATH=/bin", "GREETING=hej"]});
+    let mut env: Vec<&str> = env.to_vec();
+    env.push("PATH=/bin");
+    let config = serde_json::json!({"Entrypoint": ["/srv/handler"], "Env": env});
     std::fs::write(
         &tar,
         flint_image::build_dir(root.path(), config, "docker.io/library/shcgi:v1").unwrap(),
     )
     .unwrap();
-    let yaml = format!(
-        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: sh\nspec:\n  template:\n    spec:\n      containers:\n        - image: {}\n          env:\n            - name: FROM_MANIFEST\n              value: yes\n",
+    (dir, tar)
+}
+
+fn linux_service(name: &str, tar: &std::path::Path, spec: &str) -> String {
+    format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n{spec}      containers:\n        - image: {}\n          env:\n            - name: FROM_MANIFEST\n              value: yes\n",
         tar.display()
-    );
-    let gw = start(&[yaml], 1 << 20).await;
+    )
+}
+
+/// A Linux image as a function: a shell CGI program from a busybox root,
+/// run under the CGI contract (env in, body on stdin, response on stdout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn linux_images_serve_under_the_cgi_contract() {
+    let script = "#!/bin/sh\necho 'Content-Type: text/plain'\necho 'X-From: shell'\necho\necho \"$REQUEST_METHOD $PATH_INFO $QUERY_STRING $FROM_MANIFEST $GREETING\"\ntr a-z A-Z\n";
+    let (_dir, tar) = shell_cgi_image(script, &["GREETING=hej"]);
+    let gw = start(&[linux_service("sh", &tar, "")], 1 << 20).await;
     let (code, head, body) = http(
         gw.addr,
         "POST",
@@ -804,6 +815,71 @@ async fn linux_images_serve_under_the_cgi_contract() {
     assert_eq!(
         String::from_utf8_lossy(&body),
         "POST /p q=1 yes hej\nBODY TEXT"
+    );
+    gw.stop().await;
+}
+
+/// A Linux function's response streams as a module's does, with the same
+/// Knative timeouts: its head and first line reach the client while it
+/// still writes; a first byte within `timeoutSeconds` is a 200 however
+/// long the rest takes, none within it a 504; a stderr flood is bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn linux_functions_stream_and_time_out_as_knative_says() {
+    let chunks = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho start\nfor i in 0 1 2; do sleep 0.6; echo chunk $i; done\n";
+    let (_d1, tar1) = shell_cgi_image(chunks, &[]);
+    let late = "#!/bin/sh\nsleep 2\necho 'Content-Type: text/plain'\necho\necho late\n";
+    let (_d2, tar2) = shell_cgi_image(late, &[]);
+    let flood = "#!/bin/sh\nwhile true; do echo xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx >&2; done\n";
+    let (_d3, tar3) = shell_cgi_image(flood, &[]);
+    let timeout = "      timeoutSeconds: 1\n";
+    let gw = start(
+        &[
+            linux_service("chunks", &tar1, timeout),
+            linux_service("late", &tar2, timeout),
+            linux_service("flood", &tar3, "      timeoutSeconds: 2\n"),
+        ],
+        1 << 20,
+    )
+    .await;
+    // The first byte before the timeout, the rest after it: a 200.
+    let (code, _, body) = http(gw.addr, "GET", "chunks.default.example.com", "/", b"").await;
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "start\nchunk 0\nchunk 1\nchunk 2\n"
+    );
+    // Nothing within it: a 504.
+    let (code, _, _) = http(gw.addr, "GET", "late.default.example.com", "/", b"").await;
+    assert_eq!(code, 504);
+    // The head and the first line arrive while the program still writes.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: chunks.default.example.com\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("start") {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    let early = String::from_utf8_lossy(&seen).into_owned();
+    assert!(early.starts_with("HTTP/1.1 200"), "{early}");
+    assert!(!early.contains("chunk 1"), "not streamed: {early}");
+    s.read_to_end(&mut seen).await.unwrap();
+    assert!(String::from_utf8_lossy(&seen).contains("chunk 2"));
+    // A stderr flood and no head: a 504 at the timeout, on time, and the
+    // gateway stays small (stderr is read through a pipe, its first 8 KiB
+    // kept).
+    let before = rss_kib();
+    let t0 = std::time::Instant::now();
+    let (code, _, _) = http(gw.addr, "GET", "flood.default.example.com", "/", b"").await;
+    assert_eq!(code, 504);
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(
+        rss_kib() < before + 64 * 1024,
+        "the gateway grew from {before} KiB to {} KiB",
+        rss_kib()
     );
     gw.stop().await;
 }

@@ -223,7 +223,14 @@ impl ProcessIo {
             );
         }
         if stdio.stdout.starts_with("binary://") {
-            let (out, err, child) = start_logger(&stdio.stdout, namespace, container_id)?;
+            // Started outside the shim's seccomp filter: the logger is the
+            // user's program, not the shim's.
+            let (uri, ns, id) = (
+                stdio.stdout.clone(),
+                namespace.to_string(),
+                container_id.to_string(),
+            );
+            let (out, err, child) = crate::confine::outside(move || start_logger(&uri, &ns, &id))?;
             io.stdout = Some(out);
             io.stderr = Some(err);
             io.logger = Some(child);
@@ -259,8 +266,11 @@ impl ProcessIo {
                     _ => return,
                 }
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            // A signal to another process: from outside the filter.
+            crate::confine::outside(move || {
+                let _ = child.kill();
+                let _ = child.wait();
+            });
         }
     }
 }

@@ -2,6 +2,7 @@
 //! starts it for a task (or a pod) whose runtime is `io.containerd.flint.v2`;
 //! each container's WebAssembly module runs in its own Flint VM.
 
+mod confine;
 mod io;
 mod sandbox;
 mod service;
@@ -92,8 +93,7 @@ impl Shim for FlintShim {
 
 const RUNTIME: &str = "io.containerd.flint.v2";
 
-#[tokio::main]
-async fn main() {
+fn main() {
     // containerd-shim's own bootstrap parses -v but does not act on it.
     if std::env::args()
         .skip(1)
@@ -115,7 +115,27 @@ async fn main() {
     if let Err(e) = drop_capabilities() {
         eprintln!("containerd-shim-flint-v2: warning: keeping every capability: {e}");
     }
-    run::<FlintShim>(RUNTIME, None).await;
+    // Serving (no start or delete action): under the shim's filter from
+    // here, before the runtime makes its threads.
+    let args: Vec<_> = std::env::args_os().collect();
+    let serving = containerd_shim::parse(&args[1..]).is_ok_and(|f| f.action.is_empty());
+    if serving {
+        if let Err(e) = confine::confine() {
+            eprintln!("containerd-shim-flint-v2: cannot install the seccomp filter: {e}");
+            std::process::exit(1);
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("containerd-shim-flint-v2: starting the async runtime failed: {e}");
+            std::process::exit(1);
+        }
+    };
+    rt.block_on(run::<FlintShim>(RUNTIME, None));
 }
 
 /// The capabilities the shim keeps: mounting and unmounting container

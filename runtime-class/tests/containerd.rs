@@ -321,6 +321,27 @@ fn tasks_survive_containerd_restarts_and_killed_shims_are_cleaned_up() {
         }
         assert_eq!(mask >> 21 & 1, 1, "{field} {mask:#x} lacks SYS_ADMIN");
     }
+    // Every thread of the serving shim is under its seccomp filter but the
+    // one that starts and stops binary:// loggers.
+    let mut unfiltered = Vec::new();
+    let mut threads = 0;
+    for t in std::fs::read_dir(format!("/proc/{}/task", before.0)).unwrap() {
+        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        let get = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
+        threads += 1;
+        if get("Seccomp:") != "2" {
+            unfiltered.push(get("Name:"));
+        }
+    }
+    assert!(threads > 2, "{threads} threads");
+    assert_eq!(unfiltered, ["flint-outside"], "threads outside the filter");
     ctd.crash_and_restart();
     assert_eq!(ctd.task_status("r1"), Some(before), "the task survives");
     let o = ctd.ctr(&[

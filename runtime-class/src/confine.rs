@@ -5,10 +5,11 @@
 //! `execve`, `fork`, a process `clone`, `ptrace`, `unshare`, `setns` or a
 //! signal to another process (`flint_executor::seccomp::confine_from_here`).
 //!
-//! One thread stays outside ([`outside`]): it starts the `binary://`
-//! loggers containerd's users name (their programs must not inherit the
-//! shim's filter) and stops them. It runs only the jobs this file's
-//! callers hand it.
+//! One thread stays outside ([`outside`]): the only one that keeps
+//! CAP_SYS_ADMIN, it mounts and unmounts containers' root filesystems, and
+//! it starts the `binary://` loggers containerd's users name (their
+//! programs must not inherit the shim's filter) and stops them. It runs
+//! only the jobs this crate's callers hand it.
 
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Mutex, OnceLock};
@@ -17,16 +18,14 @@ use flint_executor::seccomp::{confine_from_here, SERVICE_BASE, VCPU_BASE};
 
 /// What a shim needs beyond a service process's calls (`SERVICE_BASE`), a
 /// vCPU thread's and the Linux layer's file calls: containerd-shim's own
-/// server and its events client (Unix sockets only), container rootfs
-/// mounts, FIFOs and log files, reaping children.
+/// server and its events client (Unix sockets only), FIFOs and log files,
+/// reaping children. Mounting is not among them.
 pub const SHIM_CALLS: &[i64] = &[
     libc::SYS_socket,
     libc::SYS_connect,
     libc::SYS_bind,
     libc::SYS_listen,
     libc::SYS_socketpair,
-    libc::SYS_mount,
-    libc::SYS_umount2,
     libc::SYS_mkdir,
     libc::SYS_rmdir,
     libc::SYS_unlink,
@@ -50,8 +49,9 @@ type Job = Box<dyn FnOnce() + Send>;
 
 static OUTSIDE: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
 
-/// Starts the thread that stays outside the filter, then puts the calling
-/// thread (and every thread it makes from now on) under it.
+/// Starts the thread that stays outside the filter, then drops
+/// CAP_SYS_ADMIN from the calling thread and puts it under the filter:
+/// every thread it makes from now on inherits both.
 pub fn confine() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (tx, rx) = channel::<Job>();
     std::thread::Builder::new()
@@ -62,6 +62,9 @@ pub fn confine() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             }
         })?;
     let _ = OUTSIDE.set(Mutex::new(tx));
+    for set in [caps::CapSet::Effective, caps::CapSet::Permitted] {
+        caps::drop(None, set, caps::Capability::CAP_SYS_ADMIN)?;
+    }
     let calls: Vec<i64> = VCPU_BASE
         .iter()
         .chain(flint_linux::HOST_CALLS)

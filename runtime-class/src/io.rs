@@ -177,8 +177,9 @@ fn start_logger(
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
+    // Started from outside the shim's seccomp filter: the logger is the
+    // user's program, not the shim's.
+    let child = crate::confine::outside(move || cmd.spawn())
         .map_err(|e| io_err(&format!("starting the logger {program}"), e))?;
     drop((out_r, err_r, ready_w));
     // Ready when fd 5 is closed: a read returns end of file.
@@ -190,8 +191,7 @@ fn start_logger(
         let _ = tx.send(());
     });
     if rx.recv_timeout(LOGGER_READY).is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
+        stop(child);
         return Err(SandboxError::Io(format!(
             "the logger {program} did not become ready within {LOGGER_READY:?}"
         )));
@@ -223,14 +223,7 @@ impl ProcessIo {
             );
         }
         if stdio.stdout.starts_with("binary://") {
-            // Started outside the shim's seccomp filter: the logger is the
-            // user's program, not the shim's.
-            let (uri, ns, id) = (
-                stdio.stdout.clone(),
-                namespace.to_string(),
-                container_id.to_string(),
-            );
-            let (out, err, child) = crate::confine::outside(move || start_logger(&uri, &ns, &id))?;
+            let (out, err, child) = start_logger(&stdio.stdout, namespace, container_id)?;
             io.stdout = Some(out);
             io.stderr = Some(err);
             io.logger = Some(child);
@@ -266,13 +259,18 @@ impl ProcessIo {
                     _ => return,
                 }
             }
-            // A signal to another process: from outside the filter.
-            crate::confine::outside(move || {
-                let _ = child.kill();
-                let _ = child.wait();
-            });
+            stop(child);
         }
     }
+}
+
+/// Kills and reaps a logger: a signal to another process, so from outside
+/// the shim's seccomp filter.
+fn stop(mut child: Child) {
+    crate::confine::outside(move || {
+        let _ = child.kill();
+        let _ = child.wait();
+    });
 }
 
 /// Writes to an output stream; once its reader is gone (a detached `ctr

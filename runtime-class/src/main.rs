@@ -145,7 +145,9 @@ fn main() {
 /// signalling its own children (KILL). Everything else (NET_ADMIN,
 /// NET_RAW, SYS_MODULE, SYS_RAWIO, SYS_PTRACE, SYS_BOOT, MKNOD, SETUID,
 /// BPF, ...) goes from every set, the bounding set included, so the
-/// daemon the shim re-executes cannot regain it either.
+/// daemon the shim re-executes cannot regain it either. A serving shim
+/// then keeps SYS_ADMIN on one thread only, the one that mounts
+/// (`confine::confine`).
 pub const KEPT_CAPABILITIES: &[caps::Capability] = &[
     caps::Capability::CAP_SYS_ADMIN,
     caps::Capability::CAP_CHOWN,

@@ -2,6 +2,7 @@
 //! starts it for a task (or a pod) whose runtime is `io.containerd.flint.v2`;
 //! each container's WebAssembly module runs in its own Flint VM.
 
+mod cache;
 mod confine;
 mod io;
 mod sandbox;

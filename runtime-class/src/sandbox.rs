@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::io::ProcessIo;
-use flint_executor::{GuestIo, Invocation, ReadyVm, RunError, VmConfig, VmProbe};
+use flint_executor::{GuestIo, Invocation, RunError, VmConfig, VmProbe};
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
@@ -449,7 +449,10 @@ impl Process {
             args: program.args.clone(),
             env: program.env.clone(),
         };
-        let result = ReadyVm::boot(&config, module, &mut io).and_then(|vm| {
+        let name = program.args.first().map(String::as_str).unwrap_or("module");
+        let ready = crate::cache::ready_vm(&crate::cache::dir(), module, name, &config, &mut io);
+        let result = ready.and_then(|(vm, source)| {
+            log::info!("{}: VM {source:?}", self.name());
             let probe = vm.probe();
             *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(probe.clone());
             let r = vm.invoke_abortable(&invocation, &mut io, None, Some(&self.abort));

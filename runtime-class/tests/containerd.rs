@@ -108,11 +108,19 @@ fn ctr_runs_wasm_images_in_flint_vms() {
     ]);
     assert!(!o.status.success(), "an exec cannot leave the rootfs");
 
-    // Stats: the VM's memory and CPU, as containerd reads runc's.
-    let o = ctd.ctr(&["task", "metrics", "--format", "json", "t3"]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let m: serde_json::Value =
-        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)));
+    // Stats: the VM's memory and CPU, as containerd reads runc's, once
+    // its VM runs (the first container of a module also snapshots it).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let m: serde_json::Value = loop {
+        let o = ctd.ctr(&["task", "metrics", "--format", "json", "t3"]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let m: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)));
+        if m["memory"]["usage"]["limit"].as_u64().is_some() || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let usage = m["memory"]["usage"]["usage"].as_u64().unwrap_or(0);
     let limit = m["memory"]["usage"]["limit"].as_u64().unwrap_or(0);
     assert!(usage > 0 && usage <= limit, "{m}");
@@ -518,4 +526,101 @@ fn ctr_runs_linux_images_in_flint_vms() {
     assert!(ctd.ctr(&["container", "rm", "l5"]).status.success());
 
     ctd.assert_nothing_left(&sockets);
+}
+
+/// The cache's entries (snapshot directories) under `ctd`'s directory.
+fn cache_entries(ctd: &Containerd) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(ctd.dir.join("shim-snapshots"))
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The first container of a module boots it and snapshots it at its ready
+/// point (one entry per module and memory size, root's alone); later ones
+/// restore from the snapshot and behave the same. A corrupted entry (a
+/// byte changed in every memory page) or a stale one (a snapshot of
+/// another module under this one's name) is never run: it is made again.
+#[test]
+fn containers_restore_from_cached_snapshots_and_bad_entries_are_rebuilt() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ctd = Containerd::start("cache");
+    tools_image(&ctd);
+    let hello = |id: &str, arg: &str| {
+        let o = ctd.run_rm("docker.io/library/tools:v1", id, &["/hello.wasm", arg]);
+        assert_eq!(
+            text(&o.stdout),
+            format!("hello, {arg}\n"),
+            "{}",
+            text(&o.stderr)
+        );
+    };
+    hello("c1", "one");
+    let entries = cache_entries(&ctd);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry = entries[0].clone();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(ctd.dir.join("shim-snapshots"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "the cache is root's alone");
+    let made = std::fs::metadata(entry.join("state.bin"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    hello("c2", "two");
+    assert_eq!(cache_entries(&ctd), entries, "the same entry serves");
+    assert_eq!(
+        std::fs::metadata(entry.join("state.bin"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        made,
+        "restored from it, not made again"
+    );
+    // Another module: an entry of its own.
+    let o = ctd.run_rm("docker.io/library/tools:v1", "c3", &["/fib.wasm", "10"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(cache_entries(&ctd).len(), 2);
+
+    // Corrupted: a byte changed in every data page of memory.bin.
+    let mem = entry.join("memory.bin");
+    let mut b = std::fs::read(&mem).unwrap();
+    for page in b.chunks_mut(4096) {
+        if let Some(i) = page.iter().position(|x| *x != 0) {
+            page[i] ^= 0x5a;
+        }
+    }
+    std::fs::write(&mem, &b).unwrap();
+    assert!(flint_snapshotter::Snapshot::open(&entry)
+        .unwrap()
+        .verify_memory()
+        .is_err());
+    hello("c4", "four");
+    flint_snapshotter::Snapshot::open(&entry)
+        .unwrap()
+        .verify_memory()
+        .expect("the entry was made again");
+
+    // Stale: a snapshot of fib where hello's should be.
+    let fib = cache_entries(&ctd)
+        .into_iter()
+        .find(|e| *e != entry)
+        .unwrap();
+    for f in ["state.bin", "memory.bin"] {
+        std::fs::copy(fib.join(f), entry.join(f)).unwrap();
+    }
+    let _ = std::fs::remove_file(entry.join("working-set.bin"));
+    hello("c5", "five");
+    let snap = flint_snapshotter::Snapshot::open(&entry).unwrap();
+    assert!(
+        snap.made_from(&flint_examples::bytes("hello")),
+        "made again from hello"
+    );
 }

@@ -93,6 +93,8 @@ impl Containerd {
             .arg("--config")
             .arg(dir.join("config.toml"))
             .env("PATH", path)
+            // The shims it starts keep their snapshot cache here.
+            .env("FLINT_SHIM_SNAPSHOTS", dir.join("shim-snapshots"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -1,0 +1,151 @@
+//! Snapshots of modules at their ready point, kept across containers: the
+//! first container of a module (per content digest and memory size) boots
+//! cold and is snapshotted once initialised; later containers and execs of
+//! it restore from the snapshot instead of compiling and instantiating the
+//! module again.
+//!
+//! An entry is `DIR/<sha256 of the module>-<memory MiB>m/`, a snapshot
+//! directory (`flint-snapshotter`). It is written under a temporary name
+//! and renamed into place whole, so a reader never sees half of one; it is
+//! opened as a sealed copy (every memory page checked against its
+//! checksum) and must have been made from this very module (length and
+//! CRC, on top of the digest in its name). An entry that fails any check,
+//! corrupted, stale or of another format version, is removed and made
+//! again, never run. Output the module writes while initialising (a
+//! reactor's `_initialize`) is seen by the container that made the entry
+//! only.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use flint_executor::{GuestIo, ReadyVm, RunError, VmConfig};
+use flint_snapshotter::{Snapshot, SnapshotError};
+use sha2::{Digest, Sha256};
+
+/// Where entries live unless `FLINT_SHIM_SNAPSHOTS` names another place.
+pub const DEFAULT_DIR: &str = "/run/flint/shim-snapshots";
+
+/// The cache directory: `FLINT_SHIM_SNAPSHOTS`, else [`DEFAULT_DIR`].
+pub fn dir() -> PathBuf {
+    std::env::var_os("FLINT_SHIM_SNAPSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| DEFAULT_DIR.into())
+}
+
+/// How a VM was had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Restored from an entry that was there.
+    Cached,
+    /// Booted cold, snapshotted into a new entry, restored from it.
+    Made,
+    /// Booted cold: the cache could not be used (said in the log).
+    Cold,
+}
+
+fn entry_name(module: &[u8], memory_mib: u64) -> String {
+    let digest = Sha256::digest(module);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}-{memory_mib}m")
+}
+
+fn open(entry: &Path, module: &[u8]) -> Result<Snapshot, String> {
+    let snap = Snapshot::open_sealed(entry).map_err(|e| chain(&e))?;
+    if !snap.made_from(module) {
+        return Err("it was made from another module".into());
+    }
+    Ok(snap)
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+/// A VM of `module` at its ready point: restored from the cache in `root`,
+/// or booted (its initialisation output to `io`), snapshotted into the
+/// cache and restored. If the cache cannot be used at all, the module is
+/// booted cold as without one.
+pub fn ready_vm(
+    root: &Path,
+    module: &[u8],
+    name: &str,
+    config: &VmConfig,
+    io: &mut dyn GuestIo,
+) -> Result<(ReadyVm, Source), RunError> {
+    let entry = root.join(entry_name(module, config.memory_mib));
+    if entry.exists() {
+        match open(&entry, module).and_then(|s| s.restore().map_err(|e| chain(&e))) {
+            Ok(vm) => return Ok((vm, Source::Cached)),
+            Err(why) => {
+                log::warn!(
+                    "the cached snapshot {} is unusable ({why}); making it again",
+                    entry.display()
+                );
+                let _ = std::fs::remove_dir_all(&entry);
+            }
+        }
+    }
+    match make(root, &entry, module, name, config, io) {
+        Ok(vm) => Ok((vm, Source::Made)),
+        // The module itself failed (a trap in `_initialize`, a bad
+        // module): that is the container's error.
+        Err(SnapshotError::Run(e)) => Err(e),
+        Err(e) => {
+            log::warn!("cannot cache a snapshot of {name}: {}", chain(&e));
+            Ok((ReadyVm::boot(config, module, io)?, Source::Cold))
+        }
+    }
+}
+
+/// Boots and snapshots `module` into a temporary directory beside
+/// `entry`, renames it into place (or takes the one another container put
+/// there first), and restores from it.
+fn make(
+    root: &Path,
+    entry: &Path,
+    module: &[u8],
+    name: &str,
+    config: &VmConfig,
+    io: &mut dyn GuestIo,
+) -> Result<ReadyVm, SnapshotError> {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let io_err = |op, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SnapshotError::Io { op, path, source }
+    };
+    // Root's alone: entries hold the modules of every image run here.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(root)
+        .map_err(io_err("creating", root))?;
+    let tmp = root.join(format!(
+        ".{}.{}.{}",
+        entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("entry"),
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let made = flint_snapshotter::create(module, name, &tmp, config, io);
+    if let Err(e) = made {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if std::fs::rename(&tmp, entry).is_err() {
+        // Another container made it meanwhile: use that one.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    let snap = open(entry, module).map_err(|why| SnapshotError::Io {
+        op: "opening the snapshot just made in",
+        path: entry.to_path_buf(),
+        source: std::io::Error::other(why),
+    })?;
+    snap.restore()
+}

@@ -109,13 +109,21 @@ impl Metrics {
                 last = name.to_string();
             }
         };
+        // `name value` without labels, `name{k="v",...} value` with them.
+        let braced = |l: &str| {
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("{{{l}}}")
+            }
+        };
         for ((name, l), v) in &inner.counters {
             typed(&mut out, name, "counter");
-            let _ = writeln!(out, "{name}{{{l}}} {v}");
+            let _ = writeln!(out, "{name}{} {v}", braced(l));
         }
         for ((name, l), v) in &inner.gauges {
             typed(&mut out, name, "gauge");
-            let _ = writeln!(out, "{name}{{{l}}} {v}");
+            let _ = writeln!(out, "{name}{} {v}", braced(l));
         }
         for ((name, l), h) in &inner.histograms {
             typed(&mut out, name, "histogram");
@@ -124,8 +132,8 @@ impl Metrics {
                 let _ = writeln!(out, "{name}_bucket{{{l}{sep}le=\"{b}\"}} {c}");
             }
             let _ = writeln!(out, "{name}_bucket{{{l}{sep}le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "{name}_sum{{{l}}} {}", h.sum);
-            let _ = writeln!(out, "{name}_count{{{l}}} {}", h.count);
+            let _ = writeln!(out, "{name}_sum{} {}", braced(l), h.sum);
+            let _ = writeln!(out, "{name}_count{} {}", braced(l), h.count);
         }
         out
     }
@@ -157,6 +165,13 @@ mod tests {
         assert!(out.contains(
             "revision_request_latencies_count{revision_name=\"a-00001\",response_code=\"200\"} 1"
         ));
+        // No labels: no braces.
+        m.set("flint_run_slots", "", 4.0);
+        m.observe_ms("flint_x", "", 3.0);
+        let out = m.render();
+        assert!(out.contains("\nflint_run_slots 4\n"), "{out}");
+        assert!(out.contains("\nflint_x_count 1\n"), "{out}");
+        assert!(out.contains("\nflint_x_bucket{le=\"5\"} 1\n"), "{out}");
     }
 
     #[test]

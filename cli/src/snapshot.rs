@@ -52,9 +52,11 @@ enum OnOff {
 pub struct InvokeArgs {
     /// A snapshot directory made by `flint snapshot`.
     dir: PathBuf,
-    /// Where the restored VM's memory comes from.
-    #[arg(long, value_enum, default_value = "uffd")]
-    memory_backend: BackendArg,
+    /// Where the restored VM's memory comes from (default: uffd, or file
+    /// where this user may not use userfaultfd, which needs root or
+    /// vm.unprivileged_userfaultfd=1).
+    #[arg(long, value_enum)]
+    memory_backend: Option<BackendArg>,
     /// Install the recorded working set before resuming (uffd backend).
     #[arg(long, value_enum, default_value = "on")]
     prefetch: OnOff,
@@ -217,15 +219,27 @@ pub fn invoke(a: InvokeArgs) -> i32 {
     if a.repeat > 1 {
         return invoke_repeated(&snap, &invocation, a.repeat, &a.call);
     }
-    let opts = InvokeOptions {
+    let mut opts = InvokeOptions {
         backend: match a.memory_backend {
-            BackendArg::Uffd => Backend::Uffd,
-            BackendArg::File => Backend::File,
+            Some(BackendArg::File) => Backend::File,
+            Some(BackendArg::Uffd) | None => Backend::Uffd,
         },
         prefetch: matches!(a.prefetch, OnOff::On),
         timeout: a.call.timeout(),
     };
-    match snap.invoke(&invocation, &mut StdIo, &opts) {
+    let mut result = snap.invoke(&invocation, &mut StdIo, &opts);
+    if a.memory_backend.is_none() {
+        if let Err(SnapshotError::Uffd(flint_snapshotter::uffd::UffdError::Create(_))) = &result {
+            // Refused before anything ran: the file backend instead.
+            eprintln!(
+                "flint: userfaultfd is not allowed for this user (root, or \
+                 vm.unprivileged_userfaultfd=1); using --memory-backend file"
+            );
+            opts.backend = Backend::File;
+            result = snap.invoke(&invocation, &mut StdIo, &opts);
+        }
+    }
+    match result {
         Ok(r) => {
             if a.call.timings {
                 eprintln!(

@@ -226,3 +226,85 @@ fn invoke_repeat_resets_between_invocations() {
     let o = flint(&["invoke", ds, "--repeat", "0"], "");
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// Run as an unprivileged user that may use KVM (nobody, with /dev/kvm's
+/// group): where userfaultfd is refused to it, `flint invoke` without
+/// `--memory-backend` says so and restores with the file backend; an
+/// explicit `--memory-backend uffd` fails with the reason.
+#[test]
+fn invoke_falls_back_to_the_file_backend_without_userfaultfd() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // /dev/kvm must let its group in (0660, as scripts/setup makes it).
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test runs as root");
+    let kvm = std::fs::metadata("/dev/kvm").unwrap();
+    let d_tmp = dir("nobody");
+    let d = d_tmp.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ds = d.to_str().unwrap();
+    let hello = flint_examples::path("hello");
+    let o = flint(&["snapshot", hello.to_str().unwrap(), "-o", ds], "");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    for f in std::fs::read_dir(d).unwrap() {
+        let p = f.unwrap().path();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    // A KVM device node nobody may open, whatever /dev/kvm's mode here.
+    let node = d.join("kvm");
+    let path = std::ffi::CString::new(node.to_str().unwrap()).unwrap();
+    // SAFETY: mknod of a NUL-terminated path with /dev/kvm's device number.
+    let rc = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, kvm.rdev()) };
+    assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // On a nodev filesystem the node does not open: /dev/kvm with its
+    // group, then (it must let its group in).
+    let usable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&node)
+        .is_ok();
+    let (device, gid) = if usable {
+        (node.clone(), 65534)
+    } else {
+        assert!(kvm.mode() & 0o060 == 0o060 || kvm.mode() & 0o006 == 0o006);
+        ("/dev/kvm".into(), kvm.gid())
+    };
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flint"));
+        cmd.args(args).env("FLINT_KVM_DEVICE", &device);
+        // SAFETY: between fork and exec only the credential calls.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(1, &gid) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(65534) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+    let refused = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+        .map(|v| v.trim() == "0")
+        .unwrap_or(true);
+    let o = as_nobody(&["invoke", ds, "--", "nobody"]);
+    assert_eq!(text(&o.stdout), "hello, nobody\n", "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stderr).contains("using --memory-backend file"),
+        refused,
+        "{}",
+        text(&o.stderr)
+    );
+    if refused {
+        let o = as_nobody(&["invoke", ds, "--memory-backend", "uffd", "--", "x"]);
+        assert_ne!(o.status.code(), Some(0));
+        assert!(
+            text(&o.stderr).contains("vm.unprivileged_userfaultfd"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
+}

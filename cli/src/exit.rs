@@ -36,11 +36,5 @@ pub fn code(e: &RunError) -> i32 {
 
 /// Prints `flint: <error>` and its chain of causes to stderr.
 pub fn report(e: &dyn std::error::Error) {
-    let mut msg = format!("flint: {e}");
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    eprintln!("{msg}");
+    eprintln!("flint: {}", flint_executor::error_chain(e));
 }

@@ -62,6 +62,19 @@ fn write_hello_manifest(path: &std::path::Path) {
     .unwrap();
 }
 
+/// Stops `flint serve` with SIGTERM; it must exit 0. Returns its stderr.
+fn sigterm(server: &mut std::process::Child) -> String {
+    // SAFETY: sends SIGTERM to our own child.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let status = server.wait().unwrap();
+    let mut err = String::new();
+    if let Some(mut e) = server.stderr.take() {
+        e.read_to_string(&mut err).unwrap();
+    }
+    assert!(status.success(), "{err}");
+    err
+}
+
 /// Waits until something listens on `port`.
 fn wait_listening(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -198,17 +211,7 @@ fn serve_apply_list_delete_and_sigterm() {
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(get(port, "hello.default.example.com", "/").0, 404);
     // SIGTERM: drains and exits 0.
-    // SAFETY: sends SIGTERM to our own child.
-    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-    let status = server.wait().unwrap();
-    let mut err = String::new();
-    server
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "{err}");
+    let err = sigterm(&mut server);
     assert!(err.contains("draining"), "{err}");
 }
 
@@ -363,17 +366,7 @@ fn serve_drops_to_an_unprivileged_user() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     assert!(resets >= 1.0, "no reset in place:\n{metrics_text}");
-    // SAFETY: sends SIGTERM to our own child.
-    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-    let status = server.wait().unwrap();
-    let mut err = String::new();
-    server
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "{err}");
+    let err = sigterm(&mut server);
     assert!(!err.contains("could not be reset"), "{err}");
 }
 
@@ -523,17 +516,7 @@ fn every_thread_of_serve_is_under_its_seccomp_filter() {
     }
     let o = flint(&["delete", "sh", "--admin", &a], "", &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    // SAFETY: sends SIGTERM to our own child.
-    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-    let status = server.wait().unwrap();
-    let mut err = String::new();
-    server
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "{err}");
+    let err = sigterm(&mut server);
     assert!(
         !err.contains("seccomp refused"),
         "serving made a call outside its filter:\n{err}"

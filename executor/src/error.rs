@@ -109,3 +109,15 @@ impl From<SessionError> for RunError {
         }
     }
 }
+
+/// An error and its sources, `: `-separated (for logs and messages).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}

@@ -26,7 +26,7 @@ pub mod vstate;
 
 pub use devices::serial::SerialState;
 pub use devices::virtio::console::ConsoleState;
-pub use error::{ProtocolViolation, RunError, SetupError};
+pub use error::{chain as error_chain, ProtocolViolation, RunError, SetupError};
 pub use io::{BufferIo, GuestIo, StdIo};
 pub use machine::{run, Invocation, Phases, ReadyVm, RunReport, VmConfig, VmProbe, VmState};
 pub use vstate::vcpu::VcpuState;

@@ -108,14 +108,7 @@ fn boot(asm: &Asm) -> Result<i32, RunError> {
 }
 
 fn message(e: &RunError) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
+    flint_executor::error_chain(e)
 }
 
 #[test]

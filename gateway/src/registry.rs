@@ -554,18 +554,6 @@ impl Registry {
         }))
     }
 
-    /// An error and its sources, `: `-separated.
-    pub fn error_chain(e: &dyn std::error::Error) -> String {
-        let mut s = e.to_string();
-        let mut src = e.source();
-        while let Some(x) = src {
-            s.push_str(": ");
-            s.push_str(&x.to_string());
-            src = x.source();
-        }
-        s
-    }
-
     /// Removes a service; returns whether it existed.
     pub fn delete(&self, namespace: &str, name: &str) -> bool {
         let mut map = self.services.write().unwrap_or_else(|e| e.into_inner());
@@ -674,16 +662,7 @@ fn pick(route: &Route, n: u64) -> Option<Arc<Revision>> {
 }
 
 /// An error and its sources, `: `-separated.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
+pub use flint_executor::error_chain;
 
 fn route(service: &Service, revisions: &[Arc<Revision>]) -> Result<Route, DeployError> {
     let latest = revisions.last().expect("at least the new revision").clone();

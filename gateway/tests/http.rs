@@ -856,14 +856,7 @@ async fn linux_functions_stream_and_time_out_as_knative_says() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: chunks.default.example.com\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("start") {
-        let mut chunk = [0u8; 4096];
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&chunk[..n]);
-    }
-    let early = String::from_utf8_lossy(&seen).into_owned();
+    let (early, mut seen) = read_until(&mut s, "start").await;
     assert!(early.starts_with("HTTP/1.1 200"), "{early}");
     assert!(!early.contains("chunk 1"), "not streamed: {early}");
     s.read_to_end(&mut seen).await.unwrap();
@@ -882,6 +875,19 @@ async fn linux_functions_stream_and_time_out_as_knative_says() {
         rss_kib()
     );
     gw.stop().await;
+}
+
+/// Reads from `s` until what came holds `needle`: that much as text, and
+/// the bytes.
+async fn read_until(s: &mut TcpStream, needle: &str) -> (String, Vec<u8>) {
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    (String::from_utf8_lossy(&seen).into_owned(), seen)
 }
 
 fn rss_kib() -> u64 {
@@ -1163,14 +1169,7 @@ async fn responses_stream_and_time_out_as_knative_says() {
     )
     .await
     .unwrap();
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("hello, world") {
-        let mut chunk = [0u8; 4096];
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&chunk[..n]);
-    }
-    let early = String::from_utf8_lossy(&seen).into_owned();
+    let (early, mut seen) = read_until(&mut s, "hello, world").await;
     assert!(early.starts_with("HTTP/1.1 200"), "{early}");
     assert!(!early.contains("chunk 2"), "not streamed: {early}");
     s.read_to_end(&mut seen).await.unwrap();

@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use flint_executor::{GuestIo, ReadyVm, RunError, VmConfig};
+use flint_executor::{error_chain as chain, GuestIo, ReadyVm, RunError, VmConfig};
 use flint_snapshotter::{Snapshot, SnapshotError};
 use sha2::{Digest, Sha256};
 
@@ -55,17 +55,6 @@ fn open(entry: &Path, module: &[u8]) -> Result<Snapshot, String> {
         return Err("it was made from another module".into());
     }
     Ok(snap)
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }
 
 /// A VM of `module` at its ready point: restored from the cache in `root`,

@@ -536,13 +536,8 @@ impl Process {
         let outcome = match result {
             Ok(out) => (out.status.code() as u32, out.oom),
             Err(e) => {
-                let mut msg = format!("flint: {e}");
-                let mut src = std::error::Error::source(&e);
-                while let Some(x) = src {
-                    msg.push_str(&format!(": {x}"));
-                    src = x.source();
-                }
-                let _ = io.stderr(format!("{msg}\n").as_bytes());
+                let msg = flint_executor::error_chain(&e);
+                let _ = io.stderr(format!("flint: {msg}\n").as_bytes());
                 match e {
                     flint_linux::LinuxError::Exec { source, .. }
                         if source.raw_os_error() == Some(libc::ENOENT) =>

@@ -272,15 +272,7 @@ fn corrupt(dir: &Path, file: &str, f: impl FnOnce(&mut Vec<u8>)) {
 }
 
 fn open_err(dir: &Path) -> String {
-    let e = Snapshot::open(dir).unwrap_err();
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
+    flint_executor::error_chain(&Snapshot::open(dir).unwrap_err())
 }
 
 #[test]

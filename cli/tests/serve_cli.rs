@@ -62,6 +62,32 @@ fn write_hello_manifest(path: &std::path::Path) {
     .unwrap();
 }
 
+/// A `flint serve` child, killed if its test ends (or fails) while it
+/// still runs.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Server {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
 /// Stops `flint serve` with SIGTERM; it must exit 0. Returns its stderr.
 fn sigterm(server: &mut std::process::Child) -> String {
     // SAFETY: sends SIGTERM to our own child.
@@ -109,6 +135,7 @@ fn serve_apply_list_delete_and_sigterm() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .map(Server)
         .unwrap();
     wait_listening(port);
     assert_eq!(
@@ -241,6 +268,7 @@ fn the_admin_api_on_tcp_needs_its_token() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Server)
         .unwrap();
     wait_listening(adm);
     let a = format!("tcp:127.0.0.1:{adm}");
@@ -327,6 +355,7 @@ fn serve_drops_to_an_unprivileged_user() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .map(Server)
         .unwrap();
     wait_listening(port);
     // It listens first and drops privileges right after: wait for that.
@@ -465,6 +494,7 @@ fn every_thread_of_serve_is_under_its_seccomp_filter() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .map(Server)
         .unwrap();
     wait_listening(port);
     let a = format!("unix:{}", state.join("admin.sock").display());

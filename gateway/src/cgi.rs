@@ -6,6 +6,9 @@
 /// What the environment is built from.
 #[derive(Debug)]
 pub struct Request<'a> {
+    /// `SERVER_PROTOCOL`: the request's, as `HTTP/1.1` or `HTTP/2.0`
+    /// (RFC 3875 4.1.16; what Apache and nginx give for HTTP/2).
+    pub protocol: &'a str,
     pub method: &'a str,
     pub path: &'a str,
     pub query: &'a str,
@@ -22,7 +25,7 @@ pub struct Request<'a> {
 pub fn environment(req: &Request<'_>) -> Vec<(String, String)> {
     let mut env = vec![
         ("GATEWAY_INTERFACE".into(), "CGI/1.1".into()),
-        ("SERVER_PROTOCOL".into(), "HTTP/1.1".into()),
+        ("SERVER_PROTOCOL".into(), req.protocol.into()),
         ("SERVER_SOFTWARE".into(), "flint".into()),
         ("REQUEST_METHOD".into(), req.method.into()),
         ("SCRIPT_NAME".into(), String::new()),
@@ -272,6 +275,7 @@ mod tests {
     #[test]
     fn underscored_headers_are_dropped_and_repeats_joined() {
         let env = environment(&Request {
+            protocol: "HTTP/1.1",
             method: "GET",
             path: "/",
             query: "",
@@ -301,6 +305,7 @@ mod tests {
     #[test]
     fn environment_follows_cgi_and_knative() {
         let env = environment(&Request {
+            protocol: "HTTP/1.1",
             method: "POST",
             path: "/greet",
             query: "name=ada",

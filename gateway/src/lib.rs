@@ -8,6 +8,7 @@ pub mod autoscaler;
 pub mod cgi;
 pub mod cloudevents;
 pub mod confine;
+mod h2c;
 mod linux;
 pub mod manifest;
 pub mod metrics;

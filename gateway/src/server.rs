@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use crate::metrics::{labels, Metrics};
 use crate::registry::error_chain;
 use crate::registry::{Registry, Revision};
-use crate::{cgi, cloudevents};
+use crate::{cgi, cloudevents, h2c};
 
 /// Gateway-wide settings.
 #[derive(Debug, Clone)]
@@ -288,6 +288,13 @@ impl Gateway {
         forwarded.push(("x-forwarded-proto".into(), "http".into()));
         let cgi_env = |body_len: usize| {
             let mut env = cgi::environment(&cgi::Request {
+                protocol: match parts.version {
+                    hyper::Version::HTTP_09 => "HTTP/0.9",
+                    hyper::Version::HTTP_10 => "HTTP/1.0",
+                    hyper::Version::HTTP_2 => "HTTP/2.0",
+                    hyper::Version::HTTP_3 => "HTTP/3.0",
+                    _ => "HTTP/1.1",
+                },
                 method: parts.method.as_str(),
                 path: parts.uri.path(),
                 query: parts.uri.query().unwrap_or(""),
@@ -1223,7 +1230,8 @@ fn http1() -> hyper::server::conn::http1::Builder {
 
 /// The data plane's connections: HTTP/1.1, and HTTP/2 with prior
 /// knowledge on the same port (as Knative's ingresses serve), told apart
-/// by the connection's first bytes; the same header read timeout.
+/// by the connection's first bytes, or by an h2c upgrade (`h2c`); the same
+/// header read timeout.
 fn data_plane() -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
     let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     b.http1()
@@ -1231,9 +1239,43 @@ fn data_plane() -> hyper_util::server::conn::auto::Builder<hyper_util::rt::Tokio
         .header_read_timeout(HEADER_READ_TIMEOUT);
     b.http2()
         .timer(hyper_util::rt::TokioTimer::new())
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(20)));
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .keep_alive_interval(Some(H2_KEEPALIVE));
     b
+}
+
+const H2_MAX_STREAMS: u32 = 256;
+const H2_KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// Serves a connection upgraded to h2c (HTTP/2 from stream 1, the request
+/// that asked for it) with the data plane's HTTP/2 settings, watched by
+/// the gateway's drain as other connections are.
+async fn serve_h2c(
+    gw: Arc<Gateway>,
+    remote: SocketAddr,
+    up: h2c::Upgrade,
+    watcher: Option<hyper_util::server::graceful::Watcher>,
+) {
+    let Some(io) = h2c::connection(up, HEADER_READ_TIMEOUT).await else {
+        return;
+    };
+    let svc = service_fn(move |req| {
+        let gw = gw.clone();
+        async move { Ok::<_, Infallible>(gw.handle(req, remote).await) }
+    });
+    let mut b = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .keep_alive_interval(Some(H2_KEEPALIVE));
+    let conn = b.serve_connection(io, svc);
+    match watcher {
+        Some(w) => {
+            let _ = w.watch(conn).await;
+        }
+        None => {
+            let _ = conn.await;
+        }
+    }
 }
 
 /// Accepts a connection; when the process is out of fds (EMFILE, ENFILE)
@@ -1364,9 +1406,19 @@ pub async fn serve_with_admin(
                 };
                 let Some((stream, remote)) = accepted else { continue };
                 let gw = gw.clone();
-                let svc = service_fn(move |req| {
-                    let gw = gw.clone();
-                    async move { Ok::<_, Infallible>(gw.handle(req, remote).await) }
+                // An h2c upgrade hands the connection on to an HTTP/2
+                // server, which the drain watches with this.
+                let upgraded = Arc::new(std::sync::Mutex::new(Some(graceful.watcher())));
+                let svc = service_fn(move |mut req| {
+                    let (gw, upgraded) = (gw.clone(), upgraded.clone());
+                    async move {
+                        if let Some(up) = h2c::take(&mut req) {
+                            let w = upgraded.lock().unwrap_or_else(|e| e.into_inner()).take();
+                            tokio::spawn(serve_h2c(gw, remote, up, w));
+                            return Ok::<_, Infallible>(h2c::switching());
+                        }
+                        Ok(gw.handle(req, remote).await)
+                    }
                 });
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
@@ -1379,7 +1431,7 @@ pub async fn serve_with_admin(
                         return;
                     }
                     let builder = data_plane();
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     let _ = watcher.watch(conn.into_owned()).await;
                 });
             }

@@ -1090,6 +1090,138 @@ async fn http2_with_prior_knowledge_on_the_same_port() {
     gw.stop().await;
 }
 
+/// HTTP/2 by upgrade from HTTP/1.1 (`Upgrade: h2c`, RFC 7540 §3.2), as
+/// `curl --http2` asks for it: the upgrading request is answered on stream
+/// 1 and later requests on the same connection go over HTTP/2; a request
+/// with a body is answered as HTTP/1.1 (the RFC lets a server decline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_by_h2c_upgrade_on_the_same_port() {
+    let gw = start(
+        &[
+            manifest("hello", "greet", ""),
+            manifest("env", "printenv", ""),
+        ],
+        1 << 20,
+    )
+    .await;
+    let curl = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl")
+                .args(args)
+                .output()
+                .expect("curl (scripts/deps installs it)")
+        })
+    };
+    let a = format!("http://{}/greet?name=up", gw.addr);
+    let b = format!("http://{}/greet?name=again", gw.addr);
+    let out = curl(
+        [
+            "-sSv",
+            "--http2",
+            "-H",
+            "Host: hello.default.example.com",
+            "-w",
+            " %{http_version}\n",
+            &a,
+            &b,
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello, up\n 2\nhello, again\n 2\n",
+        "{err}"
+    );
+    assert!(err.contains("< HTTP/1.1 101"), "{err}");
+    assert!(err.contains("Re-using existing connection"), "{err}");
+    // The function sees the upgraded request's headers and none of the
+    // upgrade's own.
+    let env = format!("http://{}/", gw.addr);
+    let out = curl(
+        [
+            "-sS",
+            "--http2",
+            "-H",
+            "Host: env.default.example.com",
+            "-H",
+            "X-Custom: one",
+            &env,
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await
+    .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.contains("HTTP_X_CUSTOM=one"), "{body}");
+    assert!(body.contains("SERVER_PROTOCOL=HTTP/2.0"), "{body}");
+    assert!(
+        !body.contains("HTTP_UPGRADE") && !body.contains("HTTP2_SETTINGS"),
+        "{body}"
+    );
+    // With a body: HTTP/1.1.
+    let out = curl(
+        [
+            "-sS",
+            "--http2",
+            "-H",
+            "Host: hello.default.example.com",
+            "-d",
+            "x",
+            "-w",
+            " %{http_version}",
+            &a,
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello, up\nx 1.1",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A client that asks for the upgrade and then sends no HTTP/2 preface
+    // is disconnected; the gateway goes on serving.
+    {
+        let mut c = TcpStream::connect(gw.addr).await.unwrap();
+        c.write_all(
+            b"GET /greet HTTP/1.1\r\nHost: hello.default.example.com\r\n\
+              Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+              HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\n\r\nnot a preface at all")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut got))
+            .await
+            .expect("the connection is closed")
+            .unwrap();
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 101 "), "{got}");
+        assert!(!got.contains("200"), "{got}");
+    }
+    let (code, _, body) = http(
+        gw.addr,
+        "GET",
+        "hello.default.example.com",
+        "/greet?name=still",
+        b"",
+    )
+    .await;
+    assert_eq!((code, body), (200, b"hello, still\n".to_vec()));
+    gw.stop().await;
+}
+
 /// Every response carries X-Request-Id: the client's if it sent a sane
 /// one, else a new one each time; the function sees the same id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -45,13 +45,27 @@ pub const SHIM_CALLS: &[i64] = &[
     libc::SYS_capget,
 ];
 
+/// What the filtered threads keep of the shim's capabilities: acting as
+/// root on the files of a container's root for the Linux programs it runs
+/// (a program's root may write a file it does not own, as in a container).
+/// Mounting (SYS_ADMIN) and signalling loggers (KILL) are the outside
+/// thread's; SYS_RESOURCE served `start`'s OOM score set-up, done before a
+/// shim serves; nothing filtered chowns (CHOWN).
+pub const CONFINED_CAPABILITIES: &[caps::Capability] = &[
+    caps::Capability::CAP_DAC_OVERRIDE,
+    caps::Capability::CAP_DAC_READ_SEARCH,
+    caps::Capability::CAP_FOWNER,
+    caps::Capability::CAP_FSETID,
+];
+
 type Job = Box<dyn FnOnce() + Send>;
 
 static OUTSIDE: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
 
-/// Starts the thread that stays outside the filter, then drops
-/// CAP_SYS_ADMIN from the calling thread and puts it under the filter:
-/// every thread it makes from now on inherits both.
+/// Starts the thread that stays outside the filter, then drops every
+/// capability but [`CONFINED_CAPABILITIES`] from the calling thread and
+/// puts it under the filter: every thread it makes from now on inherits
+/// both.
 pub fn confine() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (tx, rx) = channel::<Job>();
     std::thread::Builder::new()
@@ -62,8 +76,9 @@ pub fn confine() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             }
         })?;
     let _ = OUTSIDE.set(Mutex::new(tx));
+    let keep: caps::CapsHashSet = CONFINED_CAPABILITIES.iter().copied().collect();
     for set in [caps::CapSet::Effective, caps::CapSet::Permitted] {
-        caps::drop(None, set, caps::Capability::CAP_SYS_ADMIN)?;
+        caps::set(None, set, &keep)?;
     }
     let calls: Vec<i64> = VCPU_BASE
         .iter()

@@ -104,7 +104,6 @@ pub enum CgiError {
     BadStatus(String),
 }
 
-/// Longest header block accepted.
 /// Largest CGI header block read.
 pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
 
@@ -133,32 +132,40 @@ fn is_framing(name: &str, connection_names: &[String]) -> bool {
             .any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// Parses CGI output: header lines (`\n` or `\r\n`), a blank line, the body.
+/// Most header lines a function's response may have.
+const MAX_HEADERS: usize = 256;
+
+/// Parses CGI output: header lines (`\n` or `\r\n`), a blank line, the
+/// body. The header block is read by `httparse` (hyper's own header
+/// parser: RFC 9110 field names, values without control characters).
 pub fn parse_response(out: &[u8]) -> Result<Response, CgiError> {
-    let (head_end, body_start) =
+    let (_, body_start) =
         find_blank_line(&out[..out.len().min(MAX_HEADER_BLOCK)]).ok_or(CgiError::NoHeaders)?;
-    let head = std::str::from_utf8(&out[..head_end])
-        .map_err(|_| CgiError::BadHeader("<not UTF-8>".into()))?;
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let parsed = match httparse::parse_headers(&out[..body_start], &mut slots) {
+        Ok(httparse::Status::Complete((_, parsed))) => parsed,
+        // A blank line ends the block, so a complete parse is expected.
+        Ok(httparse::Status::Partial) => return Err(CgiError::NoHeaders),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(CgiError::BadHeader(format!(
+                "more than {MAX_HEADERS} header lines"
+            )))
+        }
+        Err(e) => {
+            return Err(CgiError::BadHeader(format!(
+                "{e}: {:?}",
+                bad_line(&out[..body_start])
+            )))
+        }
+    };
     let mut status = None;
     let mut headers = Vec::new();
     let mut location = false;
-    for line in head
-        .split('\n')
-        .map(|l| l.trim_end_matches('\r'))
-        .filter(|l| !l.is_empty())
-    {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| CgiError::BadHeader(line.into()))?;
-        let (name, value) = (name.trim(), value.trim());
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(CgiError::BadHeader(line.into()));
-        }
-        if name.eq_ignore_ascii_case("status") {
+    for h in parsed.iter() {
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| CgiError::BadHeader(format!("{}: <not UTF-8>", h.name)))?
+            .trim();
+        if h.name.eq_ignore_ascii_case("status") {
             let code = value.split_whitespace().next().unwrap_or("");
             let code: u16 = code
                 .parse()
@@ -170,8 +177,8 @@ pub fn parse_response(out: &[u8]) -> Result<Response, CgiError> {
                 .ok_or_else(|| CgiError::BadStatus(value.into()))?;
             status = Some(code);
         } else {
-            location |= name.eq_ignore_ascii_case("location");
-            headers.push((name.to_string(), value.to_string()));
+            location |= h.name.eq_ignore_ascii_case("location");
+            headers.push((h.name.to_string(), value.to_string()));
         }
     }
     if headers.is_empty() && status.is_none() {
@@ -189,6 +196,23 @@ pub fn parse_response(out: &[u8]) -> Result<Response, CgiError> {
         headers,
         body: out[body_start..].to_vec(),
     })
+}
+
+/// The first line of a header block that does not parse on its own, for
+/// an error message.
+fn bad_line(head: &[u8]) -> String {
+    let line = head
+        .split(|&b| b == b'\n')
+        .find(|l| {
+            let mut probe = l.to_vec();
+            probe.extend_from_slice(b"\n\n");
+            let mut one = [httparse::EMPTY_HEADER; 1];
+            httparse::parse_headers(&probe, &mut one).is_err()
+        })
+        .unwrap_or_default();
+    String::from_utf8_lossy(&line[..line.len().min(200)])
+        .trim_end_matches('\r')
+        .to_string()
 }
 
 fn find_blank_line(b: &[u8]) -> Option<(usize, usize)> {
@@ -247,6 +271,41 @@ mod tests {
             parse_response(b"Bad Name: x\n\n"),
             Err(CgiError::BadHeader(_))
         ));
+    }
+
+    #[test]
+    fn header_names_and_values_are_read_as_rfc_9110_has_them() {
+        // Any token character in a name; the bad line is named.
+        let r = parse_response(b"X-A.b~c: 1\nX-Empty:\n\n").unwrap();
+        assert_eq!(
+            r.headers,
+            vec![
+                ("X-A.b~c".into(), "1".into()),
+                ("X-Empty".into(), "".into())
+            ]
+        );
+        assert_eq!(
+            parse_response(b"X-Ok: 1\r\nBad Name: x\r\n\r\n"),
+            Err(CgiError::BadHeader(
+                "invalid header name: \"Bad Name: x\"".into()
+            ))
+        );
+        // No control characters in a value, no invalid UTF-8.
+        assert!(matches!(
+            parse_response(b"X-Bad: a\x01b\n\n"),
+            Err(CgiError::BadHeader(_))
+        ));
+        assert!(matches!(
+            parse_response(b"X-Bad: \xff\xfe\n\n"),
+            Err(CgiError::BadHeader(_))
+        ));
+        let many = "X-H: 1\n".repeat(MAX_HEADERS + 1) + "\n";
+        assert_eq!(
+            parse_response(many.as_bytes()),
+            Err(CgiError::BadHeader(format!(
+                "more than {MAX_HEADERS} header lines"
+            )))
+        );
     }
 
     #[test]

@@ -2,12 +2,13 @@
 //! running gateway's admin API (`flint serve --admin`: a Unix socket, or
 //! TCP with a bearer token).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytes::Bytes;
 use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 
 use crate::exit;
 
@@ -70,41 +71,59 @@ pub struct GetArgs {
     admin: AdminArgs,
 }
 
-/// A stream to the admin API.
-trait Stream: Read + Write {}
-impl<T: Read + Write> Stream for T {}
+/// How long an admin request may take (an apply restores its VMs first).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn connect(addr: &str) -> std::io::Result<Box<dyn Stream>> {
-    if let Some(path) = addr.strip_prefix("unix:") {
-        let s = std::os::unix::net::UnixStream::connect(path)?;
-        s.set_read_timeout(Some(Duration::from_secs(300)))?;
-        return Ok(Box::new(s));
-    }
-    let s = TcpStream::connect(addr.strip_prefix("tcp:").unwrap_or(addr))?;
-    s.set_read_timeout(Some(Duration::from_secs(300)))?;
-    Ok(Box::new(s))
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One request over `io` with hyper's HTTP/1 client; returns (status, body).
+async fn send<S>(io: S, req: hyper::Request<Full<Bytes>>) -> Result<(u16, String), BoxError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    let conn = tokio::spawn(conn);
+    let resp = tx.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    drop(tx);
+    let _ = conn.await;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// One HTTP/1.1 request; returns (status, body).
-fn request(a: &AdminArgs, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
-    let mut s = connect(&a.admin)?;
-    let auth = match a.token()? {
-        Some(t) => format!("Authorization: Bearer {t}\r\n"),
-        None => String::new(),
-    };
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: flint\r\n{auth}Connection: close\r\nContent-Length: {}\r\n\r\n", body.len());
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_string()))
+/// One request to the admin API at `a.admin` (`unix:PATH` or
+/// `[tcp:]ADDR`); returns (status, body).
+fn request(
+    a: &AdminArgs,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<(u16, String), BoxError> {
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, "flint");
+    if let Some(t) = a.token()? {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req.body(Full::new(Bytes::copy_from_slice(body)))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let exchange = async {
+            match a.admin.strip_prefix("unix:") {
+                Some(p) => send(tokio::net::UnixStream::connect(p).await?, req).await,
+                None => {
+                    let addr = a.admin.strip_prefix("tcp:").unwrap_or(&a.admin);
+                    send(tokio::net::TcpStream::connect(addr).await?, req).await
+                }
+            }
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()))?
+    })
 }
 
 fn call(a: &AdminArgs, method: &str, path: &str, body: &[u8]) -> i32 {

@@ -533,6 +533,27 @@ fn every_thread_of_serve_is_under_its_seccomp_filter() {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 2"), "{out}");
+    // HTTP/2, by prior knowledge and by an h2c upgrade (curl).
+    for how in ["--http2-prior-knowledge", "--http2"] {
+        let o = Command::new("curl")
+            .args([
+                "-sS",
+                how,
+                "-H",
+                "Host: hello.default.example.com",
+                "-w",
+                " %{http_version}",
+                &format!("http://127.0.0.1:{port}/greet?name=h2"),
+            ])
+            .output()
+            .expect("curl (scripts/deps installs it)");
+        assert_eq!(
+            text(&o.stdout),
+            "hello, h2\n 2",
+            "{how}: {}",
+            text(&o.stderr)
+        );
+    }
     let (_, metrics_text) = get(metrics, "localhost", "/metrics");
     let refused = metrics_text
         .lines()

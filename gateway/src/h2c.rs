@@ -86,7 +86,7 @@ pub fn take(req: &mut Request<Incoming>) -> Option<Upgrade> {
     if !bodiless || req.method() == hyper::Method::CONNECT {
         return None;
     }
-    let block = header_block(req);
+    let block = header_block(req, &connection);
     if block.len() > MAX_FRAME {
         return None;
     }
@@ -144,8 +144,8 @@ fn hpack_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// The request's header block as HTTP/2 carries it (RFC 9113 §8.3):
 /// pseudo-headers first, `Host` as `:authority`, and none of the
-/// connection-specific fields.
-fn header_block(req: &Request<Incoming>) -> Vec<u8> {
+/// connection-specific fields (`hop`: the ones its `Connection` names).
+fn header_block(req: &Request<Incoming>, hop: &[String]) -> Vec<u8> {
     let mut b = Vec::new();
     hpack_field(&mut b, b":method", req.method().as_str().as_bytes());
     hpack_field(&mut b, b":scheme", b"http");
@@ -154,7 +154,6 @@ fn header_block(req: &Request<Incoming>) -> Vec<u8> {
     if let Some(host) = req.headers().get(hyper::header::HOST) {
         hpack_field(&mut b, b":authority", host.as_bytes());
     }
-    let hop: Vec<String> = tokens(req, CONNECTION).collect();
     for (name, value) in req.headers() {
         let n = name.as_str();
         let connection_specific = matches!(

@@ -1198,17 +1198,39 @@ async fn http2_by_h2c_upgrade_on_the_same_port() {
         )
         .await
         .unwrap();
+        // Read the 101 before sending the bad preface: the gateway closes
+        // with the rest of it unread, and the kernel then resets the
+        // connection, which may discard what the client had not read yet.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(20), c.read(&mut buf))
+                .await
+                .expect("the 101 arrives")
+                .unwrap();
+            assert!(
+                n > 0,
+                "closed before the 101: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8_lossy(&got).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
         c.write_all(b"GET / HTTP/1.1\r\n\r\nnot a preface at all")
             .await
             .unwrap();
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut got))
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut rest))
             .await
-            .expect("the connection is closed")
-            .unwrap();
-        let got = String::from_utf8_lossy(&got);
-        assert!(got.starts_with("HTTP/1.1 101 "), "{got}");
-        assert!(!got.contains("200"), "{got}");
+            .expect("the connection is closed");
+        match end {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("{e}"),
+        }
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(!rest.contains("200"), "{rest}");
     }
     let (code, _, body) = http(
         gw.addr,

@@ -32,6 +32,13 @@ pub fn dir() -> PathBuf {
         .unwrap_or_else(|| DEFAULT_DIR.into())
 }
 
+/// Makes the cache directory `root` if it is missing: root's alone, as
+/// entries hold the modules of every image run here.
+pub fn create_dir(root: &Path) -> std::io::Result<()> {
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(root)
+}
+
 /// How a VM was had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -109,10 +116,7 @@ fn make(
         let path = path.to_path_buf();
         move |source| SnapshotError::Io { op, path, source }
     };
-    // Root's alone: entries hold the modules of every image run here.
-    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-        .create(root)
-        .map_err(io_err("creating", root))?;
+    create_dir(root).map_err(io_err("creating", root))?;
     let tmp = root.join(format!(
         ".{}.{}.{}",
         entry

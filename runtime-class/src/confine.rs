@@ -5,14 +5,28 @@
 //! `execve`, `fork`, a process `clone`, `ptrace`, `unshare`, `setns` or a
 //! signal to another process (`flint_executor::seccomp::confine_from_here`).
 //!
+//! The same threads are in a Landlock domain ([`Reach`]): whatever their
+//! uid and capabilities, they open files only beneath this namespace's
+//! task directories (bundles and the root filesystems mounted in them),
+//! the shim's snapshot cache, the few device nodes a VM uses, and `/proc`
+//! and `/sys` for reading. A thread taken over through a VM cannot read
+//! or write the host's other files, though the shim runs as root.
+//!
 //! One thread stays outside ([`outside`]): the only one that keeps
-//! CAP_SYS_ADMIN, it mounts and unmounts containers' root filesystems, and
-//! it starts the `binary://` loggers containerd's users name (their
+//! CAP_SYS_ADMIN, it mounts and unmounts containers' root filesystems,
+//! opens the FIFOs and log files containerd names (anywhere on the host),
+//! and starts the `binary://` loggers containerd's users name (their
 //! programs must not inherit the shim's filter) and stops them. It runs
 //! only the jobs this crate's callers hand it.
 
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Mutex, OnceLock};
+
+use landlock::{
+    path_beneath_rules, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+};
 
 use flint_executor::seccomp::{confine_from_here, SERVICE_BASE, VCPU_BASE};
 
@@ -62,11 +76,100 @@ type Job = Box<dyn FnOnce() + Send>;
 
 static OUTSIDE: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
 
+/// The device nodes a filtered thread may open: KVM, userfaultfd, and the
+/// host devices the Linux layer backs a program's `/dev` files with.
+const DEVICES: &[&str] = &[
+    "/dev/kvm",
+    "/dev/userfaultfd",
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+];
+
+/// The Landlock ABI the rules are written for (Linux 6.15): file access,
+/// device ioctls, and the signal and abstract-socket scopes. An older
+/// kernel enforces what it knows ([`Reach::enforce`] says how much).
+const LANDLOCK_ABI: ABI = ABI::V7;
+
+/// What the filtered threads may open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    /// Anything beneath these (directories) or these (files).
+    pub read_write: Vec<PathBuf>,
+    /// Reading beneath these.
+    pub read_only: Vec<PathBuf>,
+}
+
+/// How much of a [`Reach`] the kernel enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enforced {
+    Fully,
+    Partly,
+    /// The kernel has no Landlock (or it is disabled at boot).
+    Not,
+}
+
+impl Reach {
+    /// A serving shim's reach, from its bundle (its working directory when
+    /// containerd starts it): the directory holding this namespace's
+    /// bundles, where every container of the pod gets its own (containerd
+    /// makes `STATE/NAMESPACE/ID`); the snapshot cache `cache`; the
+    /// directory of shim sockets (`sockets`), where the serving shim binds
+    /// its own; the [`DEVICES`]; `/proc` and `/sys` to read. A directory
+    /// that is not a bundle (no `config.json`) is the only one reached,
+    /// never its parent.
+    pub fn for_shim(bundle: &Path, cache: &Path, sockets: Option<&Path>) -> Self {
+        let tasks = match bundle.parent() {
+            Some(p) if bundle.join("config.json").is_file() && p.parent().is_some() => p,
+            _ => bundle,
+        };
+        let mut read_write = vec![tasks.to_path_buf(), cache.to_path_buf()];
+        read_write.extend(
+            sockets
+                .filter(|s| s.parent().is_some())
+                .map(Path::to_path_buf),
+        );
+        read_write.extend(DEVICES.iter().map(PathBuf::from));
+        Self {
+            read_write,
+            read_only: vec!["/proc".into(), "/sys".into()],
+        }
+    }
+
+    /// Puts the calling thread (and every thread it makes from now on) in
+    /// a Landlock domain that reaches only these paths and cannot signal or
+    /// reach abstract sockets outside it. Paths that do not exist are left
+    /// out. Sets `no_new_privs`.
+    pub fn enforce(&self) -> Result<Enforced, landlock::RulesetError> {
+        let status = Ruleset::default()
+            .set_compatibility(CompatLevel::BestEffort)
+            .handle_access(AccessFs::from_all(LANDLOCK_ABI))?
+            .scope(Scope::from_all(LANDLOCK_ABI))?
+            .create()?
+            .add_rules(path_beneath_rules(
+                &self.read_write,
+                AccessFs::from_all(LANDLOCK_ABI),
+            ))?
+            .add_rules(path_beneath_rules(
+                &self.read_only,
+                AccessFs::from_read(LANDLOCK_ABI),
+            ))?
+            .restrict_self()?;
+        Ok(match status.ruleset {
+            RulesetStatus::FullyEnforced => Enforced::Fully,
+            RulesetStatus::PartiallyEnforced => Enforced::Partly,
+            RulesetStatus::NotEnforced => Enforced::Not,
+        })
+    }
+}
+
 /// Starts the thread that stays outside the filter, then drops every
 /// capability but [`CONFINED_CAPABILITIES`] from the calling thread and
-/// puts it under the filter: every thread it makes from now on inherits
-/// both.
-pub fn confine() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// puts it in the Landlock domain `reach` and under the filter: every
+/// thread it makes from now on inherits all three.
+pub fn confine(reach: &Reach) -> Result<Enforced, Box<dyn std::error::Error + Send + Sync>> {
     let (tx, rx) = channel::<Job>();
     std::thread::Builder::new()
         .name("flint-outside".into())
@@ -80,6 +183,7 @@ pub fn confine() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     for set in [caps::CapSet::Effective, caps::CapSet::Permitted] {
         caps::set(None, set, &keep)?;
     }
+    let enforced = reach.enforce()?;
     let calls: Vec<i64> = VCPU_BASE
         .iter()
         .chain(flint_linux::HOST_CALLS)
@@ -87,7 +191,8 @@ pub fn confine() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .chain(SHIM_CALLS)
         .copied()
         .collect();
-    Ok(confine_from_here(&calls)?)
+    confine_from_here(&calls)?;
+    Ok(enforced)
 }
 
 /// Runs `f` on the thread outside the filter and returns what it returns
@@ -108,4 +213,77 @@ pub fn outside<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     result
         .recv()
         .expect("every job sends its result before it is dropped")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bundle_reaches_its_siblings_and_a_plain_directory_only_itself() {
+        let tasks = tempfile::tempdir().unwrap();
+        let bundle = tasks.path().join("pod-1");
+        std::fs::create_dir(&bundle).unwrap();
+        let cache = tasks.path().join("cache");
+        // Not a bundle yet: only the directory itself.
+        assert_eq!(Reach::for_shim(&bundle, &cache, None).read_write[0], bundle);
+        std::fs::write(bundle.join("config.json"), "{}").unwrap();
+        let reach = Reach::for_shim(&bundle, &cache, Some(Path::new("/")));
+        assert_eq!(reach.read_write[..2], [tasks.path().to_path_buf(), cache]);
+        // `/` is never a socket directory reached.
+        assert!(!reach.read_write.contains(&PathBuf::from("/")));
+        assert!(reach.read_write.contains(&PathBuf::from("/dev/kvm")));
+        assert_eq!(
+            reach.read_only,
+            [PathBuf::from("/proc"), PathBuf::from("/sys")]
+        );
+    }
+
+    /// The domain really confines a thread, even one running as root: a
+    /// sibling bundle's files open, the host's other files do not.
+    #[test]
+    fn a_confined_thread_opens_only_what_it_reaches() {
+        let tasks = tempfile::tempdir().unwrap();
+        for d in ["pod-1", "pod-2/rootfs/etc"] {
+            std::fs::create_dir_all(tasks.path().join(d)).unwrap();
+        }
+        let bundle = tasks.path().join("pod-1");
+        std::fs::write(bundle.join("config.json"), "{}").unwrap();
+        std::fs::write(tasks.path().join("pod-2/rootfs/etc/passwd"), "root:x:0:0\n").unwrap();
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("secret"), "no").unwrap();
+        let reach = Reach::for_shim(&bundle, &tasks.path().join("cache"), None);
+        let (tasks_dir, host_dir) = (tasks.path().to_path_buf(), host.path().to_path_buf());
+        std::thread::spawn(move || {
+            assert_eq!(reach.enforce().unwrap(), Enforced::Fully);
+            let own = std::fs::read_to_string(tasks_dir.join("pod-2/rootfs/etc/passwd"));
+            assert_eq!(own.unwrap(), "root:x:0:0\n");
+            std::fs::write(tasks_dir.join("pod-2/new"), "made").unwrap();
+            let kvm = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm");
+            assert!(kvm.is_ok(), "{kvm:?}");
+            assert!(std::fs::read_to_string("/proc/self/status").is_ok());
+            for outside in [host_dir.join("secret"), "/etc/passwd".into()] {
+                let e = std::fs::read(&outside).unwrap_err();
+                assert_eq!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied,
+                    "{outside:?}"
+                );
+            }
+            let e = std::fs::write(host_dir.join("planted"), "x").unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+            let e = std::fs::write("/proc/self/comm", "x").unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+        })
+        .join()
+        .unwrap();
+        // The thread that made the domain is gone; this one was never in it.
+        assert_eq!(
+            std::fs::read_to_string(host.path().join("secret")).unwrap(),
+            "no"
+        );
+    }
 }

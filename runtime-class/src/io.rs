@@ -41,13 +41,18 @@ fn io_err(what: &str, e: std::io::Error) -> SandboxError {
 }
 
 /// Opens a FIFO without blocking (its open would wait for the other end),
-/// then switches the descriptor back to blocking I/O.
+/// then switches the descriptor back to blocking I/O. containerd's client
+/// puts its FIFOs anywhere, so the open is made by the thread outside the
+/// shim's file sandbox (`confine`).
 fn open_fifo(path: &str, write: bool) -> std::io::Result<File> {
-    let f = OpenOptions::new()
-        .read(!write)
-        .write(write)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
+    let path = path.to_string();
+    let f = crate::confine::outside(move || {
+        OpenOptions::new()
+            .read(!write)
+            .write(write)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+    })?;
     set_nonblocking(&f, false);
     Ok(f)
 }
@@ -86,12 +91,16 @@ fn open_output_fifo(path: &str) -> Option<File> {
 }
 
 /// A `file://` URI: output appended to the file, created with its
-/// directories if needed.
+/// directories if needed (anywhere on the host, so from outside the file
+/// sandbox, as [`open_fifo`]).
 fn open_log_file(path: &str) -> std::io::Result<File> {
-    if let Some(dir) = Path::new(path).parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    OpenOptions::new().create(true).append(true).open(path)
+    let path = path.to_string();
+    crate::confine::outside(move || {
+        if let Some(dir) = Path::new(&path).parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        OpenOptions::new().create(true).append(true).open(&path)
+    })
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {

@@ -119,11 +119,31 @@ fn main() {
     // Serving (no start or delete action): under the shim's filter from
     // here, before the runtime makes its threads.
     let args: Vec<_> = std::env::args_os().collect();
-    let serving = containerd_shim::parse(&args[1..]).is_ok_and(|f| f.action.is_empty());
-    if serving {
-        if let Err(e) = confine::confine() {
-            eprintln!("containerd-shim-flint-v2: cannot install the seccomp filter: {e}");
-            std::process::exit(1);
+    let flags = containerd_shim::parse(&args[1..]).ok();
+    if let Some(flags) = flags.filter(|f| f.action.is_empty()) {
+        // The cache must exist for the Landlock domain to reach it.
+        let cache = cache::dir();
+        let _ = cache::create_dir(&cache);
+        let bundle = std::env::current_dir().unwrap_or_else(|_| ".".into());
+        // The serving shim binds its own socket (containerd-shim's
+        // `-socket`, in containerd's socket directory) once it serves.
+        let socket = flags.socket.trim_start_matches("unix://");
+        let sockets = std::path::Path::new(socket).parent();
+        match confine::confine(&confine::Reach::for_shim(&bundle, &cache, sockets)) {
+            Ok(confine::Enforced::Fully) => {}
+            Ok(how) => eprintln!(
+                "containerd-shim-flint-v2: warning: this kernel enforces the shim's Landlock \
+                 file sandbox {}: its filtered threads reach more host files than they should",
+                if how == confine::Enforced::Partly {
+                    "in part (an ABI before 7)"
+                } else {
+                    "not at all"
+                }
+            ),
+            Err(e) => {
+                eprintln!("containerd-shim-flint-v2: cannot confine the shim: {e}");
+                std::process::exit(1);
+            }
         }
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()

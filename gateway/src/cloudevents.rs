@@ -365,16 +365,16 @@ pub fn data_bytes(event: &Event) -> Vec<u8> {
     }
 }
 
-/// The reply event in a function's CGI response, if it has one.
-pub fn reply(resp: &crate::cgi::Response) -> Result<Option<Event>, CeError> {
+/// The reply event in a function's response (`ce-*` headers, binary
+/// mode), if it has one, with `body` as its data.
+pub fn reply(headers: &HeaderMap, body: Vec<u8>) -> Result<Option<Event>, CeError> {
     let mut attrs = Vec::new();
     let mut ct = None;
-    for (k, v) in &resp.headers {
-        let k = k.to_ascii_lowercase();
-        if let Some(a) = k.strip_prefix("ce-") {
+    for (k, v) in headers {
+        if let Some(a) = k.as_str().strip_prefix("ce-") {
             attrs.push((a.to_string(), decode_header(v.as_bytes())?));
-        } else if k == "content-type" {
-            ct = Some(v.clone());
+        } else if k == CONTENT_TYPE {
+            ct = Some(String::from_utf8_lossy(v.as_bytes()).into_owned());
         }
     }
     if attrs.is_empty() {
@@ -383,7 +383,7 @@ pub fn reply(resp: &crate::cgi::Response) -> Result<Option<Event>, CeError> {
     if !attrs.iter().any(|(k, _)| k == "specversion") {
         attrs.push(("specversion".into(), "1.0".into()));
     }
-    from_attributes(attrs, ct, resp.body.clone()).map(Some)
+    from_attributes(attrs, ct, body).map(Some)
 }
 
 /// Binary mode: `ce-*` headers (percent-encoded) and the data as body.

@@ -4,6 +4,7 @@
 //! and run as CGI-style invocations ([`cgi`]) in VMs restored from the
 //! snapshot ([`server`]).
 
+mod admin;
 pub mod autoscaler;
 pub mod cgi;
 pub mod cloudevents;
@@ -14,6 +15,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod registry;
 pub mod server;
+pub mod stack;
 pub mod stream;
 
 pub use registry::Policy;

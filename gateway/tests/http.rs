@@ -1341,3 +1341,44 @@ async fn responses_stream_and_time_out_as_knative_says() {
     );
     gw.stop().await;
 }
+
+/// A reply to a binary-mode event streams as any response does: its head
+/// (the reply's `ce-*` headers, the function's own status) and first data
+/// reach the client while the function still writes; a structured request
+/// to the same function gets the whole reply encoded as one event, with
+/// the function's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn binary_event_replies_stream() {
+    let script = "#!/bin/sh\necho 'Status: 201 Created'\necho 'Ce-Id: r-1'\necho 'Ce-Source: /sh'\necho \"Ce-Type: $CE_TYPE.reply\"\necho 'Content-Type: text/plain'\necho\necho start\nfor i in 0 1 2; do sleep 0.6; echo chunk $i; done\n";
+    let (_d, tar) = shell_cgi_image(script, &[]);
+    let gw = start(&[linux_service("ev", &tar, "")], 1 << 20).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: ev.default.example.com\r\nConnection: close\r\n\
+          Ce-Specversion: 1.0\r\nCe-Id: e-1\r\nCe-Source: /t\r\nCe-Type: ping\r\n\
+          Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await
+    .unwrap();
+    let (early, mut seen) = read_until(&mut s, "start").await;
+    assert!(early.starts_with("HTTP/1.1 201"), "{early}");
+    let lower = early.to_lowercase();
+    assert!(lower.contains("ce-type: ping.reply"), "{early}");
+    assert!(lower.contains("ce-id: r-1"), "{early}");
+    assert!(!early.contains("chunk 1"), "not streamed: {early}");
+    s.read_to_end(&mut seen).await.unwrap();
+    assert!(String::from_utf8_lossy(&seen).contains("chunk 2"));
+    // Structured: read whole, then encoded.
+    let event = br#"{"specversion":"1.0","id":"e-2","source":"/t","type":"pong","data":"x"}"#;
+    let (code, head, body) = send(
+        gw.addr,
+        "POST / HTTP/1.1\r\nHost: ev.default.example.com\r\nContent-Type: application/cloudevents+json\r\n",
+        event,
+    )
+    .await;
+    assert_eq!(code, 201, "the function's status: {head}");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["type"], "pong.reply");
+    assert_eq!(v["data"], "start\nchunk 0\nchunk 1\nchunk 2\n");
+    gw.stop().await;
+}

@@ -99,8 +99,14 @@ fn binary_reply(mut resp: Response<Body>, event: &Event) -> Response<Body> {
 }
 
 /// The response for a batch or structured request: its replies encoded
-/// in its mode, else the last plain answer, else 202.
-fn encode(mode: Mode, mut replies: Vec<Event>, plain: Option<Response<Body>>) -> Response<Body> {
+/// in its mode with the last reply's status, else the last plain answer,
+/// else 202.
+fn encode(
+    mode: Mode,
+    mut replies: Vec<Event>,
+    status: StatusCode,
+    plain: Option<Response<Body>>,
+) -> Response<Body> {
     let (body, ct) = match (mode, replies.pop()) {
         (_, None) => {
             return plain.unwrap_or_else(|| {
@@ -120,17 +126,20 @@ fn encode(mode: Mode, mut replies: Vec<Event>, plain: Option<Response<Body>>) ->
         (_, Some(reply)) => (ce::encode_structured(&reply), ce::STRUCTURED),
     };
     let mut r = Response::new(full(Bytes::from(body)));
+    *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(ct));
     r
 }
 
 /// A reply read whole: the event in it, if any, or the response again.
-async fn read_reply(resp: Response<Body>) -> Result<Result<Event, Response<Body>>, Error> {
+async fn read_reply(
+    resp: Response<Body>,
+) -> Result<Result<(Event, StatusCode), Response<Body>>, Error> {
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.map_err(Error::ReplyBody)?.to_bytes();
     match ce::reply(&parts.headers, body.to_vec()).map_err(Error::Reply)? {
-        Some(event) => Ok(Ok(event)),
+        Some(event) => Ok(Ok((event, parts.status))),
         None => Ok(Err(Response::from_parts(parts, full(body)))),
     }
 }
@@ -143,7 +152,7 @@ where
         let events = ce::parse(mode, req.headers(), req.body()).map_err(Error::Request)?;
         if mode == Mode::Binary {
             let Some(event) = events.first() else {
-                return Ok(encode(mode, Vec::new(), None));
+                return Ok(encode(mode, Vec::new(), StatusCode::OK, None));
             };
             let Ok(resp) = self.inner.call(event_request(&req, event)).await;
             if resp.status().as_u16() >= 300 {
@@ -154,18 +163,21 @@ where
                 None => Ok(resp),
             };
         }
-        let (mut replies, mut plain) = (Vec::new(), None);
+        let (mut replies, mut status, mut plain) = (Vec::new(), StatusCode::OK, None);
         for event in &events {
             let Ok(resp) = self.inner.call(event_request(&req, event)).await;
             if resp.status().as_u16() >= 300 {
                 return Ok(resp);
             }
             match read_reply(resp).await? {
-                Ok(reply) => replies.push(reply),
+                Ok((reply, s)) => {
+                    replies.push(reply);
+                    status = s;
+                }
                 Err(resp) => plain = Some(resp),
             }
         }
-        Ok(encode(mode, replies, plain))
+        Ok(encode(mode, replies, status, plain))
     }
 }
 

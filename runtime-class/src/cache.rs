@@ -14,9 +14,19 @@
 //! again, never run. Output the module writes while initialising (a
 //! reactor's `_initialize`) is seen by the container that made the entry
 //! only.
+//!
+//! Within the pod (one shim), a VM whose run ended cleanly is not thrown
+//! away: it is reset to its entry's snapshot in place (`Snapshot::reset`:
+//! every page written dropped back to the snapshot's, vCPU and devices
+//! restored, a fresh clock and seed) and kept, at most [`MAX_IDLE`] per
+//! module, for the pod's next container or exec of the same module. A run
+//! that trapped, was killed or ran out of memory leaves a VM that is
+//! dropped.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use flint_executor::{error_chain as chain, GuestIo, ReadyVm, RunError, VmConfig};
 use flint_snapshotter::{Snapshot, SnapshotError};
@@ -48,6 +58,59 @@ pub enum Source {
     Made,
     /// Booted cold: the cache could not be used (said in the log).
     Cold,
+    /// An earlier container's or exec's VM of the same module in this
+    /// pod, reset to the snapshot in place.
+    Reused,
+}
+
+/// Most reset VMs kept per module in a pod.
+pub const MAX_IDLE: usize = 2;
+
+/// This pod's reset VMs, by entry, with the snapshot they reset to.
+type Idle = HashMap<PathBuf, Vec<(ReadyVm, Arc<Snapshot>)>>;
+
+fn idle() -> std::sync::MutexGuard<'static, Idle> {
+    static IDLE: OnceLock<Mutex<Idle>> = OnceLock::new();
+    IDLE.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// A VM of a module at its ready point, and how it was had.
+#[allow(missing_debug_implementations)]
+pub struct Had {
+    pub vm: ReadyVm,
+    pub source: Source,
+    /// Its entry and snapshot, to reset it and keep it (none for a VM
+    /// booted cold without the cache).
+    keep: Option<(PathBuf, Arc<Snapshot>)>,
+}
+
+impl Had {
+    /// After a run: resets the VM to its snapshot and keeps it for the
+    /// pod's next container or exec of the module, if the run ended
+    /// cleanly (`ReadyVm::invoke_in_place` says so) and fewer than
+    /// [`MAX_IDLE`] are kept; otherwise drops it. True if it was kept.
+    pub fn give_back(self) -> bool {
+        let Some((entry, snapshot)) = self.keep else {
+            return false;
+        };
+        if idle().get(&entry).is_some_and(|v| v.len() >= MAX_IDLE) {
+            return false;
+        }
+        let mut vm = self.vm;
+        if let Err(e) = snapshot.reset(&mut vm) {
+            log::info!("a VM is dropped, not reused: {}", chain(&e));
+            return false;
+        }
+        let mut idle = idle();
+        let kept = idle.entry(entry).or_default();
+        if kept.len() >= MAX_IDLE {
+            return false;
+        }
+        kept.push((vm, snapshot));
+        true
+    }
 }
 
 fn entry_name(module: &[u8], memory_mib: u64) -> String {
@@ -64,21 +127,38 @@ fn open(entry: &Path, module: &[u8]) -> Result<Snapshot, String> {
     Ok(snap)
 }
 
-/// A VM of `module` at its ready point: restored from the cache in `root`,
-/// or booted (its initialisation output to `io`), snapshotted into the
-/// cache and restored. If the cache cannot be used at all, the module is
-/// booted cold as without one.
+/// A VM of `module` at its ready point: one this pod reset after an
+/// earlier run, or one restored from the cache in `root`, or booted (its
+/// initialisation output to `io`), snapshotted into the cache and
+/// restored. If the cache cannot be used at all, the module is booted
+/// cold as without one.
 pub fn ready_vm(
     root: &Path,
     module: &[u8],
     name: &str,
     config: &VmConfig,
     io: &mut dyn GuestIo,
-) -> Result<(ReadyVm, Source), RunError> {
+) -> Result<Had, RunError> {
     let entry = root.join(entry_name(module, config.memory_mib));
+    let reused = idle().get_mut(&entry).and_then(Vec::pop);
+    if let Some((vm, snapshot)) = reused {
+        return Ok(Had {
+            vm,
+            source: Source::Reused,
+            keep: Some((entry, snapshot)),
+        });
+    }
+    let had = |vm, source, snapshot: Snapshot| Had {
+        vm,
+        source,
+        keep: Some((entry.clone(), Arc::new(snapshot))),
+    };
     if entry.exists() {
-        match open(&entry, module).and_then(|s| s.restore().map_err(|e| chain(&e))) {
-            Ok(vm) => return Ok((vm, Source::Cached)),
+        match open(&entry, module).and_then(|s| match s.restore() {
+            Ok(vm) => Ok((vm, s)),
+            Err(e) => Err(chain(&e)),
+        }) {
+            Ok((vm, s)) => return Ok(had(vm, Source::Cached, s)),
             Err(why) => {
                 log::warn!(
                     "the cached snapshot {} is unusable ({why}); making it again",
@@ -89,13 +169,17 @@ pub fn ready_vm(
         }
     }
     match make(root, &entry, module, name, config, io) {
-        Ok(vm) => Ok((vm, Source::Made)),
+        Ok((vm, s)) => Ok(had(vm, Source::Made, s)),
         // The module itself failed (a trap in `_initialize`, a bad
         // module): that is the container's error.
         Err(SnapshotError::Run(e)) => Err(e),
         Err(e) => {
             log::warn!("cannot cache a snapshot of {name}: {}", chain(&e));
-            Ok((ReadyVm::boot(config, module, io)?, Source::Cold))
+            Ok(Had {
+                vm: ReadyVm::boot(config, module, io)?,
+                source: Source::Cold,
+                keep: None,
+            })
         }
     }
 }
@@ -110,7 +194,7 @@ fn make(
     name: &str,
     config: &VmConfig,
     io: &mut dyn GuestIo,
-) -> Result<ReadyVm, SnapshotError> {
+) -> Result<(ReadyVm, Snapshot), SnapshotError> {
     static N: AtomicU64 = AtomicU64::new(0);
     let io_err = |op, path: &Path| {
         let path = path.to_path_buf();
@@ -140,5 +224,5 @@ fn make(
         path: entry.to_path_buf(),
         source: std::io::Error::other(why),
     })?;
-    snap.restore()
+    Ok((snap.restore()?, snap))
 }

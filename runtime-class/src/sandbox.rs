@@ -451,13 +451,18 @@ impl Process {
         };
         let name = program.args.first().map(String::as_str).unwrap_or("module");
         let ready = crate::cache::ready_vm(&crate::cache::dir(), module, name, &config, &mut io);
-        let result = ready.and_then(|(vm, source)| {
-            log::info!("{}: VM {source:?}", self.name());
-            let probe = vm.probe();
+        let result = ready.and_then(|mut had| {
+            log::info!("{}: VM {:?}", self.name(), had.source);
+            let probe = had.vm.probe();
             *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(probe.clone());
-            let r = vm.invoke_abortable(&invocation, &mut io, None, Some(&self.abort));
+            let r = had
+                .vm
+                .invoke_in_place(&invocation, &mut io, None, Some(&self.abort));
             self.cpu_ns.store(probe.cpu_ns(), Ordering::SeqCst);
             self.probe.lock().unwrap_or_else(|e| e.into_inner()).take();
+            // Reset and kept for the pod's next run of the module, if this
+            // one ended cleanly.
+            had.give_back();
             r
         });
         let outcome = match result {

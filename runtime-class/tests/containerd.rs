@@ -89,6 +89,20 @@ fn ctr_runs_wasm_images_in_flint_vms() {
     ]);
     assert_eq!(text(&o.stdout), "hello, exec\n", "{}", text(&o.stderr));
     assert_eq!(o.status.code(), Some(0));
+    // Execs of one module in a pod reuse a VM, reset in place between
+    // them: each sees the snapshot's memory, never the last one's writes
+    // (the counter counts from the snapshot's zero every time).
+    for i in 0..3 {
+        let id = format!("c{i}");
+        let o = ctd.ctr(&["task", "exec", "--exec-id", &id, "t3", "/counter.wasm"]);
+        assert_eq!(text(&o.stdout), "count 1\n", "{}", text(&o.stderr));
+    }
+    let log = std::fs::read_to_string(ctd.dir.join("containerd.log")).unwrap();
+    assert_eq!(
+        log.matches("c2: VM Reused").count() + log.matches("c1: VM Reused").count(),
+        2,
+        "the second and third exec reuse the first's VM: {log}"
+    );
     let o = ctd.ctr(&["task", "exec", "--exec-id", "e2", "t3", "/fib.wasm", "abc"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     let o = ctd.ctr(&["task", "exec", "--exec-id", "e3", "t3", "/nothing.wasm"]);

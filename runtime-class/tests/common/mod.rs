@@ -327,6 +327,7 @@ pub fn tools_image(ctd: &Containerd) {
             ("hello.wasm", &flint_examples::bytes("hello")),
             ("fib.wasm", &flint_examples::bytes("fib")),
             ("echo.wasm", &flint_examples::bytes("echo")),
+            ("counter.wasm", &flint_examples::bytes("counter")),
         ],
         "docker.io/library/tools:v1",
     );

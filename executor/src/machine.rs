@@ -22,6 +22,7 @@ use crate::devices::virtio::console::{Console, TX_QUEUE};
 use crate::error::{ProtocolViolation, RunError, SetupError};
 use crate::io::GuestIo;
 use crate::loader;
+use crate::persist::Persist;
 use crate::session::{start_frame, GuestEnd, Marks, Session, SessionError};
 use crate::vstate::vcpu::{self, Vcpu, VcpuEvent, VcpuState};
 use crate::vstate::vm::Vm;
@@ -472,6 +473,88 @@ impl std::fmt::Debug for ReadyVm {
     }
 }
 
+/// A ready VM's state is its vCPU's and its devices'; guest memory is
+/// saved and given back separately (the snapshotter's memory file).
+impl Persist for ReadyVm {
+    type State = VmState;
+    /// The guest memory, already holding the saved RAM (or backed lazily
+    /// by the caller).
+    type Args<'a> = GuestMemoryMmap;
+    type Error = RunError;
+
+    /// Captures the vCPU and device state (guest memory is read separately
+    /// through [`Self::memory`]).
+    fn save(&mut self) -> Result<VmState, RunError> {
+        let m = &mut self.machine;
+        Ok(VmState {
+            memory_mib: m.memory_mib,
+            vcpu: m.vcpu.save()?,
+            console: m
+                .bus
+                .console
+                .save()
+                .map_err(invalid("the data channel's state"))?,
+            serial: m.bus.serial.save().map_err(invalid("the UART's state"))?,
+        })
+    }
+
+    /// Rebuilds a ready VM from saved state over `memory` (already holding
+    /// the saved RAM, or backed lazily by the caller). Everything in `state`
+    /// is validated; then the clock page and the random seed are renewed and
+    /// the data channel is emptied, so nothing crosses from the run that was
+    /// saved into this one.
+    fn restore(memory: GuestMemoryMmap, state: &VmState) -> Result<Self, RunError> {
+        let t0 = Instant::now();
+        let expected = state.memory_mib << 20;
+        let actual = mem_bytes(&memory);
+        if !(layout::MIN_MEMORY_MIB..=layout::MAX_MEMORY_MIB).contains(&state.memory_mib)
+            || expected != actual
+        {
+            return Err(RunError::InvalidState(format!(
+                "the state is for {} MiB of memory but {} bytes were given",
+                state.memory_mib, actual
+            )));
+        }
+        vcpu::init_kick_signal();
+        let vm = Vm::with_memory(memory)?;
+        let vcpu = vm.create_vcpu(0)?;
+        let mut phases = Phases {
+            vm_create: t0.elapsed(),
+            ..Phases::default()
+        };
+        let t1 = Instant::now();
+        let vcpu = Vcpu::restore(vcpu, &state.vcpu).map_err(invalid("the vCPU state"))?;
+        let console = Console::restore(vm.memory(), &state.console)
+            .map_err(invalid("the data channel's state"))?;
+        let serial =
+            SerialConsole::restore((), &state.serial).map_err(invalid("the UART's state"))?;
+        let mut machine = Machine {
+            vm,
+            vcpu,
+            bus: Bus { serial, console },
+            memory_mib: state.memory_mib,
+            generation: 0,
+            phases: Phases::default(),
+            started: t1,
+            cpu: Arc::default(),
+        };
+        machine.generation = loader::read_generation(machine.vm.memory());
+        machine.refresh_entropy_and_time()?;
+        phases.guest_load = t1.elapsed();
+        machine.phases = phases;
+        machine.started = Instant::now();
+        Ok(Self {
+            machine,
+            resettable: false,
+        })
+    }
+}
+
+/// A component's state refused on restore, as a run error naming it.
+fn invalid<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> RunError {
+    move |e| RunError::InvalidState(format!("{what} was refused: {e}"))
+}
+
 impl ReadyVm {
     /// Boots a VM for `module` and runs it to its ready point. Output the
     /// module writes while initialising goes to `io`.
@@ -526,70 +609,6 @@ impl ReadyVm {
             memory: self.machine.vm.memory().clone(),
             cpu: self.machine.cpu.clone(),
         }
-    }
-
-    /// Captures the vCPU and device state (guest memory is read separately
-    /// through [`Self::memory`]).
-    pub fn save(&mut self) -> Result<VmState, RunError> {
-        let m = &mut self.machine;
-        Ok(VmState {
-            memory_mib: m.memory_mib,
-            vcpu: m.vcpu.save()?,
-            console: m.bus.console.save(),
-            serial: m.bus.serial.save(),
-        })
-    }
-
-    /// Rebuilds a ready VM from saved state over `memory` (already holding
-    /// the saved RAM, or backed lazily by the caller). Everything in `state`
-    /// is validated; then the clock page and the random seed are renewed and
-    /// the data channel is emptied, so nothing crosses from the run that was
-    /// saved into this one.
-    pub fn restore(state: &VmState, memory: GuestMemoryMmap) -> Result<Self, RunError> {
-        let t0 = Instant::now();
-        let expected = state.memory_mib << 20;
-        let actual = mem_bytes(&memory);
-        if !(layout::MIN_MEMORY_MIB..=layout::MAX_MEMORY_MIB).contains(&state.memory_mib)
-            || expected != actual
-        {
-            return Err(RunError::InvalidState(format!(
-                "the state is for {} MiB of memory but {} bytes were given",
-                state.memory_mib, actual
-            )));
-        }
-        vcpu::init_kick_signal();
-        let vm = Vm::with_memory(memory)?;
-        let vcpu = vm.create_vcpu(0)?;
-        let mut phases = Phases {
-            vm_create: t0.elapsed(),
-            ..Phases::default()
-        };
-        let t1 = Instant::now();
-        vcpu.restore(&state.vcpu)
-            .map_err(|e| RunError::InvalidState(format!("the vCPU state was refused: {e}")))?;
-        let console = Console::restore(&state.console, vm.memory()).map_err(|e| {
-            RunError::InvalidState(format!("the data channel's state is invalid: {e}"))
-        })?;
-        let serial = SerialConsole::restore(&state.serial);
-        let mut machine = Machine {
-            vm,
-            vcpu,
-            bus: Bus { serial, console },
-            memory_mib: state.memory_mib,
-            generation: 0,
-            phases: Phases::default(),
-            started: t1,
-            cpu: Arc::default(),
-        };
-        machine.generation = loader::read_generation(machine.vm.memory());
-        machine.refresh_entropy_and_time()?;
-        phases.guest_load = t1.elapsed();
-        machine.phases = phases;
-        machine.started = Instant::now();
-        Ok(Self {
-            machine,
-            resettable: false,
-        })
     }
 
     /// Starts the invocation and runs it to the end; the VM is torn down.
@@ -651,12 +670,12 @@ impl ReadyVm {
             RunError::InvalidState(format!("returning guest memory to the snapshot: {e}"))
         })?;
         m.vcpu
-            .restore(&state.vcpu)
-            .map_err(|e| RunError::InvalidState(format!("the vCPU state was refused: {e}")))?;
-        m.bus.console = Console::restore(&state.console, m.vm.memory()).map_err(|e| {
-            RunError::InvalidState(format!("the data channel's state is invalid: {e}"))
-        })?;
-        m.bus.serial = SerialConsole::restore(&state.serial);
+            .load(&state.vcpu)
+            .map_err(invalid("the vCPU state"))?;
+        m.bus.console = Console::restore(m.vm.memory(), &state.console)
+            .map_err(invalid("the data channel's state"))?;
+        m.bus.serial =
+            SerialConsole::restore((), &state.serial).map_err(invalid("the UART's state"))?;
         m.generation = loader::read_generation(m.vm.memory());
         m.refresh_entropy_and_time()?;
         Ok(pages)

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flint_executor::{GuestIo, Invocation, ReadyVm, RunError, RunReport, VmConfig};
+use flint_executor::{GuestIo, Invocation, Persist, ReadyVm, RunError, RunReport, VmConfig};
 
 use crate::format::{FormatError, Header, SnapshotState};
 use crate::memory::{CorruptPage, PageSums, VerifyError, PAGE};
@@ -362,7 +362,7 @@ impl Snapshot {
         let file = self.checked_memory()?;
         let memory = memory::map_private(file, self.state.memory_bytes)
             .map_err(io_err("mapping", &mem_path))?;
-        Ok(ReadyVm::restore(&self.state.vm, memory)?)
+        Ok(ReadyVm::restore(memory, &self.state.vm)?)
     }
 
     /// Returns `vm`, restored from this snapshot with [`Self::restore`]
@@ -418,7 +418,7 @@ impl Snapshot {
         };
         let memory_setup = t1.elapsed();
         let t2 = Instant::now();
-        let restored = ReadyVm::restore(&self.state.vm, memory);
+        let restored = ReadyVm::restore(memory, &self.state.vm);
         let restore = t2.elapsed();
         let result = restored.and_then(|vm| {
             let abort = backend.as_ref().map(|b| b.abort_flag());

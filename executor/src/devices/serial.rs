@@ -5,6 +5,8 @@ use std::io::Write;
 
 use vm_superio::{Serial, Trigger};
 
+use crate::persist::{InvalidState, Persist};
+
 /// Most bytes of guest log kept (the newest ones).
 pub const LOG_LIMIT: usize = 16 * 1024;
 
@@ -56,9 +58,31 @@ impl SerialConsole {
         }
     }
 
-    pub fn save(&self) -> SerialState {
+    pub fn write(&mut self, offset: u8, value: u8) {
+        // Only a failing writer or trigger can fail, and neither does.
+        let _ = self.uart.write(offset, value);
+    }
+
+    pub fn read(&mut self, offset: u8) -> u8 {
+        self.uart.read(offset)
+    }
+
+    /// The guest's log so far, lossily decoded and trimmed.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&self.uart.writer().0)
+            .trim()
+            .to_string()
+    }
+}
+
+impl Persist for SerialConsole {
+    type State = SerialState;
+    type Args<'a> = ();
+    type Error = InvalidState;
+
+    fn save(&mut self) -> Result<SerialState, InvalidState> {
         let s = self.uart.state();
-        SerialState {
+        Ok(SerialState {
             regs: [
                 s.baud_divisor_low,
                 s.baud_divisor_high,
@@ -70,12 +94,12 @@ impl SerialConsole {
                 s.modem_status,
                 s.scratch,
             ],
-        }
+        })
     }
 
-    /// Any register values are harmless: the UART only shapes what the
-    /// guest reads back from it.
-    pub fn restore(state: &SerialState) -> Self {
+    /// Any register values are harmless (the UART only shapes what the
+    /// guest reads back from it); one vm-superio refuses is an error.
+    fn restore(_: (), state: &SerialState) -> Result<Self, InvalidState> {
         let [baud_divisor_low, baud_divisor_high, interrupt_enable, interrupt_identification, line_control, line_status, modem_control, modem_status, scratch] =
             state.regs;
         let st = vm_superio::serial::SerialState {
@@ -96,30 +120,9 @@ impl SerialConsole {
             vm_superio::serial::NoEvents,
             BoundedLog::default(),
         ) {
-            Ok(uart) => Self { uart },
-            Err(e) => {
-                tracing::warn!(
-                    "the snapshot's UART state was refused ({e:?}): a fresh UART replaces it"
-                );
-                Self::new()
-            }
+            Ok(uart) => Ok(Self { uart }),
+            Err(e) => Err(InvalidState(format!("the UART state was refused: {e:?}"))),
         }
-    }
-
-    pub fn write(&mut self, offset: u8, value: u8) {
-        // Only a failing writer or trigger can fail, and neither does.
-        let _ = self.uart.write(offset, value);
-    }
-
-    pub fn read(&mut self, offset: u8) -> u8 {
-        self.uart.read(offset)
-    }
-
-    /// The guest's log so far, lossily decoded and trimmed.
-    pub fn log(&self) -> String {
-        String::from_utf8_lossy(&self.uart.writer().0)
-            .trim()
-            .to_string()
     }
 }
 
@@ -145,5 +148,27 @@ mod tests {
         let log = s.log();
         assert_eq!(log.len(), LOG_LIMIT);
         assert!(log.ends_with("the end"));
+    }
+
+    /// Registers the guest set come back from a saved state; the log
+    /// does not.
+    #[test]
+    fn state_round_trips() {
+        let mut s = SerialConsole::new();
+        // Scratch, interrupt enable, and the divisor through DLAB.
+        s.write(7, 0x5a);
+        s.write(1, 0x01);
+        s.write(3, 0x80);
+        s.write(0, 0x0c);
+        s.write(3, 0x03);
+        s.write(0, b'x');
+        let saved = s.save().unwrap();
+        assert_ne!(saved, SerialConsole::new().save().unwrap());
+        let mut back = SerialConsole::restore((), &saved).unwrap();
+        assert_eq!(back.save().unwrap(), saved);
+        assert_eq!(back.read(7), 0x5a);
+        assert_eq!(back.read(1), 0x01);
+        assert_eq!(back.read(3), 0x03);
+        assert_eq!(back.log(), "");
     }
 }

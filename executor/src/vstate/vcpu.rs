@@ -10,6 +10,7 @@ use kvm_bindings::{
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 
 use crate::arch::x86_64::{entry_regs, long_mode_sregs};
+use crate::persist::Persist;
 
 const MSR_IA32_TSC: u32 = 0x10;
 
@@ -91,81 +92,9 @@ impl Vcpu {
         }
     }
 
-    /// Captures the vCPU's state. The vCPU must be stopped after an exit;
-    /// the exit is completed first so the state is consistent.
-    pub fn save(&mut self) -> Result<VcpuState, VcpuError> {
-        // Let KVM finish the instruction that exited (an MMIO store) without
-        // running any guest code: KVM_RUN with immediate_exit returns EINTR.
-        self.fd.set_kvm_immediate_exit(1);
-        let _ = self.fd.run();
-        self.fd.set_kvm_immediate_exit(0);
-        let regs = self
-            .fd
-            .get_regs()
-            .map_err(|e| VcpuError::Save("registers", e))?;
-        let sregs = self
-            .fd
-            .get_sregs()
-            .map_err(|e| VcpuError::Save("special registers", e))?;
-        let xsave = self
-            .fd
-            .get_xsave()
-            .map_err(|e| VcpuError::Save("XSAVE area", e))?
-            .region
-            .to_vec();
-        let xcrs = self.fd.get_xcrs().map_err(|e| VcpuError::Save("XCRs", e))?;
-        let events = self
-            .fd
-            .get_vcpu_events()
-            .map_err(|e| VcpuError::Save("events", e))?;
-        if self.msr_indices.is_empty() {
-            return Err(VcpuError::Invalid(
-                "KVM lists no MSRs, so a snapshot would lose them".into(),
-            ));
-        }
-        let mut msrs = Vec::new();
-        let mut dropped = Vec::new();
-        for &index in &self.msr_indices {
-            let mut one = Msrs::from_entries(&[kvm_msr_entry {
-                index,
-                ..Default::default()
-            }])
-            .expect("one MSR fits");
-            if self.fd.get_msrs(&mut one).ok() != Some(1) {
-                dropped.push(index);
-                continue;
-            }
-            // Keep it only if writing it back works (setting an MSR to its
-            // current value changes nothing).
-            if self.fd.set_msrs(&one).ok() == Some(1) {
-                msrs.push(one.as_slice()[0]);
-            } else {
-                dropped.push(index);
-            }
-        }
-        if !dropped.is_empty() {
-            // The same set every time under one KVM: said once.
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| {
-                tracing::info!(
-                    "{} of {} MSRs KVM lists do not read back and write again here and are not saved: {dropped:x?}",
-                    dropped.len(),
-                    self.msr_indices.len()
-                )
-            });
-        }
-        Ok(VcpuState {
-            regs,
-            sregs,
-            xsave,
-            xcrs,
-            events,
-            msrs,
-        })
-    }
-
-    /// Loads saved state into this (fresh) vCPU, after checking it.
-    pub fn restore(&self, state: &VcpuState) -> Result<(), VcpuError> {
+    /// Loads saved state into this vCPU (fresh, or one being reset in
+    /// place), after checking it.
+    pub fn load(&self, state: &VcpuState) -> Result<(), VcpuError> {
         if state.sregs.cs.dpl != 3 || state.sregs.cs.selector & 3 != 3 {
             return Err(VcpuError::Invalid(
                 "the vCPU was not running at CPL 3".into(),
@@ -449,4 +378,88 @@ pub fn kick(thread: libc::pthread_t) {
     // the last kick), and the signal has a handler installed by
     // `init_kick_signal`, so delivery cannot kill the process.
     unsafe { libc::pthread_kill(thread, kick_signal()) };
+}
+impl Persist for Vcpu {
+    type State = VcpuState;
+    /// A fresh vCPU of the VM being restored.
+    type Args<'a> = Vcpu;
+    type Error = VcpuError;
+
+    /// Captures the vCPU's state. The vCPU must be stopped after an exit;
+    /// the exit is completed first so the state is consistent.
+    fn save(&mut self) -> Result<VcpuState, VcpuError> {
+        // Let KVM finish the instruction that exited (an MMIO store) without
+        // running any guest code: KVM_RUN with immediate_exit returns EINTR.
+        self.fd.set_kvm_immediate_exit(1);
+        let _ = self.fd.run();
+        self.fd.set_kvm_immediate_exit(0);
+        let regs = self
+            .fd
+            .get_regs()
+            .map_err(|e| VcpuError::Save("registers", e))?;
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(|e| VcpuError::Save("special registers", e))?;
+        let xsave = self
+            .fd
+            .get_xsave()
+            .map_err(|e| VcpuError::Save("XSAVE area", e))?
+            .region
+            .to_vec();
+        let xcrs = self.fd.get_xcrs().map_err(|e| VcpuError::Save("XCRs", e))?;
+        let events = self
+            .fd
+            .get_vcpu_events()
+            .map_err(|e| VcpuError::Save("events", e))?;
+        if self.msr_indices.is_empty() {
+            return Err(VcpuError::Invalid(
+                "KVM lists no MSRs, so a snapshot would lose them".into(),
+            ));
+        }
+        let mut msrs = Vec::new();
+        let mut dropped = Vec::new();
+        for &index in &self.msr_indices {
+            let mut one = Msrs::from_entries(&[kvm_msr_entry {
+                index,
+                ..Default::default()
+            }])
+            .expect("one MSR fits");
+            if self.fd.get_msrs(&mut one).ok() != Some(1) {
+                dropped.push(index);
+                continue;
+            }
+            // Keep it only if writing it back works (setting an MSR to its
+            // current value changes nothing).
+            if self.fd.set_msrs(&one).ok() == Some(1) {
+                msrs.push(one.as_slice()[0]);
+            } else {
+                dropped.push(index);
+            }
+        }
+        if !dropped.is_empty() {
+            // The same set every time under one KVM: said once.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::info!(
+                    "{} of {} MSRs KVM lists do not read back and write again here and are not saved: {dropped:x?}",
+                    dropped.len(),
+                    self.msr_indices.len()
+                )
+            });
+        }
+        Ok(VcpuState {
+            regs,
+            sregs,
+            xsave,
+            xcrs,
+            events,
+            msrs,
+        })
+    }
+
+    fn restore(fresh: Vcpu, state: &VcpuState) -> Result<Self, VcpuError> {
+        fresh.load(state)?;
+        Ok(fresh)
+    }
 }

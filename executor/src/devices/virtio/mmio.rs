@@ -7,6 +7,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::DeviceError;
+use crate::persist::{InvalidState, Persist};
 
 const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
 const VENDOR_ID: u32 = 0x544e_4c46; // "FLNT"
@@ -110,9 +111,15 @@ impl MmioTransport {
             q.reset();
         }
     }
+}
 
-    pub fn save(&self) -> TransportState {
-        TransportState {
+impl Persist for MmioTransport {
+    type State = TransportState;
+    type Args<'a> = (MmioTransport, &'a GuestMemoryMmap);
+    type Error = InvalidState;
+
+    fn save(&mut self) -> Result<TransportState, InvalidState> {
+        Ok(TransportState {
             device_features_sel: self.device_features_sel,
             driver_features: self.driver_features,
             driver_features_sel: self.driver_features_sel,
@@ -135,12 +142,23 @@ impl MmioTransport {
                     }
                 })
                 .collect(),
-        }
+        })
     }
 
-    /// Applies saved state to a fresh transport of the same device, checking
-    /// it against what this device offers and against guest memory.
-    pub fn restore(&mut self, state: &TransportState, mem: &GuestMemoryMmap) -> Result<(), String> {
+    /// Applies saved state to `fresh`, a new transport of the same device,
+    /// checking it against what this device offers and against guest
+    /// memory.
+    fn restore(
+        (mut fresh, mem): (MmioTransport, &GuestMemoryMmap),
+        state: &TransportState,
+    ) -> Result<Self, InvalidState> {
+        fresh.load(state, mem).map_err(InvalidState)?;
+        Ok(fresh)
+    }
+}
+
+impl MmioTransport {
+    fn load(&mut self, state: &TransportState, mem: &GuestMemoryMmap) -> Result<(), String> {
         if state.queues.len() != self.queues.len() {
             return Err(format!(
                 "{} queues saved, the device has {}",
@@ -368,11 +386,11 @@ mod tests {
     #[test]
     fn state_round_trips() {
         let m = mem();
-        let t = negotiated(&m);
-        let saved = t.save();
-        let mut back = MmioTransport::new(3, 0, &[16, 16]);
-        back.restore(&saved, &m).unwrap();
-        assert_eq!(back.save(), saved);
+        let mut t = negotiated(&m);
+        let saved = t.save().unwrap();
+        let mut back =
+            MmioTransport::restore((MmioTransport::new(3, 0, &[16, 16]), &m), &saved).unwrap();
+        assert_eq!(back.save().unwrap(), saved);
         assert!(back.features_ok());
         assert_eq!(w(&mut back, &m, reg::QUEUE_NOTIFY, 1).unwrap(), Some(1));
     }
@@ -380,34 +398,34 @@ mod tests {
     #[test]
     fn restore_refuses_bad_state() {
         let m = mem();
-        let good = negotiated(&m).save();
+        let good = negotiated(&m).save().unwrap();
         let fresh = || MmioTransport::new(3, 0, &[16, 16]);
         let mut s = good.clone();
         s.queues.pop();
-        assert!(fresh()
-            .restore(&s, &m)
+        assert!(MmioTransport::restore((fresh(), &m), &s)
             .unwrap_err()
+            .0
             .contains("queues saved"));
         let mut s = good.clone();
         s.driver_features |= 1 << 7;
-        assert!(fresh()
-            .restore(&s, &m)
+        assert!(MmioTransport::restore((fresh(), &m), &s)
             .unwrap_err()
+            .0
             .contains("never offered"));
         let mut s = good.clone();
         s.queues[0].size = 3;
-        assert!(fresh().restore(&s, &m).is_err());
+        assert!(MmioTransport::restore((fresh(), &m), &s).is_err());
         let mut s = good.clone();
         s.queues[1].desc_table = 0xfff_0000;
-        assert!(fresh()
-            .restore(&s, &m)
+        assert!(MmioTransport::restore((fresh(), &m), &s)
             .unwrap_err()
+            .0
             .contains("outside guest memory"));
         let mut s = good;
         s.queues[0].max_size = 1024;
-        assert!(fresh()
-            .restore(&s, &m)
+        assert!(MmioTransport::restore((fresh(), &m), &s)
             .unwrap_err()
+            .0
             .contains("maximum size"));
     }
 

@@ -490,9 +490,8 @@ fn module_invocation(rev: &Revision, env: Vec<(String, String)>) -> Option<Invoc
     Some(Invocation { args, env })
 }
 
-/// How long a function has to write its first byte (a buffered response's
-/// whole run): `responseStartTimeoutSeconds` if shorter, else
-/// `timeoutSeconds`.
+/// How long a function has to write its header block:
+/// `responseStartTimeoutSeconds` if shorter, else `timeoutSeconds`.
 fn first_byte_timeout(rev: &Revision) -> Duration {
     match rev.service.response_start_timeout {
         Some(t) => t.min(rev.service.timeout),

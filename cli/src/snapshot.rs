@@ -229,7 +229,11 @@ pub fn invoke(a: InvokeArgs) -> i32 {
     };
     let mut result = snap.invoke(&invocation, &mut StdIo, &opts);
     if a.memory_backend.is_none() {
-        if let Err(SnapshotError::Uffd(flint_snapshotter::uffd::UffdError::Create(_))) = &result {
+        if let Err(SnapshotError::Uffd(
+            flint_snapshotter::uffd::UffdError::Create(_)
+            | flint_snapshotter::uffd::UffdError::CreateBySystemCall(_),
+        )) = &result
+        {
             // Refused before anything ran: the file backend instead.
             eprintln!(
                 "flint: userfaultfd is not allowed for this user (root, or \

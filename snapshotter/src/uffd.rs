@@ -28,6 +28,10 @@ pub enum UffdError {
         "creating the userfaultfd failed (is it allowed? root, or vm.unprivileged_userfaultfd=1)"
     )]
     Create(#[source] userfaultfd::Error),
+    #[error(
+        "creating the userfaultfd failed (is it allowed? root, or vm.unprivileged_userfaultfd=1)"
+    )]
+    CreateBySystemCall(#[source] std::io::Error),
     #[error("registering guest memory with userfaultfd failed")]
     Register(#[source] userfaultfd::Error),
     #[error("starting the page-fault handler thread failed")]
@@ -113,6 +117,58 @@ impl std::fmt::Debug for UffdBackend {
     }
 }
 
+/// A userfaultfd that serves kernel-mode faults too (KVM reads guest
+/// memory from the kernel). `/dev/userfaultfd` first, as the userfaultfd
+/// crate does; when that device is root's alone, the `userfaultfd(2)`
+/// system call, which a user may make where `vm.unprivileged_userfaultfd`
+/// is 1 (the crate falls back only when the device is missing).
+fn create() -> Result<Uffd, UffdError> {
+    let made = UffdBuilder::new()
+        .close_on_exec(true)
+        .non_blocking(true)
+        .user_mode_only(false)
+        .create();
+    match made {
+        Err(userfaultfd::Error::OpenDevUserfaultfd(e))
+            if e.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            by_system_call()
+        }
+        r => r.map_err(UffdError::Create),
+    }
+}
+
+fn by_system_call() -> Result<Uffd, UffdError> {
+    // SAFETY: userfaultfd(2) takes only flags and returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    if fd < 0 {
+        return Err(UffdError::CreateBySystemCall(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `fd` is the userfaultfd just made, owned by the Uffd alone.
+    let uffd = unsafe { <Uffd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    let mut api = userfaultfd_sys::uffdio_api {
+        api: userfaultfd_sys::UFFD_API,
+        features: 0,
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_API reads and writes the uffdio_api it is given.
+    let r = unsafe {
+        libc::ioctl(
+            fd as i32,
+            userfaultfd_sys::UFFDIO_API as _,
+            &mut api as *mut userfaultfd_sys::uffdio_api,
+        )
+    };
+    if r != 0 {
+        return Err(UffdError::CreateBySystemCall(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(uffd)
+}
+
 impl UffdBackend {
     /// Registers `mem` (anonymous, untouched) and starts serving its faults
     /// from `file`, whose pages `sums` describes.
@@ -122,12 +178,7 @@ impl UffdBackend {
         sums: Arc<PageSums>,
         record: bool,
     ) -> Result<Self, UffdError> {
-        let uffd = UffdBuilder::new()
-            .close_on_exec(true)
-            .non_blocking(true)
-            .user_mode_only(false)
-            .create()
-            .map_err(UffdError::Create)?;
+        let uffd = create()?;
         let region = mem.iter().next().expect("one region");
         let len = vm_memory::GuestMemoryRegion::len(region);
         let host = mem

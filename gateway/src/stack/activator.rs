@@ -6,15 +6,13 @@
 //! many instances as the revision may have), counted by the autoscaler,
 //! while instances are added; past the queue it gets 503.
 
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::{Request, Response, StatusCode};
 
-use super::{guarded, text, Body, BoxFuture};
+use super::{guarded, text, Body, Inner};
 use crate::metrics::labels;
 use crate::registry::Revision;
 use crate::server::Gateway;
@@ -108,19 +106,9 @@ async fn slot(
 
 impl<S> tower::Service<Request<Bytes>> for Activator<S>
 where
-    S: tower::Service<Request<Bytes>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Inner<Bytes>,
 {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
+    super::answers!();
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         let (gw, mut inner) = (self.gw.clone(), self.inner.clone());

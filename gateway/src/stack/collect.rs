@@ -5,14 +5,11 @@
 //! (`tower-http`'s `RequestBodyLimit` does the same but answers with a
 //! body of its own that does not name the limit.)
 
-use std::convert::Infallible;
-use std::task::{Context, Poll};
-
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::{Request, Response, StatusCode};
 
-use super::{text, Body, BoxFuture};
+use super::{text, Body, Inner};
 
 /// Why a body could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -63,22 +60,12 @@ pub struct Collect<S> {
 
 impl<S, B> tower::Service<Request<B>> for Collect<S>
 where
-    S: tower::Service<Request<Bytes>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Inner<Bytes>,
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
+    super::answers!();
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (limit, mut inner) = (self.limit, self.inner.clone());

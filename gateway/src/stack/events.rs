@@ -11,7 +11,6 @@
 //! encoded.
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
 
 use ::cloudevents::Event;
 use bytes::Bytes;
@@ -19,7 +18,7 @@ use http_body_util::BodyExt;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 
-use super::{full, text, Body, BoxFuture};
+use super::{full, text, Body, Inner};
 use crate::cloudevents::{self as ce, Mode};
 
 /// An event's attributes as the function's environment (`CE_ID`, ...),
@@ -183,19 +182,9 @@ where
 
 impl<S> tower::Service<Request<Bytes>> for Events<S>
 where
-    S: tower::Service<Request<Bytes>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Inner<Bytes>,
 {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
+    super::answers!();
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         let this = self.clone();

@@ -5,10 +5,8 @@
 //! function writes it, under Knative's first-byte, idle and whole-run
 //! timeouts. Every run waits for one of the node's run slots first.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,7 +17,7 @@ use hyper::header::{HeaderValue, HOST};
 use hyper::{Request, Response, StatusCode};
 
 use super::events::EventEnv;
-use super::{full, text, Body, BoxFuture, Remote};
+use super::{full, text, Body, Remote};
 use crate::cgi;
 use crate::metrics::labels;
 use crate::registry::{error_chain, Revision};
@@ -39,13 +37,7 @@ impl Function {
 }
 
 impl tower::Service<Request<Bytes>> for Function {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
+    super::answers!();
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         let this = self.clone();

@@ -18,6 +18,26 @@
 //! response (its errors become statuses where they arise), so the stack's
 //! error type is [`Infallible`].
 
+/// The part of `tower::Service` every Flint service of the stack shares:
+/// it answers every request with a response ([`Answer`]) and is always
+/// ready (the node's and the revision's limits are waited for inside a
+/// call, where the request is known).
+macro_rules! answers {
+    () => {
+        type Response = hyper::Response<$crate::stack::Body>;
+        type Error = std::convert::Infallible;
+        type Future = $crate::stack::Answer;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), std::convert::Infallible>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    };
+}
+pub(crate) use answers;
+
 pub mod activator;
 pub mod collect;
 pub mod events;
@@ -50,6 +70,28 @@ pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// A service's future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What every Flint service of the stack returns: a response, always.
+pub type Answer = BoxFuture<Result<Response<Body>, Infallible>>;
+
+/// The service a Flint layer wraps: one that answers every request
+/// (`B`, a whole body below `collect`) with a response, and can be cloned
+/// into the future of a call.
+pub trait Inner<B = Bytes>:
+    tower::Service<Request<B>, Response = Response<Body>, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> Inner<B> for S where
+    S: tower::Service<Request<B>, Response = Response<Body>, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + 'static
+{
+}
 
 /// The client's address, put on each request by the connection.
 #[derive(Debug, Clone, Copy)]

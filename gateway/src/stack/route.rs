@@ -5,16 +5,14 @@
 //! response streams, and in Knative's activator metrics
 //! (`revision_request_count`, `revision_request_latencies`).
 
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use hyper::header::HOST;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, StatusCode};
 
-use super::{guarded, text, Body, BoxFuture};
+use super::{guarded, text, Inner};
 use crate::metrics::labels;
 use crate::server::Gateway;
 
@@ -68,20 +66,10 @@ impl Drop for InFlight {
 
 impl<S, B> tower::Service<Request<B>> for Route<S>
 where
-    S: tower::Service<Request<B>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Inner<B>,
     B: Send + 'static,
 {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
+    super::answers!();
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let gw = self.gw.clone();

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::{Request, Response, StatusCode};
+use tower::ServiceExt;
 
 use super::{guarded, text, Body, Inner};
 use crate::metrics::labels;
@@ -111,7 +112,7 @@ where
     super::answers!();
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
-        let (gw, mut inner) = (self.gw.clone(), self.inner.clone());
+        let (gw, inner) = (self.gw.clone(), self.inner.clone());
         Box::pin(async move {
             let Some(rev) = req.extensions().get::<Arc<Revision>>().cloned() else {
                 return Ok(super::no_revision());
@@ -120,7 +121,7 @@ where
                 Ok(p) => p,
                 Err(e) => return Ok(e.response()),
             };
-            let resp = inner.call(req).await?;
+            let resp = inner.oneshot(req).await?;
             Ok(resp.map(|b| guarded(b, permit)))
         })
     }

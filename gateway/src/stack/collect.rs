@@ -8,6 +8,7 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::{Request, Response, StatusCode};
+use tower::ServiceExt;
 
 use super::{text, Body, Inner};
 
@@ -68,7 +69,7 @@ where
     super::answers!();
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let (limit, mut inner) = (self.limit, self.inner.clone());
+        let (limit, inner) = (self.limit, self.inner.clone());
         Box::pin(async move {
             let (parts, body) = req.into_parts();
             let body = match Limited::new(body, limit).collect().await {
@@ -85,7 +86,7 @@ where
                     return Ok(err.response());
                 }
             };
-            inner.call(Request::from_parts(parts, body)).await
+            inner.oneshot(Request::from_parts(parts, body)).await
         })
     }
 }

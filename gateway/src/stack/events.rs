@@ -10,13 +10,12 @@
 //! replies are read whole (bounded by the response size cap) to be
 //! encoded.
 
-use std::convert::Infallible;
-
 use ::cloudevents::Event;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
+use tower::ServiceExt;
 
 use super::{full, text, Body, Inner};
 use crate::cloudevents::{self as ce, Mode};
@@ -143,17 +142,14 @@ async fn read_reply(
     }
 }
 
-impl<S> Events<S>
-where
-    S: tower::Service<Request<Bytes>, Response = Response<Body>, Error = Infallible>,
-{
-    async fn answer(mut self, req: Request<Bytes>, mode: Mode) -> Result<Response<Body>, Error> {
+impl<S: Inner> Events<S> {
+    async fn answer(self, req: Request<Bytes>, mode: Mode) -> Result<Response<Body>, Error> {
         let events = ce::parse(mode, req.headers(), req.body()).map_err(Error::Request)?;
         if mode == Mode::Binary {
             let Some(event) = events.first() else {
                 return Ok(encode(mode, Vec::new(), StatusCode::OK, None));
             };
-            let Ok(resp) = self.inner.call(event_request(&req, event)).await;
+            let Ok(resp) = self.inner.clone().oneshot(event_request(&req, event)).await;
             if resp.status().as_u16() >= 300 {
                 return Ok(resp);
             }
@@ -164,7 +160,7 @@ where
         }
         let (mut replies, mut status, mut plain) = (Vec::new(), StatusCode::OK, None);
         for event in &events {
-            let Ok(resp) = self.inner.call(event_request(&req, event)).await;
+            let Ok(resp) = self.inner.clone().oneshot(event_request(&req, event)).await;
             if resp.status().as_u16() >= 300 {
                 return Ok(resp);
             }
@@ -190,8 +186,7 @@ where
         let this = self.clone();
         Box::pin(async move {
             let Some(mode) = ce::detect(req.headers()) else {
-                let mut inner = this.inner;
-                return inner.call(req).await;
+                return this.inner.oneshot(req).await;
             };
             Ok(this
                 .answer(req, mode)
@@ -204,6 +199,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::convert::Infallible;
     use tower::{Service, ServiceExt};
 
     /// A function that answers every request with `status`, `headers` and

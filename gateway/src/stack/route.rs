@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use hyper::header::HOST;
 use hyper::{Request, StatusCode};
+use tower::ServiceExt;
 
 use super::{guarded, text, Inner};
 use crate::metrics::labels;
@@ -73,9 +74,8 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let gw = self.gw.clone();
-        // The clone is ready as the inner service always is (tower's
-        // clone-then-call rule for a service used from a future).
-        let mut inner = self.inner.clone();
+        // Called from the future: a clone, made ready there (`oneshot`).
+        let inner = self.inner.clone();
         Box::pin(async move {
             let host = host(&req);
             let Some(rev) = gw.registry.resolve(&host, &gw.settings.domain) else {
@@ -88,7 +88,7 @@ where
             gw.inflight.fetch_add(1, Ordering::SeqCst);
             let counted = InFlight(gw.clone());
             let start = Instant::now();
-            let resp = inner.call(req).await?;
+            let resp = inner.oneshot(req).await?;
             let code = resp.status().as_u16().to_string();
             let class = format!("{}xx", &code[..1]);
             let l = labels(&[

@@ -31,8 +31,9 @@ pub struct ServeArgs {
     /// `--user root` keeps root.
     #[arg(long)]
     user: Option<String>,
-    /// Serve without the process-wide seccomp filter (for debugging a
-    /// refused call; the vCPU threads keep theirs).
+    /// Serve without the process-wide seccomp filter and Landlock file
+    /// sandbox (for debugging a refused call; the vCPU threads keep their
+    /// filter).
     #[arg(long)]
     no_seccomp: bool,
     /// Where revisions' snapshots are kept.
@@ -100,7 +101,7 @@ pub fn main(a: ServeArgs) -> i32 {
         max_body_bytes: a.max_body_bytes,
         state_dir: a.state_dir.clone(),
         policy: flint_gateway::Policy {
-            image_root,
+            image_root: image_root.clone(),
             max_module_bytes: a.max_module_bytes,
             max_instances: a.max_instances.unwrap_or_else(instances_ram_holds),
             max_running: a
@@ -149,6 +150,49 @@ pub fn main(a: ServeArgs) -> i32 {
             }
         }
     }
+    // Whom to become, looked up now: the file sandbox below leaves
+    // /etc/passwd out of reach.
+    let spec = a
+        .admin
+        .clone()
+        .unwrap_or_else(|| format!("unix:{}", a.state_dir.join("admin.sock").display()));
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let run_as = match run_as(euid, a.user.as_deref(), user_exists(DEFAULT_USER)) {
+        RunAs::User(user) => match lookup(user) {
+            Ok(ids) => Some((user.to_string(), ids)),
+            Err(e) => {
+                eprintln!("flint: cannot run as {user}: {e}");
+                return exit::FLINT_ERROR;
+            }
+        },
+        RunAs::RootUnasked => {
+            eprintln!(
+                "flint: warning: serving as root; create the {DEFAULT_USER} user (scripts/setup \
+                 does) or pass --user NAME to drop privileges"
+            );
+            None
+        }
+        RunAs::Itself => None,
+    };
+    // Every thread from here on (the runtime's, the VMs') is in the file
+    // sandbox: the state directory, the image root to read, the devices a
+    // VM uses, the admin socket's directory and token file.
+    if !a.no_seccomp {
+        match file_sandbox(&a, &image_root, &spec)
+            .and_then(|r| r.enforce().map_err(|e| e.to_string()))
+        {
+            Ok(flint_executor::landlock::Enforced::Fully) => {}
+            Ok(how) => eprintln!(
+                "flint: warning: this kernel enforces the Landlock file sandbox {how:?}: \
+                 flint serve reaches more host files than it should"
+            ),
+            Err(e) => {
+                eprintln!("flint: cannot confine flint serve's file access: {e}");
+                return exit::FLINT_ERROR;
+            }
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -174,10 +218,6 @@ pub fn main(a: ServeArgs) -> i32 {
                 return exit::FLINT_ERROR;
             }
         };
-        let spec = a
-            .admin
-            .clone()
-            .unwrap_or_else(|| format!("unix:{}", a.state_dir.join("admin.sock").display()));
         let admin_api = match admin_listener(&spec, a.admin_token_file.as_deref()).await {
             Ok(l) => l,
             Err(e) => {
@@ -185,19 +225,10 @@ pub fn main(a: ServeArgs) -> i32 {
                 return exit::USAGE;
             }
         };
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
-        match run_as(euid, a.user.as_deref(), user_exists(DEFAULT_USER)) {
-            RunAs::Itself => {}
-            RunAs::RootUnasked => eprintln!(
-                "flint: warning: serving as root; create the {DEFAULT_USER} user (scripts/setup \
-                 does) or pass --user NAME to drop privileges"
-            ),
-            RunAs::User(user) => {
-                if let Err(e) = drop_privileges(user, &a.state_dir) {
-                    eprintln!("flint: cannot run as {user}: {e}");
-                    return exit::FLINT_ERROR;
-                }
+        if let Some((user, (uid, gid))) = &run_as {
+            if let Err(e) = drop_privileges(*uid, *gid, &a.state_dir) {
+                eprintln!("flint: cannot run as {user}: {e}");
+                return exit::FLINT_ERROR;
             }
         }
         use tokio::signal::unix::{signal, SignalKind};
@@ -315,11 +346,8 @@ fn user_exists(user: &str) -> bool {
     !unsafe { libc::getpwnam(name.as_ptr()) }.is_null()
 }
 
-/// Becomes `user` for good: KVM is opened first (every VM then uses that
-/// fd), the state directory is handed to the user (later applies write
-/// there), then the gid, the (empty) supplementary groups and the uid
-/// change, which leaves no capability, and no_new_privs is set.
-fn drop_privileges(user: &str, state_dir: &std::path::Path) -> Result<(), String> {
+/// `user`'s uid and gid.
+fn lookup(user: &str) -> Result<(u32, u32), String> {
     let name = std::ffi::CString::new(user).map_err(|_| "bad user name".to_string())?;
     // SAFETY: getpwnam reads a NUL-terminated name; the record it returns
     // is read at once, before any other call that could reuse it.
@@ -328,7 +356,45 @@ fn drop_privileges(user: &str, state_dir: &std::path::Path) -> Result<(), String
         return Err(format!("no user {user:?}"));
     }
     // SAFETY: `pw` is the non-null record just returned.
-    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+/// What `flint serve`'s threads may open (Landlock): its state directory
+/// (snapshots, Linux images' roots, the admin socket), the image root to
+/// read, the devices a VM uses, the admin socket's own directory and the
+/// token file if they lie elsewhere, and `/proc` and `/sys` to read. The
+/// directories are made first: a rule names an existing one.
+fn file_sandbox(
+    a: &ServeArgs,
+    image_root: &std::path::Path,
+    admin: &str,
+) -> Result<flint_executor::landlock::Reach, String> {
+    use flint_executor::landlock::{Reach, DEVICES};
+    std::fs::create_dir_all(&a.state_dir)
+        .map_err(|e| format!("creating {}: {e}", a.state_dir.display()))?;
+    let mut read_write = vec![a.state_dir.clone()];
+    if let Some(dir) = admin
+        .strip_prefix("unix:")
+        .and_then(|p| std::path::Path::new(p).parent())
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        read_write.push(dir.to_path_buf());
+    }
+    read_write.extend(DEVICES.iter().map(PathBuf::from));
+    let mut read_only = vec![image_root.to_path_buf(), "/proc".into(), "/sys".into()];
+    read_only.extend(a.admin_token_file.clone());
+    Ok(Reach {
+        read_write,
+        read_only,
+    })
+}
+
+/// Becomes the user `uid`, `gid` for good: KVM is opened first (every VM then uses that
+/// fd), the state directory is handed to the user (later applies write
+/// there), then the gid, the (empty) supplementary groups and the uid
+/// change, which leaves no capability, and no_new_privs is set.
+fn drop_privileges(uid: u32, gid: u32, state_dir: &std::path::Path) -> Result<(), String> {
     flint_executor::vstate::vm::preopen_kvm().map_err(|e| e.to_string())?;
     flint_executor::vstate::vm::preopen_pagemap()
         .map_err(|e| format!("opening /proc/self/pagemap: {e}"))?;

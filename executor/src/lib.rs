@@ -18,6 +18,7 @@ pub mod arch;
 pub mod devices;
 mod error;
 mod io;
+pub mod landlock;
 mod loader;
 mod machine;
 pub mod persist;

@@ -42,6 +42,19 @@ fn pipe() -> std::io::Result<(File, OwnedFd)> {
     Ok(unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// An anonymous in-memory file.
+fn memfd(name: &str) -> std::io::Result<File> {
+    let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: memfd_create reads a NUL-terminated name and returns a new
+    // descriptor.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
 /// Runs `f` once, blocking: `env` (the CGI variables, over the image's
 /// own) and `stdin` in; each stdout chunk sent on `out` as it is written.
 /// The run ends at `timeout`, or soon after `abort` is raised (the
@@ -55,7 +68,9 @@ pub fn run(
     out: UnboundedSender<Bytes>,
     abort: &Arc<AtomicBool>,
 ) -> std::io::Result<LinuxEnd> {
-    let mut input = tempfile::tempfile()?;
+    // In memory, not a file in TMPDIR: the process reaches no directory
+    // but its own (its Landlock domain).
+    let mut input = memfd("flint-stdin")?;
     input.write_all(stdin)?;
     input.rewind()?;
     let (mut out_r, out_w) = pipe()?;

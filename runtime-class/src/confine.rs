@@ -23,11 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Mutex, OnceLock};
 
-use landlock::{
-    path_beneath_rules, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
-};
-
+use flint_executor::landlock::{Enforced, Reach, DEVICES};
 use flint_executor::seccomp::{confine_from_here, SERVICE_BASE, VCPU_BASE};
 
 /// What a shim needs beyond a service process's calls (`SERVICE_BASE`), a
@@ -76,92 +72,29 @@ type Job = Box<dyn FnOnce() + Send>;
 
 static OUTSIDE: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
 
-/// The device nodes a filtered thread may open: KVM, userfaultfd, and the
-/// host devices the Linux layer backs a program's `/dev` files with.
-const DEVICES: &[&str] = &[
-    "/dev/kvm",
-    "/dev/userfaultfd",
-    "/dev/null",
-    "/dev/zero",
-    "/dev/full",
-    "/dev/random",
-    "/dev/urandom",
-];
-
-/// The Landlock ABI the rules are written for (Linux 6.15): file access,
-/// device ioctls, and the signal and abstract-socket scopes. An older
-/// kernel enforces what it knows ([`Reach::enforce`] says how much).
-const LANDLOCK_ABI: ABI = ABI::V7;
-
-/// What the filtered threads may open.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reach {
-    /// Anything beneath these (directories) or these (files).
-    pub read_write: Vec<PathBuf>,
-    /// Reading beneath these.
-    pub read_only: Vec<PathBuf>,
-}
-
-/// How much of a [`Reach`] the kernel enforces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Enforced {
-    Fully,
-    Partly,
-    /// The kernel has no Landlock (or it is disabled at boot).
-    Not,
-}
-
-impl Reach {
-    /// A serving shim's reach, from its bundle (its working directory when
-    /// containerd starts it): the directory holding this namespace's
-    /// bundles, where every container of the pod gets its own (containerd
-    /// makes `STATE/NAMESPACE/ID`); the snapshot cache `cache`; the
-    /// directory of shim sockets (`sockets`), where the serving shim binds
-    /// its own; the [`DEVICES`]; `/proc` and `/sys` to read. A directory
-    /// that is not a bundle (no `config.json`) is the only one reached,
-    /// never its parent.
-    pub fn for_shim(bundle: &Path, cache: &Path, sockets: Option<&Path>) -> Self {
-        let tasks = match bundle.parent() {
-            Some(p) if bundle.join("config.json").is_file() && p.parent().is_some() => p,
-            _ => bundle,
-        };
-        let mut read_write = vec![tasks.to_path_buf(), cache.to_path_buf()];
-        read_write.extend(
-            sockets
-                .filter(|s| s.parent().is_some())
-                .map(Path::to_path_buf),
-        );
-        read_write.extend(DEVICES.iter().map(PathBuf::from));
-        Self {
-            read_write,
-            read_only: vec!["/proc".into(), "/sys".into()],
-        }
-    }
-
-    /// Puts the calling thread (and every thread it makes from now on) in
-    /// a Landlock domain that reaches only these paths and cannot signal or
-    /// reach abstract sockets outside it. Paths that do not exist are left
-    /// out. Sets `no_new_privs`.
-    pub fn enforce(&self) -> Result<Enforced, landlock::RulesetError> {
-        let status = Ruleset::default()
-            .set_compatibility(CompatLevel::BestEffort)
-            .handle_access(AccessFs::from_all(LANDLOCK_ABI))?
-            .scope(Scope::from_all(LANDLOCK_ABI))?
-            .create()?
-            .add_rules(path_beneath_rules(
-                &self.read_write,
-                AccessFs::from_all(LANDLOCK_ABI),
-            ))?
-            .add_rules(path_beneath_rules(
-                &self.read_only,
-                AccessFs::from_read(LANDLOCK_ABI),
-            ))?
-            .restrict_self()?;
-        Ok(match status.ruleset {
-            RulesetStatus::FullyEnforced => Enforced::Fully,
-            RulesetStatus::PartiallyEnforced => Enforced::Partly,
-            RulesetStatus::NotEnforced => Enforced::Not,
-        })
+/// A serving shim's reach, from its bundle (its working directory when
+/// containerd starts it): the directory holding this namespace's
+/// bundles, where every container of the pod gets its own (containerd
+/// makes `STATE/NAMESPACE/ID`); the snapshot cache `cache`; the
+/// directory of shim sockets (`sockets`), where the serving shim binds
+/// its own; the [`DEVICES`]; `/proc` and `/sys` to read. A directory
+/// that is not a bundle (no `config.json`) is the only one reached,
+/// never its parent.
+pub fn shim_reach(bundle: &Path, cache: &Path, sockets: Option<&Path>) -> Reach {
+    let tasks = match bundle.parent() {
+        Some(p) if bundle.join("config.json").is_file() && p.parent().is_some() => p,
+        _ => bundle,
+    };
+    let mut read_write = vec![tasks.to_path_buf(), cache.to_path_buf()];
+    read_write.extend(
+        sockets
+            .filter(|s| s.parent().is_some())
+            .map(Path::to_path_buf),
+    );
+    read_write.extend(DEVICES.iter().map(PathBuf::from));
+    Reach {
+        read_write,
+        read_only: vec!["/proc".into(), "/sys".into()],
     }
 }
 
@@ -226,9 +159,9 @@ mod tests {
         std::fs::create_dir(&bundle).unwrap();
         let cache = tasks.path().join("cache");
         // Not a bundle yet: only the directory itself.
-        assert_eq!(Reach::for_shim(&bundle, &cache, None).read_write[0], bundle);
+        assert_eq!(shim_reach(&bundle, &cache, None).read_write[0], bundle);
         std::fs::write(bundle.join("config.json"), "{}").unwrap();
-        let reach = Reach::for_shim(&bundle, &cache, Some(Path::new("/")));
+        let reach = shim_reach(&bundle, &cache, Some(Path::new("/")));
         assert_eq!(reach.read_write[..2], [tasks.path().to_path_buf(), cache]);
         // `/` is never a socket directory reached.
         assert!(!reach.read_write.contains(&PathBuf::from("/")));
@@ -252,7 +185,7 @@ mod tests {
         std::fs::write(tasks.path().join("pod-2/rootfs/etc/passwd"), "root:x:0:0\n").unwrap();
         let host = tempfile::tempdir().unwrap();
         std::fs::write(host.path().join("secret"), "no").unwrap();
-        let reach = Reach::for_shim(&bundle, &tasks.path().join("cache"), None);
+        let reach = shim_reach(&bundle, &tasks.path().join("cache"), None);
         let (tasks_dir, host_dir) = (tasks.path().to_path_buf(), host.path().to_path_buf());
         std::thread::spawn(move || {
             assert_eq!(reach.enforce().unwrap(), Enforced::Fully);

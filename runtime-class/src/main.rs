@@ -129,12 +129,12 @@ fn main() {
         // `-socket`, in containerd's socket directory) once it serves.
         let socket = flags.socket.trim_start_matches("unix://");
         let sockets = std::path::Path::new(socket).parent();
-        match confine::confine(&confine::Reach::for_shim(&bundle, &cache, sockets)) {
-            Ok(confine::Enforced::Fully) => {}
+        match confine::confine(&confine::shim_reach(&bundle, &cache, sockets)) {
+            Ok(flint_executor::landlock::Enforced::Fully) => {}
             Ok(how) => eprintln!(
                 "containerd-shim-flint-v2: warning: this kernel enforces the shim's Landlock \
                  file sandbox {}: its filtered threads reach more host files than they should",
-                if how == confine::Enforced::Partly {
+                if how == flint_executor::landlock::Enforced::Partly {
                     "in part (an ABI before 7)"
                 } else {
                     "not at all"

@@ -18,6 +18,7 @@
 use cloudevents::event::{AttributeValue, ExtensionValue};
 use cloudevents::{AttributesReader, Data, Event, EventBuilder, EventBuilderV10};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, CONTROLS};
 
 pub const STRUCTURED: &str = "application/cloudevents+json";
 pub const BATCH: &str = "application/cloudevents-batch+json";
@@ -62,7 +63,18 @@ pub fn detect(headers: &HeaderMap) -> Option<Mode> {
     }
 }
 
-/// Undoes an RFC 7230 quoted-string, then one round of percent-decoding.
+/// What the binding percent-encodes in a header value: space, `"`, `%`,
+/// and everything outside printable ASCII (`percent-encoding` always
+/// encodes non-ASCII bytes; `CONTROLS` adds 0x00-0x1F and 0x7F).
+const HEADER_ENCODE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+
+/// Undoes an RFC 7230 quoted-string, then one round of percent-decoding;
+/// a malformed `%` escape, or escapes that decode to bytes invalid in
+/// UTF-8 (the binding's overlong `%C0%A0`), are refused, as the binding
+/// says they MUST be. Raw non-ASCII bytes, which the binding never sends
+/// but HTTP clients that do not percent-encode do (the Python SDK's
+/// through urllib), are read as UTF-8 if they are, else as ISO-8859-1,
+/// HTTP's historical reading of such octets.
 pub fn decode_header(raw: &[u8]) -> Result<String, CeError> {
     let mut bytes = raw.to_vec();
     if bytes.len() >= 2 && bytes[0] == b'"' && bytes[bytes.len() - 1] == b'"' {
@@ -78,44 +90,29 @@ pub fn decode_header(raw: &[u8]) -> Result<String, CeError> {
         }
         bytes = out;
     }
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
+    // `percent_decode` leaves a bad escape as it is; the binding has no
+    // such thing.
+    let malformed = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !bytes
                 .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            match hex {
-                Some(b) => {
-                    out.push(b);
-                    i += 3;
-                    continue;
-                }
-                None => return Err(invalid("a header has a malformed percent-encoding")),
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if malformed {
+        return Err(invalid("a header has a malformed percent-encoding"));
     }
-    // UTF-8 as the binding requires; failing that, ISO-8859-1, which is how
-    // HTTP libraries that do not percent-encode put non-ASCII on the wire.
-    Ok(String::from_utf8(out)
-        .unwrap_or_else(|e| e.into_bytes().iter().map(|&b| b as char).collect()))
+    let raw = String::from_utf8(bytes)
+        .unwrap_or_else(|e| e.into_bytes().iter().map(|&b| b as char).collect());
+    percent_decode(raw.as_bytes())
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| invalid("a header value is not UTF-8 once percent-decoded"))
 }
 
-/// Percent-encodes what the binding requires: space, `"`, `%`, and
-/// everything outside printable ASCII.
+/// Percent-encodes what the binding requires ([`HEADER_ENCODE`]), with
+/// upper-case hex digits as it recommends.
 pub fn encode_header(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, HEADER_ENCODE).to_string()
 }
 
 /// Builds an event from decoded `ce-*` attributes and the body.
@@ -448,10 +445,29 @@ mod tests {
             "quoted \"x\" A"
         );
         assert!(decode_header(b"bad%zz").is_err());
+        assert!(decode_header(b"cut%4").is_err());
+        assert_eq!(decode_header(b"%e2%82%ac").unwrap(), "€", "lower-case hex");
         assert_eq!(
-            decode_header(b"na\xefve").unwrap(),
+            decode_header(b"%41bc").unwrap(),
+            "Abc",
+            "needlessly encoded"
+        );
+        // Escapes that decode to invalid UTF-8 are refused: the spec's
+        // overlong space, a lone continuation byte, a cut sequence.
+        for bad in [&b"%C0%A0"[..], b"%80", b"%E2%82"] {
+            assert!(decode_header(bad).is_err(), "{bad:?}");
+        }
+        // Raw non-ASCII as sent by clients that do not percent-encode.
+        assert_eq!(decode_header(b"na\xefve").unwrap(), "naïve", "ISO-8859-1");
+        assert_eq!(
+            decode_header("naïve".as_bytes()).unwrap(),
             "naïve",
-            "raw ISO-8859-1 is accepted"
+            "raw UTF-8"
+        );
+        assert_eq!(
+            encode_header("Euro \u{20AC} \u{1F600}"),
+            "Euro%20%E2%82%AC%20%F0%9F%98%80",
+            "the binding's own example"
         );
     }
 

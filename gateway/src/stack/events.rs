@@ -312,6 +312,13 @@ mod tests {
         req.headers_mut().remove("ce-source");
         let (resp, _) = answer(function(200, REPLY, ""), req).await;
         assert_eq!(resp.status(), 400);
+        // An attribute that is not UTF-8 once percent-decoded.
+        let mut req = binary_event("{}");
+        req.headers_mut()
+            .insert("ce-subject", HeaderValue::from_static("%C0%A0"));
+        let (resp, body) = answer(function(200, REPLY, ""), req).await;
+        assert_eq!(resp.status(), 400);
+        assert!(String::from_utf8_lossy(&body).contains("not UTF-8"));
     }
 
     #[tokio::test]

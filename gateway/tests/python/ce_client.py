@@ -35,7 +35,8 @@ event = CloudEvent(
     {"hello": "wörld"},
 )
 
-# Binary mode: the SDK percent-encodes the subject; the reply comes back binary.
+# Binary mode: the SDK sends the subject unencoded (urllib puts it on the wire
+# as ISO-8859-1) and the gateway still reads it; the reply comes back binary.
 headers, body = to_binary(event)
 status, rheaders, rbody = post(headers, body)
 check(status == 200, f"binary status {status} {rbody!r}")

@@ -172,51 +172,31 @@ mod tests {
         );
     }
 
-    /// The domain really confines a thread, even one running as root: a
-    /// sibling bundle's files open, the host's other files do not.
+    /// The shim's own domain, enforced on a thread (the mechanism has its
+    /// test in `flint_executor::landlock`): another pod's bundle in the
+    /// namespace opens, a file beside the namespace's directory does not.
     #[test]
-    fn a_confined_thread_opens_only_what_it_reaches() {
-        let tasks = tempfile::tempdir().unwrap();
+    fn the_shim_reaches_its_namespaces_bundles_only() {
+        let top = tempfile::tempdir().unwrap();
+        let tasks = top.path().join("k8s.io");
         for d in ["pod-1", "pod-2/rootfs/etc"] {
-            std::fs::create_dir_all(tasks.path().join(d)).unwrap();
+            std::fs::create_dir_all(tasks.join(d)).unwrap();
         }
-        let bundle = tasks.path().join("pod-1");
+        let bundle = tasks.join("pod-1");
         std::fs::write(bundle.join("config.json"), "{}").unwrap();
-        std::fs::write(tasks.path().join("pod-2/rootfs/etc/passwd"), "root:x:0:0\n").unwrap();
-        let host = tempfile::tempdir().unwrap();
-        std::fs::write(host.path().join("secret"), "no").unwrap();
-        let reach = shim_reach(&bundle, &tasks.path().join("cache"), None);
-        let (tasks_dir, host_dir) = (tasks.path().to_path_buf(), host.path().to_path_buf());
+        std::fs::write(tasks.join("pod-2/rootfs/etc/passwd"), "root:x:0:0\n").unwrap();
+        std::fs::write(top.path().join("other-namespace"), "no").unwrap();
+        let reach = shim_reach(&bundle, &top.path().join("cache"), None);
+        let top_dir = top.path().to_path_buf();
         std::thread::spawn(move || {
             assert_eq!(reach.enforce().unwrap(), Enforced::Fully);
-            let own = std::fs::read_to_string(tasks_dir.join("pod-2/rootfs/etc/passwd"));
+            let own = std::fs::read_to_string(tasks.join("pod-2/rootfs/etc/passwd"));
             assert_eq!(own.unwrap(), "root:x:0:0\n");
-            std::fs::write(tasks_dir.join("pod-2/new"), "made").unwrap();
-            let kvm = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/kvm");
-            assert!(kvm.is_ok(), "{kvm:?}");
-            assert!(std::fs::read_to_string("/proc/self/status").is_ok());
-            for outside in [host_dir.join("secret"), "/etc/passwd".into()] {
-                let e = std::fs::read(&outside).unwrap_err();
-                assert_eq!(
-                    e.kind(),
-                    std::io::ErrorKind::PermissionDenied,
-                    "{outside:?}"
-                );
-            }
-            let e = std::fs::write(host_dir.join("planted"), "x").unwrap_err();
-            assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
-            let e = std::fs::write("/proc/self/comm", "x").unwrap_err();
+            std::fs::write(tasks.join("pod-2/new"), "made").unwrap();
+            let e = std::fs::read(top_dir.join("other-namespace")).unwrap_err();
             assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
         })
         .join()
         .unwrap();
-        // The thread that made the domain is gone; this one was never in it.
-        assert_eq!(
-            std::fs::read_to_string(host.path().join("secret")).unwrap(),
-            "no"
-        );
     }
 }

@@ -126,7 +126,7 @@ const H2_KEEPALIVE: Duration = Duration::from_secs(20);
 /// that asked for it) with the data plane's HTTP/2 settings, watched by
 /// the gateway's drain as other connections are.
 async fn serve_h2c(
-    gw: Arc<Gateway>,
+    stack: DataPlane,
     remote: SocketAddr,
     up: h2c::Upgrade,
     watcher: Option<hyper_util::server::graceful::Watcher>,
@@ -134,7 +134,7 @@ async fn serve_h2c(
     let Some(io) = h2c::connection(up, HEADER_READ_TIMEOUT).await else {
         return;
     };
-    let svc = connection_service(crate::stack::data_plane(gw), remote);
+    let svc = connection_service(stack, remote);
     let mut b = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
     b.timer(hyper_util::rt::TokioTimer::new())
         .max_concurrent_streams(H2_MAX_STREAMS)
@@ -161,10 +161,17 @@ fn connection_service(
     Error = Infallible,
     Future = impl std::future::Future<Output = Result<Response<Body>, Infallible>> + Send,
 > + Clone {
-    service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(Remote(remote));
-        stack.clone().oneshot(req)
-    })
+    service_fn(move |req| through(&stack, remote, req))
+}
+
+/// Runs `req`, from `remote`, through the stack.
+fn through(
+    stack: &DataPlane,
+    remote: SocketAddr,
+    mut req: Request<Incoming>,
+) -> tower::util::Oneshot<DataPlane, Request<Incoming>> {
+    req.extensions_mut().insert(Remote(remote));
+    stack.clone().oneshot(req)
 }
 
 /// Accepts a connection; when the process is out of fds (EMFILE, ENFILE)
@@ -234,6 +241,8 @@ pub async fn serve_with_admin(
         spawn_admin(gw.clone(), limit.clone(), a, Port::Admin(token));
     }
     let scaler = tokio::spawn(autoscale(gw.clone()));
+    // One stack for every connection: each clones it.
+    let stack = crate::stack::data_plane(gw.clone());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -244,21 +253,19 @@ pub async fn serve_with_admin(
                     _ = &mut shutdown => break,
                 };
                 let Some((stream, remote)) = accepted else { continue };
-                let gw = gw.clone();
-                let stack = crate::stack::data_plane(gw.clone());
+                let stack = stack.clone();
                 // An h2c upgrade hands the connection on to an HTTP/2
                 // server, which the drain watches with this.
                 let upgraded = Arc::new(std::sync::Mutex::new(Some(graceful.watcher())));
                 let svc = service_fn(move |mut req: Request<Incoming>| {
-                    let (gw, upgraded, stack) = (gw.clone(), upgraded.clone(), stack.clone());
+                    let (upgraded, stack) = (upgraded.clone(), stack.clone());
                     async move {
                         if let Some(up) = h2c::take(&mut req) {
                             let w = upgraded.lock().unwrap_or_else(|e| e.into_inner()).take();
-                            tokio::spawn(serve_h2c(gw, remote, up, w));
+                            tokio::spawn(serve_h2c(stack, remote, up, w));
                             return Ok::<_, Infallible>(h2c::switching());
                         }
-                        req.extensions_mut().insert(Remote(remote));
-                        stack.oneshot(req).await
+                        through(&stack, remote, req).await
                     }
                 });
                 let watcher = graceful.watcher();

@@ -200,7 +200,7 @@ where
 mod tests {
     use super::*;
     use std::convert::Infallible;
-    use tower::{Service, ServiceExt};
+    use tower::ServiceExt;
 
     /// A function that answers every request with `status`, `headers` and
     /// `body`, and says what it got in `x-got-data` and `x-got-id`.
@@ -208,14 +208,7 @@ mod tests {
         status: u16,
         headers: &'static [(&'static str, &'static str)],
         body: &'static str,
-    ) -> impl Service<
-        Request<Bytes>,
-        Response = Response<Body>,
-        Error = Infallible,
-        Future = impl Send,
-    > + Clone
-           + Send
-           + 'static {
+    ) -> impl Inner {
         tower::service_fn(move |req: Request<Bytes>| async move {
             let mut r = Response::new(full(body));
             *r.status_mut() = StatusCode::from_u16(status).unwrap();
@@ -254,17 +247,7 @@ mod tests {
         r
     }
 
-    async fn answer(
-        svc: impl Service<
-                Request<Bytes>,
-                Response = Response<Body>,
-                Error = Infallible,
-                Future = impl Send,
-            > + Clone
-            + Send
-            + 'static,
-        req: Request<Bytes>,
-    ) -> (Response<()>, Vec<u8>) {
+    async fn answer(svc: impl Inner, req: Request<Bytes>) -> (Response<()>, Vec<u8>) {
         let resp = EventsLayer.layer(svc).oneshot(req).await.unwrap();
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.unwrap().to_bytes().to_vec();

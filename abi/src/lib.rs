@@ -45,7 +45,16 @@ pub struct BootInfo {
     pub stack_top: u64,
     /// Base of the data channel's virtio-mmio register window.
     pub mmio_base: u64,
+    /// [`BOOT_COMPILE_EAGERLY`] or 0.
+    pub flags: u64,
 }
+
+/// [`BootInfo::flags`]: translate every function of the module before the
+/// ready point, not each on its first call. A VM that is snapshotted at its
+/// ready point (or kept and reset there) then starts every invocation with
+/// the module's code translated; a VM booted for one run translates only
+/// what that run calls.
+pub const BOOT_COMPILE_EAGERLY: u64 = 1;
 
 /// The guest's clock source. The VMM writes it at boot and on every restore,
 /// so a restored guest reads the time of its restore, not its snapshot.

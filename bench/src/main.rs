@@ -102,7 +102,7 @@ fn cold(iterations: usize) -> Result<()> {
             );
         }
         if i > 0 {
-            runs.push((r.phases, r.guest_resident_bytes));
+            runs.push((r.phases, r.guest_resident_bytes.unwrap_or_default()));
         }
     }
     let phase = |f: fn(&Phases) -> Duration| median(runs.iter().map(|(p, _)| ms(f(p))).collect());

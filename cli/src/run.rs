@@ -128,9 +128,9 @@ pub fn print_phases(report: &flint_executor::RunReport) {
         {
             let p = report.phases;
             eprintln!(
-                    "flint: vm_create {:?} guest_load {:?} guest_entry {:?} compile {:?} instantiate {:?} run {:?} teardown {:?} total {:?}; guest memory resident {} KiB",
+                    "flint: vm_create {:?} guest_load {:?} guest_entry {:?} compile {:?} instantiate {:?} run {:?} teardown {:?} total {:?}{}",
                     p.vm_create, p.guest_load, p.guest_entry, p.compile, p.instantiate, p.run, p.teardown, p.total(),
-                    report.guest_resident_bytes / 1024
+                    report.guest_resident_bytes.map(|b| format!("; guest memory resident {} KiB", b / 1024)).unwrap_or_default()
                 );
         }
     }

@@ -96,12 +96,14 @@ fn as_bytes<T: Copy>(v: &T) -> &[u8] {
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }
 
-/// Writes page tables, the module and BootInfo.
+/// Writes page tables, the module and BootInfo (with `flags`, the
+/// `BootInfo::flags`).
 pub fn load_module(
     mem: &GuestMemoryMmap,
     mem_size: u64,
     placement: &Placement,
     module: &[u8],
+    flags: u64,
 ) -> Result<(), LoadError> {
     for (addr, table) in page_tables(mem_size) {
         let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
@@ -119,6 +121,7 @@ pub fn load_module(
         heap_end: placement.heap_end,
         stack_top: placement.stack_top,
         mmio_base: MMIO_BASE,
+        flags,
     };
     write(mem, BOOT_INFO_ADDR, as_bytes(&boot))
 }
@@ -206,7 +209,7 @@ mod tests {
     fn boot_info_lands_where_the_guest_reads_it() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
         let p = flint_abi::layout::place(64 << 20, 0x60_0000, 3).unwrap();
-        load_module(&mem, 64 << 20, &p, b"abc").unwrap();
+        load_module(&mem, 64 << 20, &p, b"abc", 0).unwrap();
         let magic: u64 = mem.read_obj(GuestAddress(BOOT_INFO_ADDR)).unwrap();
         assert_eq!(magic, BOOT_MAGIC);
         let len: u64 = mem.read_obj(GuestAddress(BOOT_INFO_ADDR + 32)).unwrap();

@@ -112,8 +112,12 @@ impl Phases {
 pub struct RunReport {
     pub exit_code: i32,
     pub phases: Phases,
-    /// Guest RAM resident in host memory at the end of the run.
-    pub guest_resident_bytes: u64,
+    /// Guest RAM resident in host memory at the end of the run, for a VM
+    /// torn down after it (a boot's `run`, a restore's `invoke`). A VM kept
+    /// after its run (`ReadyVm::invoke_in_place`) leaves it out: counting
+    /// costs a walk of the whole of guest memory, and
+    /// `ReadyVm::resident_bytes` answers when asked.
+    pub guest_resident_bytes: Option<u64>,
 }
 
 /// How the vCPU loop ended.
@@ -189,8 +193,12 @@ fn thread_cpu_ns() -> u64 {
 }
 
 impl Machine {
-    /// Creates a VM and loads the guest runtime and `module` into it.
-    fn boot(config: &VmConfig, module: &[u8]) -> Result<Self, RunError> {
+    /// Creates a VM and loads the guest runtime and `module` into it; with
+    /// `to_keep`, the guest translates the whole module before its ready
+    /// point (the VM is snapshotted or kept there, so every later
+    /// invocation finds the code translated), else each function on its
+    /// first call (one run pays only for what it calls).
+    fn boot(config: &VmConfig, module: &[u8], to_keep: bool) -> Result<Self, RunError> {
         let mem_size = precheck(config, module)?;
         vcpu::init_kick_signal();
         let mut phases = Phases::default();
@@ -211,7 +219,12 @@ impl Machine {
                     ),
                 }
             })?;
-        loader::load_module(vm.memory(), mem_size, &placement, module)?;
+        let flags = if to_keep {
+            flint_abi::BOOT_COMPILE_EAGERLY
+        } else {
+            0
+        };
+        loader::load_module(vm.memory(), mem_size, &placement, module, flags)?;
         // Back the start of the heap and the top of the stack with host pages
         // in one call: faulting them in one by one while the guest runs costs
         // an exit each (about 36 µs here, against about 3 µs now).
@@ -379,9 +392,11 @@ impl Machine {
         timeout: Option<Duration>,
     ) -> Result<RunReport, RunError> {
         let t_end = Instant::now();
+        let resident = self.vm.resident_bytes();
         let r = self.outcome(stop, marks, timeout);
         drop(self);
         r.map(|mut report| {
+            report.guest_resident_bytes = Some(resident);
             report.phases.teardown = t_end.elapsed();
             report
         })
@@ -394,7 +409,6 @@ impl Machine {
         marks: Marks,
         timeout: Option<Duration>,
     ) -> Result<RunReport, RunError> {
-        let guest_resident_bytes = self.vm.resident_bytes();
         let memory_mib = self.memory_mib;
         let mut phases = self.phases;
         phases.run = marks
@@ -406,7 +420,7 @@ impl Machine {
             Stop::Guest(GuestEnd::Exited(code)) => Ok(RunReport {
                 exit_code: code,
                 phases,
-                guest_resident_bytes,
+                guest_resident_bytes: None,
             }),
             Stop::Guest(GuestEnd::Failed(kind, msg)) => Err(match kind {
                 FailureKind::InvalidModule => RunError::InvalidModule(msg),
@@ -446,7 +460,7 @@ pub fn run(
     invocation: &Invocation,
     io: &mut dyn GuestIo,
 ) -> Result<RunReport, RunError> {
-    let mut machine = Machine::boot(config, module)?;
+    let mut machine = Machine::boot(config, module, false)?;
     let mut session = Session::new(io, Some(start_frame(&invocation.args, &invocation.env)));
     let stop = machine.drive(&mut session, config.timeout, None);
     let marks = session.marks;
@@ -559,7 +573,7 @@ impl ReadyVm {
     /// Boots a VM for `module` and runs it to its ready point. Output the
     /// module writes while initialising goes to `io`.
     pub fn boot(config: &VmConfig, module: &[u8], io: &mut dyn GuestIo) -> Result<Self, RunError> {
-        let mut machine = Machine::boot(config, module)?;
+        let mut machine = Machine::boot(config, module, true)?;
         let mut session = Session::new(io, None);
         let stop = machine.drive(&mut session, config.timeout, None);
         let marks = session.marks;
@@ -653,9 +667,9 @@ impl ReadyVm {
     }
 
     /// Returns this VM, restored from `state`'s snapshot and run in place,
-    /// to the snapshot: every page the guest or the VMM wrote goes back to
-    /// the snapshot's (`Vm::discard_written_pages`: the memory is a private
-    /// mapping of the snapshot), the vCPU and the devices take the saved
+    /// to the snapshot: every page the guest or the VMM wrote takes the
+    /// snapshot's bytes again (`Vm::restore_written_pages`: the memory is a
+    /// private mapping of the snapshot), the vCPU and the devices take the saved
     /// state again, and the clock and random seed are new, as on a
     /// restore. Returns how many pages were written. Refused after a run
     /// that did not end cleanly.
@@ -666,7 +680,7 @@ impl ReadyVm {
             ));
         }
         let m = &mut self.machine;
-        let pages = m.vm.discard_written_pages().map_err(|e| {
+        let pages = m.vm.restore_written_pages().map_err(|e| {
             RunError::InvalidState(format!("returning guest memory to the snapshot: {e}"))
         })?;
         m.vcpu

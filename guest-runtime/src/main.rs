@@ -69,7 +69,8 @@ extern "C" fn guest_main() -> ! {
     let module = unsafe {
         core::slice::from_raw_parts(boot.module_addr as *const u8, boot.module_len as usize)
     };
-    let (mut chan, outcome) = runtime::run(chan, module);
+    let eager = boot.flags & flint_abi::BOOT_COMPILE_EAGERLY != 0;
+    let (mut chan, outcome) = runtime::run(chan, module, eager);
     match outcome {
         runtime::Outcome::Exit(code) => chan.send(Kind::Exit, &code.to_le_bytes()),
         runtime::Outcome::Failure(kind, msg) => {

@@ -134,9 +134,19 @@ fn parse_start(payload: &[u8]) -> Option<ArgsAndEnv> {
     Some((args, env))
 }
 
-pub fn run(chan: Channel, module_bytes: &[u8]) -> (Channel, Outcome) {
+/// Compiles, instantiates and runs `module_bytes` as a WASI command,
+/// pausing at the ready point for the host's `Start`; with `eager`, every
+/// function is translated to wasmi's bytecode before the ready point
+/// (`BootInfo::flags`), else each on its first call.
+pub fn run(chan: Channel, module_bytes: &[u8], eager: bool) -> (Channel, Outcome) {
     let mut chan = chan;
-    let engine = Engine::default();
+    let mut config = wasmi::Config::default();
+    config.compilation_mode(if eager {
+        wasmi::CompilationMode::Eager
+    } else {
+        wasmi::CompilationMode::LazyTranslation
+    });
+    let engine = Engine::new(&config);
     let module = match Module::new(&engine, module_bytes) {
         Ok(m) => m,
         Err(e) => {

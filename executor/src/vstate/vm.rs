@@ -193,27 +193,32 @@ impl Vm {
         Ok(())
     }
 
-    /// Drops every private page of guest memory: for memory that is a
-    /// private mapping of a snapshot file, that returns each page the guest
-    /// or the VMM wrote to the file's contents, and leaves the pages only
-    /// read (and KVM's translations of them) alone. The written pages are
-    /// found in `/proc/self/pagemap`: present and anonymous (a private
-    /// copy), or swapped. Returns how many there were. Refused for memory
-    /// without a file behind it, which this would zero.
-    pub fn discard_written_pages(&self) -> std::io::Result<u64> {
+    /// Returns every private page of guest memory to the contents of the
+    /// snapshot file it is a private mapping of, by copying the file's
+    /// bytes into it. A private page is one the guest or the VMM wrote
+    /// since the mapping was made (a copy-on-write copy: present and
+    /// anonymous in `/proc/self/pagemap`, or swapped), so every page written
+    /// in the last run is among them, and so are pages written in earlier
+    /// runs and copied back already (they stay private): a superset, never
+    /// fewer. The pages stay mapped, so KVM keeps its translations of them
+    /// and the next run does not fault on them again (dropping them with
+    /// `MADV_DONTNEED` cost a nested fault per page on the next write).
+    /// Returns how many pages were copied. Refused for memory without a
+    /// file behind it.
+    pub fn restore_written_pages(&self) -> std::io::Result<u64> {
         use std::os::unix::fs::FileExt;
         const PAGE: usize = 4096;
         const PRESENT: u64 = 1 << 63;
         const SWAPPED: u64 = 1 << 62;
         const FILE: u64 = 1 << 61;
         let pagemap = pagemap()?;
-        let mut written = 0u64;
+        let mut copied = 0u64;
         for region in self.memory.iter() {
-            if region.file_offset().is_none() {
+            let Some(backing) = region.file_offset() else {
                 return Err(std::io::Error::other(
                     "guest memory is not a mapping of a snapshot file",
                 ));
-            }
+            };
             let host = self
                 .memory
                 .get_host_address(region.start_addr())
@@ -221,37 +226,36 @@ impl Vm {
             let pages = region.len() as usize / PAGE;
             let mut entries = vec![0u8; pages * 8];
             pagemap.read_exact_at(&mut entries, (host / PAGE * 8) as u64)?;
-            let dirty = |i: usize| {
+            let written = |i: usize| {
                 let e = u64::from_le_bytes(entries[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
                 (e & PRESENT != 0 && e & FILE == 0) || e & SWAPPED != 0
             };
             let mut i = 0;
             while i < pages {
-                if !dirty(i) {
+                if !written(i) {
                     i += 1;
                     continue;
                 }
                 let start = i;
-                while i < pages && dirty(i) {
+                while i < pages && written(i) {
                     i += 1;
                 }
-                // SAFETY: the range lies inside this region's live mapping;
-                // MADV_DONTNEED on a private file mapping only drops private
-                // copies (the next access reads the file again).
-                let r = unsafe {
-                    libc::madvise(
-                        (host + start * PAGE) as *mut libc::c_void,
+                // SAFETY: `start..i` pages lie inside this region's live
+                // mapping, which `memory` owns; no vCPU runs while a VM is
+                // reset, and the bytes written are the file's own.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        (host + start * PAGE) as *mut u8,
                         (i - start) * PAGE,
-                        libc::MADV_DONTNEED,
                     )
                 };
-                if r != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                written += (i - start) as u64;
+                backing
+                    .file()
+                    .read_exact_at(dst, backing.start() + (start * PAGE) as u64)?;
+                copied += (i - start) as u64;
             }
         }
-        Ok(written)
+        Ok(copied)
     }
 
     pub fn memory(&self) -> &GuestMemoryMmap {

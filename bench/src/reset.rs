@@ -14,7 +14,7 @@ use crate::{median, ms, p90};
 pub fn main(iterations: usize) -> Result<()> {
     let tmp = std::env::temp_dir().join(format!("flint-bench-reset-{}", std::process::id()));
     println!("## Reset in place vs. a fresh restore, {iterations} runs each (ms)\n");
-    println!("| example | fresh restore + run: median (p90) | run + reset in place: median (p90) | of which reset | pages written per run | fresh / reset |");
+    println!("| example | fresh restore + run: median (p90) | run + reset in place: median (p90) | of which reset | pages copied back per reset | fresh / reset |");
     println!("|---|---|---|---|---|---|");
     for name in ["hello", "counter"] {
         let module = flint_examples::bytes(name);

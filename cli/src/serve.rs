@@ -396,7 +396,7 @@ fn file_sandbox(
 /// change, which leaves no capability, and no_new_privs is set.
 fn drop_privileges(uid: u32, gid: u32, state_dir: &std::path::Path) -> Result<(), String> {
     flint_executor::vstate::vm::preopen_kvm().map_err(|e| e.to_string())?;
-    flint_executor::vstate::vm::preopen_pagemap()
+    flint_executor::vstate::pagemap::preopen()
         .map_err(|e| format!("opening /proc/self/pagemap: {e}"))?;
     // Made now if nothing made it yet (an admin API on TCP makes no socket
     // there): the user could not create it under a root-owned parent.

@@ -67,26 +67,6 @@ pub fn preopen_kvm() -> Result<(), VmError> {
     Ok(())
 }
 
-/// This process's `/proc/self/pagemap`, which resets read to find the
-/// pages a VM wrote. Opened once: a process that changed its uid is not
-/// dumpable, and its pagemap (mode 0400, then owned by root) cannot be
-/// opened again.
-static PAGEMAP: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
-
-/// Opens `/proc/self/pagemap` now, for every later reset (call before
-/// dropping privileges).
-pub fn preopen_pagemap() -> std::io::Result<()> {
-    pagemap().map(|_| ())
-}
-
-fn pagemap() -> std::io::Result<&'static std::fs::File> {
-    if let Some(f) = PAGEMAP.get() {
-        return Ok(f);
-    }
-    let f = std::fs::File::open("/proc/self/pagemap")?;
-    Ok(PAGEMAP.get_or_init(|| f))
-}
-
 fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
     let pre = PREOPENED.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((p, fd)) = pre.as_ref().filter(|(p, _)| p == path) {
@@ -208,10 +188,6 @@ impl Vm {
     pub fn restore_written_pages(&self) -> std::io::Result<u64> {
         use std::os::unix::fs::FileExt;
         const PAGE: usize = 4096;
-        const PRESENT: u64 = 1 << 63;
-        const SWAPPED: u64 = 1 << 62;
-        const FILE: u64 = 1 << 61;
-        let pagemap = pagemap()?;
         let mut copied = 0u64;
         for region in self.memory.iter() {
             let Some(backing) = region.file_offset() else {
@@ -223,36 +199,20 @@ impl Vm {
                 .memory
                 .get_host_address(region.start_addr())
                 .map_err(std::io::Error::other)? as usize;
-            let pages = region.len() as usize / PAGE;
-            let mut entries = vec![0u8; pages * 8];
-            pagemap.read_exact_at(&mut entries, (host / PAGE * 8) as u64)?;
-            let written = |i: usize| {
-                let e = u64::from_le_bytes(entries[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-                (e & PRESENT != 0 && e & FILE == 0) || e & SWAPPED != 0
-            };
-            let mut i = 0;
-            while i < pages {
-                if !written(i) {
-                    i += 1;
-                    continue;
-                }
-                let start = i;
-                while i < pages && written(i) {
-                    i += 1;
-                }
-                // SAFETY: `start..i` pages lie inside this region's live
+            for run in super::pagemap::written(host, region.len() as usize)? {
+                // SAFETY: the run's pages lie inside this region's live
                 // mapping, which `memory` owns; no vCPU runs while a VM is
                 // reset, and the bytes written are the file's own.
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(
-                        (host + start * PAGE) as *mut u8,
-                        (i - start) * PAGE,
+                        (host + run.start * PAGE) as *mut u8,
+                        run.len() * PAGE,
                     )
                 };
                 backing
                     .file()
-                    .read_exact_at(dst, backing.start() + (start * PAGE) as u64)?;
-                copied += (i - start) as u64;
+                    .read_exact_at(dst, backing.start() + (run.start * PAGE) as u64)?;
+                copied += run.len() as u64;
             }
         }
         Ok(copied)

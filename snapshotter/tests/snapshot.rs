@@ -567,6 +567,22 @@ fn a_memory_file_that_shrinks_under_a_uffd_restore_stops_the_vm_with_an_error() 
     }
 }
 
+/// Every page of `vm`'s memory but the clock and seed pages (fresh on
+/// every restore and reset) equals the snapshot file `image`'s.
+fn assert_pristine(vm: &flint_executor::ReadyVm, image: &[u8], what: &str) {
+    let fresh = [
+        flint_abi::layout::CLOCK_PAGE_ADDR as usize / 4096,
+        flint_abi::layout::SEED_PAGE_ADDR as usize / 4096,
+    ];
+    let mut now = vec![0u8; image.len()];
+    vm.read_memory(0, &mut now).unwrap();
+    for (page, (a, b)) in now.chunks(4096).zip(image.chunks(4096)).enumerate() {
+        if !fresh.contains(&page) {
+            assert!(a == b, "{what}: page {page:#x} differs from the snapshot");
+        }
+    }
+}
+
 /// Reset in place: a VM restored from a snapshot, run, and reset is the
 /// snapshot again: every byte of guest memory equal to the snapshot's but
 /// the clock and seed pages (fresh on every restore, as they are), the
@@ -579,10 +595,6 @@ fn a_vm_reset_in_place_is_the_snapshot_again() {
     let image = std::fs::read(dir.path().join("memory.bin")).unwrap();
     let mut vm = snap.restore().unwrap();
     let saved = vm.registers().unwrap();
-    let fresh = [
-        flint_abi::layout::CLOCK_PAGE_ADDR as usize / 4096,
-        flint_abi::layout::SEED_PAGE_ADDR as usize / 4096,
-    ];
     for round in 0..5 {
         let mut io = BufferIo::default();
         let r = vm
@@ -597,16 +609,7 @@ fn a_vm_reset_in_place_is_the_snapshot_again() {
         assert_eq!(io.stdout, b"count 1\n", "round {round}");
         let written = snap.reset(&mut vm).unwrap();
         assert!(written > 2, "round {round}: {written} pages written");
-        let mut now = vec![0u8; image.len()];
-        vm.read_memory(0, &mut now).unwrap();
-        for (page, (a, b)) in now.chunks(4096).zip(image.chunks(4096)).enumerate() {
-            if !fresh.contains(&page) {
-                assert!(
-                    a == b,
-                    "round {round}: page {page:#x} differs from the snapshot"
-                );
-            }
-        }
+        assert_pristine(&vm, &image, &format!("round {round}"));
         let regs = vm.registers().unwrap();
         assert_eq!(
             (regs.rip, regs.rsp, regs.rflags, regs.rax, regs.rbx),
@@ -653,10 +656,6 @@ fn every_example_is_pristine_after_each_reset() {
         ("bigheap", &[], ""),
         ("entropy", &[], ""),
     ];
-    let fresh = [
-        flint_abi::layout::CLOCK_PAGE_ADDR as usize / 4096,
-        flint_abi::layout::SEED_PAGE_ADDR as usize / 4096,
-    ];
     for &(name, args, stdin) in cases {
         let dir = snapshot(name);
         let snap = Snapshot::open(dir.path()).unwrap();
@@ -683,16 +682,7 @@ fn every_example_is_pristine_after_each_reset() {
                 assert_eq!(&io.stdout, out, "{name} round {round}: the same answer");
             }
             snap.reset(&mut vm).unwrap();
-            let mut now = vec![0u8; image.len()];
-            vm.read_memory(0, &mut now).unwrap();
-            for (page, (a, b)) in now.chunks(4096).zip(image.chunks(4096)).enumerate() {
-                if !fresh.contains(&page) {
-                    assert!(
-                        a == b,
-                        "{name} round {round}: page {page:#x} differs from the snapshot"
-                    );
-                }
-            }
+            assert_pristine(&vm, &image, &format!("{name} round {round}"));
             assert_eq!(
                 format!("{:?}", vm.registers().unwrap()),
                 saved,
@@ -715,10 +705,6 @@ fn a_vm_whose_every_page_was_overwritten_is_reset_to_the_snapshot() {
     let dir = snapshot("hello");
     let snap = Snapshot::open(dir.path()).unwrap();
     let image = std::fs::read(dir.path().join("memory.bin")).unwrap();
-    let fresh = [
-        flint_abi::layout::CLOCK_PAGE_ADDR as usize / 4096,
-        flint_abi::layout::SEED_PAGE_ADDR as usize / 4096,
-    ];
     let mut vm = snap.restore().unwrap();
     let pages = image.len() / 4096;
     assert_eq!((vm.memory_mib() as usize) << 20, image.len());
@@ -748,16 +734,7 @@ fn a_vm_whose_every_page_was_overwritten_is_reset_to_the_snapshot() {
                 "cycle {cycle}: every page copied back"
             );
         }
-        let mut now = vec![0u8; image.len()];
-        vm.read_memory(0, &mut now).unwrap();
-        for (page, (a, b)) in now.chunks(4096).zip(image.chunks(4096)).enumerate() {
-            if !fresh.contains(&page) {
-                assert!(
-                    a == b,
-                    "cycle {cycle}: page {page:#x} differs from the snapshot"
-                );
-            }
-        }
+        assert_pristine(&vm, &image, &format!("cycle {cycle}"));
     }
 }
 

@@ -17,7 +17,7 @@ pub mod frame;
 pub mod layout;
 
 /// Bumped whenever anything in this crate changes shape.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// `"FLINTBT\0"` as a little-endian u64: marks a valid [`BootInfo`].
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"FLINTBT\0");
@@ -147,7 +147,7 @@ mod tests {
 
     #[test]
     fn boot_info_layout_is_stable() {
-        assert_eq!(size_of::<BootInfo>(), 72);
+        assert_eq!(size_of::<BootInfo>(), 80);
         assert_eq!(align_of::<BootInfo>(), 8);
         assert_eq!(offset_of!(BootInfo, abi_version), 8);
         assert_eq!(offset_of!(BootInfo, mem_size), 16);
@@ -155,6 +155,7 @@ mod tests {
         assert_eq!(offset_of!(BootInfo, heap_start), 40);
         assert_eq!(offset_of!(BootInfo, stack_top), 56);
         assert_eq!(offset_of!(BootInfo, mmio_base), 64);
+        assert_eq!(offset_of!(BootInfo, flags), 72);
     }
 
     #[test]

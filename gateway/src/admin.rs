@@ -16,6 +16,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::metrics::Metrics;
 use crate::registry::error_chain;
 use crate::server::{accept, http1, Gateway};
 use crate::stack::{full, text, Body};
@@ -83,15 +84,10 @@ pub(crate) async fn admin(gw: Arc<Gateway>, req: Request<Incoming>, port: Port) 
         }
         ("GET", "/readyz") => text(StatusCode::OK, "ready"),
         ("GET", "/metrics") => {
-            gw.metrics.set_counter(
-                "flint_seccomp_refused_calls_total",
-                "",
-                flint_executor::seccomp::refused_calls() as f64,
-            );
             let mut r = Response::new(full(Bytes::from(gw.metrics.render())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
+                HeaderValue::from_static(Metrics::content_type()),
             );
             r
         }

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 pub use crate::admin::AdminListener;
 use crate::admin::{spawn_admin, Port};
 use crate::h2c;
-use crate::metrics::{labels, Metrics};
+use crate::metrics::Metrics;
 use crate::registry::{Registry, Revision};
 use crate::stack::{Body, DataPlane, Remote};
 use tower::ServiceExt;
@@ -55,8 +55,7 @@ impl Gateway {
         let policy = settings.policy.clone();
         let max_running = policy.max_running.max(1);
         let metrics = Metrics::default();
-        metrics.set("flint_run_slots", "", max_running as f64);
-        metrics.set("flint_requests_waiting_for_vm", "", 0.0);
+        metrics.run_slots.set(max_running as i64);
         Arc::new(Self {
             settings,
             registry: Registry::with_policy(policy),
@@ -358,11 +357,11 @@ async fn autoscale(gw: Arc<Gateway>) {
                         let t0 = Instant::now();
                         let restored = snapshot.restore();
                         // Restores for the pool are restores too.
-                        metrics.metrics.observe_ms(
-                            "flint_restore_latencies",
-                            &labels(&[("revision_name", &r.name)]),
-                            t0.elapsed().as_secs_f64() * 1e3,
-                        );
+                        metrics
+                            .metrics
+                            .restore_latencies
+                            .with_label_values(&[&r.name])
+                            .observe(Metrics::ms(t0.elapsed()));
                         match restored {
                             Ok(vm) => r.pool.lock().unwrap_or_else(|e| e.into_inner()).push(vm),
                             Err(e) => {
@@ -373,16 +372,16 @@ async fn autoscale(gw: Arc<Gateway>) {
                     });
                 }
             }
-            let l = |state: &str| labels(&[("revision_name", &rev.name), ("state", state)]);
-            gw.metrics
-                .set("flint_instances", &l("idle"), rev.idle() as f64);
-            gw.metrics
-                .set("flint_instances", &l("active"), inflight as f64);
-            gw.metrics.set(
-                "flint_autoscaler_desired_scale",
-                &labels(&[("revision_name", &rev.name)]),
-                desired as f64,
-            );
+            let m = &gw.metrics;
+            m.instances
+                .with_label_values(&[&rev.name, "idle"])
+                .set(rev.idle() as i64);
+            m.instances
+                .with_label_values(&[&rev.name, "active"])
+                .set(inflight as i64);
+            m.desired_scale
+                .with_label_values(&[&rev.name])
+                .set(desired as i64);
         }
     }
 }

@@ -150,8 +150,25 @@ async fn metrics_and_health_are_served_on_the_admin_port() {
     let (code, _, body) = http(gw.admin, "GET", "x", "/metrics", b"").await;
     assert_eq!(code, 200);
     let m = String::from_utf8_lossy(&body);
-    assert!(m.contains("revision_request_count{namespace_name=\"default\",service_name=\"hello\",configuration_name=\"hello\",revision_name=\"hello-00001\",response_code=\"200\",response_code_class=\"2xx\"} 1"), "{m}");
-    assert!(m.contains("revision_request_latencies_count"), "{m}");
+    let knative = [
+        ("namespace_name", "default"),
+        ("service_name", "hello"),
+        ("configuration_name", "hello"),
+        ("revision_name", "hello-00001"),
+        ("response_code", "200"),
+        ("response_code_class", "2xx"),
+    ];
+    assert_eq!(
+        series(&m, "revision_request_count", &knative),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        series(&m, "revision_request_latencies_count", &knative),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(m.contains("# TYPE revision_request_count counter"), "{m}");
     assert!(m.contains("revision_app_request_count"), "{m}");
     assert!(m.contains("flint_restore_latencies_count"), "{m}");
     assert_eq!(http(gw.admin, "GET", "x", "/healthz", b"").await.0, 200);
@@ -527,8 +544,13 @@ async fn pre_restored_instances_serve_warm_and_scale_to_zero_when_idle() {
     assert_eq!(code, 200);
     let (_, _, m) = http(gw.admin, "GET", "x", "/metrics", b"").await;
     let m = String::from_utf8_lossy(&m).into_owned();
-    assert!(
-        m.contains("flint_requests_total{revision_name=\"pool-00001\",start=\"warm\"} 1"),
+    assert_eq!(
+        series(
+            &m,
+            "flint_requests_total",
+            &[("revision_name", "pool-00001"), ("start", "warm")]
+        ),
+        Some(1.0),
         "{m}"
     );
     // No traffic for a stable window: scale to zero.
@@ -588,11 +610,12 @@ async fn instances_are_reset_in_place_between_requests() {
     }
     let (_, _, metrics) = http(gw.admin, "GET", "x", "/metrics", b"").await;
     let metrics = String::from_utf8_lossy(&metrics);
-    let resets: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("flint_reset_latencies_count{revision_name=\"kept-00001\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0);
+    let resets = series(
+        &metrics,
+        "flint_reset_latencies_count",
+        &[("revision_name", "kept-00001")],
+    )
+    .unwrap_or(0.0);
     assert!(resets >= 7.0, "{resets} resets for 8 requests:\n{metrics}");
     gw.stop().await;
 }
@@ -1029,24 +1052,16 @@ async fn app_request_metrics_carry_the_functions_status() {
     );
     let (_, _, body) = http(gw.admin, "GET", "x", "/metrics", b"").await;
     let m = String::from_utf8_lossy(&body);
-    assert!(
-        m.contains(
-            "revision_app_request_count{revision_name=\"hello-00001\",response_code=\"404\"} 1"
-        ),
-        "{m}"
-    );
-    assert!(
-        m.contains(
-            "revision_app_request_count{revision_name=\"bad-00001\",response_code=\"502\"} 1"
-        ),
-        "{m}"
-    );
-    assert!(
-        !m.contains(
-            "revision_app_request_count{revision_name=\"bad-00001\",response_code=\"200\"}"
-        ),
-        "{m}"
-    );
+    let app = |rev: &str, code: &str| {
+        series(
+            &m,
+            "revision_app_request_count",
+            &[("revision_name", rev), ("response_code", code)],
+        )
+    };
+    assert_eq!(app("hello-00001", "404"), Some(1.0), "{m}");
+    assert_eq!(app("bad-00001", "502"), Some(1.0), "{m}");
+    assert_eq!(app("bad-00001", "200"), None, "{m}");
     gw.stop().await;
 }
 

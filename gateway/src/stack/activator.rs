@@ -14,7 +14,6 @@ use hyper::{Request, Response, StatusCode};
 use tower::ServiceExt;
 
 use super::{guarded, text, Body, Inner};
-use crate::metrics::labels;
 use crate::registry::Revision;
 use crate::server::Gateway;
 
@@ -68,11 +67,11 @@ struct Queued<'a> {
 
 impl Queued<'_> {
     fn depth_changed(&self) {
-        self.gw.metrics.set(
-            "revision_queue_depth",
-            &labels(&[("revision_name", &self.rev.name)]),
-            self.rev.queued.load(Ordering::SeqCst) as f64,
-        );
+        self.gw
+            .metrics
+            .queue_depth
+            .with_label_values(&[&self.rev.name])
+            .set(self.rev.queued.load(Ordering::SeqCst) as i64);
     }
 }
 

@@ -19,7 +19,7 @@ use hyper::{Request, Response, StatusCode};
 use super::events::EventEnv;
 use super::{full, text, Body, Remote};
 use crate::cgi;
-use crate::metrics::labels;
+use crate::metrics::Metrics;
 use crate::registry::{error_chain, Revision};
 use crate::server::Gateway;
 use crate::stream::{StderrLog, MAX_STDERR_LOG};
@@ -139,9 +139,7 @@ struct Waiting<'a>(&'a Gateway);
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let n = self.0.waiting.fetch_sub(1, Ordering::SeqCst) - 1;
-        self.0
-            .metrics
-            .set("flint_requests_waiting_for_vm", "", n as f64);
+        self.0.metrics.waiting_for_vm.set(n as i64);
     }
 }
 
@@ -326,13 +324,12 @@ impl Function {
         restore: Option<Duration>,
         reset: Option<Duration>,
     ) {
-        let l = labels(&[("revision_name", &rev.name)]);
-        for (name, d) in [
-            ("flint_restore_latencies", restore),
-            ("flint_reset_latencies", reset),
-        ] {
+        let m = &self.gw.metrics;
+        for (histogram, d) in [(&m.restore_latencies, restore), (&m.reset_latencies, reset)] {
             if let Some(d) = d {
-                self.gw.metrics.observe_ms(name, &l, d.as_secs_f64() * 1e3);
+                histogram
+                    .with_label_values(&[&rev.name])
+                    .observe(Metrics::ms(d));
             }
         }
     }
@@ -361,9 +358,7 @@ impl Function {
             Ok(p) => Some(p),
             Err(_) => {
                 let n = self.gw.waiting.fetch_add(1, Ordering::SeqCst) + 1;
-                self.gw
-                    .metrics
-                    .set("flint_requests_waiting_for_vm", "", n as f64);
+                self.gw.metrics.waiting_for_vm.set(n as i64);
                 // Dropped with the request if its client goes away.
                 let _waiting = Waiting(&self.gw);
                 self.gw.running.clone().acquire_owned().await.ok()
@@ -371,23 +366,22 @@ impl Function {
         };
         let warm = rev.take_warm();
         let start_kind = if warm.is_some() { "warm" } else { "cold" };
-        self.gw.metrics.inc(
-            "flint_requests_total",
-            &labels(&[("revision_name", &rev.name), ("start", start_kind)]),
-            1.0,
-        );
+        self.gw
+            .metrics
+            .requests
+            .with_label_values(&[&rev.name, start_kind])
+            .inc();
         (slot, warm)
     }
 
     /// The function's own answer, as queue-proxy counts it.
     fn app_metrics(&self, rev: &Arc<Revision>, code: &str, started: Instant) {
-        let l = labels(&[("revision_name", &rev.name), ("response_code", code)]);
-        self.gw.metrics.inc("revision_app_request_count", &l, 1.0);
-        self.gw.metrics.observe_ms(
-            "revision_app_request_latencies",
-            &l,
-            started.elapsed().as_secs_f64() * 1e3,
-        );
+        let l = [rev.name.as_str(), code];
+        let m = &self.gw.metrics;
+        m.app_request_count.with_label_values(&l).inc();
+        m.app_request_latencies
+            .with_label_values(&l)
+            .observe(Metrics::ms(started.elapsed()));
     }
 }
 

@@ -14,7 +14,7 @@ use hyper::{Request, StatusCode};
 use tower::ServiceExt;
 
 use super::{guarded, text, Inner};
-use crate::metrics::labels;
+use crate::metrics::Metrics;
 use crate::server::Gateway;
 
 /// Routes by `Host` ([`Route`]).
@@ -91,20 +91,19 @@ where
             let resp = inner.oneshot(req).await?;
             let code = resp.status().as_u16().to_string();
             let class = format!("{}xx", &code[..1]);
-            let l = labels(&[
-                ("namespace_name", &rev.service.namespace),
-                ("service_name", &rev.service.name),
-                ("configuration_name", &rev.service.name),
-                ("revision_name", &rev.name),
-                ("response_code", &code),
-                ("response_code_class", &class),
-            ]);
-            gw.metrics.inc("revision_request_count", &l, 1.0);
-            gw.metrics.observe_ms(
-                "revision_request_latencies",
-                &l,
-                start.elapsed().as_secs_f64() * 1e3,
-            );
+            let l = [
+                rev.service.namespace.as_str(),
+                &rev.service.name,
+                &rev.service.name,
+                &rev.name,
+                &code,
+                &class,
+            ];
+            gw.metrics.request_count.with_label_values(&l).inc();
+            gw.metrics
+                .request_latencies
+                .with_label_values(&l)
+                .observe(Metrics::ms(start.elapsed()));
             Ok(resp.map(|b| guarded(b, counted)))
         })
     }

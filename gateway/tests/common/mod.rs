@@ -159,3 +159,55 @@ pub async fn http_with(
     }
     send(addr, &head, body).await
 }
+
+/// The value of the series `name` whose labels are exactly `labels` (in
+/// any order) in a Prometheus text exposition, if it is there.
+#[allow(dead_code)]
+pub fn series(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut want: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    want.sort();
+    exposition.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (mut got, value) = if let Some(inner) = rest.strip_prefix('{') {
+            let (pairs, value) = inner.split_once("} ")?;
+            (parse_labels(pairs)?, value)
+        } else {
+            (Vec::new(), rest.strip_prefix(' ')?)
+        };
+        got.sort();
+        (got == want).then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
+/// `k="v",...` with the exposition format's escapes in the values.
+fn parse_labels(s: &str) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+        if key.is_empty() {
+            return Some(out);
+        }
+        if chars.next() != Some('"') {
+            return None;
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next()? {
+                '"' => break,
+                '\\' => match chars.next()? {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                c => value.push(c),
+            }
+        }
+        out.push((key, value));
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+}

@@ -218,12 +218,12 @@ fn invalid_values_are_refused_with_a_reason() {
         ("kind: Service", "kind: Deployment", "kind: \"Deployment\" is not supported"),
         ("name: hello", "name: Hello_World", "metadata.name: \"Hello_World\" is not a valid name"),
         ("- image: greet.wasm", "- name: x", "spec.template.spec.containers[0].image: required field is missing"),
-        ("      containers:", "      containerConcurrency: -1\n      containers:", "spec.template.spec.containerConcurrency: must be a non-negative integer"),
+        ("      containers:", "      containerConcurrency: -1\n      containers:", "spec.template.spec.containerConcurrency: invalid value: integer `-1`, expected a non-negative integer"),
         ("      containers:", "      timeoutSeconds: 601\n      containers:", "spec.template.spec.timeoutSeconds: expected 0 <= 601 <= 600"),
         ("      containers:", "      idleTimeoutSeconds: 18446744073709551615\n      containers:", "spec.template.spec.idleTimeoutSeconds: expected 0 <= 18446744073709551615 <= 600"),
         ("      containers:", "      timeoutSeconds: 99999999999999999999999\n      containers:", "spec.template.spec.timeoutSeconds: invalid type"),
         ("  template:\n", "  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/window: 99999999999999999999999h\n", "autoscaling.knative.dev/window"),
-        ("      containers:", "      timeoutSeconds: \"30\"\n      containers:", "spec.template.spec.timeoutSeconds: must be a non-negative integer"),
+        ("      containers:", "      timeoutSeconds: \"30\"\n      containers:", "spec.template.spec.timeoutSeconds: invalid type: string \"30\", expected a non-negative integer"),
         ("      containers:", "      runtimeClassName: runc\n      containers:", "runtimeClassName: \"runc\" is not served here"),
         ("        - image: greet.wasm\n", "        - image: greet.wasm\n          resources:\n            limits:\n              memory: lots\n", "memory: \"lots\" is not a memory quantity"),
         ("        - image: greet.wasm\n", "        - image: greet.wasm\n          env:\n            - value: x\n", "env[0].name: required field is missing"),
@@ -252,7 +252,10 @@ fn invalid_values_are_refused_with_a_reason() {
     let traffic = format!("{MINIMAL}  traffic:\n    - percent: 100\n");
     assert!(err(&traffic).contains("needs exactly one of revisionName and latestRevision"));
     assert!(matches!(parse("{not: [valid"), Err(ManifestError::Yaml(_))));
-    assert!(err("just a string").contains("must be a mapping"));
+    assert_eq!(
+        err("just a string"),
+        "<root>: invalid type: string \"just a string\", expected a mapping"
+    );
     let two = MINIMAL.replace(
         "        - image: greet.wasm\n",
         "        - image: a.wasm\n        - image: b.wasm\n",
@@ -325,4 +328,42 @@ fn knatives_whole_autoscaling_annotation_set() {
         got.contains("max-scale is less than activation-scale"),
         "{got}"
     );
+}
+
+/// Kubernetes quantities may be bare numbers (`cpu: 1`, `memory:
+/// 134217728`), as `kubectl apply` accepts them.
+#[test]
+fn quantities_may_be_numbers() {
+    let yaml = MINIMAL.replace(
+        "        - image: greet.wasm\n",
+        "        - image: greet.wasm\n          resources:\n            limits:\n              cpu: 1\n              memory: 134217728\n",
+    );
+    assert_eq!(parse(&yaml).unwrap().memory_mib, Some(128));
+    let yaml = MINIMAL.replace(
+        "        - image: greet.wasm\n",
+        "        - image: greet.wasm\n          resources:\n            limits:\n              memory: [1]\n",
+    );
+    assert_eq!(
+        err(&yaml),
+        "spec.template.spec.containers[0].resources.limits.memory: expected a quantity such as 128Mi or 1"
+    );
+}
+
+/// Fields accepted for Knative's sake still have their Kubernetes shape,
+/// and a wrong one is named by its path, inside lists too.
+#[test]
+fn wrongly_shaped_fields_are_named_by_path() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("      containers:", "      imagePullSecrets: regcred\n      containers:", "spec.template.spec.imagePullSecrets: invalid type: string \"regcred\""),
+        ("      containers:", "      imagePullSecrets:\n        - nam: regcred\n      containers:", "spec.template.spec.imagePullSecrets[0].nam: unknown field"),
+        ("      containers:", "      enableServiceLinks: sometimes\n      containers:", "spec.template.spec.enableServiceLinks: invalid type: string \"sometimes\", expected a boolean"),
+        ("        - image: greet.wasm\n", "        - image: greet.wasm\n          env:\n            - name: [A]\n", "spec.template.spec.containers[0].env[0].name: invalid type: sequence, expected a string"),
+        ("        - image: greet.wasm\n", "        - image: greet.wasm\n          args: x\n", "spec.template.spec.containers[0].args: invalid type: string \"x\", expected a sequence"),
+        ("        - image: greet.wasm\n", "        - image: greet.wasm\n          securityContext:\n            runAsUser: root\n", "spec.template.spec.containers[0].securityContext.runAsUser: invalid type: string \"root\", expected an integer"),
+        ("  template:\n", "  traffic:\n    - percent: 100\n      latestRevision: yes please\n  template:\n", "spec.traffic[0].latestRevision: invalid type: string \"yes please\", expected a boolean"),
+    ];
+    for (from, to, want) in cases {
+        let got = err(&MINIMAL.replace(from, to));
+        assert!(got.starts_with(want), "{to:?}: got {got:?}, want {want:?}");
+    }
 }

@@ -145,6 +145,13 @@ fn spin_is_stopped_by_the_host() {
         "{r:?}"
     );
     assert_eq!(io.stdout, b"spinning\n");
+    // The guest spins forever, so returning at all means the host stopped
+    // it; not before its time is up.
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "stopped after {:?}, before the 300 ms timeout",
+        start.elapsed()
+    );
     assert!(
         start.elapsed() < Duration::from_secs(10),
         "the VM was not stopped promptly"

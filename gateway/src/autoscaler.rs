@@ -282,11 +282,43 @@ mod tests {
             scale_down_delay: Duration::from_secs(5),
             ..settings()
         };
-        let mut k = Kpa::new(s);
-        let (t, n) = run(&mut k, Instant::now(), 20.0, 100.0);
+        let mut k = Kpa::new(s.clone());
+        // The same load without the delay shows when the scale would drop.
+        let mut eager = Kpa::new(Autoscaling {
+            scale_down_delay: Duration::ZERO,
+            ..s
+        });
+        let start = Instant::now();
+        let (t, n) = run(&mut k, start, 20.0, 100.0);
         assert_eq!(n, 3, "max-scale caps");
-        let (t, n) = run(&mut k, t, 11.0, 0.0);
-        assert!(n >= 1);
+        run(&mut eager, start, 20.0, 100.0);
+        // Load gone: tick both until the one without a delay scales down.
+        let (mut t, mut dropped) = (t, None);
+        for _ in 0..100 {
+            t += TICK;
+            let held = k.tick(t, 0.0);
+            if eager.tick(t, 0.0) < 3 {
+                assert_eq!(held, 3, "the delay holds the scale when it would drop");
+                dropped = Some(t);
+                break;
+            }
+        }
+        let dropped = dropped.expect("without a delay the scale drops once the load is gone");
+        // Held for the delay from then, and no longer.
+        let mut lowered = None;
+        while t < dropped + Duration::from_secs(6) {
+            t += TICK;
+            if k.tick(t, 0.0) < 3 && lowered.is_none() {
+                lowered = Some(t);
+            }
+        }
+        let lowered = lowered.expect("lowered once the delay passed");
+        assert!(
+            lowered.duration_since(dropped) >= Duration::from_secs(5)
+                && lowered.duration_since(dropped) <= Duration::from_secs(5) + TICK,
+            "lowered {:?} after the undelayed drop",
+            lowered.duration_since(dropped)
+        );
         let (_, n) = run(&mut k, t, 20.0, 0.0);
         assert_eq!(n, 1, "min-scale holds one");
     }

@@ -257,7 +257,11 @@ async fn revisions_traffic_split_and_tags() {
     assert_eq!(apply(v2).await.unwrap().name, "hello-00002");
     // A revision that fails to deploy: the status says which and why,
     // the last ready one keeps serving.
-    assert!(apply(manifest("hello", "nosuch", "")).await.is_err());
+    let e = apply(manifest("hello", "nosuch", "")).await.unwrap_err();
+    assert!(
+        matches!(&e, flint_gateway::registry::DeployError::ImageRefused(_, why) if why.contains("does not exist")),
+        "{e:?}"
+    );
     let status = gw
         .gw
         .registry

@@ -504,7 +504,10 @@ mod tests {
             std::fs::write(&p, b).unwrap();
         }
         assert!(matches!(find_module(dir), Err(ImageError::Digest(_))));
-        assert!(find_module(&write(b"not a tar at all, really not")).is_err());
+        let e = find_module(&write(b"not a tar at all, really not"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("malformed") && e.contains("archive"), "{e}");
         std::fs::write(dir.join("index.json"), b"{\"manifests\": []}").unwrap();
         assert!(find_module(dir)
             .unwrap_err()

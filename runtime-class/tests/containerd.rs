@@ -112,15 +112,21 @@ fn ctr_runs_wasm_images_in_flint_vms() {
         "{}",
         text(&o.stderr)
     );
-    let o = ctd.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "e4",
-        "t3",
-        "../../../../../../bin/sh",
-    ]);
+    // A real module outside the rootfs, named through `..`: it would run
+    // if the path left the rootfs; resolved inside it, it is not there.
+    let outside = std::env::temp_dir().join(format!("flint-escape-{}.wasm", std::process::id()));
+    std::fs::write(&outside, flint_examples::bytes("hello")).unwrap();
+    let escape = format!("../../../../../../../../..{}", outside.display());
+    let o = ctd.ctr(&["task", "exec", "--exec-id", "e4", "t3", &escape, "escaped"]);
+    let _ = std::fs::remove_file(&outside);
     assert!(!o.status.success(), "an exec cannot leave the rootfs");
+    assert!(
+        !text(&o.stdout).contains("escaped")
+            && text(&o.stderr).contains("points outside the image"),
+        "{} {}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
 
     // Stats: the VM's memory and CPU, as containerd reads runc's, once
     // its VM runs (the first container of a module also snapshots it).

@@ -183,16 +183,59 @@ mod tests {
             vm: flint_executor::VmState {
                 memory_mib: 64,
                 vcpu: VcpuState {
-                    regs: Default::default(),
-                    sregs: Default::default(),
-                    xsave: vec![7; 1024],
-                    xcrs: Default::default(),
-                    events: Default::default(),
-                    msrs: vec![kvm_bindings::kvm_msr_entry {
-                        index: 0x10,
-                        data: 42,
+                    regs: kvm_bindings::kvm_regs {
+                        rax: 0x1111,
+                        rbx: 0x2222,
+                        rsp: 0x20_0ff8,
+                        rip: 0x10_0042,
+                        r15: u64::MAX,
+                        rflags: 0x202,
                         ..Default::default()
-                    }],
+                    },
+                    sregs: kvm_bindings::kvm_sregs {
+                        cr0: 0x8000_0011,
+                        cr3: 0x9000,
+                        cr4: 0x620,
+                        efer: 0x500,
+                        cs: kvm_bindings::kvm_segment {
+                            selector: 0x2b,
+                            dpl: 3,
+                            l: 1,
+                            present: 1,
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    },
+                    // Distinct words, so a shifted or truncated copy shows.
+                    xsave: (0..1024).map(|i| i * 3 + 1).collect(),
+                    xcrs: kvm_bindings::kvm_xcrs {
+                        nr_xcrs: 1,
+                        xcrs: {
+                            let mut x = [kvm_bindings::kvm_xcr::default(); 16];
+                            x[0].value = 7;
+                            x
+                        },
+                        ..Default::default()
+                    },
+                    events: {
+                        let mut e = kvm_bindings::kvm_vcpu_events::default();
+                        e.exception.injected = 1;
+                        e.exception.nr = 14;
+                        e.flags = 4;
+                        e
+                    },
+                    msrs: vec![
+                        kvm_bindings::kvm_msr_entry {
+                            index: 0x10,
+                            data: 42,
+                            ..Default::default()
+                        },
+                        kvm_bindings::kvm_msr_entry {
+                            index: 0xc000_0082,
+                            data: 0xffff_8000_0000_1000,
+                            ..Default::default()
+                        },
+                    ],
                 },
                 console: ConsoleState {
                     transport: TransportState {
@@ -204,7 +247,9 @@ mod tests {
                         queues: vec![q, q],
                     },
                 },
-                serial: SerialState::default(),
+                serial: SerialState {
+                    regs: [1, 2, 3, 4, 5, 6, 7, 8, 9],
+                },
             },
             memory_bytes: 64 << 20,
             data_pages: vec![
@@ -230,13 +275,29 @@ mod tests {
             (h.version, h.arch, h.abi),
             (FORMAT_VERSION, ARCH_X86_64, flint_abi::ABI_VERSION)
         );
-        assert_eq!(
-            encode(&back).unwrap(),
-            bytes,
-            "decode(encode(s)) re-encodes to the same bytes"
-        );
-        assert_eq!(back.vm.vcpu.msrs[0].data, 42);
+        // Every part comes back as it was written (not merely as this
+        // code would encode it again).
+        let (v, w) = (&back.vm.vcpu, &s.vm.vcpu);
+        assert_eq!(v.regs, w.regs);
+        assert_eq!(v.sregs, w.sregs);
+        assert_eq!(v.xsave, w.xsave);
+        assert_eq!(v.xcrs, w.xcrs);
+        assert_eq!(v.events, w.events);
+        assert_eq!(v.msrs, w.msrs);
         assert_eq!(back.vm.console, s.vm.console);
+        assert_eq!(back.vm.serial, s.vm.serial);
+        assert_eq!(back.vm.memory_mib, 64);
+        assert_eq!(back.memory_bytes, s.memory_bytes);
+        assert_eq!(back.data_pages, s.data_pages);
+        assert_eq!(
+            (
+                &back.module_name,
+                back.module_len,
+                back.module_crc,
+                back.created
+            ),
+            (&s.module_name, s.module_len, s.module_crc, s.created)
+        );
     }
 
     #[test]

@@ -64,7 +64,9 @@ mod tests {
         assert!(decode(&encode(&[1, 2000]), 1000)
             .unwrap_err()
             .contains("beyond"));
-        assert!(decode(b"FLINTWS1", 1000).is_err());
-        assert!(decode(&encode(&[1])[..15], 1000).is_err());
+        let e = decode(b"FLINTWS1", 1000).unwrap_err();
+        assert!(e.contains("not a working-set file"), "{e}");
+        let e = decode(&encode(&[1])[..15], 1000).unwrap_err();
+        assert!(e.contains("not a working-set file"), "{e}");
     }
 }

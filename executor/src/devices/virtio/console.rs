@@ -265,7 +265,8 @@ mod tests {
         let mock = MockSplitQueue::new(&m, 16);
         add_chain(&mock, &[SplitDescriptor::new(u64::MAX - 10, 100, 0, 0)]);
         let mut c = console_with(&m, &mock, TX_QUEUE);
-        assert!(c.take_tx(&m).is_err());
+        let e = c.take_tx(&m).unwrap_err().to_string();
+        assert!(e.contains("outside guest memory"), "{e}");
     }
 
     #[test]

@@ -414,7 +414,8 @@ mod tests {
             .contains("never offered"));
         let mut s = good.clone();
         s.queues[0].size = 3;
-        assert!(MmioTransport::restore((fresh(), &m), &s).is_err());
+        let e = MmioTransport::restore((fresh(), &m), &s).unwrap_err().0;
+        assert!(e.contains("queue 0: invalid queue size"), "{e}");
         let mut s = good.clone();
         s.queues[1].desc_table = 0xfff_0000;
         assert!(MmioTransport::restore((fresh(), &m), &s)

@@ -573,3 +573,58 @@ fn every_thread_of_serve_is_under_its_seccomp_filter() {
         "serving made a call outside its filter:\n{err}"
     );
 }
+
+/// A relative `image:` resolves against the manifest's directory, not the
+/// gateway's working directory, and `--domain` names the host services
+/// answer at (`NAME.NAMESPACE.DOMAIN`; another domain finds nothing).
+#[test]
+fn relative_images_resolve_against_the_manifest_and_domain_names_the_hosts() {
+    let (port, admin) = (free_port(), free_port());
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("site");
+    std::fs::create_dir_all(root.join("functions")).unwrap();
+    std::fs::create_dir_all(root.join("services")).unwrap();
+    std::fs::copy(
+        flint_examples::path("greet"),
+        root.join("functions/greet.wasm"),
+    )
+    .unwrap();
+    let manifest = root.join("services/hello.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\nspec:\n  template:\n    spec:\n      containers:\n        - image: ../functions/greet.wasm\n",
+    )
+    .unwrap();
+    // Started elsewhere: from here the relative path names nothing.
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_flint"))
+        .current_dir(&elsewhere)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{admin}"),
+            "--domain",
+            "flint.test",
+        ])
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .arg("--image-root")
+        .arg(&root)
+        .arg(&manifest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(Server)
+        .unwrap();
+    wait_listening(port);
+    assert_eq!(
+        get(port, "hello.default.flint.test", "/greet?name=ada"),
+        (200, "hello, ada\n".into())
+    );
+    assert_eq!(get(port, "hello.default.example.com", "/greet").0, 404);
+    let err = sigterm(&mut server);
+    assert!(err.contains("hello.default.flint.test"), "{err}");
+}

@@ -71,6 +71,11 @@ impl Gateway {
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::SeqCst)
     }
+
+    /// True once the gateway stopped accepting and drains what it has.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
 }
 
 /// How long a client may take to send a request's header block (and how

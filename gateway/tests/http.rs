@@ -1401,3 +1401,140 @@ async fn binary_event_replies_stream() {
     assert_eq!(v["data"], "start\nchunk 0\nchunk 1\nchunk 2\n");
     gw.stop().await;
 }
+
+/// What a manifest's container says reaches the function: `env` (a
+/// module's and a Linux program's), `args` after the entrypoint, and the
+/// memory limit as the VM's RAM (a Linux program reads it in
+/// `/proc/meminfo`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_manifests_env_args_and_memory_limit_reach_the_function() {
+    let script = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"$EXTRA|$#|$1|$2\"\nread line < /proc/meminfo\necho \"$line\"\n";
+    let (_dir, tar) = shell_cgi_image(script, &[]);
+    let linux = |name: &str, memory: &str| {
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n      containers:\n        - image: {}\n          args: [first, \"second arg\"]\n          env:\n            - name: EXTRA\n              value: from the manifest\n          resources:\n            limits:\n              memory: {memory}\n",
+            tar.display()
+        )
+    };
+    let module = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: vars\nspec:\n  template:\n    spec:\n      containers:\n        - image: {}\n          env:\n            - name: FOO\n              value: bar baz\n",
+        flint_examples::path("printenv").display()
+    );
+    let gw = start(
+        &[linux("small", "64Mi"), linux("large", "160Mi"), module],
+        1 << 20,
+    )
+    .await;
+    let mem_kib = |body: &str| -> u64 {
+        let line = body.lines().nth(1).unwrap_or_default();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0)
+    };
+    let (code, _, small) = http(gw.addr, "GET", "small.default.example.com", "/", b"").await;
+    let small = String::from_utf8_lossy(&small).into_owned();
+    assert_eq!(code, 200, "{small}");
+    assert_eq!(
+        small.lines().next(),
+        Some("from the manifest|2|first|second arg"),
+        "{small}"
+    );
+    let (code, _, large) = http(gw.addr, "GET", "large.default.example.com", "/", b"").await;
+    let large = String::from_utf8_lossy(&large).into_owned();
+    assert_eq!(code, 200, "{large}");
+    assert!(small.contains("MemTotal:"), "{small}");
+    let (s, l) = (mem_kib(&small), mem_kib(&large));
+    assert!(
+        s > 32 * 1024 && s <= 64 * 1024,
+        "64Mi limit, MemTotal {s} kB"
+    );
+    assert!(
+        l > 128 * 1024 && l <= 160 * 1024,
+        "160Mi limit, MemTotal {l} kB"
+    );
+    let (code, _, vars) = http(gw.addr, "GET", "vars.default.example.com", "/", b"").await;
+    let vars = String::from_utf8_lossy(&vars).into_owned();
+    assert_eq!(code, 200, "{vars}");
+    assert!(vars.lines().any(|l| l == "FOO=bar baz"), "{vars}");
+    gw.stop().await;
+}
+
+/// `/readyz` answers 503 once the gateway drains (so a load balancer stops
+/// sending), while the requests already in flight finish with their 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readyz_fails_during_a_drain_while_requests_finish() {
+    let gw = start(&[manifest("hello", "greet", "")], 1 << 20).await;
+    assert_eq!(http(gw.admin, "GET", "x", "/readyz", b"").await.0, 200);
+    let addr = gw.addr;
+    let slow = tokio::spawn(async move {
+        http(
+            addr,
+            "GET",
+            "hello.default.example.com",
+            "/greet?sleep_ms=2000",
+            b"",
+        )
+        .await
+    });
+    wait_for("the request in flight", 30, || gw.gw.inflight() > 0).await;
+    let admin = gw.admin;
+    let (gw_handle, stop) = (gw.gw.clone(), gw.stop);
+    let _ = stop.expect("running").send(());
+    wait_for("the drain", 10, || gw_handle.draining()).await;
+    let (code, _, body) = http(admin, "GET", "x", "/readyz", b"").await;
+    assert_eq!(
+        (code, String::from_utf8_lossy(&body).trim()),
+        (503, "draining")
+    );
+    let (code, _, body) = slow.await.unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).starts_with("hello, world"));
+    gw.done.await.unwrap();
+}
+
+/// `autoscaling.knative.dev/metric: rps` scales on request arrivals: one
+/// client sending requests one after another (concurrency about 0.1 at
+/// most) scales an rps service past one instance, while the same load on
+/// a concurrency service with the same target stays at one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rps_services_scale_on_arrivals() {
+    let svc = |name: &str, metric: &str| {
+        with_annotations(
+            name,
+            "greet",
+            &[
+                ("autoscaling.knative.dev/metric", metric),
+                ("autoscaling.knative.dev/target", "2"),
+                ("autoscaling.knative.dev/window", "6s"),
+            ],
+        )
+    };
+    let gw = start(
+        &[svc("byrps", "rps"), svc("byconc", "concurrency")],
+        1 << 20,
+    )
+    .await;
+    let revs = gw.gw.registry.routed_revisions();
+    let desired = |name: &str| {
+        revs.iter()
+            .find(|r| r.service.name == name)
+            .map(|r| r.desired.load(std::sync::atomic::Ordering::SeqCst))
+            .unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while desired("byrps") < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rps service at {} instances",
+            desired("byrps")
+        );
+        for host in ["byrps.default.example.com", "byconc.default.example.com"] {
+            assert_eq!(http(gw.addr, "GET", host, "/", b"").await.0, 200);
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert_eq!(desired("byconc"), 1, "the same load by concurrency");
+    gw.stop().await;
+}

@@ -753,3 +753,31 @@ fn a_snapshot_tells_whether_it_was_made_from_a_module() {
     assert!(!snap.made_from(&module[..last]));
     assert!(!snap.made_from(&std::fs::read(flint_examples::path("echo")).unwrap()));
 }
+
+/// A reactor's `_initialize` runs before the snapshot is taken, so what it
+/// builds is in the snapshot: bigheap's 32 MiB table (a xorshift sequence,
+/// recomputed here) lies in `memory.bin`, and the snapshot holds over
+/// 8,192 pages of data where hello's holds a few hundred.
+#[test]
+fn a_reactors_initialize_runs_before_the_snapshot() {
+    let dir = snapshot("bigheap");
+    let pages = Snapshot::open(dir.path()).unwrap().info().data_pages;
+    assert!(pages > 8192, "{pages} pages of data");
+    let hello = snapshot("hello");
+    let few = Snapshot::open(hello.path()).unwrap().info().data_pages;
+    assert!(few < 2048, "hello: {few} pages of data");
+    // The table's first entries, as bigheap's build() makes them.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut head = Vec::new();
+    for _ in 0..4 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        head.extend_from_slice(&x.to_le_bytes());
+    }
+    let mem = std::fs::read(dir.path().join("memory.bin")).unwrap();
+    assert!(
+        mem.windows(head.len()).any(|w| w == head.as_slice()),
+        "the table built by _initialize is not in the snapshot"
+    );
+}

@@ -27,7 +27,10 @@ fn run(mut cmd: Command, stdin: &[u8]) -> Output {
 }
 
 fn reference(module: &str, args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Output {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/wasi_reference.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/wasi_reference.py"
+    );
     let probe = Command::new("python3")
         .args(["-c", "import wasmtime"])
         .output()
@@ -66,7 +69,11 @@ fn wasi_calls_answer_as_wasmtime_answers_them() {
     let cases: &[(&[&str], &[(&str, &str)], &[u8])] = &[
         (&[], &[], b""),
         (&["x", "y z"], &[("A", "1"), ("B", "two")], b"stdin data\n"),
-        (&["--flag", "\u{fc}n\u{ef}code", ""], &[("EMPTY", ""), ("EQ", "a=b")], &big),
+        (
+            &["--flag", "\u{fc}n\u{ef}code", ""],
+            &[("EMPTY", ""), ("EQ", "a=b")],
+            &big,
+        ),
     ];
     let module = probe();
     for (args, env, stdin) in cases {

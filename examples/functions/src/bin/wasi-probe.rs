@@ -64,48 +64,90 @@ fn main() {
         let msg = b"written\n";
         let iov: [u32; 2] = [msg.as_ptr() as u32, msg.len() as u32];
         let mut n: u32 = 0;
-        line(format!("fd_write(bad fd) {}", fd_write(99, p(&iov), 1, pm(&mut n))));
+        line(format!(
+            "fd_write(bad fd) {}",
+            fd_write(99, p(&iov), 1, pm(&mut n))
+        ));
         if invalid {
-            line(format!("fd_write(wild iovs) {}", fd_write(1, WILD, 1, pm(&mut n))));
+            line(format!(
+                "fd_write(wild iovs) {}",
+                fd_write(1, WILD, 1, pm(&mut n))
+            ));
             let wild_iov: [u32; 2] = [WILD as u32, 64];
             let e = fd_write(1, p(&wild_iov), 1, pm(&mut n));
             line(format!("fd_write(wild buffer) {e}"));
-            line(format!("fd_write(wild nwritten) {}", fd_write(1, p(&iov), 0, WILD)));
+            line(format!(
+                "fd_write(wild nwritten) {}",
+                fd_write(1, p(&iov), 0, WILD)
+            ));
             let mut stat = [0u8; 24];
             line(format!("fd_fdstat_get(wild) {}", fd_fdstat_get(1, WILD)));
-            line(format!("clock_time_get(wild) {}", clock_time_get(1, 1, WILD)));
+            line(format!(
+                "clock_time_get(wild) {}",
+                clock_time_get(1, 1, WILD)
+            ));
             line(format!("random_get(wild) {}", random_get(WILD, 32)));
             let mut t: u64 = 0;
-            line(format!("clock_time_get(bad id) {}", clock_time_get(99, 1, pm(&mut t))));
-            line(format!("clock_res_get(bad id) {}", clock_res_get(99, pm(&mut t))));
+            line(format!(
+                "clock_time_get(bad id) {}",
+                clock_time_get(99, 1, pm(&mut t))
+            ));
+            line(format!(
+                "clock_res_get(bad id) {}",
+                clock_res_get(99, pm(&mut t))
+            ));
             let e = fd_read(0, WILD, 1, pm(&mut n));
-            line(format!("fd_read(wild iovs) {e} {}", fd_fdstat_get(1, pm(&mut stat))));
+            line(format!(
+                "fd_read(wild iovs) {e} {}",
+                fd_fdstat_get(1, pm(&mut stat))
+            ));
         }
-        line(format!("fd_write(no iovs) {} n={n}", fd_write(1, p(&iov), 0, pm(&mut n))));
-        line(format!("fd_read(bad fd) {}", fd_read(99, p(&iov), 1, pm(&mut n))));
+        line(format!(
+            "fd_write(no iovs) {} n={n}",
+            fd_write(1, p(&iov), 0, pm(&mut n))
+        ));
+        line(format!(
+            "fd_read(bad fd) {}",
+            fd_read(99, p(&iov), 1, pm(&mut n))
+        ));
         line(format!("fd_close(bad fd) {}", fd_close(99)));
         let mut stat = [0u8; 24];
         let e = fd_fdstat_get(99, pm(&mut stat));
         line(format!("fd_fdstat_get(bad fd) {e}"));
         let mut prestat = [0u32; 2];
-        line(format!("fd_prestat_get(3) {}", fd_prestat_get(3, pm(&mut prestat))));
+        line(format!(
+            "fd_prestat_get(3) {}",
+            fd_prestat_get(3, pm(&mut prestat))
+        ));
         let mut off: u64 = 0;
-        line(format!("fd_seek(bad fd) {}", fd_seek(99, 0, 0, pm(&mut off))));
+        line(format!(
+            "fd_seek(bad fd) {}",
+            fd_seek(99, 0, 0, pm(&mut off))
+        ));
         let mut t: u64 = 0;
         let e = clock_time_get(0, 1, pm(&mut t));
         // 2020-01-01 in nanoseconds.
-        line(format!("clock_time_get(realtime) {e} after-2020={}", t > 1_577_836_800_000_000_000));
+        line(format!(
+            "clock_time_get(realtime) {e} after-2020={}",
+            t > 1_577_836_800_000_000_000
+        ));
         let mut t1: u64 = 0;
         let mut t2: u64 = 0;
         let e1 = clock_time_get(1, 1, pm(&mut t1));
         let e2 = clock_time_get(1, 1, pm(&mut t2));
-        line(format!("clock_time_get(monotonic) {e1} {e2} ordered={}", t2 >= t1));
+        line(format!(
+            "clock_time_get(monotonic) {e1} {e2} ordered={}",
+            t2 >= t1
+        ));
         let mut res: u64 = 0;
         let e = clock_res_get(1, pm(&mut res));
         line(format!("clock_res_get(monotonic) {e} positive={}", res > 0));
         let mut buf = [0u8; 32];
         let e = random_get(pm(&mut buf), 32);
-        line(format!("random_get {e} nonzero={}", buf.iter().any(|b| *b != 0)));
+        line(format!(
+            "random_get {e} nonzero={}",
+            buf.iter().any(|b| *b != 0)
+        ));
         line(format!("random_get(empty) {}", random_get(pm(&mut buf), 0)));
         line(format!("sched_yield {}", sched_yield()));
         let (mut argc, mut argsz) = (0u32, 0u32);
@@ -116,7 +158,17 @@ fn main() {
         line(format!("environ_sizes_get {e} {envc} {envsz}"));
         let path = b"etc/passwd";
         let mut fd: u32 = 0;
-        let e = path_open(3, 0, path.as_ptr() as i32, path.len() as i32, 0, 0, 0, 0, pm(&mut fd));
+        let e = path_open(
+            3,
+            0,
+            path.as_ptr() as i32,
+            path.len() as i32,
+            0,
+            0,
+            0,
+            0,
+            pm(&mut fd),
+        );
         line(format!("path_open(no preopen) {e}"));
         let mut nevents: u32 = 0;
         let events = [0u8; 32];
@@ -127,8 +179,13 @@ fn main() {
     // (no preopened directories), arguments, environment, stdin.
     let t0 = std::time::Instant::now();
     std::thread::sleep(std::time::Duration::from_millis(20));
-    line(format!("sleep slept-enough={}", t0.elapsed().as_millis() >= 20));
-    let opened = std::fs::read("/etc/passwd").map(|_| ()).map_err(|e| e.kind());
+    line(format!(
+        "sleep slept-enough={}",
+        t0.elapsed().as_millis() >= 20
+    ));
+    let opened = std::fs::read("/etc/passwd")
+        .map(|_| ())
+        .map_err(|e| e.kind());
     line(format!("fs::read {opened:?}"));
     line(format!("args {:?}", std::env::args().collect::<Vec<_>>()));
     let mut env: Vec<_> = std::env::vars().collect();
@@ -136,8 +193,14 @@ fn main() {
     line(format!("env {env:?}"));
     let mut stdin = Vec::new();
     let r = std::io::Read::read_to_end(&mut std::io::stdin(), &mut stdin);
-    let sum = stdin.iter().fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(*b as u32));
-    line(format!("stdin {:?} {} {sum}", r.map(|_| ()).map_err(|e| e.kind()), stdin.len()));
+    let sum = stdin
+        .iter()
+        .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(*b as u32));
+    line(format!(
+        "stdin {:?} {} {sum}",
+        r.map(|_| ()).map_err(|e| e.kind()),
+        stdin.len()
+    ));
     use std::io::Write;
     std::io::stdout().write_all(out.as_bytes()).expect("stdout");
     std::io::stdout().flush().expect("stdout");

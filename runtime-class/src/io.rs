@@ -37,7 +37,7 @@ pub struct ProcessIo {
 }
 
 fn io_err(what: &str, e: std::io::Error) -> SandboxError {
-    SandboxError::Io(format!("{what}: {e}"))
+    SandboxError::io(what, e)
 }
 
 /// Opens a FIFO without blocking (its open would wait for the other end),
@@ -201,7 +201,7 @@ fn start_logger(
     });
     if rx.recv_timeout(LOGGER_READY).is_err() {
         stop(child);
-        return Err(SandboxError::Io(format!(
+        return Err(SandboxError::Internal(format!(
             "the logger {program} did not become ready within {LOGGER_READY:?}"
         )));
     }

@@ -28,8 +28,25 @@ pub enum SandboxError {
     Unsupported(String),
     #[error("{0}")]
     State(String),
+    /// A host operation failed; `source` is kept for the error chain.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The shim's own machinery failed, with no underlying error.
     #[error("{0}")]
-    Io(String),
+    Internal(String),
+}
+
+impl SandboxError {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,7 +263,7 @@ fn module_in_rootfs(root: &Path, arg0: &str) -> Result<Vec<u8>, SandboxError> {
     Read::by_ref(&mut f)
         .take(1 << 30)
         .read_to_end(&mut bytes)
-        .map_err(|e| SandboxError::Io(format!("{arg0}: {e}")))?;
+        .map_err(|e| SandboxError::io(arg0, e))?;
     if !bytes.starts_with(b"\0asm") {
         return Err(SandboxError::Unsupported(format!(
             "{arg0} is neither a WebAssembly module nor a Linux program (ELF or #! script)"
@@ -423,7 +440,7 @@ impl Process {
             })
             .map_err(|e| {
                 self.status.lock().unwrap_or_else(|e| e.into_inner()).0 = Status::Created;
-                SandboxError::Io(format!("starting the VM thread: {e}"))
+                SandboxError::io("starting the VM thread", e)
             })?;
         Ok(())
     }

@@ -36,16 +36,23 @@ fn status(code: Code, msg: impl Into<String>) -> ttrpc::Error {
 }
 
 fn map_err(e: SandboxError) -> ttrpc::Error {
-    log::warn!("{e}");
     let code = match &e {
         SandboxError::NotFound(_) => Code::NOT_FOUND,
         SandboxError::Exists(_) => Code::ALREADY_EXISTS,
         SandboxError::Invalid(_) => Code::INVALID_ARGUMENT,
         SandboxError::Unsupported(_) => Code::UNIMPLEMENTED,
         SandboxError::State(_) => Code::FAILED_PRECONDITION,
-        SandboxError::Io(_) => Code::INTERNAL,
+        SandboxError::Io { .. } | SandboxError::Internal(_) => Code::INTERNAL,
     };
-    status(code, e.to_string())
+    // The whole chain: what failed, then why.
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    log::warn!("{msg}");
+    status(code, msg)
 }
 
 fn timestamp((seconds, nanos): (i64, i32)) -> Timestamp {
@@ -465,4 +472,32 @@ pub fn unmount(path: &std::path::Path) {
     crate::confine::outside(move || {
         let _ = containerd_shim::mount::umount_recursive(path.to_str(), libc::MNT_DETACH);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// containerd gets the whole chain (what failed, then the OS error)
+    /// with the code for the kind of failure.
+    #[test]
+    fn errors_reach_containerd_with_their_cause_and_code() {
+        let e = SandboxError::io(
+            "reading /x.wasm",
+            std::io::Error::from_raw_os_error(libc::EACCES),
+        );
+        let ttrpc::Error::RpcStatus(s) = map_err(e) else {
+            panic!("not a status")
+        };
+        assert_eq!(s.code(), Code::INTERNAL);
+        assert_eq!(
+            s.message(),
+            "reading /x.wasm: Permission denied (os error 13)"
+        );
+        let ttrpc::Error::RpcStatus(s) = map_err(SandboxError::NotFound("no such exec".into()))
+        else {
+            panic!("not a status")
+        };
+        assert_eq!((s.code(), s.message()), (Code::NOT_FOUND, "no such exec"));
+    }
 }

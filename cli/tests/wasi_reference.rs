@@ -63,10 +63,13 @@ fn probe() -> String {
     flint_examples::path("wasi-probe").display().to_string()
 }
 
+/// Arguments, environment, stdin.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [u8]);
+
 #[test]
 fn wasi_calls_answer_as_wasmtime_answers_them() {
     let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let cases: &[(&[&str], &[(&str, &str)], &[u8])] = &[
+    let cases: &[Case] = &[
         (&[], &[], b""),
         (&["x", "y z"], &[("A", "1"), ("B", "two")], b"stdin data\n"),
         (

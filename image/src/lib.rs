@@ -13,19 +13,21 @@
 //! [`find_module`] does the reverse for an image layout directory (or
 //! archive): index, then manifest, then layers, newest last, until a
 //! `.wasm` file (or a raw wasm layer) turns up. Everything read is checked:
-//! digests must match their content, and sizes are capped.
+//! the documents are read as the image spec's types (`oci-spec`: required
+//! fields, digest formats), digests must match their content, and sizes
+//! are capped. The documents written are built from the same types.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use oci_spec::image::{
+    Arch, Config, Descriptor, DescriptorBuilder, ImageConfiguration, ImageConfigurationBuilder,
+    ImageIndex, ImageIndexBuilder, ImageManifest, ImageManifestBuilder, MediaType, Os,
+    PlatformBuilder, RootFsBuilder,
+};
+use sha2::{Digest as _, Sha256};
 
-pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const MEDIA_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 /// The wasm OCI artifact layer type (runwasi, wasm-to-oci).
 pub const MEDIA_LAYER_WASM: &str = "application/vnd.wasm.content.layer.v1+wasm";
 
@@ -150,38 +152,56 @@ fn build_layer(
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     std::io::Write::write_all(&mut gz, layer_tar).map_err(io)?;
     let layer = gz.finish().map_err(io)?;
-    let config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": config,
-        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
-    })
-    .to_string()
-    .into_bytes();
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_MANIFEST,
-        "config": { "mediaType": MEDIA_CONFIG, "digest": sha256(&config), "size": config.len() },
-        "layers": [{ "mediaType": MEDIA_LAYER_GZIP, "digest": sha256(&layer), "size": layer.len() }],
-    })
-    .to_string()
-    .into_bytes();
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_INDEX,
-        "manifests": [{
-            "mediaType": MEDIA_MANIFEST,
-            "digest": sha256(&manifest),
-            "size": manifest.len(),
-            "platform": { "architecture": "amd64", "os": "linux" },
-            "annotations": {
-                "org.opencontainers.image.ref.name": reference,
-                "io.containerd.image.name": reference,
-            },
-        }],
-    })
-    .to_string()
-    .into_bytes();
+    let spec = |e: oci_spec::OciSpecError| malformed(format!("building the image: {e}"));
+    let config: Config = serde_json::from_value(config)
+        .map_err(|e| malformed(format!("the image config's config: {e}")))?;
+    let config = ImageConfigurationBuilder::default()
+        .architecture(Arch::Amd64)
+        .os(Os::Linux)
+        .config(config)
+        .rootfs(
+            RootFsBuilder::default()
+                .typ("layers")
+                .diff_ids(vec![diff_id])
+                .build()
+                .map_err(spec)?,
+        )
+        .build()
+        .map_err(spec)?;
+    let config = to_json(&config)?;
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(descriptor(MediaType::ImageConfig, &config)?)
+        .layers(vec![descriptor(MediaType::ImageLayerGzip, &layer)?])
+        .build()
+        .map_err(spec)?;
+    let manifest = to_json(&manifest)?;
+    let mut entry = descriptor(MediaType::ImageManifest, &manifest)?;
+    entry.set_platform(Some(
+        PlatformBuilder::default()
+            .architecture(Arch::Amd64)
+            .os(Os::Linux)
+            .build()
+            .map_err(spec)?,
+    ));
+    entry.set_annotations(Some(HashMap::from([
+        (
+            "org.opencontainers.image.ref.name".to_string(),
+            reference.to_string(),
+        ),
+        (
+            "io.containerd.image.name".to_string(),
+            reference.to_string(),
+        ),
+    ])));
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(vec![entry])
+        .build()
+        .map_err(spec)?;
+    let index = to_json(&index)?;
     let mut out = tar::Builder::new(Vec::new());
     let mut add = |path: &str, data: &[u8]| -> Result<(), ImageError> {
         let mut h = tar::Header::new_gnu();
@@ -200,6 +220,23 @@ fn build_layer(
         )?;
     }
     out.into_inner().map_err(io)
+}
+
+/// The descriptor of `blob`: its media type, sha256 digest and size.
+fn descriptor(media_type: MediaType, blob: &[u8]) -> Result<Descriptor, ImageError> {
+    let digest: oci_spec::image::Digest = sha256(blob)
+        .parse()
+        .map_err(|e| malformed(format!("digest: {e}")))?;
+    DescriptorBuilder::default()
+        .media_type(media_type)
+        .digest(digest)
+        .size(blob.len() as u64)
+        .build()
+        .map_err(|e| malformed(format!("building the image: {e}")))
+}
+
+fn to_json(doc: &impl serde::Serialize) -> Result<Vec<u8>, ImageError> {
+    serde_json::to_vec(doc).map_err(|e| malformed(format!("encoding the image: {e}")))
 }
 
 /// Where blobs come from: a layout directory, or an archive read whole.
@@ -280,56 +317,57 @@ impl Store {
     }
 }
 
-fn json(b: &[u8], what: &str) -> Result<serde_json::Value, ImageError> {
-    serde_json::from_slice(b).map_err(|e| malformed(format!("{what} is not JSON: {e}")))
+fn json<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> Result<T, ImageError> {
+    serde_json::from_slice(b).map_err(|e| malformed(format!("{what} is not valid: {e}")))
 }
 
 /// The first image manifest of the layout at `path` (nested indexes of
 /// multi-platform images followed), and the blob store to read it from.
-fn manifest(path: &Path) -> Result<(Store, serde_json::Value), ImageError> {
+fn manifest(path: &Path) -> Result<(Store, ImageManifest), ImageError> {
     let store = Store::open(path)?;
-    let index = json(&store.read("index.json")?, "index.json")?;
-    let mut desc = index["manifests"]
-        .get(0)
+    let index: ImageIndex = json(&store.read("index.json")?, "index.json")?;
+    let mut desc = index
+        .manifests()
+        .first()
         .cloned()
         .ok_or_else(|| malformed("index.json lists no manifests"))?;
     for _ in 0..4 {
-        let digest = desc["digest"]
-            .as_str()
-            .ok_or_else(|| malformed("a descriptor has no digest"))?
-            .to_string();
-        let doc = json(&store.blob(&digest)?, "a manifest")?;
-        match doc["manifests"].get(0) {
-            Some(inner) => desc = inner.clone(),
-            None => return Ok((store, doc)),
+        let blob = store.blob(desc.digest().as_ref())?;
+        // A nested index (a multi-platform image) lists manifests; a
+        // manifest has layers.
+        let doc: serde_json::Value = json(&blob, "a manifest")?;
+        if doc.get("manifests").is_none() {
+            return Ok((store, json(&blob, "a manifest")?));
         }
+        let inner: ImageIndex = json(&blob, "a nested index")?;
+        desc = inner
+            .manifests()
+            .first()
+            .cloned()
+            .ok_or_else(|| malformed("a nested index lists no manifests"))?;
     }
     Err(malformed("indexes nest too deeply"))
+}
+
+fn is_gzip(layer: &Descriptor, blob: &[u8]) -> bool {
+    layer.media_type().to_string().ends_with("gzip") || blob.starts_with(&[0x1f, 0x8b])
 }
 
 /// The WebAssembly module in an OCI image layout (a directory or a tar
 /// archive of one): its bytes and its file name.
 pub fn find_module(path: &Path) -> Result<(Vec<u8>, String), ImageError> {
     let (store, doc) = manifest(path)?;
-    let layers = doc["layers"]
-        .as_array()
-        .ok_or_else(|| malformed("the manifest has no layers"))?;
-    for layer in layers.iter().rev() {
-        let media = layer["mediaType"].as_str().unwrap_or("");
-        let digest = layer["digest"]
-            .as_str()
-            .ok_or_else(|| malformed("a layer has no digest"))?;
-        let blob = store.blob(digest)?;
-        if media == MEDIA_LAYER_WASM || blob.starts_with(b"\0asm") {
-            let name = layer["annotations"]["org.opencontainers.image.title"]
-                .as_str()
-                .unwrap_or("module.wasm");
+    for layer in doc.layers().iter().rev() {
+        let blob = store.blob(layer.digest().as_ref())?;
+        if layer.media_type().to_string() == MEDIA_LAYER_WASM || blob.starts_with(b"\0asm") {
+            let name = layer
+                .annotations()
+                .as_ref()
+                .and_then(|a| a.get("org.opencontainers.image.title"))
+                .map_or("module.wasm", String::as_str);
             return Ok((blob, name.to_string()));
         }
-        if let Some(found) = wasm_in_tar(
-            &blob,
-            media.ends_with("gzip") || blob.starts_with(&[0x1f, 0x8b]),
-        )? {
+        if let Some(found) = wasm_in_tar(&blob, is_gzip(layer, &blob))? {
             return Ok(found);
         }
     }
@@ -359,33 +397,15 @@ pub fn unpack_rootfs(path: &Path, dest: &Path) -> Result<LinuxConfig, ImageError
         path: dest.to_path_buf(),
         source: e,
     };
-    let config_digest = doc["config"]["digest"]
-        .as_str()
-        .ok_or_else(|| malformed("the manifest has no config"))?;
-    let config = json(&store.blob(config_digest)?, "the image config")?;
-    let c = &config["config"];
-    let strings = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let layers = doc["layers"]
-        .as_array()
-        .ok_or_else(|| malformed("the manifest has no layers"))?;
+    let config: ImageConfiguration = json(
+        &store.blob(doc.config().digest().as_ref())?,
+        "the image config",
+    )?;
     std::fs::create_dir_all(dest).map_err(io)?;
     let mut total = 0u64;
-    for layer in layers {
-        let media = layer["mediaType"].as_str().unwrap_or("");
-        let digest = layer["digest"]
-            .as_str()
-            .ok_or_else(|| malformed("a layer has no digest"))?;
-        let blob = store.blob(digest)?;
-        let gzip = media.ends_with("gzip") || blob.starts_with(&[0x1f, 0x8b]);
-        let reader: Box<dyn Read> = if gzip {
+    for layer in doc.layers() {
+        let blob = store.blob(layer.digest().as_ref())?;
+        let reader: Box<dyn Read> = if is_gzip(layer, &blob) {
             Box::new(flate2::read::GzDecoder::new(blob.as_slice()))
         } else {
             Box::new(blob.as_slice())
@@ -405,21 +425,24 @@ pub fn unpack_rootfs(path: &Path, dest: &Path) -> Result<LinuxConfig, ImageError
             entry.unpack_in(dest).map_err(io)?;
         }
     }
+    let c = config.config().clone().unwrap_or_default();
     Ok(LinuxConfig {
-        entrypoint: strings(&c["Entrypoint"]),
-        cmd: strings(&c["Cmd"]),
-        env: strings(&c["Env"])
+        entrypoint: c.entrypoint().clone().unwrap_or_default(),
+        cmd: c.cmd().clone().unwrap_or_default(),
+        env: c
+            .env()
             .iter()
+            .flatten()
             .filter_map(|kv| {
                 kv.split_once('=')
                     .map(|(k, v)| (k.to_string(), v.to_string()))
             })
             .collect(),
-        working_dir: c["WorkingDir"]
-            .as_str()
+        working_dir: c
+            .working_dir()
+            .clone()
             .filter(|w| !w.is_empty())
-            .unwrap_or("/")
-            .to_string(),
+            .unwrap_or_else(|| "/".into()),
     })
 }
 
@@ -508,10 +531,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("malformed") && e.contains("archive"), "{e}");
-        std::fs::write(dir.join("index.json"), b"{\"manifests\": []}").unwrap();
-        assert!(find_module(dir)
-            .unwrap_err()
-            .to_string()
-            .contains("no manifests"));
+        let refused = |index: &str| {
+            std::fs::write(dir.join("index.json"), index).unwrap();
+            find_module(dir).unwrap_err().to_string()
+        };
+        let e = refused(r#"{"schemaVersion": 2, "manifests": []}"#);
+        assert!(e.contains("no manifests"), "{e}");
+        // The image spec's required fields and formats, as oci-spec reads them.
+        let e = refused(r#"{"manifests": []}"#);
+        assert!(
+            e.contains("index.json") && e.contains("schemaVersion"),
+            "{e}"
+        );
+        let e = refused(
+            r#"{"schemaVersion": 2, "manifests": [{"mediaType": "x", "digest": "nodigest", "size": 1}]}"#,
+        );
+        assert!(e.contains("index.json") && e.contains("digest"), "{e}");
+        let e = refused(
+            r#"{"schemaVersion": 2, "manifests": [{"mediaType": "x", "digest": "sha256:00", "size": -1}]}"#,
+        );
+        assert!(e.contains("index.json is not valid"), "{e}");
     }
 }

@@ -594,6 +594,15 @@ async fn every_request_gets_a_fresh_instance() {
             (200, "count 1\n".to_string())
         );
     }
+    // A reset VM answers `count 1` too: what tells the isolation apart is
+    // that no VM was ever reset and kept, each request had its own
+    // restore (12 for 12 requests, the pool's included).
+    let (_, _, m) = http(gw.admin, "GET", "x", "/metrics", b"").await;
+    let m = String::from_utf8_lossy(&m).into_owned();
+    let rev = [("revision_name", "iso-00001")];
+    assert_eq!(series(&m, "flint_reset_latencies_count", &rev), None, "{m}");
+    let restores = series(&m, "flint_restore_latencies_count", &rev).unwrap_or(0.0);
+    assert!(restores >= 12.0, "{restores} restores for 12 requests:\n{m}");
     gw.stop().await;
 }
 

@@ -370,11 +370,22 @@ pub fn find_program(root: &Path, name: &str, path: &str) -> Option<String> {
     })
 }
 
+/// Opens the file at guest path `path` inside `root` for reading, resolved
+/// as a program in the container would resolve it: `..`, absolute and
+/// relative symlinks all stay inside the root (`openat2` with
+/// `RESOLVE_IN_ROOT`), so nothing outside it is ever opened.
+pub fn open_in_root(root: &Path, path: &str) -> std::io::Result<std::fs::File> {
+    let root = fs::root::Root::open(root)?;
+    Ok(std::fs::File::from(root.open_at(
+        path.as_bytes(),
+        libc::O_RDONLY,
+        0,
+    )?))
+}
+
 /// The first bytes of the file at guest path `path` inside `root`.
 pub fn read_head(root: &Path, path: &str, n: usize) -> std::io::Result<Vec<u8>> {
-    let root = fs::root::Root::open(root)?;
-    let fd = root.open_at(path.as_bytes(), libc::O_RDONLY, 0)?;
-    let mut f = std::fs::File::from(fd);
+    let mut f = open_in_root(root, path)?;
     let mut buf = vec![0u8; n];
     let got = std::io::Read::read(&mut f, &mut buf)?;
     buf.truncate(got);

@@ -5,7 +5,6 @@
 //! task service (`service.rs`) only translates to and from these calls.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -243,22 +242,16 @@ fn read_config(bundle: &Path) -> Result<Config, SandboxError> {
     })
 }
 
-/// The module file named by `args[0]`, resolved inside the rootfs (never
-/// outside it, whatever symlinks or `..` the image holds).
+/// The module file named by `args[0]`, resolved inside the rootfs as the
+/// container would resolve it (`..` and symlinks, absolute ones too, stay
+/// inside it: `openat2(RESOLVE_IN_ROOT)`, so a swapped symlink cannot race
+/// the check either), never outside it.
 fn module_in_rootfs(root: &Path, arg0: &str) -> Result<Vec<u8>, SandboxError> {
-    let root = root
-        .canonicalize()
-        .map_err(|e| SandboxError::Invalid(format!("the rootfs {}: {e}", root.display())))?;
-    let candidate = root.join(arg0.trim_start_matches('/'));
-    let resolved = candidate
-        .canonicalize()
+    let mut f = flint_linux::open_in_root(root, arg0)
         .map_err(|e| SandboxError::Invalid(format!("{arg0} is not in the image: {e}")))?;
-    if !resolved.starts_with(&root) {
-        return Err(SandboxError::Invalid(format!(
-            "{arg0} points outside the image"
-        )));
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(SandboxError::Invalid(format!("{arg0} is not a file")));
     }
-    let mut f = File::open(&resolved).map_err(|e| SandboxError::Invalid(format!("{arg0}: {e}")))?;
     let mut bytes = Vec::new();
     Read::by_ref(&mut f)
         .take(1 << 30)
@@ -883,16 +876,30 @@ mod tests {
         let root = rootfs("resolve");
         std::fs::write(root.join("f.wasm"), b"\0asm\x01\0\0\0").unwrap();
         std::fs::write(root.join("sh"), b"#!/bin/sh\n").unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", root.join("escape.wasm")).unwrap();
+        // A real module on the host, named by a symlink in the image and
+        // through `..`: both resolve inside the rootfs, where it is not.
+        let host = std::env::temp_dir().join(format!("flint-host-{}.wasm", std::process::id()));
+        std::fs::write(&host, b"\0asm\x01\0\0\0").unwrap();
+        std::os::unix::fs::symlink(&host, root.join("escape.wasm")).unwrap();
+        // An absolute symlink to a module in the image works, as in it.
+        std::os::unix::fs::symlink("/f.wasm", root.join("link.wasm")).unwrap();
         assert!(module_in_rootfs(&root, "/f.wasm").is_ok());
         assert!(module_in_rootfs(&root, "f.wasm").is_ok());
+        assert!(module_in_rootfs(&root, "/link.wasm").is_ok());
+        let dots = format!("/../../../../..{}", host.display());
+        for outside in ["/escape.wasm", dots.as_str()] {
+            assert!(
+                matches!(
+                    module_in_rootfs(&root, outside),
+                    Err(SandboxError::Invalid(m)) if m.contains("not in the image")
+                ),
+                "{outside}"
+            );
+        }
+        let _ = std::fs::remove_file(&host);
         assert!(matches!(
-            module_in_rootfs(&root, "/escape.wasm"),
-            Err(SandboxError::Invalid(m)) if m.contains("outside")
-        ));
-        assert!(matches!(
-            module_in_rootfs(&root, "/../../../../etc/passwd"),
-            Err(SandboxError::Invalid(_))
+            module_in_rootfs(&root, "/"),
+            Err(SandboxError::Invalid(m)) if m.contains("not a file")
         ));
         assert!(matches!(
             module_in_rootfs(&root, "/sh"),

@@ -602,7 +602,10 @@ async fn every_request_gets_a_fresh_instance() {
     let rev = [("revision_name", "iso-00001")];
     assert_eq!(series(&m, "flint_reset_latencies_count", &rev), None, "{m}");
     let restores = series(&m, "flint_restore_latencies_count", &rev).unwrap_or(0.0);
-    assert!(restores >= 12.0, "{restores} restores for 12 requests:\n{m}");
+    assert!(
+        restores >= 12.0,
+        "{restores} restores for 12 requests:\n{m}"
+    );
     gw.stop().await;
 }
 

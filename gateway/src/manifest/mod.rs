@@ -138,36 +138,99 @@ fn check_name(path: &str, name: &str) -> Result<(), ManifestError> {
     }
 }
 
-/// Parses a Go duration as Knative annotations use it ("60s", "1m30s", "500ms").
+/// Parses a duration as Go's `time.ParseDuration` does, which is what
+/// Knative's webhook reads its annotations with ("60s", "1m30s", "1.5h",
+/// "500ms", "10µs"): a sequence of decimal numbers, each with an optional
+/// fraction and a unit (`ns`, `us`, `µs`, `μs`, `ms`, `s`, `m`, `h`), or
+/// "0"; at most 2^63-1 ns. A negative duration, which no annotation may
+/// have, is `None` (but "-0" is zero, as Go reads it).
+/// `gateway/tests/go_duration.rs` compares it with Go's, input by input.
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let mut total = Duration::ZERO;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return None;
-    }
+    const MAX: u64 = 1 << 63;
+    let (neg, mut rest) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
     if rest == "0" {
         return Some(Duration::ZERO);
     }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
     while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let n: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
+        // The integer part; digits past what fits are an error.
+        let int_end = rest
+            .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
-        let secs = match &rest[..unit_end] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
+        let mut v: u64 = 0;
+        for d in rest[..int_end].bytes() {
+            v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+            if v > MAX {
+                return None;
+            }
+        }
+        let had_int = int_end > 0;
+        rest = &rest[int_end..];
+        // The fraction: digits past what fits are dropped.
+        let (mut f, mut scale, mut had_frac) = (0u64, 1f64, false);
+        if let Some(frac) = rest.strip_prefix('.') {
+            let frac_end = frac
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(frac.len());
+            had_frac = frac_end > 0;
+            let mut overflow = false;
+            for d in frac[..frac_end].bytes() {
+                if overflow {
+                    continue;
+                }
+                match f.checked_mul(10).map(|x| x + u64::from(d - b'0')) {
+                    Some(y) if f <= (MAX - 1) / 10 && y <= MAX => {
+                        f = y;
+                        scale *= 10.0;
+                    }
+                    _ => overflow = true,
+                }
+            }
+            rest = &frac[frac_end..];
+        }
+        if !had_int && !had_frac {
+            return None;
+        }
+        let unit_end = rest
+            .find(|c: char| c == '.' || c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit: u64 = match &rest[..unit_end] {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             _ => return None,
         };
-        total = total.checked_add(Duration::try_from_secs_f64(n * secs).ok()?)?;
         rest = &rest[unit_end..];
+        if v > MAX / unit {
+            return None;
+        }
+        v *= unit;
+        if f > 0 {
+            // As Go computes it, in floating point, truncated.
+            v = v.checked_add((f as f64 * (unit as f64 / scale)) as u64)?;
+            if v > MAX {
+                return None;
+            }
+        }
+        total = total.checked_add(v)?;
+        if total > MAX {
+            return None;
+        }
     }
-    Some(total)
+    if neg {
+        return (total == 0).then_some(Duration::ZERO);
+    }
+    (total < MAX).then(|| Duration::from_nanos(total))
 }
 
 /// Parses a Kubernetes memory quantity ("128Mi", "1Gi", "200M", "134217728") into MiB, rounding up.

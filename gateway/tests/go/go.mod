@@ -1,0 +1,3 @@
+module flint.dev/gateway-tests
+
+go 1.19

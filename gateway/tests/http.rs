@@ -177,7 +177,7 @@ async fn metrics_and_health_are_served_on_the_admin_port() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn drain_lets_in_flight_requests_finish() {
+async fn drain_lets_in_flight_requests_finish_while_readyz_fails() {
     let gw = start(&[manifest("hello", "greet", "")], 1 << 20).await;
     let addr = gw.addr;
     let slow = tokio::spawn(async move {
@@ -190,9 +190,17 @@ async fn drain_lets_in_flight_requests_finish() {
         )
         .await
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(gw.gw.inflight(), 1);
+    wait_for("the request in flight", 30, || gw.gw.inflight() == 1).await;
+    let (admin, handle) = (gw.admin, gw.gw.clone());
     let stopping = tokio::spawn(gw.stop());
+    // Draining: /readyz fails (a load balancer stops sending) while the
+    // request in flight goes on.
+    wait_for("the drain", 10, || handle.draining()).await;
+    let (code, _, body) = http(admin, "GET", "x", "/readyz", b"").await;
+    assert_eq!(
+        (code, String::from_utf8_lossy(&body).trim()),
+        (503, "draining")
+    );
     let (code, _, body) = slow.await.unwrap();
     assert_eq!((code, body.as_slice()), (200, &b"hello, late\n"[..]));
     stopping.await.unwrap();
@@ -1471,39 +1479,6 @@ async fn a_manifests_env_args_and_memory_limit_reach_the_function() {
     assert_eq!(code, 200, "{vars}");
     assert!(vars.lines().any(|l| l == "FOO=bar baz"), "{vars}");
     gw.stop().await;
-}
-
-/// `/readyz` answers 503 once the gateway drains (so a load balancer stops
-/// sending), while the requests already in flight finish with their 200.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn readyz_fails_during_a_drain_while_requests_finish() {
-    let gw = start(&[manifest("hello", "greet", "")], 1 << 20).await;
-    assert_eq!(http(gw.admin, "GET", "x", "/readyz", b"").await.0, 200);
-    let addr = gw.addr;
-    let slow = tokio::spawn(async move {
-        http(
-            addr,
-            "GET",
-            "hello.default.example.com",
-            "/greet?sleep_ms=2000",
-            b"",
-        )
-        .await
-    });
-    wait_for("the request in flight", 30, || gw.gw.inflight() > 0).await;
-    let admin = gw.admin;
-    let (gw_handle, stop) = (gw.gw.clone(), gw.stop);
-    let _ = stop.expect("running").send(());
-    wait_for("the drain", 10, || gw_handle.draining()).await;
-    let (code, _, body) = http(admin, "GET", "x", "/readyz", b"").await;
-    assert_eq!(
-        (code, String::from_utf8_lossy(&body).trim()),
-        (503, "draining")
-    );
-    let (code, _, body) = slow.await.unwrap();
-    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
-    assert!(String::from_utf8_lossy(&body).starts_with("hello, world"));
-    gw.done.await.unwrap();
 }
 
 /// `autoscaling.knative.dev/metric: rps` scales on request arrivals: one

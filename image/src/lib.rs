@@ -326,27 +326,33 @@ fn json<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> Result<T, Image
 fn manifest(path: &Path) -> Result<(Store, ImageManifest), ImageError> {
     let store = Store::open(path)?;
     let index: ImageIndex = json(&store.read("index.json")?, "index.json")?;
-    let mut desc = index
+    let mut desc = first_manifest(index, "index.json")?;
+    for _ in 0..4 {
+        // Read once; a nested index (a multi-platform image) lists
+        // manifests, a manifest has layers.
+        let doc: serde_json::Value = json(&store.blob(desc.digest().as_ref())?, "a manifest")?;
+        if doc.get("manifests").is_none() {
+            return Ok((store, typed(doc, "a manifest")?));
+        }
+        desc = first_manifest(typed(doc, "a nested index")?, "a nested index")?;
+    }
+    Err(malformed("indexes nest too deeply"))
+}
+
+fn typed<T: serde::de::DeserializeOwned>(
+    doc: serde_json::Value,
+    what: &str,
+) -> Result<T, ImageError> {
+    serde_json::from_value(doc).map_err(|e| malformed(format!("{what} is not valid: {e}")))
+}
+
+/// The first manifest an index lists (`what` names the index).
+fn first_manifest(index: ImageIndex, what: &str) -> Result<Descriptor, ImageError> {
+    index
         .manifests()
         .first()
         .cloned()
-        .ok_or_else(|| malformed("index.json lists no manifests"))?;
-    for _ in 0..4 {
-        let blob = store.blob(desc.digest().as_ref())?;
-        // A nested index (a multi-platform image) lists manifests; a
-        // manifest has layers.
-        let doc: serde_json::Value = json(&blob, "a manifest")?;
-        if doc.get("manifests").is_none() {
-            return Ok((store, json(&blob, "a manifest")?));
-        }
-        let inner: ImageIndex = json(&blob, "a nested index")?;
-        desc = inner
-            .manifests()
-            .first()
-            .cloned()
-            .ok_or_else(|| malformed("a nested index lists no manifests"))?;
-    }
-    Err(malformed("indexes nest too deeply"))
+        .ok_or_else(|| malformed(format!("{what} lists no manifests")))
 }
 
 fn is_gzip(layer: &Descriptor, blob: &[u8]) -> bool {

@@ -12,16 +12,15 @@
 //! and `/sys` for reading. A thread taken over through a VM cannot read
 //! or write the host's other files, though the shim runs as root.
 //!
-//! One thread stays outside ([`outside`]): the only one that keeps
-//! CAP_SYS_ADMIN, it mounts and unmounts containers' root filesystems,
-//! opens the FIFOs and log files containerd names (anywhere on the host),
-//! and starts the `binary://` loggers containerd's users name (their
-//! programs must not inherit the shim's filter) and stops them. It runs
-//! only the jobs this crate's callers hand it.
+//! No thread of the shim's process stays outside: mounting and unmounting
+//! containers' root filesystems, opening the FIFOs and log files
+//! containerd names (anywhere on the host) and starting the `binary://`
+//! loggers containerd's users name (their programs must not inherit the
+//! shim's filter) are the privileged helper's, a separate process started
+//! before the shim confines itself (`crate::helper`), which alone keeps
+//! CAP_SYS_ADMIN and checks every request.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, Sender};
-use std::sync::{Mutex, OnceLock};
 
 use flint_executor::landlock::{Enforced, Reach, DEVICES};
 use flint_executor::seccomp::{confine_from_here, SERVICE_BASE, VCPU_BASE};
@@ -55,22 +54,18 @@ pub const SHIM_CALLS: &[i64] = &[
     libc::SYS_capget,
 ];
 
-/// What the filtered threads keep of the shim's capabilities: acting as
-/// root on the files of a container's root for the Linux programs it runs
-/// (a program's root may write a file it does not own, as in a container).
-/// Mounting (SYS_ADMIN) and signalling loggers (KILL) are the outside
-/// thread's; SYS_RESOURCE served `start`'s OOM score set-up, done before a
-/// shim serves; nothing filtered chowns (CHOWN).
+/// What the shim's process keeps of its capabilities once it serves:
+/// acting as root on the files of a container's root for the Linux
+/// programs it runs (a program's root may write a file it does not own,
+/// as in a container). Mounting (SYS_ADMIN) and signalling loggers (KILL)
+/// are the helper's; SYS_RESOURCE served `start`'s OOM score set-up, done
+/// before a shim serves; nothing in the shim chowns (CHOWN).
 pub const CONFINED_CAPABILITIES: &[caps::Capability] = &[
     caps::Capability::CAP_DAC_OVERRIDE,
     caps::Capability::CAP_DAC_READ_SEARCH,
     caps::Capability::CAP_FOWNER,
     caps::Capability::CAP_FSETID,
 ];
-
-type Job = Box<dyn FnOnce() + Send>;
-
-static OUTSIDE: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
 
 /// A serving shim's reach, from its bundle (its working directory when
 /// containerd starts it): the directory holding this namespace's
@@ -81,11 +76,7 @@ static OUTSIDE: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
 /// that is not a bundle (no `config.json`) is the only one reached,
 /// never its parent.
 pub fn shim_reach(bundle: &Path, cache: &Path, sockets: Option<&Path>) -> Reach {
-    let tasks = match bundle.parent() {
-        Some(p) if bundle.join("config.json").is_file() && p.parent().is_some() => p,
-        _ => bundle,
-    };
-    let mut read_write = vec![tasks.to_path_buf(), cache.to_path_buf()];
+    let mut read_write = vec![tasks_of(bundle).to_path_buf(), cache.to_path_buf()];
     read_write.extend(
         sockets
             .filter(|s| s.parent().is_some())
@@ -98,20 +89,26 @@ pub fn shim_reach(bundle: &Path, cache: &Path, sockets: Option<&Path>) -> Reach 
     }
 }
 
-/// Starts the thread that stays outside the filter, then drops every
-/// capability but [`CONFINED_CAPABILITIES`] from the calling thread and
-/// puts it in the Landlock domain `reach` and under the filter: every
-/// thread it makes from now on inherits all three.
-pub fn confine(reach: &Reach) -> Result<Enforced, Box<dyn std::error::Error + Send + Sync>> {
-    let (tx, rx) = channel::<Job>();
-    std::thread::Builder::new()
-        .name("flint-outside".into())
-        .spawn(move || {
-            for job in rx {
-                job();
-            }
-        })?;
-    let _ = OUTSIDE.set(Mutex::new(tx));
+/// The directory of this namespace's bundles, from the serving shim's
+/// own (see [`shim_reach`]).
+pub fn tasks_of(bundle: &Path) -> &Path {
+    match bundle.parent() {
+        Some(p) if bundle.join("config.json").is_file() && p.parent().is_some() => p,
+        _ => bundle,
+    }
+}
+
+/// Starts the shim's privileged helper for the bundles in `tasks`, then
+/// drops every capability but [`CONFINED_CAPABILITIES`] from the calling
+/// thread and puts it in the Landlock domain `reach` and under the
+/// filter: every thread it makes from now on inherits all three. The
+/// calling thread must be the process's only one, so that no thread
+/// escapes any of them.
+pub fn confine(
+    tasks: &Path,
+    reach: &Reach,
+) -> Result<Enforced, Box<dyn std::error::Error + Send + Sync>> {
+    crate::helper::start(tasks).map_err(|e| format!("starting the shim's helper: {e}"))?;
     let keep: caps::CapsHashSet = CONFINED_CAPABILITIES.iter().copied().collect();
     for set in [caps::CapSet::Effective, caps::CapSet::Permitted] {
         caps::set(None, set, &keep)?;
@@ -126,26 +123,6 @@ pub fn confine(reach: &Reach) -> Result<Enforced, Box<dyn std::error::Error + Se
         .collect();
     confine_from_here(&calls)?;
     Ok(enforced)
-}
-
-/// Runs `f` on the thread outside the filter and returns what it returns
-/// (on the calling thread when the shim is not confined).
-pub fn outside<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let Some(tx) = OUTSIDE.get() else {
-        return f();
-    };
-    let (back, result) = channel();
-    let job: Job = Box::new(move || {
-        let _ = back.send(f());
-    });
-    let sent = tx.lock().unwrap_or_else(|e| e.into_inner()).send(job);
-    if let Err(e) = sent {
-        // The thread is gone (it never exits): run the job here.
-        (e.0)();
-    }
-    result
-        .recv()
-        .expect("every job sends its result before it is dropped")
 }
 
 #[cfg(test)]

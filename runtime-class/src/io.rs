@@ -5,17 +5,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Child, Command};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flint_executor::GuestIo;
 
+use crate::helper::{self, set_nonblocking, Logger};
 use crate::sandbox::{SandboxError, Stdio};
 
 /// How long a `binary://` logger may take to say it is ready.
@@ -33,45 +30,18 @@ pub struct ProcessIo {
     stdin_closed: Arc<AtomicBool>,
     stdout: Option<File>,
     stderr: Option<File>,
-    logger: Option<Child>,
+    logger: Option<Logger>,
 }
 
 fn io_err(what: &str, e: std::io::Error) -> SandboxError {
     SandboxError::io(what, e)
 }
 
-/// Opens a FIFO without blocking (its open would wait for the other end),
-/// then switches the descriptor back to blocking I/O. containerd's client
-/// puts its FIFOs anywhere, so the open is made by the thread outside the
-/// shim's file sandbox (`confine`).
+/// Opens a FIFO without waiting for its other end; containerd's client
+/// puts its FIFOs anywhere, so the shim's helper opens it (outside the
+/// shim's file sandbox).
 fn open_fifo(path: &str, write: bool) -> std::io::Result<File> {
-    let path = path.to_string();
-    let f = crate::confine::outside(move || {
-        OpenOptions::new()
-            .read(!write)
-            .write(write)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-    })?;
-    set_nonblocking(&f, false);
-    Ok(f)
-}
-
-/// Sets or clears O_NONBLOCK on a file we own.
-fn set_nonblocking(f: &File, on: bool) {
-    let fd = f.as_raw_fd();
-    // SAFETY: fcntl on a descriptor we own; only the O_NONBLOCK flag changes.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            let flags = if on {
-                flags | libc::O_NONBLOCK
-            } else {
-                flags & !libc::O_NONBLOCK
-            };
-            libc::fcntl(fd, libc::F_SETFL, flags);
-        }
-    }
+    helper::open_fifo_anywhere(path, write)
 }
 
 /// Opens an output FIFO once it has a reader (opening for writing without
@@ -91,16 +61,10 @@ fn open_output_fifo(path: &str) -> Option<File> {
 }
 
 /// A `file://` URI: output appended to the file, created with its
-/// directories if needed (anywhere on the host, so from outside the file
-/// sandbox, as [`open_fifo`]).
+/// directories if needed (anywhere on the host, so by the helper, as
+/// [`open_fifo`]).
 fn open_log_file(path: &str) -> std::io::Result<File> {
-    let path = path.to_string();
-    crate::confine::outside(move || {
-        if let Some(dir) = Path::new(&path).parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        OpenOptions::new().create(true).append(true).open(&path)
-    })
+    helper::open_log_file_anywhere(path)
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -153,44 +117,19 @@ fn start_logger(
     uri: &str,
     namespace: &str,
     container_id: &str,
-) -> Result<(File, File, Child), SandboxError> {
+) -> Result<(File, File, Logger), SandboxError> {
     let (program, args) = parse_binary_uri(uri)?;
     let (out_r, out_w) = pipe().map_err(|e| io_err("a pipe for the logger", e))?;
     let (err_r, err_w) = pipe().map_err(|e| io_err("a pipe for the logger", e))?;
     let (ready_r, ready_w) = pipe().map_err(|e| io_err("a pipe for the logger", e))?;
-    let fds = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
-    let mut cmd = Command::new(&program);
-    cmd.args(&args)
-        .env("CONTAINER_ID", container_id)
-        .env("CONTAINER_NAMESPACE", namespace)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    // SAFETY: between fork and exec only async-signal-safe calls (fcntl,
-    // dup2) on descriptors this process owns.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Move the three ends above 5 first, so no dup2 clobbers another.
-            let mut high = [0; 3];
-            for (h, fd) in high.iter_mut().zip(fds) {
-                *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
-                if *h < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for (target, fd) in (3..).zip(high) {
-                if libc::dup2(fd, target) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    // Started from outside the shim's seccomp filter: the logger is the
-    // user's program, not the shim's.
-    let child = crate::confine::outside(move || cmd.spawn())
+    // Started by the helper, outside the shim's seccomp filter: the
+    // logger is the user's program, not the shim's.
+    let env = [
+        ("CONTAINER_ID", container_id),
+        ("CONTAINER_NAMESPACE", namespace),
+    ];
+    let child = Logger::start(&program, &args, &env, [out_r, err_r, ready_w])
         .map_err(|e| io_err(&format!("starting the logger {program}"), e))?;
-    drop((out_r, err_r, ready_w));
     // Ready when fd 5 is closed: a read returns end of file.
     let ready = File::from(ready_r);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -200,7 +139,7 @@ fn start_logger(
         let _ = tx.send(());
     });
     if rx.recv_timeout(LOGGER_READY).is_err() {
-        stop(child);
+        child.stop();
         return Err(SandboxError::Internal(format!(
             "the logger {program} did not become ready within {LOGGER_READY:?}"
         )));
@@ -260,26 +199,17 @@ impl ProcessIo {
     pub fn close(mut self) {
         self.stdout = None;
         self.stderr = None;
-        if let Some(mut child) = self.logger.take() {
+        if let Some(child) = self.logger.take() {
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
-                match child.try_wait() {
-                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                    _ => return,
+                if child.exited() {
+                    return;
                 }
+                std::thread::sleep(Duration::from_millis(10));
             }
-            stop(child);
+            child.stop();
         }
     }
-}
-
-/// Kills and reaps a logger: a signal to another process, so from outside
-/// the shim's seccomp filter.
-fn stop(mut child: Child) {
-    crate::confine::outside(move || {
-        let _ = child.kill();
-        let _ = child.wait();
-    });
 }
 
 /// Writes to an output stream; once its reader is gone (a detached `ctr

@@ -4,6 +4,7 @@
 
 mod cache;
 mod confine;
+mod helper;
 mod io;
 mod sandbox;
 mod service;
@@ -95,6 +96,10 @@ impl Shim for FlintShim {
 const RUNTIME: &str = "io.containerd.flint.v2";
 
 fn main() {
+    let args: Vec<_> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == helper::HELPER_ARG) {
+        helper::serve(&args[2..]);
+    }
     // containerd-shim's own bootstrap parses -v but does not act on it.
     if std::env::args()
         .skip(1)
@@ -118,7 +123,6 @@ fn main() {
     }
     // Serving (no start or delete action): under the shim's filter from
     // here, before the runtime makes its threads.
-    let args: Vec<_> = std::env::args_os().collect();
     let flags = containerd_shim::parse(&args[1..]).ok();
     if let Some(flags) = flags.filter(|f| f.action.is_empty()) {
         // The cache must exist for the Landlock domain to reach it.
@@ -129,7 +133,14 @@ fn main() {
         // `-socket`, in containerd's socket directory) once it serves.
         let socket = flags.socket.trim_start_matches("unix://");
         let sockets = std::path::Path::new(socket).parent();
-        match confine::confine(&confine::shim_reach(&bundle, &cache, sockets)) {
+        // On a fresh host the first shim makes the directory (as
+        // containerd-shim's listener would): it must exist before the
+        // Landlock domain can name it.
+        if let Some(dir) = sockets.filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let reach = confine::shim_reach(&bundle, &cache, sockets);
+        match confine::confine(confine::tasks_of(&bundle), &reach) {
             Ok(flint_executor::landlock::Enforced::Fully) => {}
             Ok(how) => eprintln!(
                 "containerd-shim-flint-v2: warning: this kernel enforces the shim's Landlock \
@@ -167,8 +178,8 @@ fn main() {
 /// NET_RAW, SYS_MODULE, SYS_RAWIO, SYS_PTRACE, SYS_BOOT, MKNOD, SETUID,
 /// BPF, ...) goes from every set, the bounding set included, so the
 /// daemon the shim re-executes cannot regain it either. A serving shim
-/// then keeps SYS_ADMIN on one thread only, the one that mounts
-/// (`confine::confine`).
+/// then leaves SYS_ADMIN, KILL, CHOWN and SYS_RESOURCE to its privileged
+/// helper process, which mounts and starts loggers (`confine::confine`).
 pub const KEPT_CAPABILITIES: &[caps::Capability] = &[
     caps::Capability::CAP_SYS_ADMIN,
     caps::Capability::CAP_CHOWN,

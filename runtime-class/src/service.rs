@@ -445,33 +445,27 @@ impl Task for Service {
     }
 }
 
-/// Mounts one of containerd's rootfs mounts at `target`, on the thread
-/// that keeps CAP_SYS_ADMIN (`confine::outside`): the shim's other threads
-/// can neither mount nor hold the capability.
+/// Mounts one of containerd's rootfs mounts at `target`, through the
+/// shim's helper (the process that keeps CAP_SYS_ADMIN: the shim's own
+/// threads can neither mount nor hold the capability).
 async fn mount(
     m: &containerd_shim::protos::api::Mount,
     target: &std::path::Path,
 ) -> Result<(), String> {
     let (kind, source, options) = (m.type_.clone(), m.source.clone(), m.options.to_vec());
     let target = target.to_path_buf();
-    let job = move || {
-        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        let (kind, source) = (some(&kind), some(&source));
-        containerd_shim::mount::mount_rootfs(kind.as_deref(), source.as_deref(), &options, &target)
-            .map_err(|e| e.to_string())
-    };
-    tokio::task::spawn_blocking(move || crate::confine::outside(job))
+    tokio::task::spawn_blocking(move || crate::helper::mount(&kind, &source, &options, &target))
         .await
         .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
 
 /// Unmounts the container's rootfs (best effort: delete must not fail on
-/// it), on the thread that may (see [`mount`]).
+/// it), through the helper (see [`mount`]).
 pub fn unmount(path: &std::path::Path) {
-    let path = path.to_path_buf();
-    crate::confine::outside(move || {
-        let _ = containerd_shim::mount::umount_recursive(path.to_str(), libc::MNT_DETACH);
-    });
+    if let Err(e) = crate::helper::unmount(path) {
+        log::warn!("unmounting {}: {e}", path.display());
+    }
 }
 
 #[cfg(test)]

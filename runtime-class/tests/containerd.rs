@@ -324,6 +324,67 @@ fn ctr_runs_wasm_images_in_flint_vms() {
     ctd.assert_nothing_left(&sockets);
 }
 
+/// A task's `/proc/PID/status` (a thread's or a process's): its name,
+/// CapEff, CapPrm, whether it is under a seccomp filter, its parent;
+/// checking that it holds none of the capabilities no shim needs:
+/// NET_ADMIN (12), NET_RAW (13), SYS_MODULE (16), SYS_RAWIO (17),
+/// SYS_PTRACE (19), SYS_BOOT (22), MKNOD (27), SETUID (7), SETPCAP (8),
+/// not even in the bounding set.
+fn status_of(task: &std::path::Path) -> Option<Task> {
+    let status = std::fs::read_to_string(task.join("status")).ok()?;
+    let get = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let mask = |k: &str| u64::from_str_radix(&get(k), 16).unwrap();
+    let name = get("Name:");
+    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        for cap in [12, 13, 16, 17, 19, 22, 27, 7, 8] {
+            assert_eq!(
+                mask(field) >> cap & 1,
+                0,
+                "{name}: {field} has capability {cap}"
+            );
+        }
+    }
+    Some(Task {
+        effective: mask("CapEff:"),
+        permitted: mask("CapPrm:"),
+        filtered: get("Seccomp:") == "2",
+        parent: get("PPid:"),
+        name,
+    })
+}
+
+struct Task {
+    name: String,
+    effective: u64,
+    permitted: u64,
+    filtered: bool,
+    parent: String,
+}
+
+/// The shim's helper processes, by pid.
+fn helpers_of(shim: &str) -> Vec<(u32, Task)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|p| {
+            let p = p.ok()?;
+            let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(p.path().join("comm")).ok()?;
+            if comm.trim() != "flint-helper" {
+                return None;
+            }
+            let task = status_of(&p.path())?;
+            (task.parent == shim).then_some((pid, task))
+        })
+        .collect()
+}
+
 #[test]
 fn tasks_survive_containerd_restarts_and_killed_shims_are_cleaned_up() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -338,52 +399,34 @@ fn tasks_survive_containerd_restarts_and_killed_shims_are_cleaned_up() {
     // The shim holding the task kept only the capabilities it needs: not
     // NET_ADMIN (12), NET_RAW (13), SYS_MODULE (16), SYS_RAWIO (17),
     // SYS_PTRACE (19), SYS_BOOT (22), MKNOD (27), SETUID (7), SETPCAP (8),
-    // on any thread, not even in the bounding set. SYS_ADMIN (21) is held
-    // by the one thread that mounts (and starts loggers), outside the
-    // seccomp filter; every other thread lacks it and is filtered, and
-    // keeps only what acting on a container's files needs.
-    let mut outside = Vec::new();
+    // on any thread, not even in the bounding set. No thread of the
+    // shim's process holds SYS_ADMIN (21) or is outside the seccomp
+    // filter: mounting and starting loggers are its helper's, a child
+    // process that holds SYS_ADMIN and is not filtered.
     let mut threads = 0;
     for t in std::fs::read_dir(format!("/proc/{}/task", before.0)).unwrap() {
-        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
-        let get = |k: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        };
-        let mask = |k: &str| u64::from_str_radix(&get(k), 16).unwrap();
+        let t = status_of(&t.unwrap().path()).unwrap();
         threads += 1;
-        let name = get("Name:");
-        for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
-            for cap in [12, 13, 16, 17, 19, 22, 27, 7, 8] {
-                assert_eq!(
-                    mask(field) >> cap & 1,
-                    0,
-                    "{name}: {field} has capability {cap}"
-                );
-            }
-        }
-        let sys_admin = mask("CapEff:") >> 21 & 1 == 1;
-        let filtered = get("Seccomp:") == "2";
-        if name == "flint-outside" {
-            assert!(sys_admin && !filtered, "{name}: {status}");
-            outside.push(name);
-        } else {
-            assert!(!sys_admin, "{name} holds SYS_ADMIN");
-            // DAC_OVERRIDE (1), DAC_READ_SEARCH (2), FOWNER (3), FSETID
-            // (4): acting as root on a container's files, nothing more
-            // (not KILL, SYS_RESOURCE, CHOWN, SYS_ADMIN).
-            for field in ["CapEff:", "CapPrm:"] {
-                assert_eq!(mask(field), 0x1e, "{name}: {field}");
-            }
-            assert!(filtered, "{name} is not under the filter");
-        }
+        // DAC_OVERRIDE (1), DAC_READ_SEARCH (2), FOWNER (3), FSETID (4):
+        // acting as root on a container's files, nothing more (not KILL,
+        // SYS_RESOURCE, CHOWN, SYS_ADMIN).
+        let name = &t.name;
+        assert_eq!(
+            (t.effective, t.permitted),
+            (0x1e, 0x1e),
+            "{name}: CapEff, CapPrm"
+        );
+        assert!(t.filtered, "{name} is not under the filter");
     }
     assert!(threads > 2, "{threads} threads");
-    assert_eq!(outside, ["flint-outside"], "one thread outside the filter");
+    let helpers = helpers_of(&before.0);
+    assert_eq!(helpers.len(), 1, "one helper process for the shim");
+    let helper = &helpers[0].1;
+    assert!(
+        helper.effective >> 21 & 1 == 1 && !helper.filtered,
+        "the helper: {:x}",
+        helper.effective
+    );
     ctd.crash_and_restart();
     assert_eq!(ctd.task_status("r1"), Some(before), "the task survives");
     let o = ctd.ctr(&[
@@ -402,6 +445,7 @@ fn tasks_survive_containerd_restarts_and_killed_shims_are_cleaned_up() {
     // cleans up (rootfs mount, socket), and the container can be removed.
     ctd.run_detached("docker.io/library/tools:v1", "r2", &["/spin.wasm"]);
     let (pid, _) = ctd.task_status("r2").unwrap();
+    let helpers = helpers_of(&pid);
     let pid: i32 = pid.parse().unwrap();
     // SAFETY: kill(2) on the shim process containerd reported.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
@@ -416,6 +460,19 @@ fn tasks_survive_containerd_restarts_and_killed_shims_are_cleaned_up() {
     let _ = ctd.ctr(&["task", "rm", "-f", "r2"]);
     let o = ctd.ctr(&["container", "rm", "r2"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
+    // Its helper died with it (gone, or a zombie nobody reaped yet).
+    assert_eq!(helpers.len(), 1);
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(helpers[0].0) {
+        assert!(Instant::now() < deadline, "the helper outlived its shim");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // A new task runs normally afterwards.
     let o = ctd.run_rm(

@@ -53,6 +53,10 @@ impl Containerd {
         );
         let dir = std::env::temp_dir().join(format!("flint-ctd-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        // containerd's shim socket directory, gone when no shim serves (it
+        // is removed only when empty): each run is a fresh host's first
+        // shim, which must make it itself.
+        let _ = std::fs::remove_dir("/run/containerd/s");
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("containerd.sock");
         let config = format!(

@@ -101,6 +101,19 @@ fn sigterm(server: &mut std::process::Child) -> String {
     err
 }
 
+/// `flint serve` on `port`, its metrics on `metrics`, its state in
+/// `state`, its stdout dropped and its stderr kept; callers add the rest.
+fn serve_command(port: u16, metrics: u16, state: impl AsRef<std::path::Path>) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flint"));
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+        .arg("--state-dir")
+        .arg(state.as_ref())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 /// Waits until something listens on `port`.
 fn wait_listening(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -119,21 +132,10 @@ fn serve_apply_list_delete_and_sigterm() {
     let dir = dir_tmp.path();
     let manifest = dir.join("hello.yaml");
     write_hello_manifest(&manifest);
-    let mut server = Command::new(env!("CARGO_BIN_EXE_flint"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--metrics-listen",
-            &format!("127.0.0.1:{admin}"),
-        ])
-        .arg("--state-dir")
-        .arg(&state)
+    let mut server = serve_command(port, admin, &state)
         .arg("--image-root")
         .arg(flint_examples::path("greet").parent().unwrap())
         .arg(&manifest)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .map(Server)
         .unwrap();
@@ -252,20 +254,10 @@ fn the_admin_api_on_tcp_needs_its_token() {
     std::fs::write(&token, "s3cret-token-of-enough-length\n").unwrap();
     let wrong = dir.path().join("wrong");
     std::fs::write(&wrong, "not-the-token-at-all-no\n").unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_flint"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics}"),
-        ])
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
+    let mut server = serve_command(port, metrics, dir.path().join("state"))
         .args(["--admin", &format!("tcp:127.0.0.1:{adm}")])
         .arg("--admin-token-file")
         .arg(&token)
-        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map(Server)
@@ -338,22 +330,11 @@ fn serve_drops_to_an_unprivileged_user() {
     .unwrap();
     let manifest = dir.path().join("hello.yaml");
     write_hello_manifest(&manifest);
-    let mut server = Command::new(env!("CARGO_BIN_EXE_flint"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics}"),
-        ])
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
+    let mut server = serve_command(port, metrics, dir.path().join("state"))
         .arg("--image-root")
         .arg(flint_examples::path("greet").parent().unwrap())
         .args(["--user", "nobody"])
         .arg(&manifest)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .map(Server)
         .unwrap();
@@ -478,21 +459,10 @@ fn every_thread_of_serve_is_under_its_seccomp_filter() {
         service("hello", &images.path().join("greet.wasm")),
     )
     .unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_flint"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics}"),
-        ])
-        .arg("--state-dir")
-        .arg(&state)
+    let mut server = serve_command(port, metrics, &state)
         .arg("--image-root")
         .arg(images.path())
         .arg(&manifest)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .map(Server)
         .unwrap();
@@ -598,24 +568,12 @@ fn relative_images_resolve_against_the_manifest_and_domain_names_the_hosts() {
     // Started elsewhere: from here the relative path names nothing.
     let elsewhere = tmp.path().join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_flint"))
+    let mut server = serve_command(port, admin, tmp.path().join("state"))
         .current_dir(&elsewhere)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--metrics-listen",
-            &format!("127.0.0.1:{admin}"),
-            "--domain",
-            "flint.test",
-        ])
-        .arg("--state-dir")
-        .arg(tmp.path().join("state"))
+        .args(["--domain", "flint.test"])
         .arg("--image-root")
         .arg(&root)
         .arg(&manifest)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .map(Server)
         .unwrap();

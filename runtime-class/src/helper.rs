@@ -182,9 +182,10 @@ impl Helper {
                 options,
                 target,
             } => {
-                if let Err(e) = self.check_rootfs(&target) {
-                    return (e, None);
-                }
+                let target = match self.check_rootfs(&target) {
+                    Ok(real) => real,
+                    Err(e) => return (e, None),
+                };
                 let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
                 let (kind, source) = (some(&kind), some(&source));
                 let mounted = containerd_shim::mount::mount_rootfs(
@@ -205,31 +206,34 @@ impl Helper {
                 }
             }
             Request::Unmount { path } => {
-                if let Err(e) = self.check_rootfs(&path) {
-                    return (e, None);
-                }
+                let path = match self.check_rootfs(&path) {
+                    Ok(real) => real,
+                    Err(e) => return (e, None),
+                };
                 let _ = containerd_shim::mount::umount_recursive(path.to_str(), libc::MNT_DETACH);
                 (Reply::Done, None)
             }
         }
     }
 
-    /// A mount point the shim may ask for: `TASKS/ID/rootfs`, a directory
-    /// whose real path is that (no symlink or `..` leads elsewhere).
-    fn check_rootfs(&self, target: &Path) -> Result<(), Reply> {
+    /// A mount point the shim may ask for: one whose real path is
+    /// `TASKS/ID/rootfs`, a directory (a symlink or `..` leading
+    /// elsewhere is refused; one in the path to the task directory, such
+    /// as `/var/run`, is not). Returns that real path, where the mount is
+    /// made.
+    fn check_rootfs(&self, target: &Path) -> Result<PathBuf, Reply> {
         let Some(tasks) = &self.tasks else {
-            return Ok(());
+            return Ok(target.to_path_buf());
         };
         let real = std::fs::canonicalize(target).map_err(Reply::from_io)?;
-        let fits = real == target
-            && real.file_name().is_some_and(|n| n == "rootfs")
+        let fits = real.file_name().is_some_and(|n| n == "rootfs")
             && real
                 .parent()
                 .and_then(Path::parent)
                 .is_some_and(|p| p == tasks)
             && real.is_dir();
         if fits {
-            Ok(())
+            Ok(real)
         } else {
             Err(Reply::refused(format!(
                 "{} is not a container's rootfs in {}",
@@ -606,7 +610,8 @@ mod tests {
 
     /// Mounts and unmounts only at a bundle's rootfs in the task
     /// directory: not the directory itself, not elsewhere on the host,
-    /// not through `..` or a symlink out of it.
+    /// not through `..` or a symlink out of it; a symlink on the way to
+    /// the task directory is no matter.
     #[test]
     fn mounts_go_only_to_a_containers_rootfs() {
         let top = tempfile::tempdir().unwrap();
@@ -620,7 +625,7 @@ mod tests {
         for target in [
             top.join("etc/rootfs"),
             tasks.join("link/rootfs"),
-            tasks.join("pod-1/rootfs/../rootfs"),
+            tasks.join("pod-1/rootfs/../../../etc/rootfs"),
             tasks.join("pod-1"),
             tasks.clone(),
         ] {
@@ -638,14 +643,16 @@ mod tests {
             assert!(m.contains("is not a container's rootfs"), "{m}");
         }
         // The check lets a real bundle's rootfs through (to the unmount,
-        // which has nothing to do).
-        let ok = h.handle(
-            Request::Unmount {
-                path: tasks.join("pod-1/rootfs"),
-            },
-            Vec::new(),
-        );
-        assert!(matches!(ok, (Reply::Done, None)), "{ok:?}");
+        // which has nothing to do), however the path to it is spelled.
+        std::os::unix::fs::symlink(&tasks, top.join("alias")).unwrap();
+        for path in [
+            tasks.join("pod-1/rootfs"),
+            top.join("alias/pod-1/rootfs"),
+            tasks.join("pod-1/../pod-1/rootfs"),
+        ] {
+            let ok = h.handle(Request::Unmount { path }, Vec::new());
+            assert!(matches!(ok, (Reply::Done, None)), "{ok:?}");
+        }
     }
 
     /// Only a FIFO opens as one, only a regular file as a log file: a

@@ -195,6 +195,21 @@ fn posix_timers_match_linux() {
     assert_eq!(r.stdout, String::from_utf8_lossy(&native.stdout));
 }
 
+/// Connected `AF_UNIX` stream pairs behave as Linux's: `rssocket` passes
+/// every check natively and in Flint alike (data both ways, peek and
+/// non-blocking receives, sendmsg/recvmsg, shutdown each way, EPIPE with
+/// and without SIGPIPE, poll, options, names, a pair shared across fork).
+#[test]
+fn socket_pairs_match_linux() {
+    let prog = flint_examples::linux_path("rssocket");
+    let native = std::process::Command::new(&prog).output().unwrap();
+    assert!(native.status.success(), "natively: {native:?}");
+    let (root, path) = program_root(&prog);
+    let r = run(root.path(), &path, &["rssocket"]);
+    assert_eq!(r.code(), 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&native.stdout));
+}
+
 /// A VM has as many vCPUs as its config says, and a program's threads
 /// run on them at the same time: two threads that meet without a system
 /// call find themselves on different CPUs; with one vCPU, on the same.
@@ -262,6 +277,51 @@ fn debian_cpython_runs_dynamically_linked() {
         "/",
     );
     assert_eq!(r.code(), 3);
+}
+
+/// CPython's asyncio runs on socket pairs (its event loop's self-pipe
+/// is one, as are the streams here) and epoll: the same script gives the
+/// same output under Flint as under the host's own Python.
+#[test]
+fn cpython_asyncio_runs_on_socket_pairs() {
+    let script = [
+        "import asyncio, socket",
+        "async def main():",
+        "    a, b = socket.socketpair()",
+        "    r1, w1 = await asyncio.open_connection(sock=a)",
+        "    r2, w2 = await asyncio.open_connection(sock=b)",
+        "    w1.write(b'hello\\n')",
+        "    await w1.drain()",
+        "    line = await r2.readline()",
+        "    w2.write(line.upper())",
+        "    await w2.drain()",
+        "    print((await r1.readline()).decode().strip(), w1.get_extra_info('socket').type)",
+        "    w1.close()",
+        "    await w1.wait_closed()",
+        "    print(await r2.read())",
+        "    print(await asyncio.wait_for(asyncio.sleep(0.01, 'slept'), 5))",
+        "asyncio.run(main())",
+    ]
+    .join("\n");
+    let script = script.as_str();
+    let native = std::process::Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert!(native.status.success(), "natively: {native:?}");
+    let root = python_root();
+    let r = run_with(
+        &config(),
+        &root,
+        "/usr/bin/python3",
+        &["python3", "-c", script],
+        &[("PYTHONDONTWRITEBYTECODE", "1")],
+        b"",
+        "/",
+    );
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&native.stdout));
+    assert_eq!(r.stdout, "HELLO 1\nb''\nslept\n");
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
-use super::pipe::Pipe;
+use super::pipe::{Pipe, SocketEnd};
 
 /// What an open file description refers to.
 #[derive(Debug)]
@@ -24,6 +24,8 @@ pub enum Kind {
     },
     PipeRead(Rc<RefCell<Pipe>>, usize),
     PipeWrite(Rc<RefCell<Pipe>>, usize),
+    /// One end of an `AF_UNIX` stream socket pair.
+    Socket(SocketEnd),
     Null,
     Zero,
     Full,
@@ -87,6 +89,7 @@ impl OpenFile {
             | Kind::SynthDir { path, .. } => path.clone(),
             Kind::Stream { .. } => "pipe:[1]".into(),
             Kind::PipeRead(_, id) | Kind::PipeWrite(_, id) => format!("pipe:[{}]", id + 1000),
+            Kind::Socket(s) => format!("socket:[{}]", s.id + 1000),
             Kind::Null => "/dev/null".into(),
             Kind::Zero => "/dev/zero".into(),
             Kind::Full => "/dev/full".into(),

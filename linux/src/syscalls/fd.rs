@@ -62,6 +62,69 @@ fn host_write(fd: i32, data: &[u8], off: Option<u64>) -> Result<usize, Stop> {
     Ok(n as usize)
 }
 
+/// Reads up to `len` bytes from a pipe (or one way of a socket pair);
+/// with `peek` they stay in it.
+pub fn pipe_read(
+    p: &RefCell<Pipe>,
+    len: usize,
+    nonblock: bool,
+    peek: bool,
+) -> Result<Vec<u8>, Stop> {
+    let mut p = p.borrow_mut();
+    if p.buf.is_empty() {
+        if p.writers == 0 || len == 0 {
+            return Ok(Vec::new());
+        }
+        return if nonblock {
+            err(EAGAIN)
+        } else {
+            Err(Stop::Block(Wait::PipeRead))
+        };
+    }
+    let n = len.min(p.buf.len());
+    if peek {
+        return Ok(p.buf.range(..n).copied().collect());
+    }
+    Ok(p.buf.drain(..n).collect())
+}
+
+/// Writes to a pipe (or one way of a socket pair): with no reader, EPIPE
+/// and (if `sigpipe`) SIGPIPE to the writer; `atomic` keeps writes up to
+/// `PIPE_BUF` whole, as a pipe's are.
+pub fn pipe_write(
+    k: &mut Kernel,
+    t: Pid,
+    p: &RefCell<Pipe>,
+    data: &[u8],
+    nonblock: bool,
+    atomic: bool,
+    sigpipe: bool,
+) -> Result<usize, Stop> {
+    let mut p = p.borrow_mut();
+    if p.readers == 0 {
+        drop(p);
+        if sigpipe {
+            let pid = k.thread(t).pid;
+            k.signal_thread(t, SigInfo::user(SIGPIPE, pid));
+        }
+        return err(EPIPE);
+    }
+    let space = p.space();
+    if data.is_empty() {
+        return Ok(0);
+    }
+    if space == 0 || (atomic && data.len() <= PIPE_BUF && space < data.len()) {
+        return if nonblock {
+            err(EAGAIN)
+        } else {
+            Err(Stop::Block(Wait::PipeWrite))
+        };
+    }
+    let n = space.min(data.len());
+    p.buf.extend(&data[..n]);
+    Ok(n)
+}
+
 /// Reads up to `len` bytes from `f` (the common part of read and readv).
 pub fn read_file(k: &mut Kernel, t: Pid, f: &OpenFile, len: usize) -> Result<Vec<u8>, Stop> {
     if !f.readable() {
@@ -83,21 +146,8 @@ pub fn read_file(k: &mut Kernel, t: Pid, f: &OpenFile, len: usize) -> Result<Vec
             }
             host_read(raw, len, None)
         }
-        Kind::PipeRead(p, _) => {
-            let mut p = p.borrow_mut();
-            if p.buf.is_empty() {
-                if p.writers == 0 || len == 0 {
-                    return Ok(Vec::new());
-                }
-                return if nonblock {
-                    err(EAGAIN)
-                } else {
-                    Err(Stop::Block(Wait::PipeRead))
-                };
-            }
-            let n = len.min(p.buf.len());
-            Ok(p.buf.drain(..n).collect())
-        }
+        Kind::PipeRead(p, _) => pipe_read(p, len, nonblock, false),
+        Kind::Socket(s) => super::socket::receive(s, len, nonblock, false),
         Kind::PipeWrite(..) => err(EBADF),
         Kind::Null => Ok(Vec::new()),
         Kind::Zero | Kind::Full => Ok(vec![0; len]),
@@ -149,29 +199,8 @@ pub fn write_file(k: &mut Kernel, t: Pid, f: &OpenFile, data: &[u8]) -> Result<u
             }
             r => r,
         },
-        Kind::PipeWrite(p, _) => {
-            let mut p = p.borrow_mut();
-            if p.readers == 0 {
-                drop(p);
-                let pid = k.thread(t).pid;
-                k.signal_thread(t, SigInfo::user(SIGPIPE, pid));
-                return err(EPIPE);
-            }
-            let space = p.space();
-            if data.is_empty() {
-                return Ok(0);
-            }
-            if space == 0 || (data.len() <= PIPE_BUF && space < data.len()) {
-                return if nonblock {
-                    err(EAGAIN)
-                } else {
-                    Err(Stop::Block(Wait::PipeWrite))
-                };
-            }
-            let n = space.min(data.len());
-            p.buf.extend(&data[..n]);
-            Ok(n)
-        }
+        Kind::PipeWrite(p, _) => pipe_write(k, t, p, data, nonblock, true, true),
+        Kind::Socket(s) => super::socket::send(k, t, s, data, nonblock, true),
         Kind::PipeRead(..) => err(EBADF),
         Kind::Epoll(_) => err(EINVAL),
         Kind::EventFd(v, _) => {
@@ -246,7 +275,7 @@ pub fn pwrite(k: &mut Kernel, t: Pid, fd: u64, buf: u64, len: u64, off: u64) -> 
     Ok(host_write(raw, &data, Some(off))? as u64)
 }
 
-fn iovecs(k: &mut Kernel, t: Pid, iov: u64, cnt: u64) -> Result<Vec<(u64, u64)>, Stop> {
+pub fn iovecs(k: &mut Kernel, t: Pid, iov: u64, cnt: u64) -> Result<Vec<(u64, u64)>, Stop> {
     if cnt > 1024 {
         return err(EINVAL);
     }
@@ -447,6 +476,7 @@ pub fn ioctl(k: &mut Kernel, t: Pid, fd: u64, req: u64, arg: u64) -> SysResult {
         FIONREAD => {
             let n = match &f.kind {
                 Kind::PipeRead(p, _) => p.borrow().buf.len() as u32,
+                Kind::Socket(s) => s.rx.borrow().buf.len() as u32,
                 Kind::Synthetic { data, .. } => {
                     data.len().saturating_sub(f.offset.get() as usize) as u32
                 }

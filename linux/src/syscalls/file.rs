@@ -232,6 +232,11 @@ pub fn stat_of_file(f: &OpenFile) -> Result<stat, Stop> {
         Kind::PipeRead(..) | Kind::PipeWrite(..) => {
             Ok(synth_stat(&Node::Open(unreachable_file()), 0x7000))
         }
+        Kind::Socket(s) => {
+            let mut st = synth_stat(&Node::Open(unreachable_file()), 0x9000 + s.id as u64);
+            st.st_mode = S_IFSOCK | 0o777;
+            Ok(st)
+        }
         Kind::Null | Kind::Zero | Kind::Full | Kind::Random => {
             Ok(synth_stat(&Node::Device(Kind::Null), 0x6000))
         }

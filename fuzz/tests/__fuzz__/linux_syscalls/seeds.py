@@ -1,6 +1,6 @@
 # Writes the linux_syscalls target's seed inputs into corpus/: sequences
 # of calls a program makes (files, writes, a huge reservation, processes,
-# pipes and polls, signals and timers), in the encoding of
+# pipes and polls, socket pairs, signals and timers), in the encoding of
 # fuzz/tests/targets.rs's syscall_sequence. Run: python3 seeds.py
 import struct, os
 d=os.path.join(os.path.dirname(os.path.abspath(__file__)),'corpus')
@@ -38,6 +38,12 @@ seeds={
  'pipes': [call(293,scr(0x1a00),small(0)), call(1,small(4),scr(0),raw(16)), call(7,dic(3),small(2),small(0)),
            call(0,small(3),scr(0x1800),raw(16)), call(291,small(0)), call(233,res(0),small(1),small(3),dic(3)),
            call(290,small(0),small(0)), call(232,res(0),scr(0x1a00),small(4),small(0)), call(23,small(8),dic(3),small(0),small(0),dic(0))],
+ # a socket pair: send and receive, messages, options, names, shutdown
+ 'sockets': [call(53,small(1),raw(0x80801),small(0),scr(0x1a00)), call(44,small(3),scr(0),raw(16)),
+             call(45,small(4),scr(0x1800),raw(8),small(2)), call(46,small(3),scr(0x1a00),small(0)),
+             call(47,small(4),scr(0x1a00),raw(0x40)), call(55,small(3),small(1),small(3),scr(0x1800),scr(0x1a00)),
+             call(51,small(4),scr(0x1800),scr(0x1a00)), call(48,small(3),small(1)), call(1,small(3),scr(0),raw(4)),
+             call(7,dic(3),small(2),small(0)), call(3,small(4))],
  # signals, sleeps, timers, alarms, futexes
  'time': [call(13,small(10),dic(3),small(0),small(8)), call(14,small(0),dic(3),small(0),small(8)),
           call(37,raw(2**40)), call(38,small(0),dic(1),small(0)),

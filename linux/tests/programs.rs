@@ -279,6 +279,85 @@ fn debian_cpython_runs_dynamically_linked() {
     assert_eq!(r.code(), 3);
 }
 
+/// A server and its clients inside one VM: `rsserver` (TCP on the
+/// loopback, IPv6 too where the host has it to compare with, `AF_UNIX`
+/// path and abstract names) passes every check natively and in Flint
+/// alike.
+#[test]
+fn servers_and_clients_in_one_vm_match_linux() {
+    let prog = flint_examples::linux_path("rsserver");
+    let v6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    let args: &[&str] = if v6 {
+        &["rsserver", "v6"]
+    } else {
+        &["rsserver"]
+    };
+    let native = std::process::Command::new(&prog)
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    assert!(native.status.success(), "natively: {native:?}");
+    let (root, path) = program_root(&prog);
+    let r = run(root.path(), &path, args);
+    assert_eq!(r.code(), 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&native.stdout));
+}
+
+/// Go's net/http, server and client in one program (its netpoller on
+/// epoll over the VM's loopback): the same answers as natively.
+#[test]
+fn go_net_http_serves_itself_as_natively() {
+    let prog = go_program("gohttp");
+    let native = std::process::Command::new(&prog).output().unwrap();
+    assert!(native.status.success(), "natively: {native:?}");
+    let (root, path) = program_root(&prog);
+    let r = run(root.path(), &path, &["gohttp"]);
+    assert_eq!(r.code(), 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&native.stdout));
+    assert!(r.stdout.contains("200 POST /b REQ 1"), "{}", r.stdout);
+}
+
+/// CPython's http.server answering urllib in the same process (a thread
+/// serves, the main thread asks): the host's Python gives the same.
+#[test]
+fn cpython_http_server_answers_urllib() {
+    let script = [
+        "import http.server, threading, urllib.request",
+        "class H(http.server.BaseHTTPRequestHandler):",
+        "    def do_GET(self):",
+        "        body = ('you asked for ' + self.path).encode()",
+        "        self.send_response(200)",
+        "        self.send_header('Content-Length', str(len(body)))",
+        "        self.end_headers()",
+        "        self.wfile.write(body)",
+        "    def log_message(self, *a): pass",
+        "srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)",
+        "threading.Thread(target=srv.serve_forever, daemon=True).start()",
+        "for p in ['/x', '/y?z=1']:",
+        "    with urllib.request.urlopen('http://127.0.0.1:%d%s' % (srv.server_port, p)) as r:",
+        "        print(r.status, r.read().decode())",
+        "srv.shutdown()",
+    ]
+    .join("\n");
+    let native = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(native.status.success(), "natively: {native:?}");
+    let r = run_with(
+        &config(),
+        &python_root(),
+        "/usr/bin/python3",
+        &["python3", "-c", &script],
+        &[("PYTHONDONTWRITEBYTECODE", "1")],
+        b"",
+        "/",
+    );
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&native.stdout));
+    assert_eq!(r.stdout, "200 you asked for /x\n200 you asked for /y?z=1\n");
+}
+
 /// CPython's asyncio runs on socket pairs (its event loop's self-pipe
 /// is one, as are the streams here) and epoll: the same script gives the
 /// same output under Flint as under the host's own Python.

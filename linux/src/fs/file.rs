@@ -4,7 +4,8 @@ use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
-use super::pipe::{Pipe, SocketEnd};
+use super::pipe::Pipe;
+use super::socket::Socket;
 
 /// What an open file description refers to.
 #[derive(Debug)]
@@ -24,8 +25,8 @@ pub enum Kind {
     },
     PipeRead(Rc<RefCell<Pipe>>, usize),
     PipeWrite(Rc<RefCell<Pipe>>, usize),
-    /// One end of an `AF_UNIX` stream socket pair.
-    Socket(SocketEnd),
+    /// A stream socket (`fs::socket`).
+    Socket(Socket),
     Null,
     Zero,
     Full,

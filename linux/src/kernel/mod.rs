@@ -118,6 +118,8 @@ pub struct Kernel {
     pub vdso: Vec<u8>,
     pub next_mm_id: usize,
     pub next_pipe_id: usize,
+    /// The names the VM's sockets are bound to.
+    pub sockets: crate::fs::socket::Names,
     pub init_exit: Option<ExitStatus>,
     /// A process was killed for want of guest memory.
     pub oom_killed: bool,
@@ -225,6 +227,7 @@ impl Kernel {
             clock,
             next_mm_id: 1,
             next_pipe_id: 1,
+            sockets: Default::default(),
             init_exit: None,
             oom_killed: false,
             warned: Default::default(),

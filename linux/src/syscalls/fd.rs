@@ -476,7 +476,7 @@ pub fn ioctl(k: &mut Kernel, t: Pid, fd: u64, req: u64, arg: u64) -> SysResult {
         FIONREAD => {
             let n = match &f.kind {
                 Kind::PipeRead(p, _) => p.borrow().buf.len() as u32,
-                Kind::Socket(s) => s.rx.borrow().buf.len() as u32,
+                Kind::Socket(s) => s.end().map_or(0, |e| e.rx.borrow().buf.len() as u32),
                 Kind::Synthetic { data, .. } => {
                     data.len().saturating_sub(f.offset.get() as usize) as u32
                 }

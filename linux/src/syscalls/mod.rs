@@ -249,9 +249,14 @@ pub fn dispatch(k: &mut Kernel, t: Pid, nr: u64, a: [u64; 6]) -> SysResult {
         SYS_getrlimit => info::prlimit(k, t, a[0], 0, a[1]),
         SYS_setrlimit => Ok(0),
         SYS_sethostname => info::sethostname(k, t, a[0], a[1]),
-        // Sockets (socket.rs): connected AF_UNIX pairs only.
-        SYS_socket => err(EAFNOSUPPORT),
+        // Sockets inside the VM (socket.rs).
+        SYS_socket => socket::socket(k, t, a[0], a[1], a[2]),
         SYS_socketpair => socket::socketpair(k, t, a[0], a[1], a[2], a[3]),
+        SYS_bind => socket::bind(k, t, a[0], a[1], a[2]),
+        SYS_listen => socket::listen(k, t, a[0], a[1]),
+        SYS_accept => socket::accept(k, t, a[0], a[1], a[2], 0),
+        SYS_accept4 => socket::accept(k, t, a[0], a[1], a[2], a[3]),
+        SYS_connect => socket::connect(k, t, a[0], a[1], a[2]),
         SYS_sendto => socket::sendto(k, t, a[0], a[1], a[2], a[3], a[4], a[5]),
         SYS_recvfrom => socket::recvfrom(k, t, a[0], a[1], a[2], a[3], a[4], a[5]),
         SYS_sendmsg => socket::sendmsg(k, t, a[0], a[1], a[2]),
@@ -259,11 +264,8 @@ pub fn dispatch(k: &mut Kernel, t: Pid, nr: u64, a: [u64; 6]) -> SysResult {
         SYS_shutdown => socket::shutdown(k, t, a[0], a[1]),
         SYS_getsockopt => socket::getsockopt(k, t, a[0], a[1], a[2], a[3], a[4]),
         SYS_setsockopt => socket::setsockopt(k, t, a[0], a[1], a[2]),
-        SYS_getsockname | SYS_getpeername => socket::name(k, t, a[0], a[1], a[2]),
-        SYS_connect => socket::on_connected(k, t, a[0], EISCONN),
-        SYS_bind | SYS_listen | SYS_accept | SYS_accept4 => {
-            socket::on_connected(k, t, a[0], EINVAL)
-        }
+        SYS_getsockname => socket::name(k, t, a[0], a[1], a[2], false),
+        SYS_getpeername => socket::name(k, t, a[0], a[1], a[2], true),
         _ => {
             if k.warned.insert(nr) {
                 // At info level: a program's stderr under `flint run` is

@@ -43,22 +43,7 @@ fn ready(f: &OpenFile, events: i16) -> i16 {
                 0
             }
         }
-        Kind::Socket(s) => {
-            let (rx, tx) = (s.rx.borrow(), s.tx.borrow());
-            let mut r = 0;
-            // Readable with data or at end of file; writable with room, or
-            // when a write would fail at once (EPIPE); hung up both ways.
-            if !rx.buf.is_empty() || rx.writers == 0 || s.shut_rd.get() {
-                r |= POLLIN;
-            }
-            if tx.space() > 0 || tx.readers == 0 || s.shut_wr.get() {
-                r |= POLLOUT;
-            }
-            if (rx.writers == 0 || s.shut_rd.get()) && (tx.readers == 0 || s.shut_wr.get()) {
-                r |= POLLHUP;
-            }
-            r
-        }
+        Kind::Socket(s) => super::socket::ready(s),
         Kind::EventFd(v, _) => {
             if v.get() > 0 {
                 POLLIN | POLLOUT

@@ -1,9 +1,10 @@
-//! Sockets: connected `AF_UNIX` stream pairs (`socketpair`), kept by the
-//! VMM as two pipes, one each way (`fs::pipe::SocketEnd`); with them
-//! `send`/`recv` and their `msg` forms, `shutdown`, the socket options
-//! and names programs ask of a pair. `socket` itself is EAFNOSUPPORT: no
-//! socket has an address yet, so there is nothing to bind, listen on or
-//! connect to (docs/linux.md).
+//! Sockets: stream sockets inside one VM (`fs::socket`): `AF_UNIX` with
+//! abstract or path names and `socketpair`'s pairs, `AF_INET` and
+//! `AF_INET6` on the VM's own loopback; `bind`, `listen`, `accept`,
+//! `connect`, the `send`/`recv` family, `shutdown`, options and names.
+//! No call reaches the host's network: an address off the loopback is
+//! unreachable, datagram and raw sockets are not supported
+//! (docs/linux.md).
 
 use std::rc::Rc;
 
@@ -12,49 +13,132 @@ use libc::*;
 use super::fd::{file, iovecs, pipe_read, pipe_write};
 use super::{err, Stop, SysResult};
 use crate::fs::file::{Kind, OpenFile};
-use crate::fs::pipe::SocketEnd;
+use crate::fs::socket::{Key, SockAddr, SockState, Socket, SocketEnd};
 use crate::kernel::uaccess::MAX_IO;
 use crate::kernel::Kernel;
-use crate::task::Pid;
+use crate::signal::{SigInfo, SIGPIPE};
+use crate::task::{Pid, Wait};
 
-/// The buffer size a pair reports (`SO_SNDBUF`, `SO_RCVBUF`): Linux's
+/// The buffer size a socket reports (`SO_SNDBUF`, `SO_RCVBUF`): Linux's
 /// default, `net.core.wmem_default`.
 const BUFFER: u32 = 212_992;
 
-fn socket_of(f: &OpenFile) -> Result<&SocketEnd, Stop> {
+/// The longest `sockaddr` a call may pass (`sockaddr_storage`).
+const MAX_ADDR: u64 = 128;
+
+fn socket_of(f: &OpenFile) -> Result<&Socket, Stop> {
     match &f.kind {
         Kind::Socket(s) => Ok(s),
         _ => err(ENOTSOCK),
     }
 }
 
-/// Reads from one end: buffered data first, then end of file once the
-/// peer stopped writing or this end was shut for reading.
-pub fn receive(s: &SocketEnd, len: usize, nonblock: bool, peek: bool) -> Result<Vec<u8>, Stop> {
-    if s.shut_rd.get() && s.rx.borrow().buf.is_empty() {
+/// Reads from a connected socket: buffered data first, then end of file
+/// once the peer stopped writing or this end was shut for reading.
+pub fn receive(s: &Socket, len: usize, nonblock: bool, peek: bool) -> Result<Vec<u8>, Stop> {
+    let Some(end) = s.end() else {
+        return err(ENOTCONN);
+    };
+    if end.shut_rd.get() && end.rx.borrow().buf.is_empty() {
         return Ok(Vec::new());
     }
-    pipe_read(&s.rx, len, nonblock, peek)
+    pipe_read(&end.rx, len, nonblock, peek)
 }
 
-/// Writes to one end: EPIPE (and SIGPIPE unless `sigpipe` is off) once
-/// either side stopped that way.
+/// Writes to a connected socket: EPIPE (and SIGPIPE unless `sigpipe` is
+/// off) once either side stopped that way.
 pub fn send(
     k: &mut Kernel,
     t: Pid,
-    s: &SocketEnd,
+    s: &Socket,
     data: &[u8],
     nonblock: bool,
     sigpipe: bool,
 ) -> Result<usize, Stop> {
-    if s.shut_wr.get() {
+    let Some(end) = s.end() else {
+        return err(ENOTCONN);
+    };
+    if end.shut_wr.get() {
         if sigpipe {
             let pid = k.thread(t).pid;
-            k.signal_thread(t, crate::signal::SigInfo::user(crate::signal::SIGPIPE, pid));
+            k.signal_thread(t, SigInfo::user(SIGPIPE, pid));
         }
         return err(EPIPE);
     }
-    pipe_write(k, t, &s.tx, data, nonblock, false, sigpipe)
+    pipe_write(k, t, &end.tx, data, nonblock, false, sigpipe)
+}
+
+/// The poll events a socket has now.
+pub fn ready(s: &Socket) -> i16 {
+    match &*s.state.borrow() {
+        SockState::Connected { end, .. } => {
+            let (rx, tx) = (end.rx.borrow(), end.tx.borrow());
+            let (read_shut, write_shut) = (
+                rx.writers == 0 || end.shut_rd.get(),
+                tx.readers == 0 || end.shut_wr.get(),
+            );
+            let mut r = 0;
+            // Readable with data or at end of file; writable with room, or
+            // when a write would fail at once (EPIPE); hung up both ways.
+            if !rx.buf.is_empty() || read_shut {
+                r |= POLLIN;
+            }
+            if tx.space() > 0 || write_shut {
+                r |= POLLOUT;
+            }
+            if read_shut && write_shut {
+                r |= POLLHUP;
+            }
+            r
+        }
+        SockState::Listening { queue, .. } if !queue.is_empty() => POLLIN,
+        SockState::Listening { .. } => 0,
+        SockState::Fresh { .. } => POLLOUT | POLLHUP,
+    }
+}
+
+fn new_socket(k: &mut Kernel, family: i32, state: SockState, flags: u64) -> Rc<OpenFile> {
+    let id = k.next_pipe_id;
+    k.next_pipe_id += 1;
+    let nb = if flags & SOCK_NONBLOCK as u64 != 0 {
+        O_NONBLOCK
+    } else {
+        0
+    };
+    OpenFile::new(Kind::Socket(Socket::new(family, id, state)), O_RDWR | nb)
+}
+
+/// `type`'s flags, or EINVAL for unknown ones.
+fn type_flags(ty: u64) -> (u64, u64) {
+    let flags = ty & (SOCK_NONBLOCK | SOCK_CLOEXEC) as u64;
+    (ty & !flags, flags)
+}
+
+pub fn socket(k: &mut Kernel, t: Pid, domain: u64, ty: u64, proto: u64) -> SysResult {
+    let family = domain as i32;
+    if !matches!(family, AF_UNIX | AF_INET | AF_INET6) {
+        return err(EAFNOSUPPORT);
+    }
+    let (kind, flags) = type_flags(ty);
+    if kind != SOCK_STREAM as u64 {
+        // Datagram, sequenced-packet and raw sockets are not supported.
+        return err(ESOCKTNOSUPPORT);
+    }
+    let ok_proto = match family {
+        AF_UNIX => proto == 0 || proto == PF_UNIX as u64,
+        _ => proto == 0 || proto == IPPROTO_TCP as u64,
+    };
+    if !ok_proto {
+        return err(EPROTONOSUPPORT);
+    }
+    let f = new_socket(k, family, SockState::Fresh { bound: None }, flags);
+    let cloexec = flags & SOCK_CLOEXEC as u64 != 0;
+    let fd = k
+        .fds_of(t)
+        .borrow_mut()
+        .insert(f, cloexec)
+        .ok_or(Stop::Errno(EMFILE))?;
+    Ok(fd as u64)
 }
 
 pub fn socketpair(k: &mut Kernel, t: Pid, domain: u64, ty: u64, proto: u64, out: u64) -> SysResult {
@@ -64,8 +148,8 @@ pub fn socketpair(k: &mut Kernel, t: Pid, domain: u64, ty: u64, proto: u64, out:
         AF_INET | AF_INET6 => return err(EOPNOTSUPP),
         _ => return err(EAFNOSUPPORT),
     }
-    let flags = ty & (SOCK_NONBLOCK | SOCK_CLOEXEC) as u64;
-    match ty & !flags {
+    let (kind, flags) = type_flags(ty);
+    match kind {
         t if t == SOCK_STREAM as u64 => {}
         t if t == SOCK_DGRAM as u64 || t == SOCK_SEQPACKET as u64 => return err(EOPNOTSUPP),
         _ => return err(ESOCKTNOSUPPORT),
@@ -73,22 +157,22 @@ pub fn socketpair(k: &mut Kernel, t: Pid, domain: u64, ty: u64, proto: u64, out:
     if proto != 0 && proto != PF_UNIX as u64 {
         return err(EPROTONOSUPPORT);
     }
-    let id = k.next_pipe_id;
-    k.next_pipe_id += 1;
-    let (a, b) = SocketEnd::pair(id);
-    let nb = if flags & SOCK_NONBLOCK as u64 != 0 {
-        O_NONBLOCK
-    } else {
-        0
+    let (a, b) = SocketEnd::pair();
+    let connected = |end| SockState::Connected {
+        end,
+        local: SockAddr::Unnamed,
+        peer: SockAddr::Unnamed,
     };
+    let (fa, fb) = (
+        new_socket(k, AF_UNIX, connected(a), flags),
+        new_socket(k, AF_UNIX, connected(b), flags),
+    );
     let cloexec = flags & SOCK_CLOEXEC as u64 != 0;
     let fds = k.fds_of(t);
     let (x, y) = {
         let mut fds = fds.borrow_mut();
-        let x = fds
-            .insert(OpenFile::new(Kind::Socket(a), O_RDWR | nb), cloexec)
-            .ok_or(Stop::Errno(EMFILE))?;
-        match fds.insert(OpenFile::new(Kind::Socket(b), O_RDWR | nb), cloexec) {
+        let x = fds.insert(fa, cloexec).ok_or(Stop::Errno(EMFILE))?;
+        match fds.insert(fb, cloexec) {
             Some(y) => (x, y),
             None => {
                 fds.close(x as i64);
@@ -107,13 +191,234 @@ pub fn socketpair(k: &mut Kernel, t: Pid, domain: u64, ty: u64, proto: u64, out:
     Ok(0)
 }
 
+/// The `sockaddr` a call passes, read as `family`'s.
+fn read_addr(k: &mut Kernel, t: Pid, family: i32, addr: u64, len: u64) -> Result<SockAddr, Stop> {
+    if len > MAX_ADDR {
+        return err(EINVAL);
+    }
+    let raw = k.read_user(t, addr, len as usize)?;
+    SockAddr::parse(family, &raw).map_err(Stop::Errno)
+}
+
+/// Writes a name to `addr` (cut to the caller's buffer) and its full
+/// length to `lenp`, as `getsockname` and `accept` do.
+fn write_addr(k: &mut Kernel, t: Pid, name: &[u8], addr: u64, lenp: u64) -> Result<(), Stop> {
+    let len = k.read_u32(t, lenp)? as i32;
+    if len < 0 {
+        return err(EINVAL);
+    }
+    let n = (len as usize).min(name.len());
+    k.write_user(t, addr, &name[..n])?;
+    k.write_u32(t, lenp, name.len() as u32)
+}
+
+/// The registry key of an `AF_UNIX` name: abstract names as they are, a
+/// relative path against the caller's working directory.
+fn unix_key(k: &Kernel, t: Pid, name: &[u8]) -> Key {
+    if name.first() == Some(&0) || name.first() == Some(&b'/') {
+        return Key::Unix(name.to_vec());
+    }
+    let cwd = &k.proc_of(t).cwd;
+    let mut path = cwd.trim_end_matches('/').as_bytes().to_vec();
+    path.push(b'/');
+    path.extend(name);
+    Key::Unix(path)
+}
+
+pub fn bind(k: &mut Kernel, t: Pid, fd: u64, addr: u64, len: u64) -> SysResult {
+    let f = file(k, t, fd)?;
+    let s = socket_of(&f)?;
+    let mut name = read_addr(k, t, s.family, addr, len)?;
+    if !matches!(&*s.state.borrow(), SockState::Fresh { bound: None }) {
+        return err(EINVAL);
+    }
+    let key = match &name {
+        // Autobind: an abstract name of the kernel's choosing.
+        SockAddr::Unnamed => {
+            name = SockAddr::Unix(format!("\0{:05x}", s.id).into_bytes());
+            let SockAddr::Unix(n) = &name else {
+                unreachable!()
+            };
+            Key::Unix(n.clone())
+        }
+        SockAddr::Unix(n) => unix_key(k, t, n),
+        ip if !ip.is_local() => return err(EADDRNOTAVAIL),
+        ip => {
+            let port = match ip.port() {
+                Some(0) => k.sockets.ephemeral().ok_or(Stop::Errno(EADDRINUSE))?,
+                Some(p) => p,
+                None => unreachable!("an IP address has a port"),
+            };
+            name = ip.with_port(port);
+            Key::Port(port)
+        }
+    };
+    if !k.sockets.bind(key, &f) {
+        return err(EADDRINUSE);
+    }
+    *s.state.borrow_mut() = SockState::Fresh { bound: Some(name) };
+    Ok(0)
+}
+
+/// The any address of an IP family, on `port`.
+fn any(family: i32, port: u16) -> SockAddr {
+    if family == AF_INET6 {
+        SockAddr::V6([0; 16], port)
+    } else {
+        SockAddr::V4([0; 4], port)
+    }
+}
+
+/// The loopback address of an IP family, on `port`.
+fn loopback(family: i32, port: u16) -> SockAddr {
+    if family == AF_INET6 {
+        let mut ip = [0; 16];
+        ip[15] = 1;
+        SockAddr::V6(ip, port)
+    } else {
+        SockAddr::V4([127, 0, 0, 1], port)
+    }
+}
+
+pub fn listen(k: &mut Kernel, t: Pid, fd: u64, backlog: u64) -> SysResult {
+    let f = file(k, t, fd)?;
+    let s = socket_of(&f)?;
+    let backlog = (backlog as i32).clamp(1, 4096) as usize;
+    let bound = match &mut *s.state.borrow_mut() {
+        SockState::Listening { backlog: b, .. } => {
+            *b = backlog;
+            return Ok(0);
+        }
+        SockState::Connected { .. } => return err(EINVAL),
+        SockState::Fresh { bound } => bound.clone(),
+    };
+    let addr = match bound {
+        Some(a) => a,
+        None if s.family == AF_UNIX => return err(EINVAL),
+        // An unbound IP socket listens on an ephemeral port.
+        None => {
+            let port = k.sockets.ephemeral().ok_or(Stop::Errno(EADDRINUSE))?;
+            if !k.sockets.bind(Key::Port(port), &f) {
+                return err(EADDRINUSE);
+            }
+            any(s.family, port)
+        }
+    };
+    *s.state.borrow_mut() = SockState::Listening {
+        addr,
+        queue: Default::default(),
+        backlog,
+    };
+    Ok(0)
+}
+
+pub fn accept(k: &mut Kernel, t: Pid, fd: u64, addr: u64, lenp: u64, flags: u64) -> SysResult {
+    if flags & !((SOCK_NONBLOCK | SOCK_CLOEXEC) as u64) != 0 {
+        return err(EINVAL);
+    }
+    let f = file(k, t, fd)?;
+    let s = socket_of(&f)?;
+    let next = match &mut *s.state.borrow_mut() {
+        SockState::Listening { queue, .. } => queue.pop_front(),
+        _ => return err(EINVAL),
+    };
+    let Some((end, local, peer)) = next else {
+        return if f.flags.get() & O_NONBLOCK != 0 {
+            err(EAGAIN)
+        } else {
+            Err(Stop::Block(Wait::PipeRead))
+        };
+    };
+    let name = peer.encode(s.family);
+    let state = SockState::Connected { end, local, peer };
+    let conn = new_socket(k, s.family, state, flags);
+    let cloexec = flags & SOCK_CLOEXEC as u64 != 0;
+    let fds = k.fds_of(t);
+    let new = fds
+        .borrow_mut()
+        .insert(conn, cloexec)
+        .ok_or(Stop::Errno(EMFILE))?;
+    if addr != 0 {
+        if let Err(e) = write_addr(k, t, &name, addr, lenp) {
+            fds.borrow_mut().close(new as i64);
+            return Err(e);
+        }
+    }
+    Ok(new as u64)
+}
+
+pub fn connect(k: &mut Kernel, t: Pid, fd: u64, addr: u64, len: u64) -> SysResult {
+    let f = file(k, t, fd)?;
+    let s = socket_of(&f)?;
+    let dest = read_addr(k, t, s.family, addr, len)?;
+    let bound = match &*s.state.borrow() {
+        SockState::Connected { .. } => return err(EISCONN),
+        SockState::Listening { .. } => return err(EINVAL),
+        SockState::Fresh { bound } => bound.clone(),
+    };
+    let (key, peer) = match &dest {
+        SockAddr::Unnamed => return err(EINVAL),
+        SockAddr::Unix(n) => (unix_key(k, t, n), dest.clone()),
+        ip if !ip.is_local() => return err(ENETUNREACH),
+        ip => match ip.port() {
+            Some(0) | None => return err(ECONNREFUSED),
+            // The any address means this host: its loopback.
+            Some(p) if ip == &any(s.family, p) => (Key::Port(p), loopback(s.family, p)),
+            Some(p) => (Key::Port(p), ip.clone()),
+        },
+    };
+    let Some(lf) = k.sockets.get(&key) else {
+        let path = matches!(&key, Key::Unix(n) if n.first() != Some(&0));
+        return err(if path { ENOENT } else { ECONNREFUSED });
+    };
+    let Kind::Socket(listener) = &lf.kind else {
+        return err(ECONNREFUSED);
+    };
+    match &*listener.state.borrow() {
+        SockState::Listening { queue, backlog, .. } if queue.len() >= *backlog => {
+            return if f.flags.get() & O_NONBLOCK != 0 {
+                err(EAGAIN)
+            } else {
+                Err(Stop::Block(Wait::PipeWrite))
+            };
+        }
+        SockState::Listening { .. } => {}
+        _ => return err(ECONNREFUSED),
+    }
+    let local = match bound {
+        Some(a) => a,
+        None if s.family == AF_UNIX => SockAddr::Unnamed,
+        None => {
+            let port = k.sockets.ephemeral().ok_or(Stop::Errno(EADDRNOTAVAIL))?;
+            k.sockets.bind(Key::Port(port), &f);
+            loopback(s.family, port)
+        }
+    };
+    let (ours, theirs) = SocketEnd::pair();
+    if let SockState::Listening { queue, .. } = &mut *listener.state.borrow_mut() {
+        // The accepted socket is named by the address connected to, and
+        // its peer by ours, each in the listener's family.
+        queue.push_back((
+            theirs,
+            peer.as_family(listener.family),
+            local.as_family(listener.family),
+        ));
+    }
+    *s.state.borrow_mut() = SockState::Connected {
+        end: ours,
+        local,
+        peer,
+    };
+    Ok(0)
+}
+
 /// Whether a call's `flags` make it non-blocking (`MSG_DONTWAIT`, or the
 /// file's own `O_NONBLOCK`).
 fn nonblocking(f: &OpenFile, flags: u64) -> bool {
     flags & MSG_DONTWAIT as u64 != 0 || f.flags.get() & O_NONBLOCK != 0
 }
 
-/// The flags a pair takes; `MSG_OOB` is EOPNOTSUPP on `AF_UNIX`.
+/// `MSG_OOB` is EOPNOTSUPP here (no urgent data on these sockets).
 fn check_flags(flags: u64) -> Result<(), Stop> {
     if flags & MSG_OOB as u64 != 0 {
         return err(EOPNOTSUPP);
@@ -135,9 +440,9 @@ pub fn sendto(
     let f = file(k, t, fd)?;
     let s = socket_of(&f)?;
     check_flags(flags)?;
-    if addr != 0 || addrlen != 0 {
-        // A connected stream socket takes no address.
-        return err(EISCONN);
+    if addr != 0 && addrlen != 0 {
+        // A stream socket takes no address per message.
+        return err(if s.end().is_some() { EISCONN } else { ENOTCONN });
     }
     let data = k.read_user(t, buf, (len as usize).min(MAX_IO))?;
     let sigpipe = flags & MSG_NOSIGNAL as u64 == 0;
@@ -162,7 +467,7 @@ pub fn recvfrom(
     let data = receive(s, (len as usize).min(MAX_IO), nonblocking(&f, flags), peek)?;
     k.write_user(t, buf, &data)?;
     if addr != 0 && addrlen != 0 {
-        // The peer of a pair has no name: an empty address.
+        // A stream socket's messages carry no address.
         k.write_u32(t, addrlen, 0)?;
     }
     Ok(data.len() as u64)
@@ -183,7 +488,7 @@ pub fn sendmsg(k: &mut Kernel, t: Pid, fd: u64, msg: u64, flags: u64) -> SysResu
     check_flags(flags)?;
     let [name, namelen, iov, iovlen, _, controllen] = msghdr(k, t, msg)?;
     if name != 0 && namelen != 0 {
-        return err(EISCONN);
+        return err(if s.end().is_some() { EISCONN } else { ENOTCONN });
     }
     if controllen != 0 {
         // Passing descriptors or credentials (SCM_RIGHTS, SCM_CREDENTIALS)
@@ -234,14 +539,17 @@ pub fn recvmsg(k: &mut Kernel, t: Pid, fd: u64, msg: u64, flags: u64) -> SysResu
 pub fn shutdown(k: &mut Kernel, t: Pid, fd: u64, how: u64) -> SysResult {
     let f = file(k, t, fd)?;
     let s = socket_of(&f)?;
-    match how as i32 {
-        SHUT_RD => s.shut_read(),
-        SHUT_WR => s.shut_write(),
-        SHUT_RDWR => {
-            s.shut_read();
-            s.shut_write();
-        }
-        _ => return err(EINVAL),
+    if !matches!(how as i32, SHUT_RD | SHUT_WR | SHUT_RDWR) {
+        return err(EINVAL);
+    }
+    let Some(end) = s.end() else {
+        return err(ENOTCONN);
+    };
+    if how as i32 != SHUT_WR {
+        end.shut_read();
+    }
+    if how as i32 != SHUT_RD {
+        end.shut_write();
     }
     Ok(0)
 }
@@ -256,16 +564,19 @@ pub fn getsockopt(
     lenp: u64,
 ) -> SysResult {
     let f = file(k, t, fd)?;
-    socket_of(&f)?;
-    if level != SOL_SOCKET as u64 {
-        return err(EOPNOTSUPP);
-    }
-    let v: u32 = match name as i32 {
-        SO_TYPE => SOCK_STREAM as u32,
-        SO_DOMAIN => AF_UNIX as u32,
-        SO_PROTOCOL | SO_ERROR | SO_ACCEPTCONN | SO_KEEPALIVE | SO_PASSCRED => 0,
-        SO_SNDBUF | SO_RCVBUF => BUFFER,
-        _ => return err(ENOPROTOOPT),
+    let s = socket_of(&f)?;
+    let listening = matches!(&*s.state.borrow(), SockState::Listening { .. });
+    let v: u32 = match (level as i32, name as i32) {
+        (SOL_SOCKET, SO_TYPE) => SOCK_STREAM as u32,
+        (SOL_SOCKET, SO_DOMAIN) => s.family as u32,
+        (SOL_SOCKET, SO_PROTOCOL) if s.family != AF_UNIX => IPPROTO_TCP as u32,
+        (SOL_SOCKET, SO_ACCEPTCONN) => listening as u32,
+        (SOL_SOCKET, SO_SNDBUF | SO_RCVBUF) => BUFFER,
+        (SOL_SOCKET, SO_PROTOCOL | SO_ERROR | SO_KEEPALIVE | SO_PASSCRED | SO_REUSEADDR) => 0,
+        (SOL_SOCKET, _) => return err(ENOPROTOOPT),
+        // IP and TCP options read as off on an IP socket.
+        (IPPROTO_TCP | IPPROTO_IP | IPPROTO_IPV6, _) if s.family != AF_UNIX => 0,
+        _ => return err(EOPNOTSUPP),
     };
     let len = k.read_u32(t, lenp)? as i32;
     if len < 0 {
@@ -279,38 +590,33 @@ pub fn getsockopt(
 
 pub fn setsockopt(k: &mut Kernel, t: Pid, fd: u64, level: u64, name: u64) -> SysResult {
     let f = file(k, t, fd)?;
-    socket_of(&f)?;
-    if level != SOL_SOCKET as u64 {
-        return err(EOPNOTSUPP);
-    }
-    match name as i32 {
-        // Sizes and flags a pair takes without effect.
-        SO_SNDBUF | SO_RCVBUF | SO_KEEPALIVE | SO_PASSCRED | SO_REUSEADDR => Ok(0),
-        _ => err(ENOPROTOOPT),
+    let s = socket_of(&f)?;
+    match (level as i32, name as i32) {
+        // Sizes and flags taken without effect (there is no network).
+        (
+            SOL_SOCKET,
+            SO_SNDBUF | SO_RCVBUF | SO_KEEPALIVE | SO_PASSCRED | SO_REUSEADDR | SO_REUSEPORT
+            | SO_LINGER | SO_RCVTIMEO | SO_SNDTIMEO | SO_BROADCAST,
+        ) => Ok(0),
+        (SOL_SOCKET, _) => err(ENOPROTOOPT),
+        (IPPROTO_TCP | IPPROTO_IP | IPPROTO_IPV6, _) if s.family != AF_UNIX => Ok(0),
+        _ => err(EOPNOTSUPP),
     }
 }
 
-/// `getsockname`, `getpeername`: a pair's ends are unnamed, an address
-/// of just its family (`sizeof(sa_family_t)`), as Linux gives.
-pub fn name(k: &mut Kernel, t: Pid, fd: u64, addr: u64, lenp: u64) -> SysResult {
+/// `getsockname` (`peer` false) and `getpeername`.
+pub fn name(k: &mut Kernel, t: Pid, fd: u64, addr: u64, lenp: u64, peer: bool) -> SysResult {
     let f = file(k, t, fd)?;
-    socket_of(&f)?;
-    let len = k.read_u32(t, lenp)? as i32;
-    if len < 0 {
-        return err(EINVAL);
-    }
-    let family = (AF_UNIX as u16).to_le_bytes();
-    let n = (len as usize).min(family.len());
-    k.write_user(t, addr, &family[..n])?;
-    k.write_u32(t, lenp, family.len() as u32)?;
+    let s = socket_of(&f)?;
+    let name = match (&*s.state.borrow(), peer) {
+        (SockState::Connected { peer, .. }, true) => peer.clone(),
+        (_, true) => return err(ENOTCONN),
+        (SockState::Connected { local, .. }, false) => local.clone(),
+        (SockState::Listening { addr, .. }, false) => addr.clone(),
+        (SockState::Fresh { bound: Some(a) }, false) => a.clone(),
+        (SockState::Fresh { bound: None }, false) if s.family == AF_UNIX => SockAddr::Unnamed,
+        (SockState::Fresh { bound: None }, false) => any(s.family, 0),
+    };
+    write_addr(k, t, &name.encode(s.family), addr, lenp)?;
     Ok(0)
-}
-
-/// `bind`, `listen`, `accept`, `connect` on a descriptor: a pair is
-/// already connected (EISCONN for connect, EINVAL for the rest), any
-/// other file is not a socket.
-pub fn on_connected(k: &mut Kernel, t: Pid, fd: u64, errno: i32) -> SysResult {
-    let f: Rc<OpenFile> = file(k, t, fd)?;
-    socket_of(&f)?;
-    err(errno)
 }

@@ -44,6 +44,13 @@ seeds={
              call(47,small(4),scr(0x1a00),raw(0x40)), call(55,small(3),small(1),small(3),scr(0x1800),scr(0x1a00)),
              call(51,small(4),scr(0x1800),scr(0x1a00)), call(48,small(3),small(1)), call(1,small(3),scr(0),raw(4)),
              call(7,dic(3),small(2),small(0)), call(3,small(4))],
+ # a server and a client on the loopback: socket, bind, listen, connect, accept, names
+ 'servers': [call(41,small(2),raw(0x80801),small(0)), call(49,small(3),scr(0x1800),raw(16)),
+             call(50,small(3),small(5)), call(41,small(10),small(1),small(0)), call(42,small(4),scr(0x1800),raw(28)),
+             call(288,small(3),scr(0x1a00),scr(0x1800),raw(0x80000)), call(52,small(5),scr(0x1a00),scr(0x1800)),
+             call(41,small(1),small(1),small(0)), call(49,small(6),scr(0x1810),raw(12)), call(50,small(6),small(1)),
+             call(42,small(3),scr(0x1810),raw(12)), call(54,small(4),small(6),small(1),scr(0x1800),raw(4)),
+             call(3,small(3))],
  # signals, sleeps, timers, alarms, futexes
  'time': [call(13,small(10),dic(3),small(0),small(8)), call(14,small(0),dic(3),small(0),small(8)),
           call(37,raw(2**40)), call(38,small(0),dic(1),small(0)),

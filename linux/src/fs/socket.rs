@@ -27,11 +27,12 @@ pub struct SocketEnd {
 }
 
 impl SocketEnd {
-    /// The two connected ends.
-    pub fn pair() -> (Self, Self) {
+    /// The two connected ends, their pipes counted in `held` (the VM's
+    /// total, `pipe::VM_PIPE_BYTES`).
+    pub fn pair(held: &Rc<Cell<usize>>) -> (Self, Self) {
         let (a, b) = (
-            Rc::new(RefCell::new(Pipe::new())),
-            Rc::new(RefCell::new(Pipe::new())),
+            Rc::new(RefCell::new(Pipe::new(held.clone()))),
+            Rc::new(RefCell::new(Pipe::new(held.clone()))),
         );
         let end = |rx: &Rc<RefCell<Pipe>>, tx: &Rc<RefCell<Pipe>>| Self {
             rx: rx.clone(),

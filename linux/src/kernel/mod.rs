@@ -118,6 +118,9 @@ pub struct Kernel {
     pub vdso: Vec<u8>,
     pub next_mm_id: usize,
     pub next_pipe_id: usize,
+    /// What the VM's pipes and sockets hold, together
+    /// (`fs::pipe::VM_PIPE_BYTES` at most).
+    pub pipe_bytes: Rc<std::cell::Cell<usize>>,
     /// The names the VM's sockets are bound to.
     pub sockets: crate::fs::socket::Names,
     pub init_exit: Option<ExitStatus>,
@@ -227,6 +230,7 @@ impl Kernel {
             clock,
             next_mm_id: 1,
             next_pipe_id: 1,
+            pipe_bytes: Default::default(),
             sockets: Default::default(),
             init_exit: None,
             oom_killed: false,

@@ -85,7 +85,7 @@ pub fn pipe_read(
     if peek {
         return Ok(p.buf.range(..n).copied().collect());
     }
-    Ok(p.buf.drain(..n).collect())
+    Ok(p.take(n))
 }
 
 /// Writes to a pipe (or one way of a socket pair): with no reader, EPIPE
@@ -121,7 +121,7 @@ pub fn pipe_write(
         };
     }
     let n = space.min(data.len());
-    p.buf.extend(&data[..n]);
+    p.push(&data[..n]);
     Ok(n)
 }
 
@@ -512,7 +512,7 @@ pub fn pipe2(k: &mut Kernel, t: Pid, out: u64, flags: u64) -> SysResult {
     }
     let id = k.next_pipe_id;
     k.next_pipe_id += 1;
-    let p = Rc::new(RefCell::new(Pipe::new()));
+    let p = Rc::new(RefCell::new(Pipe::new(k.pipe_bytes.clone())));
     let nb = flags as i32 & O_NONBLOCK;
     let r = OpenFile::new(Kind::PipeRead(p.clone(), id), O_RDONLY | nb);
     let w = OpenFile::new(Kind::PipeWrite(p, id), O_WRONLY | nb);

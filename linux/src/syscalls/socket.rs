@@ -157,7 +157,7 @@ pub fn socketpair(k: &mut Kernel, t: Pid, domain: u64, ty: u64, proto: u64, out:
     if proto != 0 && proto != PF_UNIX as u64 {
         return err(EPROTONOSUPPORT);
     }
-    let (a, b) = SocketEnd::pair();
+    let (a, b) = SocketEnd::pair(&k.pipe_bytes);
     let connected = |end| SockState::Connected {
         end,
         local: SockAddr::Unnamed,
@@ -394,7 +394,7 @@ pub fn connect(k: &mut Kernel, t: Pid, fd: u64, addr: u64, len: u64) -> SysResul
             loopback(s.family, port)
         }
     };
-    let (ours, theirs) = SocketEnd::pair();
+    let (ours, theirs) = SocketEnd::pair(&k.pipe_bytes);
     if let SockState::Listening { queue, .. } = &mut *listener.state.borrow_mut() {
         // The accepted socket is named by the address connected to, and
         // its peer by ours, each in the listener's family.

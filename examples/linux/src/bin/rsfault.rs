@@ -7,7 +7,10 @@
 //! `reserve` maps 32 TiB of PROT_NONE (as Go and JVMs reserve their
 //! heaps), opens 1 GiB of it, touches it and unmaps it, 20 times;
 //! `orphans` has 30 children each fill 8 MiB, vfork a grandchild that
-//! exits, and exit without reaping it (their memory must come back).
+//! exits, and exit without reaping it (their memory must come back);
+//! `pipes` has 4 children each fill pipes until no write fits (its
+//! descriptors run out, or a fresh pipe takes nothing) and prints the
+//! bytes they hold together.
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
     match mode.as_str() {
@@ -202,6 +205,41 @@ fn main() {
                 }
             }
         }
+        "pipes" => {
+            // SAFETY: an eventfd the children add their counts to.
+            let counts = unsafe { libc::eventfd(0, 0) };
+            let mut total = 0u64;
+            let mut children = Vec::new();
+            for _ in 0..4 {
+                // SAFETY: fork in a single-threaded program; the child
+                // makes pipes, writes, adds to the eventfd and pauses.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    // One more than held: adding 0 to an eventfd would
+                    // not wake the parent.
+                    let held = fill_pipes() + 1;
+                    // SAFETY: writes 8 bytes we own, then waits to be killed.
+                    unsafe {
+                        libc::write(counts, (&held as *const u64).cast(), 8);
+                        libc::pause();
+                        libc::_exit(0);
+                    }
+                }
+                children.push(pid);
+                let mut n = 0u64;
+                // SAFETY: reads the child's count into our u64.
+                unsafe { libc::read(counts, (&mut n as *mut u64).cast(), 8) };
+                total += n - 1;
+            }
+            for pid in children {
+                // SAFETY: kill and reap our own children.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                }
+            }
+            println!("pipes hold {total} bytes");
+        }
         "oom" => {
             let mut keep = Vec::new();
             loop {
@@ -219,5 +257,33 @@ fn main() {
             eprintln!("usage: rsfault segv|jump|priv|wild|forks|oom|spin");
             std::process::exit(2);
         }
+    }
+}
+
+/// Makes non-blocking pipes and fills each until a write finds no room;
+/// stops when a fresh pipe takes nothing or no descriptor is left. The
+/// bytes written, all still held.
+fn fill_pipes() -> u64 {
+    let chunk = vec![1u8; 65536];
+    let mut held = 0u64;
+    loop {
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 writes two descriptors into our array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) } != 0 {
+            return held;
+        }
+        let mut this = 0;
+        loop {
+            // SAFETY: writes from our buffer.
+            let n = unsafe { libc::write(fds[1], chunk.as_ptr().cast(), chunk.len()) };
+            if n <= 0 {
+                break;
+            }
+            this += n as u64;
+        }
+        if this == 0 {
+            return held;
+        }
+        held += this;
     }
 }

@@ -2,15 +2,16 @@
 //! things a serving shim must do outside its seccomp filter and Landlock
 //! domain, and so the shim's own process never holds CAP_SYS_ADMIN.
 //!
-//! A serving shim starts it before it confines itself (`confine`): the
-//! shim's own executable, run again with [`HELPER_ARG`], holding one end
-//! of a `SOCK_SEQPACKET` pair on fd 3. From then on the shim asks it, one
+//! A serving shim starts it before it confines itself (`confine`): a fork
+//! of the shim, holding one end of a `SOCK_SEQPACKET` pair. From then on
+//! the shim asks it, one
 //! [`Request`] per message, to mount and unmount containers' root
 //! filesystems, to open the FIFOs and log files containerd names
 //! (anywhere on the host), and to start, poll and stop the `binary://`
 //! loggers containerd's users name; opened descriptors come back with the
-//! reply (`SCM_RIGHTS`). The helper shares no memory with the shim, so a
-//! thread taken over through a VM can only send it requests, and it checks
+//! reply (`SCM_RIGHTS`). The helper shares no writable memory with the
+//! shim (forked before any container exists), so a thread taken over
+//! through a VM can only send it requests, and it checks
 //! each one: a mount or unmount only at `TASKS/ID/rootfs` (the namespace's
 //! task directories the shim's Landlock domain reaches, with no symlink on
 //! the way), a FIFO only if the path names a FIFO, a log file only if it
@@ -36,14 +37,8 @@ use nix::sys::socket::{
 };
 use serde::{Deserialize, Serialize};
 
-/// The first argument that makes the shim's executable the helper.
-pub const HELPER_ARG: &str = "--flint-privileged-helper";
-
 /// The helper's thread name, as `/proc` shows it.
 pub const HELPER_NAME: &str = "flint-helper";
-
-/// The descriptor the helper finds its socket on.
-const SOCKET_FD: RawFd = 3;
 
 /// The largest message either side sends (a mount's options list the
 /// image's layers).
@@ -351,76 +346,72 @@ static SOCKET: OnceLock<Mutex<OwnedFd>> = OnceLock::new();
 static LOCAL: OnceLock<Mutex<Helper>> = OnceLock::new();
 
 /// Starts the helper process for a serving shim whose containers' bundles
-/// are in `tasks`. Must run before the shim confines itself: the helper
-/// keeps the capabilities the shim has now.
+/// are in `tasks`: a fork of the shim, so it shares the shim's pages until
+/// either writes them (an exec of the shim's executable cost 4 MiB of
+/// PSS a pod). Must run before the shim confines itself (the helper keeps
+/// the capabilities the shim has now) and while the process has one
+/// thread.
 pub fn start(tasks: &Path) -> std::io::Result<()> {
+    let tasks = tasks.canonicalize()?;
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
         None,
         SockFlag::SOCK_CLOEXEC,
     )?;
-    let theirs_raw = theirs.as_raw_fd();
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg(HELPER_ARG)
-        .arg(tasks)
-        .env_clear()
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    // SAFETY: between fork and exec only async-signal-safe calls (dup2 and
-    // prctl) on a descriptor this process owns.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(theirs_raw, SOCKET_FD) < 0
-                || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
+    // SAFETY: getpid has no preconditions.
+    let shim = unsafe { libc::getpid() };
+    // SAFETY: the process has one thread (the caller's contract), so the
+    // child may go on running Rust code: no lock can be held by a thread
+    // that does not exist in it.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => {
+            drop(ours);
+            serve(theirs, tasks, shim)
+        }
+        _ => {
+            drop(theirs);
+            let _ = SOCKET.set(Mutex::new(ours));
             Ok(())
-        });
-    }
-    // Not reaped by a Child: the helper lives as long as the shim.
-    let child = cmd.spawn()?;
-    std::mem::forget(child);
-    drop(theirs);
-    let _ = SOCKET.set(Mutex::new(ours));
-    Ok(())
-}
-
-/// The helper process's life: serves requests on fd 3 until the shim's
-/// end closes. `args` follow [`HELPER_ARG`]: the task directory.
-pub fn serve(args: &[std::ffi::OsString]) -> ! {
-    let name = std::ffi::CString::new(HELPER_NAME).expect("no NUL in the name");
-    // SAFETY: prctl with a NUL-terminated name that outlives the call; the
-    // parent check after PR_SET_PDEATHSIG (set before exec) closes the
-    // race with a shim that died first.
-    unsafe {
-        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
-        if libc::getppid() == 1 {
-            std::process::exit(1);
         }
     }
-    let tasks = args
-        .first()
-        .map(PathBuf::from)
-        .and_then(|t| t.canonicalize().ok());
-    let Some(tasks) = tasks else {
-        eprintln!("{HELPER_NAME}: no task directory");
-        std::process::exit(2);
-    };
-    // SAFETY: the shim gave this process fd 3 (start); nothing else owns it.
-    let socket = unsafe { OwnedFd::from_raw_fd(SOCKET_FD) };
+}
+
+/// The helper process's life: serves requests on `socket` until the
+/// shim's end closes, and dies with the shim.
+fn serve(socket: OwnedFd, tasks: PathBuf, shim: libc::pid_t) -> ! {
+    let name = std::ffi::CString::new(HELPER_NAME).expect("no NUL in the name");
+    // SAFETY: prctl with a NUL-terminated name that outlives the call; the
+    // parent check after PR_SET_PDEATHSIG closes the race with a shim that
+    // died first. stdin and stdout become /dev/null: the shim's stdout is
+    // the pipe containerd-shim's start action reads to its end.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != shim {
+            libc::_exit(1);
+        }
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::close(null);
+        }
+    }
     let mut helper = Helper {
         tasks: Some(tasks),
         ..Helper::default()
     };
-    match serve_on(&socket, &mut helper) {
-        Ok(()) => std::process::exit(0),
+    let code = match serve_on(&socket, &mut helper) {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("{HELPER_NAME}: {e}");
-            std::process::exit(1);
+            1
         }
-    }
+    };
+    // SAFETY: ends the helper without running the shim's exit handlers.
+    unsafe { libc::_exit(code) }
 }
 
 /// Answers requests on `socket` until its other end closes.

@@ -96,10 +96,6 @@ impl Shim for FlintShim {
 const RUNTIME: &str = "io.containerd.flint.v2";
 
 fn main() {
-    let args: Vec<_> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == helper::HELPER_ARG) {
-        helper::serve(&args[2..]);
-    }
     // containerd-shim's own bootstrap parses -v but does not act on it.
     if std::env::args()
         .skip(1)
@@ -123,6 +119,7 @@ fn main() {
     }
     // Serving (no start or delete action): under the shim's filter from
     // here, before the runtime makes its threads.
+    let args: Vec<_> = std::env::args_os().collect();
     let flags = containerd_shim::parse(&args[1..]).ok();
     if let Some(flags) = flags.filter(|f| f.action.is_empty()) {
         // The cache must exist for the Landlock domain to reach it.

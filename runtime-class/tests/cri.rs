@@ -298,8 +298,9 @@ async fn cri_pods_run_their_containers_in_flint_vms() {
     .await;
 
     // All containers of the pod share one shim.
-    let pids = shim_pids(&ctd.sock);
+    let pids = shims_only(&ctd.sock);
     assert_eq!(pids.len(), 1, "one shim per pod: {pids:?}");
+    assert_eq!(shim_pids(&ctd.sock).len(), 2, "the shim and its helper");
 
     // Stats of the running container: its VM's memory and CPU.
     let stats = rt

@@ -287,6 +287,9 @@ pub fn text(b: &[u8]) -> String {
 }
 
 /// Flint shims serving the containerd on `sock`.
+/// The shim processes of this containerd and their privileged helpers
+/// (forks of theirs, named `flint-helper`): both must be gone when
+/// nothing is left.
 pub fn shim_pids(sock: &Path) -> Vec<i32> {
     let sock = sock.display().to_string();
     std::fs::read_dir("/proc")
@@ -297,6 +300,17 @@ pub fn shim_pids(sock: &Path) -> Vec<i32> {
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
             let c = String::from_utf8_lossy(&cmdline);
             (c.contains("containerd-shim-flint-v2") && c.contains(&sock)).then_some(pid)
+        })
+        .collect()
+}
+
+/// The shim processes alone, without their helpers.
+pub fn shims_only(sock: &Path) -> Vec<i32> {
+    shim_pids(sock)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() != "flint-helper")
         })
         .collect()
 }

@@ -54,6 +54,9 @@ pub struct EpollEntry {
     pub file: std::rc::Weak<OpenFile>,
     pub events: u32,
     pub data: u64,
+    /// With EPOLLET: the file's state when last reported (see
+    /// `poll::activity`).
+    pub seen: Option<u64>,
 }
 
 #[derive(Debug)]

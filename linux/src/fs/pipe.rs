@@ -20,6 +20,8 @@ pub struct Pipe {
     pub buf: VecDeque<u8>,
     pub readers: usize,
     pub writers: usize,
+    /// Bumped by every write and read: edge-triggered epoll's edges.
+    pub changes: u64,
     /// What every pipe of the VM holds, this one's bytes included.
     held: Rc<Cell<usize>>,
 }
@@ -31,6 +33,7 @@ impl Pipe {
             buf: VecDeque::new(),
             readers: 1,
             writers: 1,
+            changes: 0,
             held,
         }
     }
@@ -45,13 +48,23 @@ impl Pipe {
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend(data);
         self.held.set(self.held.get() + data.len());
+        self.changes += 1;
     }
 
     /// Takes up to `n` bytes from the front.
     pub fn take(&mut self, n: usize) -> Vec<u8> {
         let n = n.min(self.buf.len());
         self.held.set(self.held.get() - n);
+        self.changes += 1;
         self.buf.drain(..n).collect()
+    }
+}
+
+impl Pipe {
+    /// What changes when this pipe's readiness may have: its data and its
+    /// two ends.
+    pub fn token(&self) -> (u64, usize, usize) {
+        (self.changes, self.readers, self.writers)
     }
 }
 

@@ -207,6 +207,8 @@ pub enum SockState {
         addr: SockAddr,
         queue: VecDeque<(SocketEnd, SockAddr, SockAddr)>,
         backlog: usize,
+        /// Connections queued so far (edge-triggered epoll's edges).
+        arrivals: u64,
     },
     Connected {
         end: SocketEnd,

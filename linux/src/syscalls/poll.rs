@@ -207,6 +207,23 @@ const EPOLL_CTL_ADD: u64 = 1;
 const EPOLL_CTL_DEL: u64 = 2;
 const EPOLL_CTL_MOD: u64 = 3;
 const EPOLLONESHOT: u32 = 1 << 30;
+const EPOLLET: u32 = 1 << 31;
+
+/// A token that changes whenever `f`'s readiness may have (data in or
+/// out, an end closed, a connection arriving), for edge-triggered epoll;
+/// `None` for files whose changes the VMM does not see (host streams),
+/// which stay level-triggered.
+fn activity(f: &OpenFile) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match &f.kind {
+        Kind::PipeRead(p, _) | Kind::PipeWrite(p, _) => p.borrow().token().hash(&mut h),
+        Kind::Socket(s) => super::socket::token(s).hash(&mut h),
+        Kind::EventFd(v, _) => v.get().hash(&mut h),
+        _ => return None,
+    }
+    Some(h.finish())
+}
 
 pub fn epoll_create(k: &mut Kernel, t: Pid, flags: u64) -> SysResult {
     if flags & !(libc::EPOLL_CLOEXEC as u64) != 0 {
@@ -260,12 +277,15 @@ pub fn epoll_ctl(k: &mut Kernel, t: Pid, epfd: u64, op: u64, fd: u64, event: u64
                 file: std::rc::Rc::downgrade(&target),
                 events,
                 data,
+                seen: None,
             });
             Ok(0)
         }
         (EPOLL_CTL_MOD, Some(i)) => {
             list[i].events = events;
             list[i].data = data;
+            // Re-armed: the next wait reports what is ready now.
+            list[i].seen = None;
             Ok(0)
         }
         (EPOLL_CTL_DEL, Some(i)) => {
@@ -303,6 +323,15 @@ pub fn epoll_wait(
             }
             let Some(f) = e.file.upgrade() else { continue };
             let rev = ready(&f, (e.events & 0xffff) as i16) as u16 as u32;
+            if rev != 0 && e.events & EPOLLET != 0 {
+                // Edge-triggered: only when the file changed since the
+                // last report.
+                let now = activity(&f);
+                if now.is_some() && now == e.seen {
+                    continue;
+                }
+                e.seen = now;
+            }
             if rev != 0 && e.events & 0xffff != 0 {
                 out.extend(rev.to_le_bytes());
                 out.extend(e.data.to_le_bytes());

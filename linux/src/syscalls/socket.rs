@@ -68,6 +68,26 @@ pub fn send(
     pipe_write(k, t, &end.tx, data, nonblock, false, sigpipe)
 }
 
+/// What changes when a socket's readiness may have (for edge-triggered
+/// epoll): its connection's two pipes and shutdowns, a listener's
+/// arrivals and accepts.
+pub fn token(s: &Socket) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match &*s.state.borrow() {
+        SockState::Connected { end, .. } => {
+            end.rx.borrow().token().hash(&mut h);
+            end.tx.borrow().token().hash(&mut h);
+            (end.shut_rd.get(), end.shut_wr.get()).hash(&mut h);
+        }
+        SockState::Listening {
+            queue, arrivals, ..
+        } => (1u8, *arrivals, queue.len()).hash(&mut h),
+        SockState::Fresh { .. } => 2u8.hash(&mut h),
+    }
+    h.finish()
+}
+
 /// The poll events a socket has now.
 pub fn ready(s: &Socket) -> i16 {
     match &*s.state.borrow() {
@@ -308,6 +328,7 @@ pub fn listen(k: &mut Kernel, t: Pid, fd: u64, backlog: u64) -> SysResult {
         addr,
         queue: Default::default(),
         backlog,
+        arrivals: 0,
     };
     Ok(0)
 }
@@ -395,7 +416,11 @@ pub fn connect(k: &mut Kernel, t: Pid, fd: u64, addr: u64, len: u64) -> SysResul
         }
     };
     let (ours, theirs) = SocketEnd::pair(&k.pipe_bytes);
-    if let SockState::Listening { queue, .. } = &mut *listener.state.borrow_mut() {
+    if let SockState::Listening {
+        queue, arrivals, ..
+    } = &mut *listener.state.borrow_mut()
+    {
+        *arrivals += 1;
         // The accepted socket is named by the address connected to, and
         // its peer by ours, each in the listener's family.
         queue.push_back((

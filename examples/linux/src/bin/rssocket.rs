@@ -2,8 +2,8 @@
 //! by the program: data both ways, `send`/`recv` with `MSG_PEEK` and
 //! `MSG_DONTWAIT`, `sendmsg`/`recvmsg` over several buffers, `shutdown`
 //! each way, EPIPE with and without SIGPIPE (`MSG_NOSIGNAL`), poll, the
-//! socket options, names and file type a pair has, `FIONREAD`, and a pair
-//! shared with a forked child. Prints one line per check; exits 0 only if
+//! socket options, names and file type a pair has, `FIONREAD`,
+//! edge-triggered epoll on a pair, and a pair shared with a forked child. Prints one line per check; exits 0 only if
 //! all passed.
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
@@ -167,6 +167,36 @@ fn main() {
     a.write_all(b"x").unwrap();
     all &= check("poll data", poll_events(fb) == libc::POLLIN | libc::POLLOUT);
     b.read_exact(&mut buf[..1]).unwrap();
+
+    // Edge-triggered epoll: reported once per change, not while the state
+    // stays as it was.
+    // SAFETY: an epoll instance we own, watching our socket.
+    let ep = unsafe { libc::epoll_create1(0) };
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLET) as u32,
+        u64: 7,
+    };
+    // SAFETY: registers fb with our event.
+    unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fb, &mut ev) };
+    let wait = || {
+        let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: waits into our array, without blocking.
+        let n = unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 4, 0) };
+        (n, if n > 0 { out[0].events as i32 } else { 0 })
+    };
+    all &= check("epollet first", wait() == (1, libc::EPOLLOUT));
+    all &= check("epollet quiet", wait().0 == 0);
+    a.write_all(b"e").unwrap();
+    all &= check(
+        "epollet data",
+        wait() == (1, libc::EPOLLIN | libc::EPOLLOUT),
+    );
+    all &= check("epollet no new data", wait().0 == 0);
+    a.write_all(b"f").unwrap();
+    all &= check("epollet more data", wait().0 == 1);
+    b.read_exact(&mut buf[..2]).unwrap();
+    // SAFETY: closes our epoll instance.
+    unsafe { libc::close(ep) };
 
     // shutdown(SHUT_WR): the peer reads end of file, a write here EPIPE
     // with SIGPIPE; the other way still works.

@@ -1,7 +1,8 @@
 // gohttp: a net/http server and its client in one program, over the
 // loopback: the server listens on 127.0.0.1 port 0, the client asks it
 // three times on one keep-alive connection and once on a fresh one; then
-// the server shuts down and a last request is refused.
+// it idles with a connection kept alive; then the server shuts down and a
+// last request is refused.
 package main
 
 import (
@@ -12,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"time"
 )
 
 func main() {
@@ -48,6 +50,9 @@ func main() {
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	fmt.Println(resp.StatusCode, string(b))
+	// Idle a while with the first client's connection kept alive: the
+	// netpoller must sleep, not spin.
+	time.Sleep(500 * time.Millisecond)
 	srv.Shutdown(context.Background())
 	_, err = fresh.Get(url + "/late")
 	fmt.Println("after shutdown refused:", err != nil && strings.Contains(err.Error(), "connection refused"))

@@ -228,6 +228,40 @@ impl Port {
         Exec { done: rx, signals }
     }
 
+    /// Connects to the socket listening on TCP `port` inside the VM (on
+    /// its loopback or any address, IPv4 or IPv6), as a client on the VM's
+    /// loopback would: the host's end of the connection, a Unix stream
+    /// whose bytes are the connection's. `ConnectionRefused` if nothing
+    /// listens there (or its backlog is full), `TimedOut` if the VM does
+    /// not answer within `wait` (it has ended, say).
+    pub fn connect(
+        &self,
+        port: u16,
+        wait: std::time::Duration,
+    ) -> std::io::Result<std::os::unix::net::UnixStream> {
+        let (host, vm) = std::os::unix::net::UnixStream::pair()?;
+        vm.set_nonblocking(true)?;
+        let (tx, rx) = mpsc::channel();
+        self.control
+            .connects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(kernel::ConnectRequest {
+                port,
+                fd: vm.into(),
+                done: tx,
+            });
+        self.control.wake();
+        match rx.recv_timeout(wait) {
+            Ok(Ok(())) => Ok(host),
+            Ok(Err(errno)) => Err(std::io::Error::from_raw_os_error(errno)),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the VM did not take a connection to port {port}"),
+            )),
+        }
+    }
+
     /// The container's processes now: (pid, command line).
     pub fn processes(&self) -> Vec<(i32, String)> {
         self.control

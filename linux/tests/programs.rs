@@ -4,6 +4,8 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
+
 use flint_linux::{Config, ExitStatus};
 
 /// A shell script using pipes, redirection, subshells, `$(...)`, loops and
@@ -321,6 +323,94 @@ fn go_net_http_serves_itself_as_natively() {
     // spun through 3,000 in 300 ms).
     let calls = r.result.as_ref().unwrap().vmm_calls;
     assert!(calls < 1500, "{calls} system calls to the VMM");
+}
+
+/// A server in a VM reached from the host (`Port::connect`, the end of a
+/// connection the VMM hands to the program's listener): a Go net/http
+/// server on $PORT answers requests over two connections at once, one of
+/// them kept alive for two requests, a port nobody listens on is refused,
+/// and the server exits when asked.
+#[test]
+fn a_server_in_the_vm_answers_the_host() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let prog = go_program("goserve");
+    let (root, path) = program_root(&prog);
+    let out = tempfile::tempfile().unwrap();
+    let stdio = flint_linux::Stdio {
+        stdin: file_fd(&tempfile::tempfile().unwrap()),
+        stdout: file_fd(&out),
+        stderr: file_fd(&out),
+    };
+    let program = flint_linux::Program {
+        path: path.clone(),
+        argv: vec!["goserve".into()],
+        env: vec![("PORT".into(), "8080".into())],
+        workdir: "/".into(),
+    };
+    let container = flint_linux::start(&config(), root.path(), &program, Some(stdio)).unwrap();
+    let port = container.port();
+    let wait = Duration::from_secs(5);
+    // Until the program listens, connections are refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut first = loop {
+        match port.connect(8080, wait) {
+            Ok(c) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                assert!(std::time::Instant::now() < deadline, "never listened");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("connect: {e}"),
+        }
+    };
+    let e = port.connect(9999, wait).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    let mut second = port.connect(8080, wait).unwrap();
+    // One response: its status line and its body, by Content-Length.
+    let ask = |c: &mut std::os::unix::net::UnixStream, path: &str, body: &str| {
+        write!(
+            c,
+            "POST {path} HTTP/1.1\r\nHost: vm\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        let mut len = 0;
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).unwrap();
+            if h == "\r\n" {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut b = vec![0; len];
+        r.read_exact(&mut b).unwrap();
+        (status.trim().to_string(), String::from_utf8(b).unwrap())
+    };
+    let ok = "HTTP/1.1 200 OK".to_string();
+    assert_eq!(
+        ask(&mut first, "/a", "one"),
+        (ok.clone(), "POST /a ONE".into())
+    );
+    assert_eq!(
+        ask(&mut second, "/b", "two"),
+        (ok.clone(), "POST /b TWO".into())
+    );
+    assert_eq!(
+        ask(&mut first, "/c", "again"),
+        (ok.clone(), "POST /c AGAIN".into())
+    );
+    assert_eq!(ask(&mut second, "/quit", ""), (ok, "POST /quit ".into()));
+    let outcome = container.wait().unwrap();
+    assert_eq!(outcome.status, flint_linux::ExitStatus::Exited(0));
+    // The program's end closed its side of the connections.
+    let mut rest = Vec::new();
+    first.set_read_timeout(Some(wait)).unwrap();
+    assert_eq!(first.read_to_end(&mut rest).unwrap(), 0);
 }
 
 /// CPython's http.server answering urllib in the same process (a thread

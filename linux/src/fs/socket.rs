@@ -2,8 +2,10 @@
 //! path names, and `socketpair`'s unnamed pairs) and `AF_INET`/`AF_INET6`
 //! on the VM's loopback. A connection is two pipes, one each way
 //! ([`SocketEnd`]); a listening socket holds the connections waiting for
-//! `accept`; [`Names`] maps bound names to their sockets. Nothing here
-//! reaches the host's network.
+//! `accept`; [`Names`] maps bound names to their sockets. A connection
+//! from the host into a listening socket ([`Conn::Host`]) is the one end
+//! of a host socket pair the VMM holds; nothing here reaches the host's
+//! network.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -63,6 +65,23 @@ impl Drop for SocketEnd {
         self.shut_read();
         self.shut_write();
     }
+}
+
+/// A connection from the host (`Port::connect`): the VM's end of a host
+/// `AF_UNIX` socket pair (non-blocking), with counts of what went
+/// through it for edge-triggered epoll.
+#[derive(Debug)]
+pub struct HostConn {
+    pub fd: std::os::fd::OwnedFd,
+    pub reads: Cell<u64>,
+    pub writes: Cell<u64>,
+}
+
+/// A connected socket's end: in the VM, or from the host.
+#[derive(Debug)]
+pub enum Conn {
+    Local(SocketEnd),
+    Host(HostConn),
 }
 
 /// A socket's name.
@@ -205,13 +224,13 @@ pub enum SockState {
     /// local and peer names its accepted socket gets.
     Listening {
         addr: SockAddr,
-        queue: VecDeque<(SocketEnd, SockAddr, SockAddr)>,
+        queue: VecDeque<(Conn, SockAddr, SockAddr)>,
         backlog: usize,
         /// Connections queued so far (edge-triggered epoll's edges).
         arrivals: u64,
     },
     Connected {
-        end: SocketEnd,
+        end: Conn,
         local: SockAddr,
         peer: SockAddr,
     },
@@ -234,8 +253,8 @@ impl Socket {
         }
     }
 
-    /// The connected end, or `None`.
-    pub fn end(&self) -> Option<std::cell::Ref<'_, SocketEnd>> {
+    /// The connection, or `None`.
+    pub fn conn(&self) -> Option<std::cell::Ref<'_, Conn>> {
         std::cell::Ref::filter_map(self.state.borrow(), |s| match s {
             SockState::Connected { end, .. } => Some(end),
             _ => None,

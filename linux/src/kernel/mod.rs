@@ -55,6 +55,10 @@ pub const HOST_CALLS: &[i64] = &[
     libc::SYS_ftruncate,
     libc::SYS_utimensat,
     libc::SYS_fstatfs,
+    // Connections from the host (`Port::connect`): a host socket's
+    // shutdown and MSG_PEEK.
+    libc::SYS_shutdown,
+    libc::SYS_recvfrom,
 ];
 
 /// Time slice: the supervisor kicks every vCPU this often, so that a thread
@@ -74,6 +78,37 @@ pub struct Control {
     pub processes: std::sync::Mutex<Vec<(Pid, String)>>,
     /// The VM's memory and vCPU thread, for stats.
     pub probe: std::sync::Mutex<Option<flint_executor::VmProbe>>,
+    /// Connections from the host to a listening port (`Port::connect`).
+    pub connects: std::sync::Mutex<Vec<ConnectRequest>>,
+    /// A copy of the eventfd idle vCPUs sleep on, for waking them from
+    /// outside.
+    pub wake: std::sync::Mutex<Option<OwnedFd>>,
+}
+
+/// A connection from the host: the VM's end of a host socket pair, for
+/// the listener on `port`; the answer is 0 or an errno.
+#[derive(Debug)]
+pub struct ConnectRequest {
+    pub port: u16,
+    pub fd: OwnedFd,
+    pub done: std::sync::mpsc::Sender<Result<(), i32>>,
+}
+
+impl Control {
+    /// Wakes an idle vCPU to look at what was asked of it.
+    pub fn wake(&self) {
+        if let Some(fd) = &*self.wake.lock().unwrap_or_else(|e| e.into_inner()) {
+            let one = 1u64;
+            // SAFETY: writes 8 bytes we own to an eventfd.
+            unsafe {
+                libc::write(
+                    std::os::fd::AsRawFd::as_raw_fd(fd),
+                    (&one as *const u64).cast(),
+                    8,
+                )
+            };
+        }
+    }
 }
 
 /// A process to start in a running container.
@@ -206,6 +241,9 @@ impl Kernel {
         }
         // SAFETY: `wake` is a fresh fd nobody else owns.
         let wake = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(wake) };
+        if let Ok(copy) = wake.try_clone() {
+            *control.wake.lock().unwrap_or_else(|e| e.into_inner()) = Some(copy);
+        }
         Ok(Self {
             vm,
             cpus,
@@ -347,6 +385,23 @@ impl Kernel {
                     let _ = r.done.send(Err(e));
                 }
             }
+        }
+    }
+
+    /// Queues the host's connections on their listeners
+    /// (`Port::connect`).
+    fn connect_requested(&mut self) {
+        let reqs: Vec<ConnectRequest> = std::mem::take(
+            &mut *self
+                .control
+                .connects
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for r in reqs {
+            let _ = r
+                .done
+                .send(syscalls::socket::connect_from_host(self, r.port, r.fd));
         }
     }
 

@@ -21,7 +21,7 @@ pub fn file(k: &Kernel, t: Pid, fd: u64) -> Result<Rc<OpenFile>, Stop> {
         .ok_or(Stop::Errno(EBADF))
 }
 
-fn host_ready(fd: i32, events: i16) -> bool {
+pub fn host_ready(fd: i32, events: i16) -> bool {
     let mut p = pollfd {
         fd,
         events,
@@ -32,7 +32,7 @@ fn host_ready(fd: i32, events: i16) -> bool {
     n > 0
 }
 
-fn host_read(fd: i32, len: usize, off: Option<u64>) -> Result<Vec<u8>, Stop> {
+pub fn host_read(fd: i32, len: usize, off: Option<u64>) -> Result<Vec<u8>, Stop> {
     let mut buf = vec![0u8; len];
     // SAFETY: `buf` has `len` bytes.
     let n = unsafe {
@@ -48,7 +48,7 @@ fn host_read(fd: i32, len: usize, off: Option<u64>) -> Result<Vec<u8>, Stop> {
     Ok(buf)
 }
 
-fn host_write(fd: i32, data: &[u8], off: Option<u64>) -> Result<usize, Stop> {
+pub fn host_write(fd: i32, data: &[u8], off: Option<u64>) -> Result<usize, Stop> {
     // SAFETY: `data` is a valid buffer of its length.
     let n = unsafe {
         match off {
@@ -476,7 +476,10 @@ pub fn ioctl(k: &mut Kernel, t: Pid, fd: u64, req: u64, arg: u64) -> SysResult {
         FIONREAD => {
             let n = match &f.kind {
                 Kind::PipeRead(p, _) => p.borrow().buf.len() as u32,
-                Kind::Socket(s) => s.end().map_or(0, |e| e.rx.borrow().buf.len() as u32),
+                Kind::Socket(s) => match s.conn().as_deref() {
+                    Some(crate::fs::socket::Conn::Local(e)) => e.rx.borrow().buf.len() as u32,
+                    _ => 0,
+                },
                 Kind::Synthetic { data, .. } => {
                     data.len().saturating_sub(f.offset.get() as usize) as u32
                 }

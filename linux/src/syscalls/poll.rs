@@ -88,6 +88,7 @@ pub fn host_fds_of(k: &Kernel, t: Pid) -> Vec<i32> {
         .into_iter()
         .filter_map(|i| match &fds.get(i as i64)?.kind {
             Kind::Stream { fd, readable: true } => Some(fd.as_raw_fd()),
+            Kind::Socket(s) => super::socket::host_fd(s),
             _ => None,
         })
         .collect()

@@ -10,10 +10,13 @@ use std::rc::Rc;
 
 use libc::*;
 
-use super::fd::{file, iovecs, pipe_read, pipe_write};
+use std::cell::Cell;
+use std::os::fd::AsRawFd;
+
+use super::fd::{file, host_read, host_ready, host_write, iovecs, pipe_read, pipe_write};
 use super::{err, Stop, SysResult};
 use crate::fs::file::{Kind, OpenFile};
-use crate::fs::socket::{Key, SockAddr, SockState, Socket, SocketEnd};
+use crate::fs::socket::{Conn, HostConn, Key, SockAddr, SockState, Socket, SocketEnd};
 use crate::kernel::uaccess::MAX_IO;
 use crate::kernel::Kernel;
 use crate::signal::{SigInfo, SIGPIPE};
@@ -36,13 +39,41 @@ fn socket_of(f: &OpenFile) -> Result<&Socket, Stop> {
 /// Reads from a connected socket: buffered data first, then end of file
 /// once the peer stopped writing or this end was shut for reading.
 pub fn receive(s: &Socket, len: usize, nonblock: bool, peek: bool) -> Result<Vec<u8>, Stop> {
-    let Some(end) = s.end() else {
+    let Some(conn) = s.conn() else {
         return err(ENOTCONN);
     };
-    if end.shut_rd.get() && end.rx.borrow().buf.is_empty() {
-        return Ok(Vec::new());
+    match &*conn {
+        Conn::Local(end) => {
+            if end.shut_rd.get() && end.rx.borrow().buf.is_empty() {
+                return Ok(Vec::new());
+            }
+            pipe_read(&end.rx, len, nonblock, peek)
+        }
+        Conn::Host(h) => {
+            let raw = h.fd.as_raw_fd();
+            if len > 0 && !host_ready(raw, POLLIN) {
+                return if nonblock {
+                    err(EAGAIN)
+                } else {
+                    Err(Stop::Block(Wait::HostRead(raw)))
+                };
+            }
+            let data = if peek {
+                let mut buf = vec![0u8; len];
+                // SAFETY: `buf` has `len` bytes; the fd is ours.
+                let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), len, MSG_PEEK) };
+                if n < 0 {
+                    return Err(super::host_err(std::io::Error::last_os_error()));
+                }
+                buf.truncate(n as usize);
+                buf
+            } else {
+                host_read(raw, len, None)?
+            };
+            h.reads.set(h.reads.get() + 1);
+            Ok(data)
+        }
     }
-    pipe_read(&end.rx, len, nonblock, peek)
 }
 
 /// Writes to a connected socket: EPIPE (and SIGPIPE unless `sigpipe` is
@@ -55,31 +86,52 @@ pub fn send(
     nonblock: bool,
     sigpipe: bool,
 ) -> Result<usize, Stop> {
-    let Some(end) = s.end() else {
+    let Some(conn) = s.conn() else {
         return err(ENOTCONN);
     };
-    if end.shut_wr.get() {
+    let epipe = |k: &mut Kernel| {
         if sigpipe {
             let pid = k.thread(t).pid;
             k.signal_thread(t, SigInfo::user(SIGPIPE, pid));
         }
-        return err(EPIPE);
+        err(EPIPE)
+    };
+    match &*conn {
+        Conn::Local(end) if end.shut_wr.get() => epipe(k),
+        Conn::Local(end) => pipe_write(k, t, &end.tx, data, nonblock, false, sigpipe),
+        Conn::Host(h) => match host_write(h.fd.as_raw_fd(), data, None) {
+            Ok(n) => {
+                h.writes.set(h.writes.get() + 1);
+                Ok(n)
+            }
+            Err(Stop::Errno(EPIPE)) => epipe(k),
+            // The host's reader is behind: try again shortly.
+            Err(Stop::Errno(EAGAIN)) if !nonblock => Err(Stop::Block(Wait::Poll {
+                deadline: Some(k.mono_ns() + 1_000_000),
+            })),
+            Err(e) => Err(e),
+        },
     }
-    pipe_write(k, t, &end.tx, data, nonblock, false, sigpipe)
 }
 
 /// What changes when a socket's readiness may have (for edge-triggered
-/// epoll): its connection's two pipes and shutdowns, a listener's
-/// arrivals and accepts.
+/// epoll): its connection's two pipes and shutdowns (a host connection's
+/// reads, writes and readiness), a listener's arrivals and accepts.
 pub fn token(s: &Socket) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     match &*s.state.borrow() {
-        SockState::Connected { end, .. } => {
+        SockState::Connected {
+            end: Conn::Local(end),
+            ..
+        } => {
             end.rx.borrow().token().hash(&mut h);
             end.tx.borrow().token().hash(&mut h);
             (end.shut_rd.get(), end.shut_wr.get()).hash(&mut h);
         }
+        SockState::Connected {
+            end: Conn::Host(c), ..
+        } => (c.reads.get(), c.writes.get(), host_events(c)).hash(&mut h),
         SockState::Listening {
             queue, arrivals, ..
         } => (1u8, *arrivals, queue.len()).hash(&mut h),
@@ -88,10 +140,25 @@ pub fn token(s: &Socket) -> u64 {
     h.finish()
 }
 
+/// A host connection's poll events now.
+fn host_events(c: &HostConn) -> i16 {
+    let mut p = pollfd {
+        fd: c.fd.as_raw_fd(),
+        events: POLLIN | POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, 0) };
+    p.revents
+}
+
 /// The poll events a socket has now.
 pub fn ready(s: &Socket) -> i16 {
     match &*s.state.borrow() {
-        SockState::Connected { end, .. } => {
+        SockState::Connected {
+            end: Conn::Local(end),
+            ..
+        } => {
             let (rx, tx) = (end.rx.borrow(), end.tx.borrow());
             let (read_shut, write_shut) = (
                 rx.writers == 0 || end.shut_rd.get(),
@@ -111,9 +178,55 @@ pub fn ready(s: &Socket) -> i16 {
             }
             r
         }
+        SockState::Connected {
+            end: Conn::Host(c), ..
+        } => host_events(c),
         SockState::Listening { queue, .. } if !queue.is_empty() => POLLIN,
         SockState::Listening { .. } => 0,
         SockState::Fresh { .. } => POLLOUT | POLLHUP,
+    }
+}
+
+/// The host fd of a socket's host connection, for the idle vCPU's poll.
+pub fn host_fd(s: &Socket) -> Option<i32> {
+    match s.conn().as_deref() {
+        Some(Conn::Host(c)) => Some(c.fd.as_raw_fd()),
+        _ => None,
+    }
+}
+
+/// Queues a connection from the host on the listener bound to `port`:
+/// ECONNREFUSED if there is none or its backlog is full.
+pub fn connect_from_host(k: &mut Kernel, port: u16, fd: std::os::fd::OwnedFd) -> Result<(), i32> {
+    let lf = k.sockets.get(&Key::Port(port)).ok_or(ECONNREFUSED)?;
+    let Kind::Socket(listener) = &lf.kind else {
+        return Err(ECONNREFUSED);
+    };
+    let peer_port = k.sockets.ephemeral().unwrap_or(0);
+    let family = listener.family;
+    let mut state = listener.state.borrow_mut();
+    match &mut *state {
+        SockState::Listening {
+            queue,
+            backlog,
+            arrivals,
+            addr,
+        } if queue.len() < *backlog => {
+            *arrivals += 1;
+            let local = if addr.port() == Some(port) && addr.is_local() {
+                loopback(family, port)
+            } else {
+                addr.clone()
+            };
+            let conn = Conn::Host(HostConn {
+                fd,
+                reads: Cell::new(0),
+                writes: Cell::new(0),
+            });
+            queue.push_back((conn, local, loopback(AF_INET, peer_port).as_family(family)));
+            Ok(())
+        }
+        _ => Err(ECONNREFUSED),
     }
 }
 
@@ -179,7 +292,7 @@ pub fn socketpair(k: &mut Kernel, t: Pid, domain: u64, ty: u64, proto: u64, out:
     }
     let (a, b) = SocketEnd::pair(&k.pipe_bytes);
     let connected = |end| SockState::Connected {
-        end,
+        end: Conn::Local(end),
         local: SockAddr::Unnamed,
         peer: SockAddr::Unnamed,
     };
@@ -424,13 +537,13 @@ pub fn connect(k: &mut Kernel, t: Pid, fd: u64, addr: u64, len: u64) -> SysResul
         // The accepted socket is named by the address connected to, and
         // its peer by ours, each in the listener's family.
         queue.push_back((
-            theirs,
+            Conn::Local(theirs),
             peer.as_family(listener.family),
             local.as_family(listener.family),
         ));
     }
     *s.state.borrow_mut() = SockState::Connected {
-        end: ours,
+        end: Conn::Local(ours),
         local,
         peer,
     };
@@ -467,7 +580,11 @@ pub fn sendto(
     check_flags(flags)?;
     if addr != 0 && addrlen != 0 {
         // A stream socket takes no address per message.
-        return err(if s.end().is_some() { EISCONN } else { ENOTCONN });
+        return err(if s.conn().is_some() {
+            EISCONN
+        } else {
+            ENOTCONN
+        });
     }
     let data = k.read_user(t, buf, (len as usize).min(MAX_IO))?;
     let sigpipe = flags & MSG_NOSIGNAL as u64 == 0;
@@ -513,7 +630,11 @@ pub fn sendmsg(k: &mut Kernel, t: Pid, fd: u64, msg: u64, flags: u64) -> SysResu
     check_flags(flags)?;
     let [name, namelen, iov, iovlen, _, controllen] = msghdr(k, t, msg)?;
     if name != 0 && namelen != 0 {
-        return err(if s.end().is_some() { EISCONN } else { ENOTCONN });
+        return err(if s.conn().is_some() {
+            EISCONN
+        } else {
+            ENOTCONN
+        });
     }
     if controllen != 0 {
         // Passing descriptors or credentials (SCM_RIGHTS, SCM_CREDENTIALS)
@@ -567,14 +688,23 @@ pub fn shutdown(k: &mut Kernel, t: Pid, fd: u64, how: u64) -> SysResult {
     if !matches!(how as i32, SHUT_RD | SHUT_WR | SHUT_RDWR) {
         return err(EINVAL);
     }
-    let Some(end) = s.end() else {
+    let Some(conn) = s.conn() else {
         return err(ENOTCONN);
     };
-    if how as i32 != SHUT_WR {
-        end.shut_read();
-    }
-    if how as i32 != SHUT_RD {
-        end.shut_write();
+    match &*conn {
+        Conn::Local(end) => {
+            if how as i32 != SHUT_WR {
+                end.shut_read();
+            }
+            if how as i32 != SHUT_RD {
+                end.shut_write();
+            }
+        }
+        Conn::Host(c) => {
+            // SAFETY: shutdown on the host socket this connection owns.
+            unsafe { libc::shutdown(c.fd.as_raw_fd(), how as i32) };
+            c.writes.set(c.writes.get() + 1);
+        }
     }
     Ok(0)
 }

@@ -183,7 +183,7 @@ impl Ran {
     }
 }
 
-fn file_fd(f: &std::fs::File) -> OwnedFd {
+pub fn file_fd(f: &std::fs::File) -> OwnedFd {
     f.try_clone().unwrap().into()
 }
 

@@ -519,12 +519,25 @@ pub fn pipe2(k: &mut Kernel, t: Pid, out: u64, flags: u64) -> SysResult {
     let nb = flags as i32 & O_NONBLOCK;
     let r = OpenFile::new(Kind::PipeRead(p.clone(), id), O_RDONLY | nb);
     let w = OpenFile::new(Kind::PipeWrite(p, id), O_WRONLY | nb);
-    let cloexec = flags & O_CLOEXEC as u64 != 0;
+    install_pair(k, t, [r, w], flags & O_CLOEXEC as u64 != 0, out)
+}
+
+/// Puts two new files in the caller's table and their descriptors at
+/// `out` (as `int[2]`), as pipe2 and socketpair do; neither stays open if
+/// either step fails.
+pub fn install_pair(
+    k: &mut Kernel,
+    t: Pid,
+    files: [Rc<OpenFile>; 2],
+    cloexec: bool,
+    out: u64,
+) -> SysResult {
+    let [first, second] = files;
     let fds = k.fds_of(t);
     let (a, b) = {
         let mut fds = fds.borrow_mut();
-        let a = fds.insert(r, cloexec).ok_or(Stop::Errno(EMFILE))?;
-        match fds.insert(w, cloexec) {
+        let a = fds.insert(first, cloexec).ok_or(Stop::Errno(EMFILE))?;
+        match fds.insert(second, cloexec) {
             Some(b) => (a, b),
             None => {
                 fds.close(a as i64);

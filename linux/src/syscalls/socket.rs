@@ -13,7 +13,9 @@ use libc::*;
 use std::cell::Cell;
 use std::os::fd::AsRawFd;
 
-use super::fd::{file, host_read, host_ready, host_write, iovecs, pipe_read, pipe_write};
+use super::fd::{
+    file, host_read, host_ready, host_write, install_pair, iovecs, pipe_read, pipe_write,
+};
 use super::{err, Stop, SysResult};
 use crate::fs::file::{Kind, OpenFile};
 use crate::fs::socket::{Conn, HostConn, Key, SockAddr, SockState, Socket, SocketEnd};
@@ -300,28 +302,7 @@ pub fn socketpair(k: &mut Kernel, t: Pid, domain: u64, ty: u64, proto: u64, out:
         new_socket(k, AF_UNIX, connected(a), flags),
         new_socket(k, AF_UNIX, connected(b), flags),
     );
-    let cloexec = flags & SOCK_CLOEXEC as u64 != 0;
-    let fds = k.fds_of(t);
-    let (x, y) = {
-        let mut fds = fds.borrow_mut();
-        let x = fds.insert(fa, cloexec).ok_or(Stop::Errno(EMFILE))?;
-        match fds.insert(fb, cloexec) {
-            Some(y) => (x, y),
-            None => {
-                fds.close(x as i64);
-                return err(EMFILE);
-            }
-        }
-    };
-    let mut bytes = (x as u32).to_le_bytes().to_vec();
-    bytes.extend((y as u32).to_le_bytes());
-    if let Err(e) = k.write_user(t, out, &bytes) {
-        let mut fds = fds.borrow_mut();
-        fds.close(x as i64);
-        fds.close(y as i64);
-        return Err(e);
-    }
-    Ok(0)
+    install_pair(k, t, [fa, fb], flags & SOCK_CLOEXEC as u64 != 0, out)
 }
 
 /// The `sockaddr` a call passes, read as `family`'s.

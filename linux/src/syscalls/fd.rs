@@ -291,16 +291,15 @@ pub fn iovecs(k: &mut Kernel, t: Pid, iov: u64, cnt: u64) -> Result<Vec<(u64, u6
         .collect())
 }
 
-pub fn readv(k: &mut Kernel, t: Pid, fd: u64, iov: u64, cnt: u64) -> SysResult {
-    let f = file(k, t, fd)?;
-    let v = iovecs(k, t, iov, cnt)?;
-    let total: u64 = v
-        .iter()
-        .map(|(_, l)| *l)
-        .fold(0u64, |a, b| a.saturating_add(b));
-    let data = read_file(k, t, &f, total.min(MAX_IO as u64) as usize)?;
+/// The bytes an iovec array asks for in all (saturating).
+pub fn iov_total(v: &[(u64, u64)]) -> u64 {
+    v.iter().fold(0u64, |a, (_, l)| a.saturating_add(*l))
+}
+
+/// Copies `data` into the program's buffers `v`, in order.
+pub fn scatter(k: &mut Kernel, t: Pid, v: &[(u64, u64)], data: &[u8]) -> Result<(), Stop> {
     let mut done = 0usize;
-    for (base, len) in v {
+    for &(base, len) in v {
         if done >= data.len() {
             break;
         }
@@ -308,19 +307,34 @@ pub fn readv(k: &mut Kernel, t: Pid, fd: u64, iov: u64, cnt: u64) -> SysResult {
         k.write_user(t, base, &data[done..done + n])?;
         done += n;
     }
+    Ok(())
+}
+
+/// Reads the program's buffers `v` into one, up to `MAX_IO` bytes in
+/// all (EINVAL beyond).
+pub fn gather(k: &mut Kernel, t: Pid, v: &[(u64, u64)]) -> Result<Vec<u8>, Stop> {
+    let mut data = Vec::new();
+    for &(base, len) in v {
+        if data.len().saturating_add(len as usize) > MAX_IO {
+            return err(EINVAL);
+        }
+        data.extend(k.read_user(t, base, len as usize)?);
+    }
+    Ok(data)
+}
+
+pub fn readv(k: &mut Kernel, t: Pid, fd: u64, iov: u64, cnt: u64) -> SysResult {
+    let f = file(k, t, fd)?;
+    let v = iovecs(k, t, iov, cnt)?;
+    let data = read_file(k, t, &f, iov_total(&v).min(MAX_IO as u64) as usize)?;
+    scatter(k, t, &v, &data)?;
     Ok(data.len() as u64)
 }
 
 pub fn writev(k: &mut Kernel, t: Pid, fd: u64, iov: u64, cnt: u64) -> SysResult {
     let f = file(k, t, fd)?;
     let v = iovecs(k, t, iov, cnt)?;
-    let mut data = Vec::new();
-    for (base, len) in v {
-        if data.len() + len as usize > MAX_IO {
-            return err(EINVAL);
-        }
-        data.extend(k.read_user(t, base, len as usize)?);
-    }
+    let data = gather(k, t, &v)?;
     Ok(write_file(k, t, &f, &data)? as u64)
 }
 

@@ -14,7 +14,8 @@ use std::cell::Cell;
 use std::os::fd::AsRawFd;
 
 use super::fd::{
-    file, host_read, host_ready, host_write, install_pair, iovecs, pipe_read, pipe_write,
+    file, gather, host_read, host_ready, host_write, install_pair, iov_total, iovecs, pipe_read,
+    pipe_write, scatter,
 };
 use super::{err, Stop, SysResult};
 use crate::fs::file::{Kind, OpenFile};
@@ -622,13 +623,8 @@ pub fn sendmsg(k: &mut Kernel, t: Pid, fd: u64, msg: u64, flags: u64) -> SysResu
         // is not supported yet.
         return err(EOPNOTSUPP);
     }
-    let mut data = Vec::new();
-    for (base, len) in iovecs(k, t, iov, iovlen)? {
-        if data.len().saturating_add(len as usize) > MAX_IO {
-            return err(EINVAL);
-        }
-        data.extend(k.read_user(t, base, len as usize)?);
-    }
+    let v = iovecs(k, t, iov, iovlen)?;
+    let data = gather(k, t, &v)?;
     let sigpipe = flags & MSG_NOSIGNAL as u64 == 0;
     Ok(send(k, t, s, &data, nonblocking(&f, flags), sigpipe)? as u64)
 }
@@ -639,23 +635,10 @@ pub fn recvmsg(k: &mut Kernel, t: Pid, fd: u64, msg: u64, flags: u64) -> SysResu
     check_flags(flags)?;
     let [_, _, iov, iovlen, _, _] = msghdr(k, t, msg)?;
     let v = iovecs(k, t, iov, iovlen)?;
-    let total = v.iter().fold(0u64, |a, (_, l)| a.saturating_add(*l));
     let peek = flags & MSG_PEEK as u64 != 0;
-    let data = receive(
-        s,
-        total.min(MAX_IO as u64) as usize,
-        nonblocking(&f, flags),
-        peek,
-    )?;
-    let mut done = 0usize;
-    for (base, len) in v {
-        if done >= data.len() {
-            break;
-        }
-        let n = (len as usize).min(data.len() - done);
-        k.write_user(t, base, &data[done..done + n])?;
-        done += n;
-    }
+    let len = iov_total(&v).min(MAX_IO as u64) as usize;
+    let data = receive(s, len, nonblocking(&f, flags), peek)?;
+    scatter(k, t, &v, &data)?;
     // No name, no control messages, no flags (nothing was cut short).
     k.write_u32(t, msg + 8, 0)?;
     k.write_u64(t, msg + 40, 0)?;

@@ -21,15 +21,20 @@ pub fn file(k: &Kernel, t: Pid, fd: u64) -> Result<Rc<OpenFile>, Stop> {
         .ok_or(Stop::Errno(EBADF))
 }
 
-pub fn host_ready(fd: i32, events: i16) -> bool {
+/// The poll events a host fd has now, of `events` (and POLLHUP, POLLERR).
+pub fn host_events(fd: i32, events: i16) -> i16 {
     let mut p = pollfd {
         fd,
         events,
         revents: 0,
     };
     // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut p, 1, 0) };
-    n > 0
+    unsafe { libc::poll(&mut p, 1, 0) };
+    p.revents
+}
+
+pub fn host_ready(fd: i32, events: i16) -> bool {
+    host_events(fd, events) != 0
 }
 
 pub fn host_read(fd: i32, len: usize, off: Option<u64>) -> Result<Vec<u8>, Stop> {

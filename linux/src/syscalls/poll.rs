@@ -13,14 +13,7 @@ use crate::task::{Pid, Wait};
 fn ready(f: &OpenFile, events: i16) -> i16 {
     let all = match &f.kind {
         Kind::Stream { fd, readable } => {
-            let mut p = libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: if *readable { POLLIN } else { POLLOUT },
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut p, 1, 0) };
-            p.revents
+            super::fd::host_events(fd.as_raw_fd(), if *readable { POLLIN } else { POLLOUT })
         }
         Kind::PipeRead(p, _) => {
             let p = p.borrow();

@@ -14,8 +14,8 @@ use std::cell::Cell;
 use std::os::fd::AsRawFd;
 
 use super::fd::{
-    file, gather, host_read, host_ready, host_write, install_pair, iov_total, iovecs, pipe_read,
-    pipe_write, scatter,
+    file, gather, host_events, host_read, host_ready, host_write, install_pair, iov_total, iovecs,
+    pipe_read, pipe_write, scatter,
 };
 use super::{err, Stop, SysResult};
 use crate::fs::file::{Kind, OpenFile};
@@ -134,7 +134,7 @@ pub fn token(s: &Socket) -> u64 {
         }
         SockState::Connected {
             end: Conn::Host(c), ..
-        } => (c.reads.get(), c.writes.get(), host_events(c)).hash(&mut h),
+        } => (c.reads.get(), c.writes.get(), conn_events(c)).hash(&mut h),
         SockState::Listening {
             queue, arrivals, ..
         } => (1u8, *arrivals, queue.len()).hash(&mut h),
@@ -144,15 +144,8 @@ pub fn token(s: &Socket) -> u64 {
 }
 
 /// A host connection's poll events now.
-fn host_events(c: &HostConn) -> i16 {
-    let mut p = pollfd {
-        fd: c.fd.as_raw_fd(),
-        events: POLLIN | POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut p, 1, 0) };
-    p.revents
+fn conn_events(c: &HostConn) -> i16 {
+    host_events(c.fd.as_raw_fd(), POLLIN | POLLOUT)
 }
 
 /// The poll events a socket has now.
@@ -183,7 +176,7 @@ pub fn ready(s: &Socket) -> i16 {
         }
         SockState::Connected {
             end: Conn::Host(c), ..
-        } => host_events(c),
+        } => conn_events(c),
         SockState::Listening { queue, .. } if !queue.is_empty() => POLLIN,
         SockState::Listening { .. } => 0,
         SockState::Fresh { .. } => POLLOUT | POLLHUP,
@@ -213,14 +206,13 @@ pub fn connect_from_host(k: &mut Kernel, port: u16, fd: std::os::fd::OwnedFd) ->
             queue,
             backlog,
             arrivals,
-            addr,
+            ..
         } if queue.len() < *backlog => {
             *arrivals += 1;
-            let local = if addr.port() == Some(port) && addr.is_local() {
-                loopback(family, port)
-            } else {
-                addr.clone()
-            };
+            // The host reaches the listener as a client on the VM's
+            // loopback would: at the loopback address, from an ephemeral
+            // port.
+            let local = loopback(family, port);
             let conn = Conn::Host(HostConn {
                 fd,
                 reads: Cell::new(0),

@@ -91,9 +91,10 @@ impl Reply {
         }
     }
 
+    /// A request the helper will not do (no OS error behind it).
     fn refused(message: String) -> Self {
         Reply::Failed {
-            errno: Some(libc::EPERM),
+            errno: None,
             message,
         }
     }
@@ -102,13 +103,8 @@ impl Reply {
     fn into_result(self) -> std::io::Result<Reply> {
         match self {
             // An OS error as it was (callers look at its code), a refusal
-            // with its own words.
-            Reply::Failed {
-                errno: Some(n),
-                message,
-            } if std::io::Error::from_raw_os_error(n).to_string() == message => {
-                Err(std::io::Error::from_raw_os_error(n))
-            }
+            // or a mount failure with its own words.
+            Reply::Failed { errno: Some(n), .. } => Err(std::io::Error::from_raw_os_error(n)),
             Reply::Failed { message, .. } => Err(std::io::Error::other(message)),
             other => Ok(other),
         }

@@ -150,6 +150,13 @@ pub fn main(a: ServeArgs) -> i32 {
             }
         }
     }
+    // A Linux server that passed its readiness check above stops again:
+    // its VM's threads would be outside the file sandbox below and cannot
+    // take part in the change of user (their filters refuse it). The
+    // autoscaler starts the revision's instances again once serving.
+    for rev in gw.registry.revisions() {
+        rev.instances.stop_and_wait();
+    }
     // Whom to become, looked up now: the file sandbox below leaves
     // /etc/passwd out of reach.
     let spec = a

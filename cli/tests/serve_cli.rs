@@ -586,3 +586,101 @@ fn relative_images_resolve_against_the_manifest_and_domain_names_the_hosts() {
     let err = sigterm(&mut server);
     assert!(err.contains("hello.default.flint.test"), "{err}");
 }
+
+/// A Linux image whose container declares a port is a server: busybox's
+/// `httpd` (from Debian's busybox-static), started by `flint serve` as
+/// root that then becomes `nobody`, one from the command line (its
+/// readiness checked before the change of user, its instance started again
+/// after) and one applied at run time; both answer on `$PORT`, every
+/// thread is filtered, no call is refused, and SIGTERM ends it cleanly.
+#[test]
+fn serve_runs_linux_servers_on_their_port_as_an_unprivileged_user() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test runs as root");
+    let (port, metrics) = (free_port(), free_port());
+    let images = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        images.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    for d in ["bin", "www"] {
+        std::fs::create_dir(root.path().join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.path().join("bin/busybox")).expect("install busybox-static");
+    for a in ["sh", "httpd"] {
+        std::os::unix::fs::symlink("busybox", root.path().join("bin").join(a)).unwrap();
+    }
+    std::fs::write(root.path().join("www/index.html"), "served by httpd\n").unwrap();
+    let tar = images.path().join("httpd.tar");
+    let config = serde_json::json!({
+        "Entrypoint": ["/bin/sh", "-c", "exec httpd -f -p $PORT -h /www"],
+        "Env": ["PATH=/bin"],
+    });
+    std::fs::write(
+        &tar,
+        flint_image::build_dir(root.path(), config, "docker.io/library/httpd:v1").unwrap(),
+    )
+    .unwrap();
+    let service = |name: &str, port: u16| {
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n      containers:\n        - image: {}\n          ports:\n            - containerPort: {port}\n",
+            tar.display()
+        )
+    };
+    std::fs::write(images.path().join("web.yaml"), service("web", 8080)).unwrap();
+    std::fs::write(images.path().join("late.yaml"), service("late", 3000)).unwrap();
+    let state = images.path().join("state");
+    let mut server = serve_command(port, metrics, &state)
+        .arg("--image-root")
+        .arg(images.path())
+        .args(["--user", "nobody"])
+        .arg(images.path().join("web.yaml"))
+        .spawn()
+        .map(Server)
+        .unwrap();
+    wait_listening(port);
+    let a = format!("unix:{}", state.join("admin.sock").display());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !state.join("admin.sock").exists() {
+        assert!(Instant::now() < deadline, "no admin socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = flint(
+        &[
+            "apply",
+            "--admin",
+            &a,
+            images.path().join("late.yaml").to_str().unwrap(),
+        ],
+        "",
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    for host in ["web.default.example.com", "late.default.example.com"] {
+        for _ in 0..2 {
+            assert_eq!(get(port, host, "/"), (200, "served by httpd\n".into()));
+        }
+        assert_eq!(get(port, host, "/missing").0, 404, "httpd's own answer");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
+        "{status}"
+    );
+    let modes = thread_modes(server.id());
+    for (name, mode) in &modes {
+        assert_eq!(mode, "2", "thread {name} is not filtered: {modes:?}");
+    }
+    let (_, metrics_text) = get(metrics, "localhost", "/metrics");
+    let refused = metrics_text
+        .lines()
+        .find(|l| l.starts_with("flint_seccomp_refused_calls_total"))
+        .and_then(|l| l.split_whitespace().last());
+    assert_eq!(refused, Some("0"), "{metrics_text}");
+    let err = sigterm(&mut server);
+    assert!(!err.contains("seccomp refused"), "{err}");
+}

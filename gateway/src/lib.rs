@@ -10,6 +10,7 @@ pub mod cgi;
 pub mod cloudevents;
 pub mod confine;
 mod h2c;
+pub mod instances;
 mod linux;
 pub mod manifest;
 pub mod metrics;

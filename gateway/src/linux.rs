@@ -32,7 +32,7 @@ const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
 /// How often the run checks its abort flag.
 const ABORT_POLL: Duration = Duration::from_millis(10);
 
-fn pipe() -> std::io::Result<(File, OwnedFd)> {
+pub(crate) fn pipe() -> std::io::Result<(File, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills `fds` with two new descriptors we then own.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -43,7 +43,7 @@ fn pipe() -> std::io::Result<(File, OwnedFd)> {
 }
 
 /// An anonymous in-memory file.
-fn memfd(name: &str) -> std::io::Result<File> {
+pub(crate) fn memfd(name: &str) -> std::io::Result<File> {
     let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
     // SAFETY: memfd_create reads a NUL-terminated name and returns a new
     // descriptor.

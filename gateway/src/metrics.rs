@@ -50,6 +50,9 @@ pub struct Metrics {
     pub restore_latencies: HistogramVec,
     /// `flint_reset_latencies`: resetting a VM in place after a request.
     pub reset_latencies: HistogramVec,
+    /// `flint_start_latencies`: starting a Linux server instance until it
+    /// listens on its port (ms).
+    pub start_latencies: HistogramVec,
     /// `flint_requests_total`: requests by whether a pooled VM was ready
     /// (`start` = `warm`) or one was restored for them (`cold`).
     pub requests: IntCounterVec,
@@ -151,6 +154,12 @@ impl Default for Metrics {
                 &r,
                 "flint_reset_latencies",
                 "Resetting a VM to its snapshot in place after a request, in milliseconds.",
+                rev,
+            ),
+            start_latencies: histogram_vec(
+                &r,
+                "flint_start_latencies",
+                "Starting a Linux server instance until it listens on its port, in milliseconds.",
                 rev,
             ),
             requests: counter_vec(

@@ -37,8 +37,10 @@ pub enum DeployError {
     NoSuchRevision(String),
 }
 
-/// A Linux image's program, run under Flint's Linux layer for each
-/// request (no snapshot: a fresh VM boots the program).
+/// A Linux image's program, run under Flint's Linux layer: for each
+/// request as a CGI program (no snapshot: a fresh VM boots the program),
+/// or, when the container declares a port, as a server in each of the
+/// revision's instances (`instances.rs`).
 #[derive(Debug, Clone)]
 pub struct LinuxFunction {
     /// The unpacked root filesystem (in the revision's state directory).
@@ -76,6 +78,8 @@ pub struct Revision {
     pub arrivals: AtomicU64,
     /// VMs restored in advance, each ready for one request.
     pub pool: Mutex<Vec<ReadyVm>>,
+    /// A Linux server revision's running instances.
+    pub instances: crate::instances::Instances,
     /// Restores under way for the pool.
     pub restoring: AtomicUsize,
     /// The autoscaler's state and its latest decision.
@@ -84,6 +88,11 @@ pub struct Revision {
 }
 
 impl Revision {
+    /// True for a Linux image served as a server on its port.
+    pub fn is_server(&self) -> bool {
+        self.linux.is_some() && self.service.port.is_some()
+    }
+
     /// An idle pre-restored VM, if the pool has one.
     pub fn take_warm(&self) -> Option<ReadyVm> {
         self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop()
@@ -381,7 +390,7 @@ impl Registry {
             .unwrap_or_else(|| format!("{}-{generation:05}", service.name));
         let dir = state_dir.join(&service.namespace).join(&name);
         let built = self.build(&service, &name, base, &dir);
-        let (snapshot, linux) = match built {
+        let (snapshot, linux, first) = match built {
             Ok(b) => b,
             Err(e) => {
                 // Knative keeps the failed revision in the status (and the
@@ -414,6 +423,7 @@ impl Registry {
             inflight: AtomicUsize::new(0),
             arrivals: AtomicU64::new(0),
             pool: Mutex::new(Vec::new()),
+            instances: Default::default(),
             restoring: AtomicUsize::new(0),
             desired: AtomicU32::new(service.autoscaling.initial_scale),
             kpa: Mutex::new(Kpa::new(service.autoscaling.clone())),
@@ -421,6 +431,11 @@ impl Registry {
             linux,
             service,
         });
+        // The instance that passed the readiness check serves on, as
+        // Knative's initial scale (none kept at an initial scale of 0).
+        if let Some(i) = first.filter(|_| revision.service.autoscaling.initial_scale > 0) {
+            revision.instances.add(i);
+        }
         let mut map = self.services.write().unwrap_or_else(|e| e.into_inner());
         let entry = map.entry(key).or_default();
         entry.revisions.push(revision.clone());
@@ -431,14 +446,23 @@ impl Registry {
     }
 
     /// Boots `service`'s image to its ready point: a snapshot of a module,
-    /// or a Linux program unpacked and checked.
+    /// or a Linux program unpacked and checked; a Linux server is started
+    /// and must listen on its port (its first instance).
+    #[allow(clippy::type_complexity)]
     fn build(
         &self,
         service: &Service,
         name: &str,
         base: &Path,
         dir: &Path,
-    ) -> Result<(Option<Snapshot>, Option<LinuxFunction>), DeployError> {
+    ) -> Result<
+        (
+            Option<Snapshot>,
+            Option<LinuxFunction>,
+            Option<Arc<crate::instances::Instance>>,
+        ),
+        DeployError,
+    > {
         Ok(match resolve_image(&service.image, base, &self.policy)? {
             Image::Wasm(module, argv0) => {
                 let config = VmConfig {
@@ -450,9 +474,26 @@ impl Registry {
                     .map_err(|e| DeployError::NotReady(name.to_string(), e))?;
                 let snapshot = Snapshot::open_sealed(dir)
                     .map_err(|e| DeployError::NotReady(name.to_string(), e))?;
-                (Some(snapshot), None)
+                (Some(snapshot), None, None)
             }
-            Image::Linux(image) => (None, Some(linux_function(&image, dir, service, name)?)),
+            Image::Linux(image) => {
+                let f = linux_function(&image, dir, service, name)?;
+                let first = match service.port {
+                    Some(port) if port.h2c => {
+                        return Err(DeployError::ProgramMissing(
+                            name.to_string(),
+                            "a port named h2c (an HTTP/2 server) is not supported for Linux images yet; name it http1".into(),
+                        ))
+                    }
+                    Some(port) => Some(
+                        crate::instances::start(&f, port.number, &service.name, name).map_err(|e| {
+                            DeployError::ProgramMissing(name.to_string(), error_chain(&e))
+                        })?,
+                    ),
+                    None => None,
+                };
+                (None, Some(f), first)
+            }
         })
     }
 
@@ -557,8 +598,23 @@ impl Registry {
     /// Removes a service; returns whether it existed.
     pub fn delete(&self, namespace: &str, name: &str) -> bool {
         let mut map = self.services.write().unwrap_or_else(|e| e.into_inner());
-        map.remove(&(namespace.to_string(), name.to_string()))
-            .is_some()
+        let Some(entry) = map.remove(&(namespace.to_string(), name.to_string())) else {
+            return false;
+        };
+        // Its servers stop now (busy ones once their requests are done),
+        // not when the last request holding a revision lets it go.
+        for r in &entry.revisions {
+            r.instances.stop_all();
+        }
+        true
+    }
+
+    /// Every revision of every service, routed or not.
+    pub fn revisions(&self) -> Vec<Arc<Revision>> {
+        let map = self.services.read().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .flat_map(|e| e.revisions.iter().cloned())
+            .collect()
     }
 
     /// Every revision that receives traffic.

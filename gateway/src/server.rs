@@ -294,8 +294,9 @@ pub async fn serve_with_admin(
     drop(listener);
     graceful.shutdown().await;
     scaler.abort();
-    for rev in gw.registry.routed_revisions() {
+    for rev in gw.registry.revisions() {
         rev.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        rev.instances.stop_all();
     }
 }
 
@@ -342,6 +343,21 @@ async fn autoscale(gw: Arc<Gateway>) {
             };
             rev.desired.store(desired, Ordering::SeqCst);
             resize_slots(&rev, desired);
+            let m = &gw.metrics;
+            m.desired_scale
+                .with_label_values(&[&rev.name])
+                .set(desired as i64);
+            if rev.is_server() {
+                crate::instances::scale(&gw, &rev, desired as usize);
+                let (idle, busy) = rev.instances.counts();
+                m.instances
+                    .with_label_values(&[&rev.name, "idle"])
+                    .set(idle as i64);
+                m.instances
+                    .with_label_values(&[&rev.name, "active"])
+                    .set(busy as i64);
+                continue;
+            }
             let want_idle = (desired as usize).saturating_sub(inflight);
             let idle = rev.idle();
             let restoring = rev.restoring.load(Ordering::SeqCst);
@@ -377,16 +393,20 @@ async fn autoscale(gw: Arc<Gateway>) {
                     });
                 }
             }
-            let m = &gw.metrics;
             m.instances
                 .with_label_values(&[&rev.name, "idle"])
                 .set(rev.idle() as i64);
             m.instances
                 .with_label_values(&[&rev.name, "active"])
                 .set(inflight as i64);
-            m.desired_scale
-                .with_label_values(&[&rev.name])
-                .set(desired as i64);
+        }
+        // A revision no route names any more (replaced, or its traffic
+        // moved) keeps no idle servers.
+        let routed = gw.registry.routed_revisions();
+        for rev in gw.registry.revisions() {
+            if rev.is_server() && !routed.iter().any(|r| Arc::ptr_eq(r, &rev)) {
+                crate::instances::scale(&gw, &rev, 0);
+            }
         }
     }
 }

@@ -29,6 +29,17 @@ fn invalid(path: &str, why: impl Into<String>) -> ManifestError {
     }
 }
 
+/// The container's declared port (`ports[0]`): a Linux image that
+/// declares one is a server on it (Knative's container contract: `PORT`
+/// holds the number), not a CGI program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerPort {
+    /// `containerPort`, 8080 when not given (Knative's default).
+    pub number: u16,
+    /// Named `h2c`: the server speaks HTTP/2 with prior knowledge.
+    pub h2c: bool,
+}
+
 /// How requests map to VMs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isolation {
@@ -119,6 +130,8 @@ pub struct Service {
     /// image's own).
     pub working_dir: Option<String>,
     pub memory_mib: Option<u64>,
+    /// `ports[0]`, if the container declares a port.
+    pub port: Option<ContainerPort>,
     pub traffic: Vec<TrafficTarget>,
 }
 
@@ -507,9 +520,10 @@ pub fn parse(yaml: &str) -> Result<Service, ManifestError> {
         Some(r) => memory_limit(r, &format!("{cp}.resources"))?,
         None => None,
     };
-    if let Some(ports) = &c.ports {
-        check_ports(ports, &format!("{cp}.ports"))?;
-    }
+    let port = match &c.ports {
+        Some(ports) => check_ports(ports, &format!("{cp}.ports"))?,
+        None => None,
+    };
     let traffic = match doc.spec.traffic {
         Some(list) => traffic(list)?,
         None => Vec::new(),
@@ -532,6 +546,7 @@ pub fn parse(yaml: &str) -> Result<Service, ManifestError> {
         args: c.args,
         working_dir: c.working_dir,
         memory_mib,
+        port,
         traffic,
     })
 }
@@ -561,7 +576,7 @@ fn memory_limit(r: &schema::Resources, rp: &str) -> Result<Option<u64>, Manifest
 }
 
 /// Knative allows at most one container port, named `http1` or `h2c`.
-fn check_ports(ports: &[schema::Port], pp: &str) -> Result<(), ManifestError> {
+fn check_ports(ports: &[schema::Port], pp: &str) -> Result<Option<ContainerPort>, ManifestError> {
     if ports.len() > 1 {
         return Err(invalid(pp, "more than one container port is not allowed"));
     }
@@ -595,7 +610,10 @@ fn check_ports(ports: &[schema::Port], pp: &str) -> Result<(), ManifestError> {
             }
         }
     }
-    Ok(())
+    Ok(ports.first().map(|p| ContainerPort {
+        number: p.container_port.map_or(8080, |n| n as u16),
+        h2c: p.name.as_deref() == Some("h2c"),
+    }))
 }
 
 /// `spec.traffic`: each target names a revision or the latest one, tags

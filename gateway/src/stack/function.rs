@@ -125,7 +125,7 @@ fn environment(req: &Request<Bytes>, rev: &Revision) -> Vec<(String, String)> {
 
 /// A request counted in its revision's in-flight number until dropped,
 /// whichever way it ends (a client that goes away included).
-struct InFlight(Arc<Revision>);
+pub(super) struct InFlight(Arc<Revision>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -334,12 +334,8 @@ impl Function {
         }
     }
 
-    /// A request starts on `rev`: counted as it arrives (what the
-    /// autoscaler sees, waiting ones included) until the guard drops.
     fn begin(&self, rev: &Arc<Revision>) -> InFlight {
-        rev.arrivals.fetch_add(1, Ordering::Relaxed);
-        rev.inflight.fetch_add(1, Ordering::SeqCst);
-        InFlight(rev.clone())
+        begin(rev)
     }
 
     /// Waits for one of the node's run slots (`Policy::max_running`), first
@@ -374,15 +370,27 @@ impl Function {
         (slot, warm)
     }
 
-    /// The function's own answer, as queue-proxy counts it.
     fn app_metrics(&self, rev: &Arc<Revision>, code: &str, started: Instant) {
-        let l = [rev.name.as_str(), code];
-        let m = &self.gw.metrics;
-        m.app_request_count.with_label_values(&l).inc();
-        m.app_request_latencies
-            .with_label_values(&l)
-            .observe(Metrics::ms(started.elapsed()));
+        app_metrics(&self.gw, rev, code, started)
     }
+}
+
+/// A request starts on `rev`: counted as it arrives (what the autoscaler
+/// sees, waiting ones included) until the guard drops.
+pub(super) fn begin(rev: &Arc<Revision>) -> InFlight {
+    rev.arrivals.fetch_add(1, Ordering::Relaxed);
+    rev.inflight.fetch_add(1, Ordering::SeqCst);
+    InFlight(rev.clone())
+}
+
+/// The function's own answer, as queue-proxy counts it.
+pub(super) fn app_metrics(gw: &Gateway, rev: &Arc<Revision>, code: &str, started: Instant) {
+    let l = [rev.name.as_str(), code];
+    let m = &gw.metrics;
+    m.app_request_count.with_label_values(&l).inc();
+    m.app_request_latencies
+        .with_label_values(&l)
+        .observe(Metrics::ms(started.elapsed()));
 }
 
 /// How a run whose output streamed ended.
@@ -478,7 +486,7 @@ fn module_invocation(rev: &Revision, env: Vec<(String, String)>) -> Option<Invoc
 
 /// How long a function has to write its header block:
 /// `responseStartTimeoutSeconds` if shorter, else `timeoutSeconds`.
-fn first_byte_timeout(rev: &Revision) -> Duration {
+pub(super) fn first_byte_timeout(rev: &Revision) -> Duration {
     match rev.service.response_start_timeout {
         Some(t) => t.min(rev.service.timeout),
         None => rev.service.timeout,
@@ -541,7 +549,7 @@ fn run_and_recycle(
     }
 }
 
-fn timeout_response(t: Duration) -> Response<Body> {
+pub(super) fn timeout_response(t: Duration) -> Response<Body> {
     text(
         StatusCode::GATEWAY_TIMEOUT,
         format!(

@@ -9,6 +9,8 @@
 //! - [`collect`]: the body read whole, up to the limit (413 past it);
 //! - [`activator`]: the revision's `containerConcurrency` slots and its
 //!   bounded queue (503 when full);
+//! - [`proxy`]: a Linux server revision's requests, proxied to one of its
+//!   instances (the layers below are for CGI functions);
 //! - [`events`]: CloudEvents, one invocation per event, replies in the
 //!   request's mode;
 //! - [`function`]: the CGI invocation in a VM, its response streamed.
@@ -42,6 +44,7 @@ pub mod activator;
 pub mod collect;
 pub mod events;
 pub mod function;
+pub mod proxy;
 pub mod request_id;
 pub mod route;
 
@@ -174,6 +177,7 @@ pub fn data_plane(gw: Arc<Gateway>) -> DataPlane {
         .layer(route::RouteLayer::new(gw.clone()))
         .layer(collect::CollectLayer::new(max_body))
         .layer(activator::ActivatorLayer::new(gw.clone()))
+        .layer(proxy::ProxyLayer::new(gw.clone()))
         .layer(events::EventsLayer)
         .service(function::Function::new(gw));
     tower::util::BoxCloneService::new(stack)

@@ -1,0 +1,459 @@
+//! Linux revisions under Knative's container contract: a Linux image whose
+//! container declares a port is a server, not a CGI program. Each of the
+//! revision's instances is one long-lived VM running the image's program
+//! with `PORT` (and `K_SERVICE`, `K_CONFIGURATION`, `K_REVISION`) set, as
+//! Knative starts a user container; it is ready once a connection to its
+//! port is accepted (Knative's default TCP readiness probe). Requests reach
+//! it over connections the VM's loopback hands to the host
+//! (`flint_linux::Port::connect`), kept open between requests
+//! (`stack/proxy.rs` speaks HTTP over them). The autoscaler starts and
+//! stops instances as it does a module's pooled VMs ([`scale`]); a
+//! request that finds none starts one and waits for it (scale from
+//! zero). The program's stdout and stderr are logged as data, line by
+//! line, up to `MAX_LOG_BYTES` per instance. An instance whose program
+//! exits is dropped; one dropped by the gateway has its VM killed.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+use crate::registry::{LinuxFunction, Revision};
+use crate::server::Gateway;
+
+/// How long a server may take from its start to listening.
+pub const STARTUP_LIMIT: Duration = Duration::from_secs(60);
+/// How long the VM may take to hand over a connection to its port.
+const CONNECT_WAIT: Duration = Duration::from_secs(2);
+/// Most of an instance's stdout and stderr logged (each); the rest is
+/// counted.
+pub const MAX_LOG_BYTES: usize = 1 << 20;
+/// Longest line logged as one; longer ones are cut into pieces.
+const MAX_LINE: usize = 4096;
+/// SIGKILL's bit in a container's pending-signal set.
+const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+
+/// Why an instance did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("setting up the server's standard streams failed")]
+    Stdio(#[source] std::io::Error),
+    #[error("cannot start the server")]
+    Linux(#[source] flint_linux::LinuxError),
+    #[error("the server ended ({0}) before it listened on port {1}")]
+    Exited(String, u16),
+    #[error("the server did not listen on port {0} within {1} s")]
+    Timeout(u16, u64),
+}
+
+/// An HTTP/1.1 connection to an instance's server, kept between requests.
+#[derive(Debug)]
+pub struct Conn(http1::SendRequest<Full<Bytes>>);
+
+impl Conn {
+    pub async fn send(
+        &mut self,
+        req: hyper::Request<Full<Bytes>>,
+    ) -> hyper::Result<hyper::Response<hyper::body::Incoming>> {
+        self.0.ready().await?;
+        self.0.send_request(req).await
+    }
+
+    /// Still open (a kept connection becomes ready for the next request
+    /// once its task has seen the last response end; `send` waits for
+    /// that).
+    fn usable(&self) -> bool {
+        !self.0.is_closed()
+    }
+}
+
+/// One instance: a VM running the revision's server.
+#[derive(Debug)]
+pub struct Instance {
+    port: flint_linux::Port,
+    listen: u16,
+    signals: Arc<AtomicU64>,
+    /// How the program ended, once it has (set by its watcher thread).
+    ended: Arc<Mutex<Option<String>>>,
+    /// Requests it is serving now.
+    active: AtomicUsize,
+    /// Connections to it not in use.
+    idle: Mutex<Vec<Conn>>,
+    /// The thread that waits for the VM to end.
+    watcher: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // Nobody routes to it any more: its VM goes.
+        self.signals.fetch_or(SIGKILL_BIT, Ordering::SeqCst);
+    }
+}
+
+/// A request's place on an instance, until dropped.
+#[derive(Debug)]
+pub struct Active(pub Arc<Instance>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Instance {
+    /// How the program ended, if it has.
+    pub fn ended(&self) -> Option<String> {
+        self.ended.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn claim(self: &Arc<Self>) -> Active {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        Active(self.clone())
+    }
+
+    /// A connection to the server: a kept one, or a new one.
+    pub async fn connection(&self) -> std::io::Result<Conn> {
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            while let Some(c) = idle.pop() {
+                if c.usable() {
+                    return Ok(c);
+                }
+            }
+        }
+        let (port, number) = (self.port.clone(), self.listen);
+        let stream = tokio::task::spawn_blocking(move || port.connect(number, CONNECT_WAIT))
+            .await
+            .map_err(std::io::Error::other)??;
+        stream.set_nonblocking(true)?;
+        let io = TokioIo::new(tokio::net::UnixStream::from_std(stream)?);
+        let (s, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        tokio::spawn(conn);
+        Ok(Conn(s))
+    }
+
+    /// Keeps `conn` for a later request.
+    pub fn give_back(&self, conn: Conn) {
+        if conn.usable() {
+            self.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+        }
+    }
+}
+
+/// A revision's running instances.
+#[derive(Debug, Default)]
+pub struct Instances {
+    list: Mutex<Vec<Arc<Instance>>>,
+    /// Starts under way.
+    starting: AtomicUsize,
+    /// Held by a request starting an instance because none could take it:
+    /// the others wait for that one instead of each starting their own.
+    cold: tokio::sync::Mutex<()>,
+}
+
+impl Instances {
+    fn alive(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Instance>>> {
+        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|i| i.ended().is_none());
+        list
+    }
+
+    /// A place on the least busy instance with room (fewer than `cc`
+    /// requests; any, when `cc` is 0), or, with `take`, an idle instance
+    /// removed from the list (it serves one request and goes).
+    fn pick(&self, cc: u32, take: bool) -> Option<Active> {
+        let mut list = self.alive();
+        if take {
+            let i = list
+                .iter()
+                .position(|i| i.active.load(Ordering::SeqCst) == 0)?;
+            return Some(list.remove(i).claim());
+        }
+        let best = list
+            .iter()
+            .min_by_key(|i| i.active.load(Ordering::SeqCst))?;
+        (cc == 0 || best.active.load(Ordering::SeqCst) < cc as usize).then(|| best.claim())
+    }
+
+    pub fn add(&self, i: Arc<Instance>) {
+        self.list.lock().unwrap_or_else(|e| e.into_inner()).push(i);
+    }
+
+    /// (idle, busy) instances.
+    pub fn counts(&self) -> (usize, usize) {
+        let list = self.alive();
+        let busy = list
+            .iter()
+            .filter(|i| i.active.load(Ordering::SeqCst) > 0)
+            .count();
+        (list.len() - busy, busy)
+    }
+
+    /// Stops every instance not serving a request; the others go when
+    /// their requests are done.
+    pub fn stop_all(&self) {
+        self.list.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Stops every instance and waits until their VMs have ended
+    /// (blocking): before the process changes its user, say, which every
+    /// thread must take part in, and a VM's filtered threads cannot.
+    pub fn stop_and_wait(&self) {
+        let list = std::mem::take(&mut *self.list.lock().unwrap_or_else(|e| e.into_inner()));
+        for i in list {
+            i.signals.fetch_or(SIGKILL_BIT, Ordering::SeqCst);
+            let watcher = i.watcher.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(w) = watcher {
+                let _ = w.join();
+            }
+        }
+    }
+}
+
+/// Starts an instance of `f`, a revision `revision` of `service`
+/// (blocking): the program with `PORT` set, until it listens.
+pub fn start(
+    f: &LinuxFunction,
+    listen: u16,
+    service: &str,
+    revision: &str,
+) -> Result<Arc<Instance>, StartError> {
+    let mut env = f.env.clone();
+    let knative = [
+        ("PORT", listen.to_string()),
+        ("K_SERVICE", service.to_string()),
+        ("K_CONFIGURATION", service.to_string()),
+        ("K_REVISION", revision.to_string()),
+    ];
+    for (k, v) in knative {
+        env.retain(|(x, _)| x != k);
+        env.push((k.to_string(), v));
+    }
+    let program = flint_linux::Program {
+        path: f.path.clone(),
+        argv: f.argv.clone(),
+        env,
+        workdir: f.workdir.clone(),
+    };
+    let (out_r, out_w) = crate::linux::pipe().map_err(StartError::Stdio)?;
+    let (err_r, err_w) = crate::linux::pipe().map_err(StartError::Stdio)?;
+    let stdio = flint_linux::Stdio {
+        stdin: crate::linux::memfd("flint-stdin")
+            .map_err(StartError::Stdio)?
+            .into(),
+        stdout: out_w,
+        stderr: err_w,
+    };
+    for (reader, stream) in [(out_r, "stdout"), (err_r, "stderr")] {
+        let revision = revision.to_string();
+        std::thread::Builder::new()
+            .name(format!("flint-log-{stream}"))
+            .spawn(move || log_lines(reader, &revision, stream))
+            .map_err(StartError::Stdio)?;
+    }
+    let signals = Arc::new(AtomicU64::new(0));
+    let config = flint_linux::Config {
+        memory_mib: f.memory_mib,
+        timeout: None,
+        signals: Some(signals.clone()),
+        ..flint_linux::Config::default()
+    };
+    let container =
+        flint_linux::start(&config, &f.root, &program, Some(stdio)).map_err(StartError::Linux)?;
+    let instance = Arc::new(Instance {
+        port: container.port(),
+        listen,
+        signals,
+        ended: Arc::default(),
+        active: AtomicUsize::new(0),
+        idle: Mutex::new(Vec::new()),
+        watcher: Mutex::new(None),
+    });
+    let (ended, name) = (instance.ended.clone(), revision.to_string());
+    let watcher = std::thread::Builder::new()
+        .name("flint-server-watch".into())
+        .spawn(move || {
+            let why = match container.wait() {
+                Ok(o) if o.oom => "killed: out of memory".to_string(),
+                Ok(o) => match o.status {
+                    flint_linux::ExitStatus::Exited(c) => format!("exit status {c}"),
+                    flint_linux::ExitStatus::Signaled { signal, .. } => {
+                        format!("killed by signal {signal}")
+                    }
+                },
+                Err(e) => crate::registry::error_chain(&e),
+            };
+            tracing::info!(revision = %name, "a server instance ended: {why}");
+            *ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        })
+        .map_err(StartError::Stdio)?;
+    *instance.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Some(why) = instance.ended() {
+            return Err(StartError::Exited(why, listen));
+        }
+        // Knative's default readiness probe: a TCP connection accepted.
+        if instance.port.connect(listen, CONNECT_WAIT).is_ok() {
+            return Ok(instance);
+        }
+        if Instant::now() >= deadline {
+            return Err(StartError::Timeout(listen, STARTUP_LIMIT.as_secs()));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Logs what a server writes on `stream`, a line each, escaped (a line
+/// cannot pass for the gateway's own), `MAX_LOG_BYTES` at most.
+fn log_lines(mut r: std::fs::File, revision: &str, stream: &str) {
+    let mut buf = vec![0u8; 16 << 10];
+    let (mut line, mut logged, mut dropped) = (Vec::new(), 0usize, 0usize);
+    let emit = |line: &mut Vec<u8>, logged: &mut usize, dropped: &mut usize| {
+        if line.is_empty() {
+            return;
+        }
+        if *logged + line.len() > MAX_LOG_BYTES {
+            *dropped += line.len();
+        } else {
+            *logged += line.len();
+            tracing::info!(revision = %revision, stream, line = ?String::from_utf8_lossy(line), "server output");
+        }
+        line.clear();
+    };
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                for &b in &buf[..n] {
+                    if b == b'\n' {
+                        emit(&mut line, &mut logged, &mut dropped);
+                    } else {
+                        line.push(b);
+                        if line.len() >= MAX_LINE {
+                            emit(&mut line, &mut logged, &mut dropped);
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    emit(&mut line, &mut logged, &mut dropped);
+    if dropped > 0 {
+        tracing::info!(revision = %revision, stream, bytes = dropped, "server output not logged (over the cap)");
+    }
+}
+
+/// A start under way, counted in `Instances::starting` until dropped.
+struct Starting(Arc<Revision>);
+
+impl Starting {
+    fn new(rev: &Arc<Revision>) -> Self {
+        rev.instances.starting.fetch_add(1, Ordering::SeqCst);
+        Self(rev.clone())
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        self.0.instances.starting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Starts an instance on the blocking pool, added to its revision's list
+/// once it listens if `keep` (even if the request that asked for it is
+/// gone).
+async fn start_for(
+    gw: &Arc<Gateway>,
+    starting: Starting,
+    keep: bool,
+) -> Result<Arc<Instance>, StartError> {
+    let gw = gw.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let rev = &starting.0;
+        let started = Instant::now();
+        let r = boot(rev);
+        if let Ok(i) = &r {
+            gw.metrics
+                .start_latencies
+                .with_label_values(&[&rev.name])
+                .observe(crate::metrics::Metrics::ms(started.elapsed()));
+            if keep {
+                rev.instances.add(i.clone());
+            }
+        }
+        r
+    })
+    .await;
+    r.unwrap_or_else(|e| Err(StartError::Stdio(std::io::Error::other(e))))
+}
+
+/// Boots an instance of a server revision (blocking).
+pub fn boot(rev: &Revision) -> Result<Arc<Instance>, StartError> {
+    let f = rev.linux.as_ref().expect("a Linux revision");
+    let port = rev.service.port.expect("a server revision");
+    start(f, port.number, &rev.service.name, &rev.name)
+}
+
+/// A place on an instance of `rev` for one request, and whether one was
+/// running for it (`warm`) or it waited for one to start (`cold`). Under
+/// `flint.dev/isolation: request` the instance is the request's alone
+/// (an idle one taken off the list, or a new one) and goes after it.
+pub async fn place_for(
+    gw: &Arc<Gateway>,
+    rev: &Arc<Revision>,
+) -> Result<(Active, &'static str), StartError> {
+    let own = rev.service.isolation == crate::manifest::Isolation::Request;
+    let cc = rev.service.container_concurrency;
+    if let Some(a) = rev.instances.pick(cc, own) {
+        return Ok((a, "warm"));
+    }
+    let _gate = rev.instances.cold.lock().await;
+    if let Some(a) = rev.instances.pick(cc, own) {
+        return Ok((a, "cold"));
+    }
+    let i = start_for(gw, Starting::new(rev), !own).await?;
+    Ok((i.claim(), "cold"))
+}
+
+/// Brings `rev`'s instances towards `desired`: starts the missing ones,
+/// stops idle ones beyond it (busy ones stay until their requests end).
+pub fn scale(gw: &Arc<Gateway>, rev: &Arc<Revision>, desired: usize) {
+    let inst = &rev.instances;
+    let mut list = inst.alive();
+    let starting = inst.starting.load(Ordering::SeqCst);
+    if list.len() + starting < desired {
+        for _ in list.len() + starting..desired {
+            let (gw, name, starting) = (gw.clone(), rev.name.clone(), Starting::new(rev));
+            tokio::spawn(async move {
+                if let Err(e) = start_for(&gw, starting, true).await {
+                    tracing::warn!(revision = %name, "starting an instance failed: {}", crate::registry::error_chain(&e));
+                }
+            });
+        }
+    } else {
+        while list.len() > desired {
+            match list
+                .iter()
+                .rposition(|i| i.active.load(Ordering::SeqCst) == 0)
+            {
+                Some(i) => drop(list.remove(i)),
+                None => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,59 @@
+// server: a Knative user container as the helloworld samples write one,
+// an HTTP server on $PORT. It answers with what it was asked and what it
+// was started with, counts the requests it has served (state a long-lived
+// instance keeps), streams on /stream, and exits on /exit once it has
+// answered.
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+func main() {
+	var served, streaming int64
+	started := time.Now().UnixNano()
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		n := atomic.AddInt64(&served, 1)
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Served", fmt.Sprint(n))
+		w.Header().Set("X-Instance", fmt.Sprint(started))
+		fmt.Fprintf(w, "%s %s?%s %s\n", r.Method, r.URL.Path, r.URL.RawQuery, strings.ToUpper(string(body)))
+		for _, k := range []string{"TARGET", "PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"} {
+			fmt.Fprintf(w, "%s=%s\n", k, os.Getenv(k))
+		}
+		for _, k := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded", "X-Secret", "Keep-Alive", "X-Request-Id"} {
+			fmt.Fprintf(w, "%s: %s\n", k, strings.Join(r.Header.Values(k), ","))
+		}
+		fmt.Fprintf(w, "Host: %s\n", r.Host)
+		if r.URL.Path == "/exit" {
+			go func() {
+				time.Sleep(20 * time.Millisecond)
+				os.Exit(3)
+			}()
+		}
+	})
+	http.HandleFunc("/stream", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Instance", fmt.Sprint(started))
+		// How many /stream requests this process serves now, this one too.
+		w.Header().Set("X-Concurrent", fmt.Sprint(atomic.AddInt64(&streaming, 1)))
+		defer atomic.AddInt64(&streaming, -1)
+		f := w.(http.Flusher)
+		fmt.Fprintln(w, "first")
+		f.Flush()
+		time.Sleep(1500 * time.Millisecond)
+		fmt.Fprintln(w, "second")
+	})
+	port := os.Getenv("PORT")
+	fmt.Println("listening on", port)
+	fmt.Fprintln(os.Stderr, "a line on stderr")
+	if err := http.ListenAndServe(":"+port, nil); err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+}

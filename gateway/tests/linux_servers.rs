@@ -1,0 +1,405 @@
+//! Linux images under Knative's container contract: a container that
+//! declares a port is an HTTP server on `$PORT`, one long-lived VM per
+//! instance, requests proxied to it. The server is a Go `net/http` program
+//! written as Knative's helloworld samples are (`tests/go/server`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use flint_gateway::manifest;
+
+/// One test at a time: each counts the VM threads of this process.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The Go server, built once per test binary run (static, `CGO_ENABLED=0`).
+fn go_server() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_go_server).clone()
+}
+
+fn build_go_server() -> PathBuf {
+    let go = ["/usr/lib/go-1.19/bin/go", "/usr/bin/go"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("go is missing: install Debian's golang-go (scripts/deps does)");
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let bin = target.join("go-server");
+    {
+        let st = Command::new(go)
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go"))
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg("./server")
+            .env("CGO_ENABLED", "0")
+            .env("GOCACHE", target.join("gocache"))
+            .env("GOPATH", target.join("gopath"))
+            .env("GOFLAGS", "-mod=mod")
+            .status()
+            .unwrap();
+        assert!(st.success(), "go build failed");
+    }
+    bin
+}
+
+/// An image holding `program` as `/srv/server` (its entrypoint) and
+/// `/bin/busybox` with `sh`, in a temporary directory kept while the guard
+/// lives.
+fn image(program: &Path) -> (tempfile::TempDir, PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    for d in ["bin", "srv", "tmp"] {
+        std::fs::create_dir(root.path().join(d)).unwrap();
+    }
+    std::fs::copy(program, root.path().join("srv/server")).unwrap();
+    std::fs::copy("/bin/busybox", root.path().join("bin/busybox")).expect("install busybox-static");
+    std::os::unix::fs::symlink("busybox", root.path().join("bin/sh")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("server.tar");
+    let config =
+        serde_json::json!({"Entrypoint": ["/srv/server"], "Env": ["PATH=/bin", "TARGET=image"]});
+    std::fs::write(
+        &tar,
+        flint_image::build_dir(root.path(), config, "docker.io/library/server:v1").unwrap(),
+    )
+    .unwrap();
+    (dir, tar)
+}
+
+/// A Service of the image at `tar` whose container declares `ports`
+/// (YAML lines under `ports:`, or none for no `ports` field) and runs
+/// `command` if given.
+fn service(name: &str, tar: &Path, annotations: &str, ports: &str, command: &str) -> String {
+    let ports = if ports.is_empty() {
+        String::new()
+    } else {
+        format!("          ports:\n{ports}")
+    };
+    format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    metadata:\n      annotations:\n        flint.dev/unused: \"x\"\n{annotations}    spec:\n      containers:\n        - image: {}\n{command}          env:\n            - name: TARGET\n              value: world\n{ports}",
+        tar.display()
+    )
+}
+
+const PORT_8080: &str = "            - containerPort: 8080\n";
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Threads of this process running a Linux VM's vCPUs.
+fn vcpu_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.starts_with("flint-linux-vcp"))
+        .count()
+}
+
+async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn metrics(gw: &Running) -> String {
+    let (_, _, body) = http(gw.admin, "GET", "localhost", "/metrics", b"").await;
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// The server answers on its port with Knative's environment; the
+/// instance lives across requests (its counter goes on); hop-by-hop
+/// headers stay behind both ways; the gateway names itself in the
+/// forwarding headers; a client's `X-Forwarded-Host` is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_linux_server_answers_on_its_port_and_keeps_its_state() {
+    let _one = SERIAL.lock().await;
+    let (_dir, tar) = image(&go_server());
+    let gw = start(&[service("hello", &tar, "", PORT_8080, "")], 1 << 20).await;
+    let host = "hello.default.example.com";
+    let (code, head, body) = send(
+        gw.addr,
+        &format!("POST /p?q=1 HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-Host: evil\r\nX-Forwarded-For: 10.1.2.3\r\nKeep-Alive: timeout=9\r\nX-Secret: s\r\nConnection: X-Secret\r\n"),
+        b"body text",
+    )
+    .await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(code, 200, "{head}\n{body}");
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines[0], "POST /p?q=1 BODY TEXT");
+    for want in [
+        "TARGET=world",
+        "PORT=8080",
+        "K_SERVICE=hello",
+        "K_CONFIGURATION=hello",
+        "K_REVISION=hello-00001",
+        "X-Forwarded-For: 10.1.2.3,127.0.0.1",
+        "X-Forwarded-Host: hello.default.example.com",
+        "X-Forwarded-Proto: http",
+        "Forwarded: for=127.0.0.1;host=\"hello.default.example.com\";proto=http",
+        "X-Secret: ",
+        "Keep-Alive: ",
+        "Host: hello.default.example.com",
+    ] {
+        assert!(lines.contains(&want), "{want:?} missing in\n{body}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("X-Request-Id: ") && l.len() > 14),
+        "{body}"
+    );
+    assert_eq!(header(&head, "x-served"), Some("1"), "{head}");
+    let instance = header(&head, "x-instance").unwrap().to_string();
+    for n in 2..=4 {
+        let (code, head, _) = http(gw.addr, "GET", host, "/", b"").await;
+        assert_eq!(code, 200);
+        assert_eq!(header(&head, "x-served"), Some(n.to_string().as_str()));
+        assert_eq!(header(&head, "x-instance"), Some(instance.as_str()));
+    }
+    let m = metrics(&gw).await;
+    assert_eq!(
+        series(
+            &m,
+            "revision_app_request_count",
+            &[("revision_name", "hello-00001"), ("response_code", "200")]
+        ),
+        Some(4.0),
+        "{m}"
+    );
+    assert!(
+        series(
+            &m,
+            "flint_start_latencies_count",
+            &[("revision_name", "hello-00001")]
+        )
+        .is_none(),
+        "the deploy's own instance served: no start for a request\n{m}"
+    );
+    gw.stop().await;
+}
+
+/// A server that exits is replaced by a new instance at the next request
+/// (its state starts again); one that exits before it listens fails the
+/// revision's readiness check with its status; a container without a port
+/// is still a CGI program.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ended_server_is_replaced_and_one_that_never_listens_is_not_ready() {
+    let _one = SERIAL.lock().await;
+    let (_dir, tar) = image(&go_server());
+    let gw = start(&[service("hello", &tar, "", PORT_8080, "")], 1 << 20).await;
+    let host = "hello.default.example.com";
+    let (code, head, _) = http(gw.addr, "GET", host, "/exit", b"").await;
+    assert_eq!(code, 200);
+    let first = header(&head, "x-instance").unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, head, body) = http(gw.addr, "GET", host, "/", b"").await;
+    assert_eq!(code, 200, "{head} {}", String::from_utf8_lossy(&body));
+    assert_eq!(header(&head, "x-served"), Some("1"), "a new instance");
+    assert_ne!(header(&head, "x-instance"), Some(first.as_str()));
+    let m = metrics(&gw).await;
+    assert_eq!(
+        series(
+            &m,
+            "flint_requests_total",
+            &[("revision_name", "hello-00001"), ("start", "cold")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+
+    // `sh -c 'exit 7'` never listens.
+    let bad = manifest::parse(&service(
+        "bad",
+        &tar,
+        "",
+        PORT_8080,
+        "          command: [\"/bin/sh\", \"-c\", \"exit 7\"]\n",
+    ))
+    .unwrap();
+    let gw2 = gw.gw.clone();
+    let state = gw._state.path().to_path_buf();
+    let err = tokio::task::spawn_blocking(move || {
+        gw2.registry
+            .apply(bad, &PathBuf::from("."), &state)
+            .unwrap_err()
+    })
+    .await
+    .unwrap();
+    let msg = flint_gateway::registry::error_chain(&err);
+    assert!(
+        msg.contains("failed its readiness check")
+            && msg.contains("exit status 7")
+            && msg.contains("before it listened on port 8080"),
+        "{msg}"
+    );
+    gw.stop().await;
+}
+
+/// `containerPort` sets `PORT`; under `flint.dev/isolation: request` every
+/// request has an instance of its own (the counter is always 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_declared_port_is_used_and_isolated_requests_get_their_own_server() {
+    let _one = SERIAL.lock().await;
+    let (_dir, tar) = image(&go_server());
+    let gw = start(
+        &[service(
+            "iso",
+            &tar,
+            "        flint.dev/isolation: request\n",
+            "            - containerPort: 9000\n              name: http1\n",
+            "",
+        )],
+        1 << 20,
+    )
+    .await;
+    let host = "iso.default.example.com";
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (code, head, body) = http(gw.addr, "GET", host, "/", b"").await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(code, 200, "{head} {body}");
+        assert!(body.contains("PORT=9000\n"), "{body}");
+        assert_eq!(header(&head, "x-served"), Some("1"), "{head}");
+        let i = header(&head, "x-instance").unwrap().to_string();
+        assert!(!seen.contains(&i), "a fresh instance each time");
+        seen.push(i);
+    }
+    gw.stop().await;
+}
+
+/// A streamed response reaches the client as the server writes it (its
+/// first line long before the second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_servers_response_streams() {
+    let _one = SERIAL.lock().await;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (_dir, tar) = image(&go_server());
+    let gw = start(&[service("s", &tar, "", PORT_8080, "")], 1 << 20).await;
+    let mut c = BufReader::new(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    c.get_mut()
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: s.default.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut line = String::new();
+    let mut lines = Vec::new();
+    while !line.contains("second") {
+        line.clear();
+        if c.read_line(&mut line).await.unwrap() == 0 {
+            break;
+        }
+        lines.push((line.trim_end().to_string(), t0.elapsed()));
+    }
+    let at = |s: &str| lines.iter().find(|(l, _)| l == s).map(|(_, t)| *t);
+    let (first, second) = (at("first").unwrap(), at("second").unwrap());
+    assert!(second - first >= Duration::from_millis(1000), "{lines:?}");
+    gw.stop().await;
+}
+
+/// With no traffic for a stable window the revision scales to zero and its
+/// VM goes; the next request starts a server again and waits for it (a
+/// cold start, timed in `flint_start_latencies`); once the gateway stops,
+/// no VM is left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_scales_to_zero_and_back_and_nothing_is_left_running() {
+    let _one = SERIAL.lock().await;
+    wait_for("earlier tests' VMs to go", 10, || vcpu_threads() == 0).await;
+    let (_dir, tar) = image(&go_server());
+    let gw = start(
+        &[service(
+            "z",
+            &tar,
+            "        autoscaling.knative.dev/window: 6s\n",
+            PORT_8080,
+            "",
+        )],
+        1 << 20,
+    )
+    .await;
+    let host = "z.default.example.com";
+    assert!(vcpu_threads() >= 1, "the first instance runs");
+    let (code, _, _) = http(gw.addr, "GET", host, "/", b"").await;
+    assert_eq!(code, 200);
+    let rev = gw.gw.registry.routed_revisions().remove(0);
+    wait_for("scale to zero", 40, || {
+        rev.instances.counts() == (0, 0)
+            && rev.desired.load(std::sync::atomic::Ordering::SeqCst) == 0
+    })
+    .await;
+    wait_for("the VM to go", 10, || vcpu_threads() == 0).await;
+    let (code, head, _) = http(gw.addr, "GET", host, "/", b"").await;
+    assert_eq!(code, 200);
+    assert_eq!(header(&head, "x-served"), Some("1"), "{head}");
+    let m = metrics(&gw).await;
+    let rev_label = [("revision_name", "z-00001")];
+    assert_eq!(
+        series(&m, "flint_start_latencies_count", &rev_label),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        series(
+            &m,
+            "flint_requests_total",
+            &[("revision_name", "z-00001"), ("start", "cold")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(vcpu_threads() >= 1);
+    gw.stop().await;
+    wait_for("no VM after the gateway stopped", 10, || {
+        vcpu_threads() == 0
+    })
+    .await;
+}
+
+/// `containerConcurrency`: an instance never serves more requests at once
+/// than it (each `/stream` response says how many its server had then);
+/// with 0 (no limit) one instance takes them all at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn container_concurrency_holds_per_server_instance() {
+    let _one = SERIAL.lock().await;
+    let (_dir, tar) = image(&go_server());
+    let with_cc = |name: &str, cc: u32| {
+        service(name, &tar, "", PORT_8080, "").replace(
+            "    spec:\n      containers:",
+            &format!("    spec:\n      containerConcurrency: {cc}\n      containers:"),
+        )
+    };
+    let gw = start(&[with_cc("one", 1), with_cc("any", 0)], 1 << 20).await;
+    let addr = gw.addr;
+    for (host, most) in [
+        ("one.default.example.com", 1),
+        ("any.default.example.com", 3),
+    ] {
+        let all: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(async move { http(addr, "GET", host, "/stream", b"").await }))
+            .collect();
+        let mut seen = Vec::new();
+        for t in all {
+            let (code, head, body) = t.await.unwrap();
+            assert_eq!(code, 200, "{head}");
+            assert_eq!(String::from_utf8_lossy(&body), "first\nsecond\n");
+            seen.push(
+                header(&head, "x-concurrent")
+                    .unwrap()
+                    .parse::<u32>()
+                    .unwrap(),
+            );
+        }
+        assert_eq!(seen.iter().max(), Some(&most), "{host}: {seen:?}");
+    }
+    gw.stop().await;
+}

@@ -221,10 +221,13 @@ impl Instances {
 }
 
 /// Starts an instance of `f`, a revision `revision` of `service`
-/// (blocking): the program with `PORT` set, until it listens.
+/// (blocking): the program with `PORT` set, until it is ready: its port
+/// accepts a connection and, given a `readiness` path, a GET of it
+/// answers 200 to 399 (the readiness probe's `httpGet`).
 pub fn start(
     f: &LinuxFunction,
     listen: u16,
+    readiness: Option<&str>,
     service: &str,
     revision: &str,
 ) -> Result<Arc<Instance>, StartError> {
@@ -305,8 +308,12 @@ pub fn start(
             return Err(StartError::Exited(why, listen));
         }
         // Knative's default readiness probe: a TCP connection accepted.
-        if instance.port.connect(listen, CONNECT_WAIT).is_ok() {
-            return Ok(instance);
+        if let Ok(probe) = instance.port.connect(listen, CONNECT_WAIT) {
+            match readiness {
+                None => return Ok(instance),
+                Some(path) if http_ready(probe, path) => return Ok(instance),
+                Some(_) => {}
+            }
         }
         if Instant::now() >= deadline {
             return Err(StartError::Timeout(listen, STARTUP_LIMIT.as_secs()));
@@ -314,6 +321,33 @@ pub fn start(
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));
     }
+}
+
+/// True when a GET of `path` over `conn` answers 200 to 399 within
+/// `CONNECT_WAIT` (the kubelet's rule for an HTTP probe).
+fn http_ready(mut conn: std::os::unix::net::UnixStream, path: &str) -> bool {
+    use std::io::Write;
+    let _ = conn.set_read_timeout(Some(CONNECT_WAIT));
+    let _ = conn.set_write_timeout(Some(CONNECT_WAIT));
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: flint-probe\r\nConnection: close\r\n\r\n"
+    );
+    if conn.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while !head.contains(&b'\n') && head.len() < 4096 {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 0];
+    let mut resp = httparse::Response::new(&mut headers);
+    // The status line is all it needs (too few header slots is fine).
+    let _ = resp.parse(&head);
+    resp.code.is_some_and(|c| (200..400).contains(&c))
 }
 
 /// Logs what a server writes on `stream`, a line each, escaped (a line
@@ -406,7 +440,13 @@ async fn start_for(
 pub fn boot(rev: &Revision) -> Result<Arc<Instance>, StartError> {
     let f = rev.linux.as_ref().expect("a Linux revision");
     let port = rev.service.port.expect("a server revision");
-    start(f, port.number, &rev.service.name, &rev.name)
+    start(
+        f,
+        port.number,
+        rev.service.readiness_path.as_deref(),
+        &rev.service.name,
+        &rev.name,
+    )
 }
 
 /// A place on an instance of `rev` for one request, and whether one was
@@ -455,5 +495,35 @@ pub fn scale(gw: &Arc<Gateway>, rev: &Arc<Revision>, desired: usize) {
                 None => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn probe(answer: &'static [u8]) -> (bool, String) {
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut req = vec![0u8; 512];
+            let n = b.read(&mut req).unwrap();
+            b.write_all(answer).unwrap();
+            String::from_utf8_lossy(&req[..n]).into_owned()
+        });
+        let ok = http_ready(a, "/healthz?x=1");
+        (ok, server.join().unwrap())
+    }
+
+    #[test]
+    fn an_http_probe_wants_200_to_399() {
+        let (ok, req) = probe(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert!(ok);
+        assert!(req.starts_with("GET /healthz?x=1 HTTP/1.1\r\n"), "{req}");
+        assert!(probe(b"HTTP/1.0 302 Found\r\nLocation: /\r\n\r\n").0);
+        assert!(!probe(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").0);
+        assert!(!probe(b"HTTP/1.1 404 Not Found\r\n\r\n").0);
+        assert!(!probe(b"SSH-2.0-OpenSSH\r\n").0);
+        assert!(!probe(b"").0);
     }
 }

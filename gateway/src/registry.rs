@@ -486,7 +486,13 @@ impl Registry {
                         ))
                     }
                     Some(port) => Some(
-                        crate::instances::start(&f, port.number, &service.name, name).map_err(|e| {
+                        crate::instances::start(
+                            &f,
+                            port.number,
+                            service.readiness_path.as_deref(),
+                            &service.name,
+                            name,
+                        ).map_err(|e| {
                             DeployError::ProgramMissing(name.to_string(), error_chain(&e))
                         })?,
                     ),

@@ -247,7 +247,9 @@ async fn an_ended_server_is_replaced_and_one_that_never_listens_is_not_ready() {
 }
 
 /// `containerPort` sets `PORT`; under `flint.dev/isolation: request` every
-/// request has an instance of its own (the counter is always 1).
+/// request has an instance of its own (the counter is always 1); a
+/// `readinessProbe.httpGet` path is asked until it answers 200 (the server
+/// fails it twice) before the instance serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_declared_port_is_used_and_isolated_requests_get_their_own_server() {
     let _one = SERIAL.lock().await;
@@ -257,7 +259,7 @@ async fn the_declared_port_is_used_and_isolated_requests_get_their_own_server() 
             "iso",
             &tar,
             "        flint.dev/isolation: request\n",
-            "            - containerPort: 9000\n              name: http1\n",
+            "            - containerPort: 9000\n              name: http1\n          readinessProbe:\n            httpGet:\n              path: /ready\n",
             "",
         )],
         1 << 20,
@@ -271,6 +273,7 @@ async fn the_declared_port_is_used_and_isolated_requests_get_their_own_server() 
         assert_eq!(code, 200, "{head} {body}");
         assert!(body.contains("PORT=9000\n"), "{body}");
         assert_eq!(header(&head, "x-served"), Some("1"), "{head}");
+        assert_eq!(header(&head, "x-probes"), Some("3"), "{head}");
         let i = header(&head, "x-instance").unwrap().to_string();
         assert!(!seen.contains(&i), "a fresh instance each time");
         seen.push(i);

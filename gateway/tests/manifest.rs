@@ -232,6 +232,7 @@ fn invalid_values_are_refused_with_a_reason() {
         ("        - image: greet.wasm\n", "        - image: greet.wasm\n          ports:\n            - containerPort: 80\n            - containerPort: 81\n", "containers[0].ports: more than one container port is not allowed"),
         ("        - image: greet.wasm\n", "        - image: greet.wasm\n          readinessProbe:\n            httpGet:\n              path: /\n            exec:\n              command: [true]\n", "readinessProbe: expected exactly one handler"),
         ("        - image: greet.wasm\n", "        - image: greet.wasm\n          readinessProbe:\n            httpGett: {}\n", "containers[0].readinessProbe.httpGett: unknown field"),
+        ("        - image: greet.wasm\n", "        - image: greet.wasm\n          readinessProbe:\n            httpGet:\n              path: ready now\n", "containers[0].readinessProbe.httpGet.path: \"ready now\" is not an absolute path"),
         ("        - image: greet.wasm\n", "        - image: greet.wasm\n          securityContext:\n            privileged: true\n", "securityContext.privileged: must not be true"),
         ("        - image: greet.wasm\n", "        - image: greet.wasm\n          env:\n            - name: A\n              valueFrom:\n                secretKeyRef: {name: s, key: k}\n", "env[0].valueFrom: ConfigMap and Secret references need a Kubernetes API"),
         ("      containers:", "      volumes:\n        - name: v\n      containers:", "spec.template.spec.volumes: volumes"),
@@ -328,6 +329,39 @@ fn knatives_whole_autoscaling_annotation_set() {
         got.contains("max-scale is less than activation-scale"),
         "{got}"
     );
+}
+
+/// `ports[0]` (Knative's default 8080 when only named) and the readiness
+/// probe's `httpGet` path (`/` when not given).
+#[test]
+fn a_declared_port_and_readiness_path_are_read() {
+    use flint_gateway::manifest::ContainerPort;
+    let s = parse(MINIMAL).unwrap();
+    assert_eq!((s.port, s.readiness_path), (None, None));
+    let with = |extra: &str| {
+        parse(&MINIMAL.replace(
+            "        - image: greet.wasm\n",
+            &format!("        - image: greet.wasm\n{extra}"),
+        ))
+        .unwrap()
+    };
+    let s = with("          ports:\n            - name: http1\n");
+    assert_eq!(
+        s.port,
+        Some(ContainerPort {
+            number: 8080,
+            h2c: false
+        })
+    );
+    let s = with("          ports:\n            - containerPort: 9000\n              name: h2c\n          readinessProbe:\n            httpGet: {}\n");
+    assert_eq!(
+        s.port,
+        Some(ContainerPort {
+            number: 9000,
+            h2c: true
+        })
+    );
+    assert_eq!(s.readiness_path.as_deref(), Some("/"));
 }
 
 /// Kubernetes quantities may be bare numbers (`cpu: 1`, `memory:

@@ -132,6 +132,9 @@ pub struct Service {
     pub memory_mib: Option<u64>,
     /// `ports[0]`, if the container declares a port.
     pub port: Option<ContainerPort>,
+    /// `readinessProbe.httpGet.path`: a Linux server is ready once a GET
+    /// of it answers 200 to 399 (else once its port accepts a connection).
+    pub readiness_path: Option<String>,
     pub traffic: Vec<TrafficTarget>,
 }
 
@@ -524,6 +527,21 @@ pub fn parse(yaml: &str) -> Result<Service, ManifestError> {
         Some(ports) => check_ports(ports, &format!("{cp}.ports"))?,
         None => None,
     };
+    let readiness_path = match c.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()) {
+        Some(get) => {
+            let path = get.path.clone().unwrap_or_else(|| "/".into());
+            if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                return Err(invalid(
+                    &format!("{cp}.readinessProbe.httpGet.path"),
+                    format!(
+                        "{path:?} is not an absolute path without spaces or control characters"
+                    ),
+                ));
+            }
+            Some(path)
+        }
+        None => None,
+    };
     let traffic = match doc.spec.traffic {
         Some(list) => traffic(list)?,
         None => Vec::new(),
@@ -547,6 +565,7 @@ pub fn parse(yaml: &str) -> Result<Service, ManifestError> {
         working_dir: c.working_dir,
         memory_mib,
         port,
+        readiness_path,
         traffic,
     })
 }

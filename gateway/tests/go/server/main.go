@@ -16,13 +16,20 @@ import (
 )
 
 func main() {
-	var served, streaming int64
+	var served, streaming, probes int64
+	// Its readiness path fails twice, then succeeds.
+	http.HandleFunc("/ready", func(w http.ResponseWriter, r *http.Request) {
+		if atomic.AddInt64(&probes, 1) <= 2 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	})
 	started := time.Now().UnixNano()
 	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		n := atomic.AddInt64(&served, 1)
 		body, _ := io.ReadAll(r.Body)
 		w.Header().Set("X-Served", fmt.Sprint(n))
 		w.Header().Set("X-Instance", fmt.Sprint(started))
+		w.Header().Set("X-Probes", fmt.Sprint(atomic.LoadInt64(&probes)))
 		fmt.Fprintf(w, "%s %s?%s %s\n", r.Method, r.URL.Path, r.URL.RawQuery, strings.ToUpper(string(body)))
 		for _, k := range []string{"TARGET", "PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"} {
 			fmt.Fprintf(w, "%s=%s\n", k, os.Getenv(k))

@@ -69,7 +69,29 @@ pub fn main(a: &RunArgs) -> i32 {
         timeout: a.call.timeout(),
         ..Config::default()
     };
-    match flint_linux::run(&config, &root, &program, None) {
+    let listeners = match a
+        .publish
+        .iter()
+        .map(|(addr, vm)| {
+            std::net::TcpListener::bind(addr)
+                .map(|l| (l, *vm))
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("flint: {e}");
+            return exit::FLINT_ERROR;
+        }
+    };
+    let ran = flint_linux::start(&config, &root, &program, None).and_then(|c| {
+        for (listener, vm_port) in listeners {
+            forward(listener, c.port(), vm_port);
+        }
+        c.wait()
+    });
+    match ran {
         Ok(out) => {
             if a.call.timings {
                 eprintln!(
@@ -95,5 +117,56 @@ pub fn main(a: &RunArgs) -> i32 {
                 _ => exit::FLINT_ERROR,
             }
         }
+    }
+}
+
+/// Forwards each connection to `listener` to `vm_port` in the VM behind
+/// `port` (`Port::connect`), both ways, until either side closes; one
+/// refused by the VM (nothing listens there yet) is closed at once.
+fn forward(listener: std::net::TcpListener, port: flint_linux::Port, vm_port: u16) {
+    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(f) {
+            eprintln!("flint: cannot forward a connection: {e}");
+        }
+    };
+    spawn(
+        "flint-publish",
+        Box::new(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(vm) = port.connect(vm_port, std::time::Duration::from_secs(2)) else {
+                    continue;
+                };
+                let (Ok(client2), Ok(vm2)) = (client.try_clone(), vm.try_clone()) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                spawn("flint-publish-in", Box::new(move || pipe(client, vm)));
+                spawn("flint-publish-out", Box::new(move || pipe(vm2, client2)));
+            }
+        }),
+    );
+}
+
+/// Copies `from` to `to` until `from` ends, then ends `to`'s writing half.
+fn pipe(mut from: impl std::io::Read + Shut, mut to: impl std::io::Write + Shut) {
+    let _ = std::io::copy(&mut from, &mut to);
+    to.shut(std::net::Shutdown::Write);
+    from.shut(std::net::Shutdown::Read);
+}
+
+/// A stream whose halves can be shut down.
+trait Shut {
+    fn shut(&self, how: std::net::Shutdown);
+}
+
+impl Shut for std::net::TcpStream {
+    fn shut(&self, how: std::net::Shutdown) {
+        let _ = self.shutdown(how);
+    }
+}
+
+impl Shut for std::os::unix::net::UnixStream {
+    fn shut(&self, how: std::net::Shutdown) {
+        let _ = self.shutdown(how);
     }
 }

@@ -23,6 +23,11 @@ pub struct RunArgs {
     /// A Linux program's working directory (inside its root).
     #[arg(long)]
     pub workdir: Option<String>,
+    /// Forward a host TCP port to a port a Linux program listens on in
+    /// its VM: `[ADDR:]HOST_PORT[:VM_PORT]` (ADDR defaults to 127.0.0.1,
+    /// VM_PORT to HOST_PORT), repeated; a server wants `--timeout-ms 0`.
+    #[arg(long = "publish", short = 'p', value_name = "[ADDR:]PORT[:VM_PORT]", value_parser = parse_publish)]
+    pub publish: Vec<(std::net::SocketAddr, u16)>,
     #[command(flatten)]
     pub call: CallArgs,
 }
@@ -60,6 +65,32 @@ impl CallArgs {
     }
 }
 
+/// `[ADDR:]HOST_PORT[:VM_PORT]`, as `docker run -p` reads it but
+/// binding the loopback unless told otherwise. An IPv6 ADDR goes in
+/// brackets (`[::1]:8080:80`).
+pub fn parse_publish(s: &str) -> Result<(std::net::SocketAddr, u16), String> {
+    let bad = || format!("{s:?} is not [ADDR:]HOST_PORT[:VM_PORT]");
+    let port = |p: &str| p.parse::<u16>().ok().filter(|&p| p > 0).ok_or_else(bad);
+    let (addr, rest): (std::net::IpAddr, &str) = if let Some(v6) = s.strip_prefix('[') {
+        let (a, rest) = v6.split_once("]:").ok_or_else(bad)?;
+        (a.parse().map_err(|_| bad())?, rest)
+    } else {
+        match s.split(':').count() {
+            3 => {
+                let (a, rest) = s.split_once(':').ok_or_else(bad)?;
+                (a.parse().map_err(|_| bad())?, rest)
+            }
+            1 | 2 => (std::net::Ipv4Addr::LOCALHOST.into(), s),
+            _ => return Err(bad()),
+        }
+    };
+    let (host, vm) = match rest.split_once(':') {
+        Some((h, v)) => (port(h)?, port(v)?),
+        None => (port(rest)?, port(rest)?),
+    };
+    Ok((std::net::SocketAddr::new(addr, host), vm))
+}
+
 pub fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some(("", _)) => Err("the variable name is empty".into()),
@@ -88,9 +119,9 @@ pub fn main(a: RunArgs) -> i32 {
     if is_linux_program(&a) {
         return crate::linux::main(&a);
     }
-    if a.workdir.is_some() {
+    if a.workdir.is_some() || !a.publish.is_empty() {
         eprintln!(
-            "flint: --workdir is for Linux programs; {} is a module",
+            "flint: --workdir and --publish are for Linux programs; {} is a module",
             a.module.display()
         );
         return exit::USAGE;
@@ -132,6 +163,32 @@ pub fn print_phases(report: &flint_executor::RunReport) {
                     p.vm_create, p.guest_load, p.guest_entry, p.compile, p.instantiate, p.run, p.teardown, p.total(),
                     report.guest_resident_bytes.map(|b| format!("; guest memory resident {} KiB", b / 1024)).unwrap_or_default()
                 );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_publish;
+
+    #[test]
+    fn publish_reads_as_docker_does_on_the_loopback() {
+        let ok = |s: &str| parse_publish(s).unwrap();
+        assert_eq!(ok("8080"), ("127.0.0.1:8080".parse().unwrap(), 8080));
+        assert_eq!(ok("9000:80"), ("127.0.0.1:9000".parse().unwrap(), 80));
+        assert_eq!(ok("0.0.0.0:9000:80"), ("0.0.0.0:9000".parse().unwrap(), 80));
+        assert_eq!(ok("[::1]:9000:80"), ("[::1]:9000".parse().unwrap(), 80));
+        for bad in [
+            "",
+            "0",
+            "x",
+            "70000",
+            "1:2:3:4",
+            "host:80:80",
+            "[::1]9000",
+            ":80",
+        ] {
+            assert!(parse_publish(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -155,3 +155,68 @@ fn image_build_packs_a_root_filesystem_with_its_config() {
     );
     assert_eq!(text(&o.stdout), "hi\n");
 }
+
+/// `--publish` forwards a host port to a port a program listens on in its
+/// VM: busybox `httpd` answers through it (each connection its own, a
+/// refused one closed while the server starts), and the VM's port is
+/// reached nowhere else. A module has no ports to publish.
+#[test]
+fn publish_forwards_a_host_port_to_a_server_in_the_vm() {
+    use std::io::{Read, Write};
+    let root = busybox_root();
+    std::os::unix::fs::symlink("busybox", root.path().join("bin/httpd")).unwrap();
+    std::fs::create_dir(root.path().join("www")).unwrap();
+    std::fs::write(root.path().join("www/index.html"), "from the VM\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flint"))
+        .args(["run", "--rootfs"])
+        .arg(root.path())
+        .args(["--timeout-ms", "60000", "-p", &format!("{port}:8080")])
+        .args(["/bin/httpd", "--", "-f", "-p", "8080", "-h", "/www"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let get = |path: &str| -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        (!out.is_empty()).then_some(out)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let page = loop {
+        if let Some(p) = get("/index.html") {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "httpd never answered");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        page.starts_with("HTTP/1.") && page.contains(" 200 "),
+        "{page}"
+    );
+    assert!(page.ends_with("\r\n\r\nfrom the VM\n"), "{page}");
+    let missing = get("/nothing").unwrap();
+    assert!(missing.contains(" 404 "), "{missing}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let o = flint(
+        &[
+            "run",
+            "-p",
+            "8080",
+            flint_examples::path("hello").to_str().unwrap(),
+        ],
+        "",
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("--publish"), "{}", text(&o.stderr));
+}

@@ -406,3 +406,47 @@ async fn container_concurrency_holds_per_server_instance() {
     }
     gw.stop().await;
 }
+
+/// A server that misbehaves costs only its own request: no answer within
+/// `timeoutSeconds` is a 504, bytes that are not HTTP a 502, a body cut
+/// short a response cut short (never a clean end); the instance serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_misbehaving_server_fails_only_its_request() {
+    let _one = SERIAL.lock().await;
+    let (_dir, tar) = image(&go_server());
+    let yaml = service("bad", &tar, "", PORT_8080, "").replace(
+        "    spec:\n      containers:",
+        "    spec:\n      timeoutSeconds: 4\n      containers:",
+    );
+    let gw = start(&[yaml], 1 << 20).await;
+    let host = "bad.default.example.com";
+    let (_, head, _) = http(gw.addr, "GET", host, "/", b"").await;
+    let instance = header(&head, "x-instance").unwrap().to_string();
+    let (code, _, body) = http(gw.addr, "GET", host, "/hang", b"").await;
+    assert_eq!(code, 504, "{}", String::from_utf8_lossy(&body));
+    let (code, _, body) = http(gw.addr, "GET", host, "/garbage", b"").await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("the server did not answer"), "{body}");
+    // The head went out; the body ends without its last chunk.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(format!("GET /cut HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("partial"), "{out}");
+    assert!(!out.ends_with("0\r\n\r\n"), "a clean end: {out:?}");
+    let (code, head, _) = http(gw.addr, "GET", host, "/", b"").await;
+    assert_eq!(code, 200);
+    assert_eq!(header(&head, "x-served"), Some("2"), "{head}");
+    assert_eq!(
+        header(&head, "x-instance"),
+        Some(instance.as_str()),
+        "the same instance"
+    );
+    gw.stop().await;
+}

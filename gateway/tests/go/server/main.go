@@ -56,6 +56,24 @@ func main() {
 		time.Sleep(1500 * time.Millisecond)
 		fmt.Fprintln(w, "second")
 	})
+	// Misbehaving answers: none at all, bytes that are not HTTP, and a
+	// body cut short.
+	http.HandleFunc("/hang", func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(30 * time.Second)
+	})
+	raw := func(path, answer string) {
+		http.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			conn, buf, err := w.(http.Hijacker).Hijack()
+			if err != nil {
+				return
+			}
+			buf.WriteString(answer)
+			buf.Flush()
+			conn.Close()
+		})
+	}
+	raw("/garbage", "NOT HTTP AT ALL\r\n\r\n")
+	raw("/cut", "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
 	port := os.Getenv("PORT")
 	fmt.Println("listening on", port)
 	fmt.Fprintln(os.Stderr, "a line on stderr")

@@ -118,7 +118,8 @@ async fn metrics(gw: &Running) -> String {
 }
 
 /// The server answers on its port with Knative's environment; the
-/// instance lives across requests (its counter goes on); hop-by-hop
+/// instance lives across requests (its counter goes on) and so does the
+/// gateway's connection to it; hop-by-hop
 /// headers stay behind both ways; the gateway names itself in the
 /// forwarding headers; a client's `X-Forwarded-Host` is replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -161,12 +162,17 @@ async fn a_linux_server_answers_on_its_port_and_keeps_its_state() {
     );
     assert_eq!(header(&head, "x-served"), Some("1"), "{head}");
     let instance = header(&head, "x-instance").unwrap().to_string();
+    let mut remotes = Vec::new();
     for n in 2..=4 {
         let (code, head, _) = http(gw.addr, "GET", host, "/", b"").await;
         assert_eq!(code, 200);
         assert_eq!(header(&head, "x-served"), Some(n.to_string().as_str()));
         assert_eq!(header(&head, "x-instance"), Some(instance.as_str()));
+        remotes.push(header(&head, "x-remote").unwrap().to_string());
     }
+    // Each client connection was its own; the gateway's connection to the
+    // server was kept for all of them (the server saw one peer).
+    assert!(remotes.iter().all(|r| *r == remotes[0]), "{remotes:?}");
     let m = metrics(&gw).await;
     assert_eq!(
         series(
@@ -448,5 +454,43 @@ async fn a_misbehaving_server_fails_only_its_request() {
         Some(instance.as_str()),
         "the same instance"
     );
+    gw.stop().await;
+}
+
+/// A new revision takes the traffic and the old one's idle server stops
+/// (a revision no route names keeps no instance); deleting the service
+/// stops the new one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replaced_and_deleted_revisions_stop_their_servers() {
+    let _one = SERIAL.lock().await;
+    wait_for("earlier tests' VMs to go", 10, || vcpu_threads() == 0).await;
+    let (_dir, tar) = image(&go_server());
+    let v1 = service("up", &tar, "", PORT_8080, "");
+    let gw = start(std::slice::from_ref(&v1), 1 << 20).await;
+    let host = "up.default.example.com";
+    let (_, _, body) = http(gw.addr, "GET", host, "/", b"").await;
+    assert!(String::from_utf8_lossy(&body).contains("K_REVISION=up-00001"));
+    let old = gw.gw.registry.routed_revisions().remove(0);
+    let v2 = manifest::parse(&v1.replace("value: world", "value: again")).unwrap();
+    let (gw2, state) = (gw.gw.clone(), gw._state.path().to_path_buf());
+    tokio::task::spawn_blocking(move || gw2.registry.apply(v2, &PathBuf::from("."), &state))
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, _, body) = http(gw.addr, "GET", host, "/", b"").await;
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("K_REVISION=up-00002") && body.contains("TARGET=again"),
+        "{body}"
+    );
+    wait_for("the old revision's server to stop", 10, || {
+        old.instances.counts() == (0, 0)
+    })
+    .await;
+    let new = gw.gw.registry.routed_revisions().remove(0);
+    assert_eq!(new.instances.counts().0 + new.instances.counts().1, 1);
+    assert!(gw.gw.registry.delete("default", "up"));
+    assert_eq!(new.instances.counts(), (0, 0));
+    wait_for("no VM after the delete", 10, || vcpu_threads() == 0).await;
     gw.stop().await;
 }

@@ -245,7 +245,8 @@ async fn forward(gw: &Arc<Gateway>, rev: &Arc<Revision>, req: Request<Bytes>) ->
 /// The server's response body on its way to the client: polled only as
 /// fast as the client takes it; each gap within `idleTimeoutSeconds`, the
 /// whole within the revision's maximum. Its connection goes back to the
-/// instance once the body has ended cleanly.
+/// instance once the body has been read to its end (hyper stops polling a
+/// body that says it has ended, so that is checked when it is dropped).
 struct Relayed {
     inner: Incoming,
     idle: Option<Duration>,
@@ -254,6 +255,16 @@ struct Relayed {
     conn: Option<Conn>,
     place: Active,
     _inflight: InFlight,
+}
+
+impl Drop for Relayed {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            if hyper::body::Body::is_end_stream(&self.inner) {
+                self.place.0.give_back(c);
+            }
+        }
+    }
 }
 
 impl hyper::body::Body for Relayed {
@@ -278,12 +289,7 @@ impl hyper::body::Body for Relayed {
                     "the server's response was cut short: {e}"
                 )))));
             }
-            Poll::Ready(None) => {
-                if let Some(c) = this.conn.take() {
-                    this.place.0.give_back(c);
-                }
-                return Poll::Ready(None);
-            }
+            Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => {}
         }
         let idle = this

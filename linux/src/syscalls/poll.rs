@@ -316,11 +316,16 @@ pub fn epoll_wait(
                 break;
             }
             let Some(f) = e.file.upgrade() else { continue };
+            // The change token before the readiness: a host stream can
+            // become ready between the two looks, and a token taken after
+            // would swallow that edge (reported as not ready now, and
+            // unchanged next time). Taken first, such an edge is reported
+            // again at worst.
+            let now = (e.events & EPOLLET != 0).then(|| activity(&f)).flatten();
             let rev = ready(&f, (e.events & 0xffff) as i16) as u16 as u32;
             if rev != 0 && e.events & EPOLLET != 0 {
                 // Edge-triggered: only when the file changed since the
                 // last report.
-                let now = activity(&f);
                 if now.is_some() && now == e.seen {
                     continue;
                 }

@@ -30,6 +30,7 @@ func main() {
 		w.Header().Set("X-Served", fmt.Sprint(n))
 		w.Header().Set("X-Instance", fmt.Sprint(started))
 		w.Header().Set("X-Probes", fmt.Sprint(atomic.LoadInt64(&probes)))
+		w.Header().Set("X-Remote", r.RemoteAddr)
 		fmt.Fprintf(w, "%s %s?%s %s\n", r.Method, r.URL.Path, r.URL.RawQuery, strings.ToUpper(string(body)))
 		for _, k := range []string{"TARGET", "PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"} {
 			fmt.Fprintf(w, "%s=%s\n", k, os.Getenv(k))

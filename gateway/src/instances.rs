@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::registry::{LinuxFunction, Revision};
 use crate::server::Gateway;
@@ -51,24 +51,40 @@ pub enum StartError {
     Timeout(u16, u64),
 }
 
-/// An HTTP/1.1 connection to an instance's server, kept between requests.
+/// A connection to an instance's server, kept between requests.
 #[derive(Debug)]
-pub struct Conn(http1::SendRequest<Full<Bytes>>);
+pub enum Conn {
+    H1(http1::SendRequest<Full<Bytes>>),
+    /// HTTP/2 with prior knowledge (a port named `h2c`): one connection
+    /// carries every request to the instance.
+    H2(http2::SendRequest<Full<Bytes>>),
+}
 
 impl Conn {
     pub async fn send(
         &mut self,
         req: hyper::Request<Full<Bytes>>,
     ) -> hyper::Result<hyper::Response<hyper::body::Incoming>> {
-        self.0.ready().await?;
-        self.0.send_request(req).await
+        match self {
+            Self::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+            Self::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+        }
     }
 
-    /// Still open (a kept connection becomes ready for the next request
-    /// once its task has seen the last response end; `send` waits for
-    /// that).
+    /// Still open (a kept HTTP/1 connection becomes ready for the next
+    /// request once its task has seen the last response end; `send` waits
+    /// for that).
     fn usable(&self) -> bool {
-        !self.0.is_closed()
+        match self {
+            Self::H1(s) => !s.is_closed(),
+            Self::H2(s) => !s.is_closed(),
+        }
     }
 }
 
@@ -77,6 +93,8 @@ impl Conn {
 pub struct Instance {
     port: flint_linux::Port,
     listen: u16,
+    /// The server speaks HTTP/2 with prior knowledge.
+    h2c: bool,
     signals: Arc<AtomicU64>,
     /// How the program ended, once it has (set by its watcher thread).
     ended: Arc<Mutex<Option<String>>>,
@@ -121,8 +139,15 @@ impl Instance {
         {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             while let Some(c) = idle.pop() {
-                if c.usable() {
-                    return Ok(c);
+                match c {
+                    // Shared: it stays for the others.
+                    Conn::H2(ref s) if c.usable() => {
+                        let shared = Conn::H2(s.clone());
+                        idle.push(c);
+                        return Ok(shared);
+                    }
+                    c if c.usable() => return Ok(c),
+                    _ => {}
                 }
             }
         }
@@ -132,16 +157,26 @@ impl Instance {
             .map_err(std::io::Error::other)??;
         stream.set_nonblocking(true)?;
         let io = TokioIo::new(tokio::net::UnixStream::from_std(stream)?);
-        let (s, conn) = http1::handshake(io)
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let fail = |e: hyper::Error| std::io::Error::other(e.to_string());
+        if self.h2c {
+            let (s, conn) = http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(fail)?;
+            tokio::spawn(conn);
+            self.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Conn::H2(s.clone()));
+            return Ok(Conn::H2(s));
+        }
+        let (s, conn) = http1::handshake(io).await.map_err(fail)?;
         tokio::spawn(conn);
-        Ok(Conn(s))
+        Ok(Conn::H1(s))
     }
 
-    /// Keeps `conn` for a later request.
+    /// Keeps `conn` for a later request (an HTTP/2 one is kept already).
     pub fn give_back(&self, conn: Conn) {
-        if conn.usable() {
+        if matches!(conn, Conn::H1(_)) && conn.usable() {
             self.idle
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -227,6 +262,7 @@ impl Instances {
 pub fn start(
     f: &LinuxFunction,
     listen: u16,
+    h2c: bool,
     readiness: Option<&str>,
     service: &str,
     revision: &str,
@@ -276,6 +312,7 @@ pub fn start(
     let instance = Arc::new(Instance {
         port: container.port(),
         listen,
+        h2c,
         signals,
         ended: Arc::default(),
         active: AtomicUsize::new(0),
@@ -443,6 +480,7 @@ pub fn boot(rev: &Revision) -> Result<Arc<Instance>, StartError> {
     start(
         f,
         port.number,
+        port.h2c,
         rev.service.readiness_path.as_deref(),
         &rev.service.name,
         &rev.name,

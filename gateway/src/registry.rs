@@ -479,20 +479,16 @@ impl Registry {
             Image::Linux(image) => {
                 let f = linux_function(&image, dir, service, name)?;
                 let first = match service.port {
-                    Some(port) if port.h2c => {
-                        return Err(DeployError::ProgramMissing(
-                            name.to_string(),
-                            "a port named h2c (an HTTP/2 server) is not supported for Linux images yet; name it http1".into(),
-                        ))
-                    }
                     Some(port) => Some(
                         crate::instances::start(
                             &f,
                             port.number,
+                            port.h2c,
                             service.readiness_path.as_deref(),
                             &service.name,
                             name,
-                        ).map_err(|e| {
+                        )
+                        .map_err(|e| {
                             DeployError::ProgramMissing(name.to_string(), error_chain(&e))
                         })?,
                     ),

@@ -494,3 +494,55 @@ async fn replaced_and_deleted_revisions_stop_their_servers() {
     wait_for("no VM after the delete", 10, || vcpu_threads() == 0).await;
     gw.stop().await;
 }
+
+/// A Rust server on tokio and hyper: a port named `h2c` is spoken to over
+/// HTTP/2 with prior knowledge (several requests at once), an unnamed one
+/// over HTTP/1.1; an HTTP/1.1 client reaches either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_h2c_port_is_spoken_to_over_http2() {
+    let _one = SERIAL.lock().await;
+    let (_dir, tar) = image(&flint_examples::linux_path("rshyper"));
+    let gw = start(
+        &[
+            service(
+                "two",
+                &tar,
+                "",
+                "            - containerPort: 8080\n              name: h2c\n",
+                "",
+            ),
+            service("one", &tar, "", PORT_8080, ""),
+        ],
+        1 << 20,
+    )
+    .await;
+    let addr = gw.addr;
+    let all: Vec<_> = (0..4)
+        .map(|i| {
+            tokio::spawn(async move {
+                http(
+                    addr,
+                    "POST",
+                    "two.default.example.com",
+                    &format!("/r{i}"),
+                    b"data",
+                )
+                .await
+            })
+        })
+        .collect();
+    for (i, t) in all.into_iter().enumerate() {
+        let (code, head, body) = t.await.unwrap();
+        assert_eq!(code, 200, "{head}");
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            format!("POST /r{i} HTTP/2.0 data\n")
+        );
+    }
+    let (code, _, body) = http(addr, "GET", "one.default.example.com", "/x", b"").await;
+    assert_eq!(
+        (code, String::from_utf8_lossy(&body).as_ref()),
+        (200, "GET /x HTTP/1.1 \n")
+    );
+    gw.stop().await;
+}

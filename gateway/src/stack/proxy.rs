@@ -116,10 +116,11 @@ fn node(ip: IpAddr) -> String {
     }
 }
 
-/// The request the server gets: origin-form target, `Host` kept, hop-by-hop headers dropped, the gateway appended to
+/// The request the server gets: origin-form target (absolute over
+/// HTTP/2, whose `:authority` is the `Host`), `Host` kept, hop-by-hop headers dropped, the gateway appended to
 /// `Forwarded` and `X-Forwarded-For`, and `X-Forwarded-Host` and `-Proto`
 /// its own, as for a CGI function.
-fn upstream(req: Request<Bytes>) -> Result<Request<Full<Bytes>>, String> {
+fn upstream(req: Request<Bytes>, h2: bool) -> Result<Request<Full<Bytes>>, String> {
     let remote = req.extensions().get::<Remote>().map(|r| r.0.ip());
     let (parts, body) = req.into_parts();
     let host = parts
@@ -130,6 +131,11 @@ fn upstream(req: Request<Bytes>) -> Result<Request<Full<Bytes>>, String> {
         .or_else(|| parts.uri.authority().map(|a| a.to_string()))
         .unwrap_or_default();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = if h2 {
+        format!("http://{host}{target}")
+    } else {
+        target.to_string()
+    };
     let mut headers = end_to_end(&parts.headers);
     headers.remove("x-forwarded-host");
     headers.remove("x-forwarded-proto");
@@ -150,13 +156,19 @@ fn upstream(req: Request<Bytes>) -> Result<Request<Full<Bytes>>, String> {
     }
     add(h, "x-forwarded-host", host.clone());
     add(h, "x-forwarded-proto", "http".into());
-    if !h.contains_key(HOST) {
+    if h2 {
+        h.remove(HOST);
+    } else if !h.contains_key(HOST) {
         add(h, "host", host);
     }
     let mut b = Request::builder()
         .method(parts.method)
-        .uri(target)
-        .version(hyper::Version::HTTP_11);
+        .uri(uri)
+        .version(if h2 {
+            hyper::Version::HTTP_2
+        } else {
+            hyper::Version::HTTP_11
+        });
     if let Some(h) = b.headers_mut() {
         *h = headers;
     }
@@ -191,7 +203,8 @@ async fn forward(gw: &Arc<Gateway>, rev: &Arc<Revision>, req: Request<Bytes>) ->
         .requests
         .with_label_values(&[&rev.name, kind])
         .inc();
-    let upstream = match upstream(req) {
+    let h2 = rev.service.port.is_some_and(|p| p.h2c);
+    let upstream = match upstream(req, h2) {
         Ok(r) => r,
         Err(why) => return answer(StatusCode::BAD_REQUEST, why),
     };
@@ -355,7 +368,7 @@ mod tests {
             .unwrap();
         req.extensions_mut()
             .insert(Remote("[::1]:5000".parse().unwrap()));
-        let up = upstream(req).unwrap();
+        let up = upstream(req, false).unwrap();
         assert_eq!(up.uri(), "/p?q=1");
         let h = up.headers();
         assert_eq!(h["host"], "s.default.example.com");
@@ -367,15 +380,19 @@ mod tests {
             "for=\"[::1]\";host=\"s.default.example.com\";proto=http"
         );
         assert!(!h.contains_key("connection"));
-        // An HTTP/2 request's authority is the server's Host.
-        let h2 = upstream(
+        // An HTTP/2 client's authority is the HTTP/1.1 server's Host, and
+        // the other way round.
+        let req = || {
             Request::builder()
                 .uri("http://s.default.example.com/x")
                 .body(Bytes::new())
-                .unwrap(),
-        )
-        .unwrap();
-        assert_eq!(h2.uri(), "/x");
-        assert_eq!(h2.headers()["host"], "s.default.example.com");
+                .unwrap()
+        };
+        let h1 = upstream(req(), false).unwrap();
+        assert_eq!(h1.uri(), "/x");
+        assert_eq!(h1.headers()["host"], "s.default.example.com");
+        let h2 = upstream(req(), true).unwrap();
+        assert_eq!(h2.uri(), "http://s.default.example.com/x");
+        assert!(!h2.headers().contains_key("host"));
     }
 }

@@ -5,6 +5,7 @@
 # Prints a Markdown report. Needs wrk (apt-get install wrk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/wrk.sh
 command -v wrk >/dev/null || { echo "gateway.sh: needs wrk (apt-get install wrk)" >&2; exit 1; }
 cargo build --release -p flint -p flint-examples >&2
 (cd bench/peer && cargo build --release >&2)
@@ -29,19 +30,9 @@ gw=$!
 "$peer" examples/greet.wasm 127.0.0.1:$peer_port 2>"$work/peer.log" &
 pp=$!
 trap cleanup EXIT
-for p in $port $peer_port; do
-    for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
-done
+wait_port $port $peer_port
 sleep 2 # let the pools fill
 
-lat() { # wrk output -> p50 p99 rps timeouts non-2xx
-    awk '/^ +50%/{p50=$2} /^ +99%/{p99=$2} /Requests\/sec/{rps=$2} /Socket errors/{gsub(",","");to=$NF} /Non-2xx/{bad=$NF} END{print p50, p99, rps, to+0, bad+0}'
-}
-run_wrk() { # host url conns
-    local threads=2
-    [ "$3" -lt 2 ] && threads=1
-    wrk -t$threads -c"$3" -d10s --latency -H "Host: $1" "$2" 2>/dev/null | lat
-}
 echo "## Gateway: \`flint serve\` vs. hyper + wasmtime in-process (no VM), wrk on loopback, 10 s each"
 echo
 echo "| load | Flint p50 | Flint p99 | Flint req/s | peer p50 | peer p99 | peer req/s |"

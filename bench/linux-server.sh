@@ -7,6 +7,7 @@
 # Prints a Markdown report. Needs wrk and golang-go (scripts/deps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/wrk.sh
 command -v wrk >/dev/null || { echo "linux-server.sh: needs wrk (apt-get install wrk)" >&2; exit 1; }
 go=$(command -v go || echo /usr/lib/go-1.19/bin/go)
 [ -x "$go" ] || { echo "linux-server.sh: needs golang-go" >&2; exit 1; }
@@ -35,20 +36,10 @@ svc hello
 gw=$!
 PORT=$native_port "$work/server" >/dev/null 2>&1 &
 native=$!
-for p in $port $native_port; do
-    for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
-done
+wait_port $port $native_port
 # The instance the autoscaler starts once serving.
 for _ in $(seq 1 100); do curl -sf -o /dev/null -H "Host: hello.default.example.com" "http://127.0.0.1:$port/" && break; sleep 0.1; done
 
-lat() { # wrk output -> p50 p99 rps timeouts non-2xx
-    awk '/^ +50%/{p50=$2} /^ +99%/{p99=$2} /Requests\/sec/{rps=$2} /Socket errors/{gsub(",","");to=$NF} /Non-2xx/{bad=$NF} END{print p50, p99, rps, to+0, bad+0}'
-}
-run_wrk() { # host url conns
-    local threads=2
-    [ "$3" -lt 2 ] && threads=1
-    wrk -t$threads -c"$3" -d10s --latency -H "Host: $1" "$2" 2>/dev/null | lat
-}
 echo "## Linux servers: a Go net/http server under \`flint serve\` vs. the same binary as a host process, wrk on loopback, 10 s each"
 echo
 echo "| load | Flint p50 | Flint p99 | Flint req/s | host p50 | host p99 | host req/s | non-2xx (Flint) |"

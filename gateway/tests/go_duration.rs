@@ -3,32 +3,16 @@
 //! Flint's parser is compared with Go's own, run from a program built with
 //! Debian's golang-go (scripts/deps installs it), input by input.
 
+mod common;
+
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use flint_gateway::manifest::parse_duration;
 
 /// How Go reads each input: `Some(nanoseconds)` or `None` for an error.
 fn go_reads(inputs: &[&str]) -> Vec<Option<i128>> {
-    let go = ["/usr/lib/go-1.19/bin/go", "/usr/bin/go"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("go is missing: install Debian's golang-go (scripts/deps does)");
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let bin = target.join("go-duration");
-    let st = Command::new(go)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go"))
-        .args(["build", "-o"])
-        .arg(&bin)
-        .arg("./duration")
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", target.join("gocache"))
-        .env("GOPATH", target.join("gopath"))
-        .env("GOFLAGS", "-mod=mod")
-        .status()
-        .unwrap();
-    assert!(st.success(), "go build failed");
+    let bin = common::go_build("duration");
     let mut child = Command::new(&bin)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

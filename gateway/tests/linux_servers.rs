@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -18,31 +17,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// The Go server, built once per test binary run (static, `CGO_ENABLED=0`).
 fn go_server() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(build_go_server).clone()
-}
-
-fn build_go_server() -> PathBuf {
-    let go = ["/usr/lib/go-1.19/bin/go", "/usr/bin/go"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("go is missing: install Debian's golang-go (scripts/deps does)");
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let bin = target.join("go-server");
-    {
-        let st = Command::new(go)
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go"))
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg("./server")
-            .env("CGO_ENABLED", "0")
-            .env("GOCACHE", target.join("gocache"))
-            .env("GOPATH", target.join("gopath"))
-            .env("GOFLAGS", "-mod=mod")
-            .status()
-            .unwrap();
-        assert!(st.success(), "go build failed");
-    }
-    bin
+    BUILT.get_or_init(|| go_build("server")).clone()
 }
 
 /// An image holding `program` as `/srv/server` (its entrypoint) and

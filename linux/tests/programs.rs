@@ -333,21 +333,7 @@ fn go_net_http_serves_itself_as_natively() {
 #[test]
 fn a_server_in_the_vm_answers_the_host() {
     use std::io::{BufRead, BufReader, Read, Write};
-    let prog = go_program("goserve");
-    let (root, path) = program_root(&prog);
-    let out = tempfile::tempfile().unwrap();
-    let stdio = flint_linux::Stdio {
-        stdin: file_fd(&tempfile::tempfile().unwrap()),
-        stdout: file_fd(&out),
-        stderr: file_fd(&out),
-    };
-    let program = flint_linux::Program {
-        path: path.clone(),
-        argv: vec!["goserve".into()],
-        env: vec![("PORT".into(), "8080".into())],
-        workdir: "/".into(),
-    };
-    let container = flint_linux::start(&config(), root.path(), &program, Some(stdio)).unwrap();
+    let (_root, container) = goserve();
     let port = container.port();
     let wait = Duration::from_secs(5);
     // Until the program listens, connections are refused.
@@ -564,13 +550,9 @@ fn exec_runs_a_second_process_in_the_same_vm() {
     assert_eq!(s, "init saw from exec\n");
 }
 
-/// Many connections from the host, one after another, each answered: the
-/// request written at once or a moment after the server accepted it
-/// (edge-triggered epoll must report the data however it races with the
-/// server's own look at the socket; one in a hundred stalled before).
-#[test]
-fn every_host_connection_is_answered() {
-    use std::io::{Read, Write};
+/// `goserve` started on `$PORT` 8080, its output to a temporary file; the
+/// root lives as long as the guard.
+fn goserve() -> (tempfile::TempDir, flint_linux::Container) {
     let prog = go_program("goserve");
     let (root, path) = program_root(&prog);
     let out = tempfile::tempfile().unwrap();
@@ -586,6 +568,17 @@ fn every_host_connection_is_answered() {
         workdir: "/".into(),
     };
     let container = flint_linux::start(&config(), root.path(), &program, Some(stdio)).unwrap();
+    (root, container)
+}
+
+/// Many connections from the host, one after another, each answered: the
+/// request written at once or a moment after the server accepted it
+/// (edge-triggered epoll must report the data however it races with the
+/// server's own look at the socket; one in a hundred stalled before).
+#[test]
+fn every_host_connection_is_answered() {
+    use std::io::{Read, Write};
+    let (_root, container) = goserve();
     let port = container.port();
     let wait = Duration::from_secs(5);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -211,3 +211,28 @@ fn parse_labels(s: &str) -> Option<Vec<(String, String)>> {
         }
     }
 }
+
+/// Builds the Go program `tests/go/PACKAGE` (static, `CGO_ENABLED=0`,
+/// with Debian's golang-go) into the test target directory; its path.
+pub fn go_build(package: &str) -> PathBuf {
+    use std::path::Path;
+    let go = ["/usr/lib/go-1.19/bin/go", "/usr/bin/go"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("go is missing: install Debian's golang-go (scripts/deps does)");
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let bin = target.join(format!("go-{package}"));
+    let st = std::process::Command::new(go)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go"))
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(format!("./{package}"))
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", target.join("gocache"))
+        .env("GOPATH", target.join("gopath"))
+        .env("GOFLAGS", "-mod=mod")
+        .status()
+        .unwrap();
+    assert!(st.success(), "go build {package} failed");
+    bin
+}

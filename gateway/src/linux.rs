@@ -24,6 +24,9 @@ use crate::stream::{StderrLog, MAX_RESPONSE_BYTES};
 pub struct LinuxEnd {
     pub outcome: Result<flint_linux::Outcome, flint_linux::LinuxError>,
     pub stderr: StderrLog,
+    /// The program listened on this TCP port before it wrote anything:
+    /// a server, not a CGI program, so it was stopped.
+    pub listened: Option<u16>,
 }
 
 /// SIGKILL's bit in a container's pending-signal set.
@@ -101,6 +104,8 @@ pub fn run(
     // The readers end when every copy of the write ends is closed: the
     // container's, once it is gone (ours were moved into `stdio`).
     let abort_out = abort.clone();
+    let wrote = Arc::new(AtomicBool::new(false));
+    let wrote_out = wrote.clone();
     let stdout = std::thread::Builder::new()
         .name("flint-linux-stdout".into())
         .spawn(move || {
@@ -111,6 +116,7 @@ pub fn run(
                     Ok(0) => break,
                     Ok(n) => {
                         sent += n;
+                        wrote_out.store(true, Ordering::SeqCst);
                         if sent > MAX_RESPONSE_BYTES
                             || out.send(Bytes::copy_from_slice(&buf[..n])).is_err()
                         {
@@ -140,10 +146,18 @@ pub fn run(
             }
             log
         })?;
+    let mut listened = None;
     let outcome = match flint_linux::start(&config, &f.root, &program, Some(stdio)) {
         Ok(container) => {
+            let port = container.port();
             while !container.finished() {
-                if abort.load(Ordering::SeqCst) {
+                // A server waiting for connections would wait until the
+                // deadline: it is told apart now (CGI programs do not
+                // listen before they answer).
+                if listened.is_none() && !wrote.load(Ordering::SeqCst) {
+                    listened = port.listened().first().copied();
+                }
+                if abort.load(Ordering::SeqCst) || listened.is_some() {
                     signals.fetch_or(SIGKILL_BIT, Ordering::SeqCst);
                 }
                 std::thread::sleep(ABORT_POLL);
@@ -154,5 +168,9 @@ pub fn run(
     };
     let _ = stdout.join();
     let stderr = stderr.join().unwrap_or_default();
-    Ok(LinuxEnd { outcome, stderr })
+    Ok(LinuxEnd {
+        outcome,
+        stderr,
+        listened,
+    })
 }

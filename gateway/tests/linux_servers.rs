@@ -521,3 +521,36 @@ async fn an_h2c_port_is_spoken_to_over_http2() {
     );
     gw.stop().await;
 }
+
+/// A server deployed without a port is run as a CGI program, which it is
+/// not: it is stopped as soon as it listens, and the answer says what to
+/// declare (rather than waiting out `timeoutSeconds`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_without_a_declared_port_is_told_apart() {
+    let _one = SERIAL.lock().await;
+    let (_dir, tar) = image(&go_server());
+    let gw = start(
+        &[service(
+            "noport",
+            &tar,
+            "",
+            "",
+            "          command: [\"/bin/sh\", \"-c\", \"exec busybox httpd -f -p 8081\"]\n",
+        )],
+        1 << 20,
+    )
+    .await;
+    let t0 = std::time::Instant::now();
+    let (code, _, body) = http(gw.addr, "GET", "noport.default.example.com", "/", b"").await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(code, 502, "{body}");
+    assert!(
+        body.contains("listens on port 8081") && body.contains("containerPort: 8081"),
+        "{body}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "it waited for the timeout"
+    );
+    gw.stop().await;
+}

@@ -262,6 +262,16 @@ impl Port {
         }
     }
 
+    /// The TCP ports the container's programs have listened on so far, in
+    /// the order they first did.
+    pub fn listened(&self) -> Vec<u16> {
+        self.control
+            .listened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The container's processes now: (pid, command line).
     pub fn processes(&self) -> Vec<(i32, String)> {
         self.control

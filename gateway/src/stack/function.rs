@@ -183,7 +183,13 @@ impl Function {
                 (Some(f), _) => match crate::linux::run(&f, env, &stdin, whole, tx, &abort2) {
                     Ok(end) => {
                         log_stderr(&rev2.name, &request_id2, &end.stderr);
-                        Ended::of_linux(end.outcome)
+                        match end.listened {
+                            Some(port) => Ended::Failed(
+                                StatusCode::BAD_GATEWAY,
+                                format!("the program listens on port {port}, so it is a server, not a CGI program: declare the port in the container (ports: [{{containerPort: {port}}}]) to serve it as one"),
+                            ),
+                            None => Ended::of_linux(end.outcome),
+                        }
                     }
                     Err(e) => Ended::Failed(
                         StatusCode::INTERNAL_SERVER_ERROR,

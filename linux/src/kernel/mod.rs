@@ -80,6 +80,8 @@ pub struct Control {
     pub probe: std::sync::Mutex<Option<flint_executor::VmProbe>>,
     /// Connections from the host to a listening port (`Port::connect`).
     pub connects: std::sync::Mutex<Vec<ConnectRequest>>,
+    /// TCP ports a program of the container has listened on, in order.
+    pub listened: std::sync::Mutex<Vec<u16>>,
     /// A copy of the eventfd idle vCPUs sleep on, for waking them from
     /// outside.
     pub wake: std::sync::Mutex<Option<OwnedFd>>,

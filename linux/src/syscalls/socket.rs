@@ -411,6 +411,12 @@ pub fn listen(k: &mut Kernel, t: Pid, fd: u64, backlog: u64) -> SysResult {
             any(s.family, port)
         }
     };
+    if let Some(port) = addr.port() {
+        let mut seen = k.control.listened.lock().unwrap_or_else(|e| e.into_inner());
+        if !seen.contains(&port) {
+            seen.push(port);
+        }
+    }
     *s.state.borrow_mut() = SockState::Listening {
         addr,
         queue: Default::default(),

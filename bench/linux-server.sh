@@ -16,6 +16,7 @@ flint=target/release/flint
 port=18280; admin=18290; native_port=18285
 state=$(mktemp -d)
 work=$(mktemp -d)
+chmod 755 "$work" # the gateway reads images as the flint user
 cleanup() { kill -TERM ${gw:-} ${native:-} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$state" "$work"; }
 trap cleanup EXIT
 (cd gateway/tests/go && CGO_ENABLED=0 GOFLAGS=-mod=mod GOCACHE="$work/gocache" GOPATH="$work/gopath" "$go" build -o "$work/server" ./server) >&2

@@ -614,3 +614,33 @@ fn every_host_connection_is_answered() {
     write!(quit, "GET /quit HTTP/1.1\r\nHost: vm\r\n\r\n").unwrap();
     container.wait().unwrap();
 }
+
+/// An idle server sleeps: a Go server waiting for connections (its
+/// netpoller in epoll_wait, its other threads on futexes, its stdin a
+/// host file at end of file) leaves its vCPU idle. Before, a ready host fd
+/// the wait did not watch (that stdin) woke the vCPU at once, again and
+/// again: each vCPU of an idle Go or tokio server spun at about 90%.
+#[test]
+fn an_idle_server_leaves_its_vcpus_idle() {
+    let (_root, container) = goserve();
+    let port = container.port();
+    let wait = Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while port.connect(8080, wait).is_err() {
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let probe = port.probe().expect("the VM runs");
+    let (cpu0, t0) = (probe.cpu_ns(), std::time::Instant::now());
+    std::thread::sleep(Duration::from_secs(1));
+    let busy = (probe.cpu_ns() - cpu0) as f64 / t0.elapsed().as_nanos() as f64;
+    assert!(
+        busy < 0.2,
+        "vCPU 0 was busy {:.0}% of an idle second",
+        busy * 100.0
+    );
+    let mut quit = port.connect(8080, wait).unwrap();
+    std::io::Write::write_all(&mut quit, b"GET /quit HTTP/1.1\r\nHost: vm\r\n\r\n").unwrap();
+    container.wait().unwrap();
+}

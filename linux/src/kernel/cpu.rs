@@ -610,6 +610,12 @@ impl Kernel {
                 _ => {}
             }
         }
+        // Only host fds that are not ready yet can wake anyone: one ready
+        // now that its waiter still blocks on is not what it waits for
+        // (poll and epoll sets are not told apart here; a program's stdin
+        // at end of file would otherwise wake this vCPU at once, again and
+        // again, and an idle multi-threaded server spun both vCPUs).
+        fds.retain(|p| crate::syscalls::fd::host_events(p.fd, p.events) == 0);
         let timers = self
             .table
             .procs

@@ -51,20 +51,8 @@ for c in 1 8; do
     echo "| $c connection(s) | $fp50 | $fp99 | $frps | $np50 | $np99 | $nrps | $fbad |"
 done
 
-# Memory: the gateway's RSS with the one instance, and with four more
-# (initial-scale 4 on a second service).
 rss() { awk '/VmRSS/{printf "%.1f", $2/1024}' /proc/$gw/status; }
 before=$(rss)
-svc four 'autoscaling.knative.dev/initial-scale: "5"' 'autoscaling.knative.dev/min-scale: "5"'
-"$flint" apply --admin "unix:$state/admin.sock" "$work/four.yaml" >/dev/null
-for _ in $(seq 1 100); do
-    n=$(curl -s "http://127.0.0.1:$admin/metrics" | awk -F'[{} ]' '/^flint_instances\{revision_name="four-00001"/{s+=$NF} END{print s+0}')
-    [ "$n" -ge 5 ] && break; sleep 0.2
-done
-sleep 1
-after=$(rss)
-echo
-echo "Gateway RSS: $before MB with one instance, $after MB with six ($(echo "$before $after" | awk '{printf "%.1f", ($2-$1)/5}') MB per further instance)."
 
 # Scale from zero: a new revision at initial-scale 0 each time (its
 # readiness instance stopped); time to first byte of the first request.
@@ -80,6 +68,21 @@ for i in 1 2 3 4 5; do
 done
 med=$(printf '%s\n' "${ts[@]}" | sort -n | awk '{a[NR]=$1} END{printf "%.2f", a[int((NR+1)/2)]*1000}')
 echo "| Go net/http server | $med |"
+
+# Memory and idle CPU: the gateway's RSS and CPU time with the one
+# instance, and with five more (min-scale 5 on a second service), idle.
+svc four 'autoscaling.knative.dev/initial-scale: "5"' 'autoscaling.knative.dev/min-scale: "5"'
+"$flint" apply --admin "unix:$state/admin.sock" "$work/four.yaml" >/dev/null
+for _ in $(seq 1 100); do
+    n=$(curl -s "http://127.0.0.1:$admin/metrics" | awk -F'[{} ]' '/^flint_instances\{revision_name="four-00001"/{s+=$NF} END{print s+0}')
+    [ "$n" -ge 5 ] && break; sleep 0.2
+done
+sleep 1
+after=$(rss)
+cpu() { awk '{print $14+$15}' /proc/$gw/stat; }
+c0=$(cpu); sleep 5; c1=$(cpu)
+echo
+echo "Gateway RSS: $before MB with one instance (after the load above), $after MB with six ($(echo "$before $after" | awk '{printf "%.1f", ($2-$1)/5}') MB per further instance); CPU with six idle instances: $(( (c1-c0) * 100 / (5 * $(getconf CLK_TCK)) ))% of one core."
 
 m=$(curl -s "http://127.0.0.1:$admin/metrics")
 refused=$(echo "$m" | awk '/^flint_seccomp_refused_calls_total/{print $NF}')

@@ -35,6 +35,8 @@ const CONNECT_WAIT: Duration = Duration::from_secs(2);
 pub const MAX_LOG_BYTES: usize = 1 << 20;
 /// Longest line logged as one; longer ones are cut into pieces.
 const MAX_LINE: usize = 4096;
+/// Most idle connections kept per instance (a burst's extra ones close).
+const MAX_KEPT: usize = 32;
 /// SIGKILL's bit in a container's pending-signal set.
 const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
 
@@ -60,20 +62,28 @@ pub enum Conn {
     H2(http2::SendRequest<Full<Bytes>>),
 }
 
+/// A failed send: the error, and the request if it was not written (so it
+/// can go on another connection).
+pub type SendError = (hyper::Error, Option<hyper::Request<Full<Bytes>>>);
+
 impl Conn {
-    pub async fn send(
+    async fn send(
         &mut self,
         req: hyper::Request<Full<Bytes>>,
-    ) -> hyper::Result<hyper::Response<hyper::body::Incoming>> {
+    ) -> Result<hyper::Response<hyper::body::Incoming>, SendError> {
+        let back = |mut e: hyper::client::conn::TrySendError<_>| {
+            let req = e.take_message();
+            (e.into_error(), req)
+        };
         match self {
-            Self::H1(s) => {
-                s.ready().await?;
-                s.send_request(req).await
-            }
-            Self::H2(s) => {
-                s.ready().await?;
-                s.send_request(req).await
-            }
+            Self::H1(s) => match s.ready().await {
+                Ok(()) => s.try_send_request(req).await.map_err(back),
+                Err(e) => Err((e, Some(req))),
+            },
+            Self::H2(s) => match s.ready().await {
+                Ok(()) => s.try_send_request(req).await.map_err(back),
+                Err(e) => Err((e, Some(req))),
+            },
         }
     }
 
@@ -134,8 +144,38 @@ impl Instance {
         Active(self.clone())
     }
 
-    /// A connection to the server: a kept one, or a new one.
-    pub async fn connection(&self) -> std::io::Result<Conn> {
+    /// Sends `req` to the server on a kept connection, or a new one; a
+    /// kept one the server closed before the request was written (an idle
+    /// keep-alive it timed out, say) is replaced by a new one for it, as
+    /// hyper's own pooled client retries. The connection goes with the
+    /// response, to be given back once its body has ended.
+    pub async fn send(
+        &self,
+        req: hyper::Request<Full<Bytes>>,
+    ) -> Result<(Conn, hyper::Response<hyper::body::Incoming>), String> {
+        let failed = |e: &hyper::Error| crate::registry::error_chain(e);
+        if let Some(mut kept) = self.kept() {
+            match kept.send(req).await {
+                Ok(resp) => return Ok((kept, resp)),
+                Err((e, None)) => return Err(failed(&e)),
+                Err((_, Some(req))) => {
+                    let mut conn = self.connect().await.map_err(|e| e.to_string())?;
+                    return match conn.send(req).await {
+                        Ok(resp) => Ok((conn, resp)),
+                        Err((e, _)) => Err(failed(&e)),
+                    };
+                }
+            }
+        }
+        let mut conn = self.connect().await.map_err(|e| e.to_string())?;
+        match conn.send(req).await {
+            Ok(resp) => Ok((conn, resp)),
+            Err((e, _)) => Err(failed(&e)),
+        }
+    }
+
+    /// A kept connection still open, if there is one.
+    fn kept(&self) -> Option<Conn> {
         {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             while let Some(c) = idle.pop() {
@@ -144,13 +184,18 @@ impl Instance {
                     Conn::H2(ref s) if c.usable() => {
                         let shared = Conn::H2(s.clone());
                         idle.push(c);
-                        return Ok(shared);
+                        return Some(shared);
                     }
-                    c if c.usable() => return Ok(c),
+                    c if c.usable() => return Some(c),
                     _ => {}
                 }
             }
         }
+        None
+    }
+
+    /// A new connection to the server.
+    async fn connect(&self) -> std::io::Result<Conn> {
         let (port, number) = (self.port.clone(), self.listen);
         let stream = tokio::task::spawn_blocking(move || port.connect(number, CONNECT_WAIT))
             .await
@@ -174,13 +219,12 @@ impl Instance {
         Ok(Conn::H1(s))
     }
 
-    /// Keeps `conn` for a later request (an HTTP/2 one is kept already).
+    /// Keeps `conn` for a later request (an HTTP/2 one is kept already),
+    /// up to `MAX_KEPT` of them.
     pub fn give_back(&self, conn: Conn) {
-        if matches!(conn, Conn::H1(_)) && conn.usable() {
-            self.idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(conn);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(conn, Conn::H1(_)) && conn.usable() && idle.len() < MAX_KEPT {
+            idle.push(conn);
         }
     }
 }

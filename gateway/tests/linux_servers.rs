@@ -554,3 +554,36 @@ async fn a_server_without_a_declared_port_is_told_apart() {
     );
     gw.stop().await;
 }
+
+/// A server that closes idle keep-alive connections (Go's `IdleTimeout`,
+/// 200 ms here) costs no request: a kept connection it closed is not
+/// used again (or, closed as a request went out, the request goes on a new
+/// one), and connections in quick succession are still shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_closing_idle_connections_loses_no_request() {
+    let _one = SERIAL.lock().await;
+    let (_dir, tar) = image(&go_server());
+    let yaml = service("idle", &tar, "", PORT_8080, "").replace(
+        "              value: world\n",
+        "              value: world\n            - name: IDLE_TIMEOUT_MS\n              value: \"200\"\n",
+    );
+    let gw = start(&[yaml], 1 << 20).await;
+    let host = "idle.default.example.com";
+    let mut peers = Vec::new();
+    for pause in [0, 0, 400, 0, 190, 210, 400, 0] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let (code, head, body) = http(gw.addr, "GET", host, "/", b"").await;
+        assert_eq!(
+            code,
+            200,
+            "after {pause} ms: {head} {}",
+            String::from_utf8_lossy(&body)
+        );
+        peers.push((pause, header(&head, "x-remote").unwrap().to_string()));
+    }
+    // Back to back, one connection; after the server closed it, another.
+    assert_eq!(peers[0].1, peers[1].1, "{peers:?}");
+    assert_ne!(peers[1].1, peers[2].1, "{peers:?}");
+    assert_eq!(peers[2].1, peers[3].1, "{peers:?}");
+    gw.stop().await;
+}

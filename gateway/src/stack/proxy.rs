@@ -208,12 +208,7 @@ async fn forward(gw: &Arc<Gateway>, rev: &Arc<Revision>, req: Request<Bytes>) ->
         Ok(r) => r,
         Err(why) => return answer(StatusCode::BAD_REQUEST, why),
     };
-    let sent = tokio::time::timeout_at(deadline, async {
-        let mut conn = active.0.connection().await.map_err(|e| e.to_string())?;
-        let resp = conn.send(upstream).await.map_err(|e| error_chain(&e))?;
-        Ok::<_, String>((conn, resp))
-    })
-    .await;
+    let sent = tokio::time::timeout_at(deadline, async { active.0.send(upstream).await }).await;
     let (conn, resp) = match sent {
         Err(_) => {
             app_metrics(gw, rev, "504", started);

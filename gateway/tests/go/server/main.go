@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -78,7 +79,13 @@ func main() {
 	port := os.Getenv("PORT")
 	fmt.Println("listening on", port)
 	fmt.Fprintln(os.Stderr, "a line on stderr")
-	if err := http.ListenAndServe(":"+port, nil); err != nil {
+	srv := &http.Server{Addr: ":" + port}
+	// IDLE_TIMEOUT_MS: close keep-alive connections idle that long (as
+	// servers with a keep-alive timeout do).
+	if ms, err := strconv.Atoi(os.Getenv("IDLE_TIMEOUT_MS")); err == nil {
+		srv.IdleTimeout = time.Duration(ms) * time.Millisecond
+	}
+	if err := srv.ListenAndServe(); err != nil {
 		fmt.Println(err)
 		os.Exit(1)
 	}

@@ -114,6 +114,20 @@ fn serve_command(port: u16, metrics: u16, state: impl AsRef<std::path::Path>) ->
     cmd
 }
 
+/// A temporary directory the user `flint serve` becomes can read, for a
+/// test that must run as root (it says so otherwise).
+fn readable_dir_as_root() -> tempfile::TempDir {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test runs as root");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    dir
+}
+
 /// Waits until something listens on `port`.
 fn wait_listening(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -319,15 +333,8 @@ fn the_admin_api_on_tcp_needs_its_token() {
 /// with no capability left and no_new_privs set.
 #[test]
 fn serve_drops_to_an_unprivileged_user() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "this test runs as root");
     let (port, metrics) = (free_port(), free_port());
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let dir = readable_dir_as_root();
     let manifest = dir.path().join("hello.yaml");
     write_hello_manifest(&manifest);
     let mut server = serve_command(port, metrics, dir.path().join("state"))
@@ -595,15 +602,8 @@ fn relative_images_resolve_against_the_manifest_and_domain_names_the_hosts() {
 /// thread is filtered, no call is refused, and SIGTERM ends it cleanly.
 #[test]
 fn serve_runs_linux_servers_on_their_port_as_an_unprivileged_user() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "this test runs as root");
     let (port, metrics) = (free_port(), free_port());
-    let images = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        images.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let images = readable_dir_as_root();
     let root = tempfile::tempdir().unwrap();
     for d in ["bin", "www"] {
         std::fs::create_dir(root.path().join(d)).unwrap();

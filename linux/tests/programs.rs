@@ -571,6 +571,15 @@ fn goserve() -> (tempfile::TempDir, flint_linux::Container) {
     (root, container)
 }
 
+/// Waits until the container listens on port 8080.
+fn listening(port: &flint_linux::Port) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while port.connect(8080, Duration::from_secs(5)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Many connections from the host, one after another, each answered: the
 /// request written at once or a moment after the server accepted it
 /// (edge-triggered epoll must report the data however it races with the
@@ -581,11 +590,7 @@ fn every_host_connection_is_answered() {
     let (_root, container) = goserve();
     let port = container.port();
     let wait = Duration::from_secs(5);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while port.connect(8080, wait).is_err() {
-        assert!(std::time::Instant::now() < deadline, "never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    listening(&port);
     let mut stalled = Vec::new();
     for i in 0..400 {
         let mut c = port.connect(8080, wait).unwrap();
@@ -625,11 +630,7 @@ fn an_idle_server_leaves_its_vcpus_idle() {
     let (_root, container) = goserve();
     let port = container.port();
     let wait = Duration::from_secs(5);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while port.connect(8080, wait).is_err() {
-        assert!(std::time::Instant::now() < deadline, "never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    listening(&port);
     std::thread::sleep(Duration::from_millis(300));
     let probe = port.probe().expect("the VM runs");
     let (cpu0, t0) = (probe.cpu_ns(), std::time::Instant::now());

@@ -11,7 +11,8 @@
 //! request that finds none starts one and waits for it (scale from
 //! zero). The program's stdout and stderr are logged as data, line by
 //! line, up to `MAX_LOG_BYTES` per instance. An instance whose program
-//! exits is dropped; one dropped by the gateway has its VM killed.
+//! exits is dropped; one dropped by the gateway gets SIGTERM, as a pod's
+//! container does, and SIGKILL after `STOP_GRACE`.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -37,8 +38,13 @@ pub const MAX_LOG_BYTES: usize = 1 << 20;
 const MAX_LINE: usize = 4096;
 /// Most idle connections kept per instance (a burst's extra ones close).
 const MAX_KEPT: usize = 32;
-/// SIGKILL's bit in a container's pending-signal set.
+/// SIGKILL's and SIGTERM's bits in a container's pending-signal set.
 const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+const SIGTERM_BIT: u64 = 1 << (libc::SIGTERM - 1);
+/// How long a stopped instance's program has from SIGTERM to its end
+/// before SIGKILL (a pod's `terminationGracePeriodSeconds`, shorter: a
+/// scaled-down instance holds its memory until then).
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Why an instance did not start.
 #[derive(Debug, thiserror::Error)]
@@ -118,8 +124,26 @@ pub struct Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        // Nobody routes to it any more: its VM goes.
-        self.signals.fetch_or(SIGKILL_BIT, Ordering::SeqCst);
+        // Nobody routes to it any more: its program gets SIGTERM, as a
+        // pod's container does (it reaches process 1 if it handles it),
+        // and SIGKILL once the grace period is over.
+        self.signals.fetch_or(SIGTERM_BIT, Ordering::SeqCst);
+        let (signals, ended) = (self.signals.clone(), self.ended.clone());
+        let grace = std::thread::Builder::new()
+            .name("flint-server-stop".into())
+            .spawn(move || {
+                let until = Instant::now() + STOP_GRACE;
+                while Instant::now() < until {
+                    if ended.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                signals.fetch_or(SIGKILL_BIT, Ordering::SeqCst);
+            });
+        if grace.is_err() {
+            self.signals.fetch_or(SIGKILL_BIT, Ordering::SeqCst);
+        }
     }
 }
 

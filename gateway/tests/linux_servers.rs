@@ -434,7 +434,7 @@ async fn a_misbehaving_server_fails_only_its_request() {
 
 /// A new revision takes the traffic and the old one's idle server stops
 /// (a revision no route names keeps no instance); deleting the service
-/// stops the new one's.
+/// stops the new one's, with SIGTERM first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replaced_and_deleted_revisions_stop_their_servers() {
     let _one = SERIAL.lock().await;
@@ -466,6 +466,11 @@ async fn replaced_and_deleted_revisions_stop_their_servers() {
     assert_eq!(new.instances.counts().0 + new.instances.counts().1, 1);
     assert!(gw.gw.registry.delete("default", "up"));
     assert_eq!(new.instances.counts(), (0, 0));
+    // Stopped as a pod's container is: SIGTERM first (the server writes
+    // that it got it into its root, then exits).
+    let stopped = gw._state.path().join("default/up-00002/rootfs/tmp/stopped");
+    wait_for("the server's SIGTERM", 10, || stopped.exists()).await;
+    assert_eq!(std::fs::read_to_string(&stopped).unwrap(), "SIGTERM\n");
     wait_for("no VM after the delete", 10, || vcpu_threads() == 0).await;
     gw.stop().await;
 }

@@ -10,9 +10,11 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -76,6 +78,14 @@ func main() {
 	}
 	raw("/garbage", "NOT HTTP AT ALL\r\n\r\n")
 	raw("/cut", "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+	// SIGTERM (an instance stopped): say so in the root, then exit.
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	go func() {
+		<-term
+		os.WriteFile("/tmp/stopped", []byte("SIGTERM\n"), 0o644)
+		os.Exit(0)
+	}()
 	port := os.Getenv("PORT")
 	fmt.Println("listening on", port)
 	fmt.Fprintln(os.Stderr, "a line on stderr")

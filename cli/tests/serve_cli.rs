@@ -128,6 +128,27 @@ fn readable_dir_as_root() -> tempfile::TempDir {
     dir
 }
 
+/// Waits for the admin socket of a `flint serve` whose state is `state`;
+/// its `--admin` address.
+fn admin_socket(state: &std::path::Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !state.join("admin.sock").exists() {
+        assert!(Instant::now() < deadline, "no admin socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    format!("unix:{}", state.join("admin.sock").display())
+}
+
+/// The gateway whose metrics are on `metrics` refused no system call.
+fn assert_nothing_refused(metrics: u16) {
+    let (_, metrics_text) = get(metrics, "localhost", "/metrics");
+    let refused = metrics_text
+        .lines()
+        .find(|l| l.starts_with("flint_seccomp_refused_calls_total"))
+        .and_then(|l| l.split_whitespace().last());
+    assert_eq!(refused, Some("0"), "{metrics_text}");
+}
+
 /// Waits until something listens on `port`.
 fn wait_listening(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -474,12 +495,7 @@ fn every_thread_of_serve_is_under_its_seccomp_filter() {
         .map(Server)
         .unwrap();
     wait_listening(port);
-    let a = format!("unix:{}", state.join("admin.sock").display());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !state.join("admin.sock").exists() {
-        assert!(Instant::now() < deadline, "no admin socket");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let a = admin_socket(&state);
     for m in ["sh.yaml", "trap.yaml"] {
         let o = flint(
             &[
@@ -531,12 +547,7 @@ fn every_thread_of_serve_is_under_its_seccomp_filter() {
             text(&o.stderr)
         );
     }
-    let (_, metrics_text) = get(metrics, "localhost", "/metrics");
-    let refused = metrics_text
-        .lines()
-        .find(|l| l.starts_with("flint_seccomp_refused_calls_total"))
-        .and_then(|l| l.split_whitespace().last());
-    assert_eq!(refused, Some("0"), "{metrics_text}");
+    assert_nothing_refused(metrics);
     let modes = thread_modes(server.id());
     assert!(modes.len() > 2, "{modes:?}");
     for (name, mode) in &modes {
@@ -641,12 +652,7 @@ fn serve_runs_linux_servers_on_their_port_as_an_unprivileged_user() {
         .map(Server)
         .unwrap();
     wait_listening(port);
-    let a = format!("unix:{}", state.join("admin.sock").display());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !state.join("admin.sock").exists() {
-        assert!(Instant::now() < deadline, "no admin socket");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let a = admin_socket(&state);
     let o = flint(
         &[
             "apply",
@@ -675,12 +681,7 @@ fn serve_runs_linux_servers_on_their_port_as_an_unprivileged_user() {
     for (name, mode) in &modes {
         assert_eq!(mode, "2", "thread {name} is not filtered: {modes:?}");
     }
-    let (_, metrics_text) = get(metrics, "localhost", "/metrics");
-    let refused = metrics_text
-        .lines()
-        .find(|l| l.starts_with("flint_seccomp_refused_calls_total"))
-        .and_then(|l| l.split_whitespace().last());
-    assert_eq!(refused, Some("0"), "{metrics_text}");
+    assert_nothing_refused(metrics);
     let err = sigterm(&mut server);
     assert!(!err.contains("seccomp refused"), "{err}");
 }

@@ -185,12 +185,13 @@ async fn forward(gw: &Arc<Gateway>, rev: &Arc<Revision>, req: Request<Bytes>) ->
         app_metrics(gw, rev, code.as_str(), started);
         text(code, why)
     };
+    let timed_out = || {
+        app_metrics(gw, rev, "504", started);
+        timeout_response(first_byte)
+    };
     let place = tokio::time::timeout_at(deadline, crate::instances::place_for(gw, rev)).await;
     let (active, kind) = match place {
-        Err(_) => {
-            app_metrics(gw, rev, "504", started);
-            return timeout_response(first_byte);
-        }
+        Err(_) => return timed_out(),
         Ok(Err(e)) => {
             return answer(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -208,12 +209,9 @@ async fn forward(gw: &Arc<Gateway>, rev: &Arc<Revision>, req: Request<Bytes>) ->
         Ok(r) => r,
         Err(why) => return answer(StatusCode::BAD_REQUEST, why),
     };
-    let sent = tokio::time::timeout_at(deadline, async { active.0.send(upstream).await }).await;
+    let sent = tokio::time::timeout_at(deadline, active.0.send(upstream)).await;
     let (conn, resp) = match sent {
-        Err(_) => {
-            app_metrics(gw, rev, "504", started);
-            return timeout_response(first_byte);
-        }
+        Err(_) => return timed_out(),
         Ok(Err(why)) => {
             let why = match active.0.ended() {
                 Some(end) => format!("the server ended ({end})"),

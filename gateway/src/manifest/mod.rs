@@ -517,6 +517,13 @@ pub fn parse(yaml: &str) -> Result<Service, ManifestError> {
                 "must be a non-empty name without '='",
             ));
         }
+        // Knative sets these itself (serving's k8s_validation.go).
+        if ["PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"].contains(&e.name.as_str()) {
+            return Err(invalid(
+                &format!("{ep}.name"),
+                format!("{:?} is a reserved environment variable", e.name),
+            ));
+        }
         env.push((e.name, e.value.unwrap_or_default()));
     }
     let memory_mib = match &c.resources {
@@ -602,6 +609,14 @@ fn check_ports(ports: &[schema::Port], pp: &str) -> Result<Option<ContainerPort>
     for (i, port) in ports.iter().enumerate() {
         let pp = format!("{pp}[{i}]");
         match port.container_port {
+            // queue-proxy's and the profiling ports (Knative's
+            // reservedPorts): a revision Knative refuses is refused here.
+            Some(n @ (8008 | 8012 | 8013 | 8022 | 9090 | 9091)) => {
+                return Err(invalid(
+                    &format!("{pp}.containerPort"),
+                    format!("{n} is reserved by Knative"),
+                ))
+            }
             Some(1..=65535) | None => {}
             Some(n) => {
                 return Err(invalid(

@@ -24,6 +24,7 @@ use http_body_util::Full;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::linux::{SIGKILL_BIT, SIGTERM_BIT};
 use crate::registry::{LinuxFunction, Revision};
 use crate::server::Gateway;
 
@@ -38,9 +39,6 @@ pub const MAX_LOG_BYTES: usize = 1 << 20;
 const MAX_LINE: usize = 4096;
 /// Most idle connections kept per instance (a burst's extra ones close).
 const MAX_KEPT: usize = 32;
-/// SIGKILL's and SIGTERM's bits in a container's pending-signal set.
-const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
-const SIGTERM_BIT: u64 = 1 << (libc::SIGTERM - 1);
 /// How long a stopped instance's program has from SIGTERM to its end
 /// before SIGKILL (a pod's `terminationGracePeriodSeconds`, shorter: a
 /// scaled-down instance holds its memory until then).

@@ -29,8 +29,9 @@ pub struct LinuxEnd {
     pub listened: Option<u16>,
 }
 
-/// SIGKILL's bit in a container's pending-signal set.
-const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+/// SIGKILL's and SIGTERM's bits in a container's pending-signal set.
+pub(crate) const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+pub(crate) const SIGTERM_BIT: u64 = 1 << (libc::SIGTERM - 1);
 
 /// How often the run checks its abort flag.
 const ABORT_POLL: Duration = Duration::from_millis(10);

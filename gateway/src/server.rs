@@ -318,14 +318,16 @@ fn resize_slots(rev: &Revision, desired: u32) {
 }
 
 /// The autoscaler's loop: every tick, for every routed revision, sample its
-/// load, decide its scale (KPA), and restore or drop idle instances so
-/// that in-use plus idle matches it.
+/// load, decide its scale (KPA), and restore or drop idle VMs so that
+/// in-use plus idle matches it (a Linux server's instances: start or stop
+/// them, `instances::scale`).
 async fn autoscale(gw: Arc<Gateway>) {
     let mut tick = tokio::time::interval(crate::autoscaler::TICK);
     loop {
         tick.tick().await;
         let now = Instant::now();
-        for rev in gw.registry.routed_revisions() {
+        let routed = gw.registry.routed_revisions();
+        for rev in &routed {
             let inflight = rev.inflight.load(Ordering::SeqCst);
             // Requests count from their arrival, queued ones included, as
             // Knative's autoscaler sees them.
@@ -342,71 +344,71 @@ async fn autoscale(gw: Arc<Gateway>) {
                 kpa.tick(now, load)
             };
             rev.desired.store(desired, Ordering::SeqCst);
-            resize_slots(&rev, desired);
+            resize_slots(rev, desired);
+            let (idle, active) = if rev.is_server() {
+                crate::instances::scale(&gw, rev, desired as usize);
+                rev.instances.counts()
+            } else {
+                keep_pool(&gw, rev, desired as usize, inflight);
+                (rev.idle(), inflight)
+            };
             let m = &gw.metrics;
+            m.instances
+                .with_label_values(&[&rev.name, "idle"])
+                .set(idle as i64);
+            m.instances
+                .with_label_values(&[&rev.name, "active"])
+                .set(active as i64);
             m.desired_scale
                 .with_label_values(&[&rev.name])
                 .set(desired as i64);
-            if rev.is_server() {
-                crate::instances::scale(&gw, &rev, desired as usize);
-                let (idle, busy) = rev.instances.counts();
-                m.instances
-                    .with_label_values(&[&rev.name, "idle"])
-                    .set(idle as i64);
-                m.instances
-                    .with_label_values(&[&rev.name, "active"])
-                    .set(busy as i64);
-                continue;
-            }
-            let want_idle = (desired as usize).saturating_sub(inflight);
-            let idle = rev.idle();
-            let restoring = rev.restoring.load(Ordering::SeqCst);
-            if idle > want_idle {
-                let mut pool = rev.pool.lock().unwrap_or_else(|e| e.into_inner());
-                let keep = pool.len().min(want_idle);
-                pool.truncate(keep);
-            } else {
-                for _ in idle + restoring..want_idle {
-                    rev.restoring.fetch_add(1, Ordering::SeqCst);
-                    let r = rev.clone();
-                    let metrics = gw.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let Some(snapshot) = &r.snapshot else {
-                            r.restoring.fetch_sub(1, Ordering::SeqCst);
-                            return;
-                        };
-                        let t0 = Instant::now();
-                        let restored = snapshot.restore();
-                        // Restores for the pool are restores too.
-                        metrics
-                            .metrics
-                            .restore_latencies
-                            .with_label_values(&[&r.name])
-                            .observe(Metrics::ms(t0.elapsed()));
-                        match restored {
-                            Ok(vm) => r.pool.lock().unwrap_or_else(|e| e.into_inner()).push(vm),
-                            Err(e) => {
-                                tracing::warn!(revision = %r.name, "pre-restoring an instance failed: {e}")
-                            }
-                        }
-                        r.restoring.fetch_sub(1, Ordering::SeqCst);
-                    });
-                }
-            }
-            m.instances
-                .with_label_values(&[&rev.name, "idle"])
-                .set(rev.idle() as i64);
-            m.instances
-                .with_label_values(&[&rev.name, "active"])
-                .set(inflight as i64);
         }
         // A revision no route names any more (replaced, or its traffic
         // moved) keeps no idle servers.
-        let routed = gw.registry.routed_revisions();
         for rev in gw.registry.revisions() {
             if rev.is_server() && !routed.iter().any(|r| Arc::ptr_eq(r, &rev)) {
                 crate::instances::scale(&gw, &rev, 0);
             }
         }
+    }
+}
+
+/// Restores or drops a module revision's idle VMs so that in-use plus
+/// idle matches `desired`.
+fn keep_pool(gw: &Arc<Gateway>, rev: &Arc<Revision>, desired: usize, inflight: usize) {
+    let want_idle = desired.saturating_sub(inflight);
+    let idle = rev.idle();
+    let restoring = rev.restoring.load(Ordering::SeqCst);
+    if idle > want_idle {
+        let mut pool = rev.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let keep = pool.len().min(want_idle);
+        pool.truncate(keep);
+        return;
+    }
+    for _ in idle + restoring..want_idle {
+        rev.restoring.fetch_add(1, Ordering::SeqCst);
+        let r = rev.clone();
+        let metrics = gw.clone();
+        tokio::task::spawn_blocking(move || {
+            let Some(snapshot) = &r.snapshot else {
+                r.restoring.fetch_sub(1, Ordering::SeqCst);
+                return;
+            };
+            let t0 = Instant::now();
+            let restored = snapshot.restore();
+            // Restores for the pool are restores too.
+            metrics
+                .metrics
+                .restore_latencies
+                .with_label_values(&[&r.name])
+                .observe(Metrics::ms(t0.elapsed()));
+            match restored {
+                Ok(vm) => r.pool.lock().unwrap_or_else(|e| e.into_inner()).push(vm),
+                Err(e) => {
+                    tracing::warn!(revision = %r.name, "pre-restoring an instance failed: {e}")
+                }
+            }
+            r.restoring.fetch_sub(1, Ordering::SeqCst);
+        });
     }
 }

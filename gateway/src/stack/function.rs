@@ -172,7 +172,7 @@ impl Function {
         let whole =
             Duration::from_secs(crate::manifest::MAX_REVISION_TIMEOUT_SECONDS).max(first_byte);
         let started = Instant::now();
-        let inflight = self.begin(rev);
+        let inflight = begin(rev);
         let (slot, warm) = self.run_slot(rev).await;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
         let abort = Arc::new(AtomicBool::new(false));
@@ -255,7 +255,7 @@ impl Function {
                     abort.store(true, Ordering::SeqCst);
                     let _ = job.await;
                     drop(inflight);
-                    self.app_metrics(rev, "504", started);
+                    app_metrics(&self.gw, rev, "504", started);
                     return timeout_response(first_byte);
                 }
             }
@@ -266,7 +266,7 @@ impl Function {
                 abort.store(true, Ordering::SeqCst);
                 let _ = job.await;
                 drop(inflight);
-                self.app_metrics(rev, "502", started);
+                app_metrics(&self.gw, rev, "502", started);
                 return text(StatusCode::BAD_GATEWAY, e.to_string());
             }
             None => {
@@ -287,13 +287,13 @@ impl Function {
                         )
                     }
                 };
-                self.app_metrics(rev, resp.status().as_str(), started);
+                app_metrics(&self.gw, rev, resp.status().as_str(), started);
                 return resp;
             }
         };
         // Headers are out: the rest streams; how the run ends decides
         // whether the body ends cleanly.
-        self.app_metrics(rev, &r.status.to_string(), started);
+        app_metrics(&self.gw, rev, &r.status.to_string(), started);
         let this = self.clone();
         let rev3 = rev.clone();
         let ending = tokio::spawn(async move {
@@ -340,10 +340,6 @@ impl Function {
         }
     }
 
-    fn begin(&self, rev: &Arc<Revision>) -> InFlight {
-        begin(rev)
-    }
-
     /// Waits for one of the node's run slots (`Policy::max_running`), first
     /// come first served, then takes a pre-restored VM if the pool has
     /// one. Bounding the VMs that run at once keeps an overload from
@@ -374,10 +370,6 @@ impl Function {
             .with_label_values(&[&rev.name, start_kind])
             .inc();
         (slot, warm)
-    }
-
-    fn app_metrics(&self, rev: &Arc<Revision>, code: &str, started: Instant) {
-        app_metrics(&self.gw, rev, code, started)
     }
 }
 

@@ -615,7 +615,12 @@ impl Kernel {
         // (poll and epoll sets are not told apart here; a program's stdin
         // at end of file would otherwise wake this vCPU at once, again and
         // again, and an idle multi-threaded server spun both vCPUs).
-        fds.retain(|p| crate::syscalls::fd::host_events(p.fd, p.events) == 0);
+        if !fds.is_empty() {
+            // SAFETY: `fds` is a valid array of pollfd of its length; a
+            // zero timeout only reports.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+            fds.retain(|p| p.revents == 0);
+        }
         let timers = self
             .table
             .procs

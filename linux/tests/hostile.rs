@@ -134,6 +134,19 @@ fn memory_of_exited_processes_comes_back() {
 /// sockets together hold at most 64 MiB (Linux's per-user soft limit):
 /// four processes filling pipes (natively, as root, they hold gigabytes)
 /// stop at it, and the program still ends cleanly.
+/// Epoll sets in each other: a loop and chains past Linux's nesting
+/// limit are refused with ELOOP, as natively (a loop was accepted, and a
+/// wait on it never returned: the VM spun until its time limit), and the
+/// sets that were made answer.
+#[test]
+fn epoll_loops_and_deep_chains_are_refused_as_natively() {
+    let native = native_run(&flint_examples::linux_path("rsfault"), &["epolls"]);
+    assert!(native.contains("b in a: 40"), "{native}");
+    let r = fault("epolls", &config());
+    assert_eq!(r.code(), 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout, native);
+}
+
 #[test]
 fn a_vms_pipes_hold_a_bounded_total() {
     let r = fault("pipes", &config());

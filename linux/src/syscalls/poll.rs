@@ -45,6 +45,7 @@ fn ready(f: &OpenFile, events: i16) -> i16 {
             }
         }
         Kind::Epoll(list) => {
+            // Nested sets are at most `MAX_CHAIN` deep (`nests_too_deep`).
             let any = list.borrow().iter().any(|e| {
                 e.file
                     .upgrade()
@@ -253,6 +254,9 @@ pub fn epoll_ctl(k: &mut Kernel, t: Pid, epfd: u64, op: u64, fd: u64, event: u64
     } else {
         (0, 0)
     };
+    if op == EPOLL_CTL_ADD && nests_too_deep(k, &ep, &target) {
+        return err(libc::ELOOP);
+    }
     let mut list = list.borrow_mut();
     let pos = list.iter().position(|e| {
         e.fd == fd as i64
@@ -289,6 +293,87 @@ pub fn epoll_ctl(k: &mut Kernel, t: Pid, epfd: u64, op: u64, fd: u64, event: u64
         (EPOLL_CTL_MOD | EPOLL_CTL_DEL, None) => err(libc::ENOENT),
         _ => err(EINVAL),
     }
+}
+
+/// Epoll sets in a chain at most (Linux's `EP_MAX_NESTS` of 4 below the
+/// top one).
+const MAX_CHAIN: usize = 5;
+
+/// The epoll sets `f` watches (none if it is not one).
+fn nested(f: &OpenFile) -> Vec<std::rc::Rc<OpenFile>> {
+    match &f.kind {
+        Kind::Epoll(list) => list
+            .borrow()
+            .iter()
+            .filter_map(|e| e.file.upgrade())
+            .filter(|f| matches!(f.kind, Kind::Epoll(_)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The longest chain of epoll sets from `f` down, `f` included (at most
+/// `MAX_CHAIN + 1`: the walk stops there).
+fn height(f: &OpenFile, depth: usize) -> usize {
+    if depth > MAX_CHAIN {
+        return 0;
+    }
+    1 + nested(f)
+        .iter()
+        .map(|c| height(c, depth + 1))
+        .max()
+        .unwrap_or(0)
+}
+
+/// True when `target` reaches `ep` within `MAX_CHAIN` levels.
+fn reaches(target: &OpenFile, ep: &OpenFile, depth: usize) -> bool {
+    depth <= MAX_CHAIN
+        && nested(target)
+            .iter()
+            .any(|c| std::ptr::eq(&**c, ep) || reaches(c, ep, depth + 1))
+}
+
+/// `epoll_ctl(ep, ADD, target)` as Linux's `ep_loop_check` judges it
+/// (ELOOP): `target` an epoll set that reaches `ep` (a loop), or a chain
+/// through the two longer than `MAX_CHAIN` sets, counting the sets above
+/// `ep` (any process's) and below `target`. Keeps every walk over nested
+/// sets (readiness, the template copy) bounded.
+fn nests_too_deep(k: &Kernel, ep: &std::rc::Rc<OpenFile>, target: &OpenFile) -> bool {
+    if !matches!(target.kind, Kind::Epoll(_)) {
+        return false;
+    }
+    if reaches(target, ep, 0) {
+        return true;
+    }
+    // Who watches whom, over every epoll set of the VM.
+    let mut parents: Vec<(*const OpenFile, *const OpenFile)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for p in k.table.procs.values() {
+        for slot in p.fds.borrow().fds.iter().flatten() {
+            let f = &slot.0;
+            if seen.insert(std::rc::Rc::as_ptr(f)) {
+                for c in nested(f) {
+                    parents.push((std::rc::Rc::as_ptr(&c), std::rc::Rc::as_ptr(f)));
+                }
+            }
+        }
+    }
+    fn above(
+        x: *const OpenFile,
+        parents: &[(*const OpenFile, *const OpenFile)],
+        d: usize,
+    ) -> usize {
+        if d > MAX_CHAIN {
+            return 0;
+        }
+        1 + parents
+            .iter()
+            .filter(|(c, _)| *c == x)
+            .map(|(_, p)| above(*p, parents, d + 1))
+            .max()
+            .unwrap_or(0)
+    }
+    above(std::rc::Rc::as_ptr(ep), &parents, 0) + height(target, 0) > MAX_CHAIN
 }
 
 pub fn epoll_wait(

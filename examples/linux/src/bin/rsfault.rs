@@ -10,7 +10,9 @@
 //! exits, and exit without reaping it (their memory must come back);
 //! `pipes` has 4 children each fill pipes until no write fits (its
 //! descriptors run out, or a fresh pipe takes nothing) and prints the
-//! bytes they hold together.
+//! bytes they hold together; `epolls` puts epoll sets in each other, in
+//! a loop and in chains built top down and bottom up, and prints which
+//! additions were refused (ELOOP) before waiting on them.
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
     match mode.as_str() {
@@ -250,6 +252,7 @@ fn main() {
                 keep.push(v);
             }
         }
+        "epolls" => epolls(),
         "spin" => loop {
             std::hint::spin_loop();
         },
@@ -285,5 +288,51 @@ fn fill_pipes() -> u64 {
             return held;
         }
         held += this;
+    }
+}
+
+/// `epoll_ctl(ep, EPOLL_CTL_ADD, fd)` for input: 0 or the errno.
+fn epoll_add(ep: i32, fd: i32) -> i32 {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: fd as u64,
+    };
+    // SAFETY: `ev` is a valid event for the call to read.
+    if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
+}
+
+fn epolls() {
+    // SAFETY: epoll_create1 has no memory preconditions.
+    let new = || unsafe { libc::epoll_create1(0) };
+    let (a, b) = (new(), new());
+    println!("a in b: {}", epoll_add(b, a));
+    println!("b in a: {}", epoll_add(a, b));
+    let down: Vec<i32> = (0..8).map(|_| new()).collect();
+    for i in 0..7 {
+        println!("top down {i}: {}", epoll_add(down[i], down[i + 1]));
+    }
+    let up: Vec<i32> = (0..8).map(|_| new()).collect();
+    for i in (0..7).rev() {
+        println!("bottom up {i}: {}", epoll_add(up[i], up[i + 1]));
+    }
+    // SAFETY: an eventfd made ready, at the bottom of both chains.
+    let efd = unsafe { libc::eventfd(1, 0) };
+    println!("event in down[7]: {}", epoll_add(down[7], efd));
+    println!("event in up[7]: {}", epoll_add(up[7], efd));
+    for (name, ep) in [
+        ("a", a),
+        ("down[0]", down[0]),
+        ("down[5]", down[5]),
+        ("up[0]", up[0]),
+        ("up[3]", up[3]),
+    ] {
+        let mut ev = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: room for 4 events.
+        let n = unsafe { libc::epoll_wait(ep, ev.as_mut_ptr(), 4, 0) };
+        println!("{name} ready: {n}");
     }
 }

@@ -56,18 +56,34 @@ before=$(rss)
 
 # Scale from zero: a new revision at initial-scale 0 each time (its
 # readiness instance stopped); time to first byte of the first request.
+# Cold: the program runs from its start; from its template
+# (`flint.dev/snapshot: "true"`): the readiness instance was frozen and
+# the new one is thawed from it.
 echo
 echo "| scale from zero, time to first byte (median of 5) | ms |"
 echo "|---|---|"
-ts=()
-for i in 1 2 3 4 5; do
-    svc "z$i" 'autoscaling.knative.dev/initial-scale: "0"'
-    "$flint" apply --admin "unix:$state/admin.sock" "$work/z$i.yaml" >/dev/null
-    t=$(curl -s -o /dev/null -w '%{time_starttransfer}' -H "Host: z$i.default.example.com" "http://127.0.0.1:$port/")
-    ts+=("$t")
-done
-med=$(printf '%s\n' "${ts[@]}" | sort -n | awk '{a[NR]=$1} END{printf "%.2f", a[int((NR+1)/2)]*1000}')
-echo "| Go net/http server | $med |"
+from_zero() { # prefix label annotations...
+    local prefix=$1 label=$2; shift 2
+    local ts=()
+    for i in 1 2 3 4 5; do
+        svc "$prefix$i" 'autoscaling.knative.dev/initial-scale: "0"' "$@"
+        "$flint" apply --admin "unix:$state/admin.sock" "$work/$prefix$i.yaml" >/dev/null
+        ts+=("$(curl -s -o /dev/null -w '%{time_starttransfer}' -H "Host: $prefix$i.default.example.com" "http://127.0.0.1:$port/")")
+    done
+    echo "| $label | $(printf '%s\n' "${ts[@]}" | sort -n | awk '{a[NR]=$1} END{printf "%.2f", a[int((NR+1)/2)]*1000}') |"
+}
+from_zero z "Go net/http server, cold"
+from_zero t "Go net/http server, from its template" 'flint.dev/snapshot: "true"'
+
+# A fresh VM for every request (`flint.dev/isolation: request`), each
+# thawed from the template: one connection, 10 s.
+svc iso 'flint.dev/isolation: request' 'flint.dev/snapshot: "true"'
+"$flint" apply --admin "unix:$state/admin.sock" "$work/iso.yaml" >/dev/null
+read -r ip50 ip99 irps _ ibad < <(run_wrk iso.default.example.com "http://127.0.0.1:$port/" 1)
+echo
+echo "| a VM thawed per request (isolation: request), 1 connection | p50 | p99 | req/s | non-2xx |"
+echo "|---|---|---|---|---|"
+echo "| Go net/http server | $ip50 | $ip99 | $irps | $ibad |"
 
 # Memory and idle CPU: the gateway's RSS and CPU time with the one
 # instance, and with five more (min-scale 5 on a second service), idle.

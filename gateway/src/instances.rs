@@ -251,10 +251,31 @@ impl Instance {
     }
 }
 
+/// A revision's template: its first ready instance, frozen, that later
+/// instances are thawed from (`flint_linux::Port::freeze`).
+#[derive(Debug, Default)]
+enum Template {
+    /// Not made yet, after this many tries that found the server busy.
+    #[default]
+    None,
+    Tried(u32),
+    Making,
+    Ready(Arc<flint_linux::Template>),
+    /// The revision's server cannot be frozen: every instance starts
+    /// cold.
+    Off,
+}
+
+/// How long a freeze waits for the server to close the readiness
+/// probe's connection, and how many cold starts try.
+const FREEZE_PATIENCE: Duration = Duration::from_millis(500);
+const FREEZE_TRIES: u32 = 3;
+
 /// A revision's running instances.
 #[derive(Debug, Default)]
 pub struct Instances {
     list: Mutex<Vec<Arc<Instance>>>,
+    template: Mutex<Template>,
     /// Starts under way.
     starting: AtomicUsize,
     /// Held by a request starting an instance because none could take it:
@@ -284,6 +305,55 @@ impl Instances {
             .iter()
             .min_by_key(|i| i.active.load(Ordering::SeqCst))?;
         (cc == 0 || best.active.load(Ordering::SeqCst) < cc as usize).then(|| best.claim())
+    }
+
+    /// The template to thaw from, if there is one.
+    fn template(&self) -> Option<Arc<flint_linux::Template>> {
+        match &*self.template.lock().unwrap_or_else(|e| e.into_inner()) {
+            Template::Ready(t) => Some(t.clone()),
+            _ => None,
+        }
+    }
+
+    /// Freezes `i`, a cold-started ready instance, into the revision's
+    /// template if it has none yet (blocking; `i` pauses while it is
+    /// copied). The server may still hold the readiness probe's
+    /// connection: the freeze is tried again until `FREEZE_PATIENCE`.
+    pub fn make_template(&self, i: &Instance, revision: &str) {
+        let tries = {
+            let mut t = self.template.lock().unwrap_or_else(|e| e.into_inner());
+            let tries = match *t {
+                Template::None => 0,
+                Template::Tried(n) => n,
+                _ => return,
+            };
+            *t = Template::Making;
+            tries
+        };
+        let until = Instant::now() + FREEZE_PATIENCE;
+        let next = loop {
+            match i.port.freeze(CONNECT_WAIT) {
+                Ok(frozen) => {
+                    tracing::info!(
+                        revision = %revision,
+                        bytes = frozen.memory_bytes(),
+                        "server template made: later instances start from it"
+                    );
+                    break Template::Ready(Arc::new(frozen));
+                }
+                Err(flint_linux::LinuxError::FreezeBusy(_)) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(flint_linux::LinuxError::FreezeBusy(_)) if tries + 1 < FREEZE_TRIES => {
+                    break Template::Tried(tries + 1);
+                }
+                Err(e) => {
+                    tracing::info!(revision = %revision, "no server template, instances start cold: {}", crate::registry::error_chain(&e));
+                    break Template::Off;
+                }
+            }
+        };
+        *self.template.lock().unwrap_or_else(|e| e.into_inner()) = next;
     }
 
     pub fn add(&self, i: Arc<Instance>) {
@@ -350,6 +420,62 @@ pub fn start(
         env,
         workdir: f.workdir.clone(),
     };
+    let instance = launch(f, listen, h2c, revision, |config, stdio| {
+        flint_linux::start(config, &f.root, &program, Some(stdio))
+    })?;
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Some(why) = instance.ended() {
+            return Err(StartError::Exited(why, listen));
+        }
+        // Knative's default readiness probe: a TCP connection accepted.
+        if let Ok(probe) = instance.port.connect(listen, CONNECT_WAIT) {
+            match readiness {
+                None => return Ok(instance),
+                Some(path) if http_ready(probe, path) => return Ok(instance),
+                Some(_) => {}
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(StartError::Timeout(listen, STARTUP_LIMIT.as_secs()));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Starts an instance from `template`, a frozen ready instance of the
+/// same revision (blocking): it listens already, so it is ready as soon
+/// as it runs.
+pub fn thaw(
+    f: &LinuxFunction,
+    listen: u16,
+    h2c: bool,
+    revision: &str,
+    template: &Arc<flint_linux::Template>,
+) -> Result<Arc<Instance>, StartError> {
+    let instance = launch(f, listen, h2c, revision, |config, stdio| {
+        flint_linux::thaw(config, template, Some(stdio))
+    })?;
+    match instance.ended() {
+        Some(why) => Err(StartError::Exited(why, listen)),
+        None => Ok(instance),
+    }
+}
+
+/// The VM of a new instance, made by `make` with the instance's limits
+/// and streams (stdout and stderr logged), and its watcher.
+fn launch(
+    f: &LinuxFunction,
+    listen: u16,
+    h2c: bool,
+    revision: &str,
+    make: impl FnOnce(
+        &flint_linux::Config,
+        flint_linux::Stdio,
+    ) -> Result<flint_linux::Container, flint_linux::LinuxError>,
+) -> Result<Arc<Instance>, StartError> {
     let (out_r, out_w) = crate::linux::pipe().map_err(StartError::Stdio)?;
     let (err_r, err_w) = crate::linux::pipe().map_err(StartError::Stdio)?;
     let stdio = flint_linux::Stdio {
@@ -373,8 +499,7 @@ pub fn start(
         signals: Some(signals.clone()),
         ..flint_linux::Config::default()
     };
-    let container =
-        flint_linux::start(&config, &f.root, &program, Some(stdio)).map_err(StartError::Linux)?;
+    let container = make(&config, stdio).map_err(StartError::Linux)?;
     let instance = Arc::new(Instance {
         port: container.port(),
         listen,
@@ -404,26 +529,7 @@ pub fn start(
         })
         .map_err(StartError::Stdio)?;
     *instance.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
-    let deadline = Instant::now() + STARTUP_LIMIT;
-    let mut pause = Duration::from_millis(2);
-    loop {
-        if let Some(why) = instance.ended() {
-            return Err(StartError::Exited(why, listen));
-        }
-        // Knative's default readiness probe: a TCP connection accepted.
-        if let Ok(probe) = instance.port.connect(listen, CONNECT_WAIT) {
-            match readiness {
-                None => return Ok(instance),
-                Some(path) if http_ready(probe, path) => return Ok(instance),
-                Some(_) => {}
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(StartError::Timeout(listen, STARTUP_LIMIT.as_secs()));
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
-    }
+    Ok(instance)
 }
 
 /// True when a GET of `path` over `conn` answers 200 to 399 within
@@ -524,33 +630,52 @@ async fn start_for(
         let rev = &starting.0;
         let started = Instant::now();
         let r = boot(rev);
-        if let Ok(i) = &r {
+        if let Ok((i, from)) = &r {
             gw.metrics
                 .start_latencies
                 .with_label_values(&[&rev.name])
                 .observe(crate::metrics::Metrics::ms(started.elapsed()));
+            gw.metrics
+                .server_starts
+                .with_label_values(&[rev.name.as_str(), from])
+                .inc();
             if keep {
                 rev.instances.add(i.clone());
             }
         }
-        r
+        r.map(|(i, _)| i)
     })
     .await;
     r.unwrap_or_else(|e| Err(StartError::Stdio(std::io::Error::other(e))))
 }
 
-/// Boots an instance of a server revision (blocking).
-pub fn boot(rev: &Revision) -> Result<Arc<Instance>, StartError> {
+/// Boots an instance of a server revision (blocking): from the
+/// revision's template if it has one, else cold, and then, under
+/// `flint.dev/snapshot: "true"`, the first ready cold instance becomes
+/// the template. Returns how it started: `template` or `cold`.
+pub fn boot(rev: &Revision) -> Result<(Arc<Instance>, &'static str), StartError> {
     let f = rev.linux.as_ref().expect("a Linux revision");
     let port = rev.service.port.expect("a server revision");
-    start(
+    if let Some(t) = rev.instances.template() {
+        match thaw(f, port.number, port.h2c, &rev.name, &t) {
+            Ok(i) => return Ok((i, "template")),
+            Err(e) => {
+                tracing::warn!(revision = %rev.name, "thawing the server's template failed, starting cold: {}", crate::registry::error_chain(&e))
+            }
+        }
+    }
+    let i = start(
         f,
         port.number,
         port.h2c,
         rev.service.readiness_path.as_deref(),
         &rev.service.name,
         &rev.name,
-    )
+    )?;
+    if rev.service.snapshot {
+        rev.instances.make_template(&i, &rev.name);
+    }
+    Ok((i, "cold"))
 }
 
 /// A place on an instance of `rev` for one request, and whether one was

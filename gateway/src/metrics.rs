@@ -53,6 +53,10 @@ pub struct Metrics {
     /// `flint_start_latencies`: starting a Linux server instance until it
     /// listens on its port (ms).
     pub start_latencies: HistogramVec,
+    /// `flint_server_starts_total`: Linux server instances started, by
+    /// `from`: `template` (thawed from the revision's frozen first
+    /// instance) or `cold` (the program run from its start).
+    pub server_starts: IntCounterVec,
     /// `flint_requests_total`: requests by whether a pooled VM was ready
     /// (`start` = `warm`) or one was restored for them (`cold`).
     pub requests: IntCounterVec,
@@ -161,6 +165,12 @@ impl Default for Metrics {
                 "flint_start_latencies",
                 "Starting a Linux server instance until it listens on its port, in milliseconds.",
                 rev,
+            ),
+            server_starts: counter_vec(
+                &r,
+                "flint_server_starts_total",
+                "Linux server instances started, from the revision's template or cold.",
+                &["revision_name", "from"],
             ),
             requests: counter_vec(
                 &r,

@@ -431,8 +431,13 @@ impl Registry {
             linux,
             service,
         });
-        // The instance that passed the readiness check serves on, as
-        // Knative's initial scale (none kept at an initial scale of 0).
+        // The instance that passed the readiness check is the template
+        // later instances start from, under `flint.dev/snapshot`, and
+        // serves on, as Knative's initial scale (none kept at an initial
+        // scale of 0).
+        if let Some(i) = first.as_ref().filter(|_| revision.service.snapshot) {
+            revision.instances.make_template(i, &revision.name);
+        }
         if let Some(i) = first.filter(|_| revision.service.autoscaling.initial_scale > 0) {
             revision.instances.add(i);
         }

@@ -262,6 +262,61 @@ async fn the_declared_port_is_used_and_isolated_requests_get_their_own_server() 
     gw.stop().await;
 }
 
+/// Under `flint.dev/snapshot: "true"` the deploy's ready instance is
+/// frozen into the revision's template and every later instance is
+/// thawed from it: here each isolated request's instance has served
+/// nothing (its counter is 1), passed the readiness path already (the
+/// template's three probes), and carries the template's start time, the
+/// state a fresh run of the program would not have; it has its own
+/// memory all the same (the counter of one is not another's). Nothing is
+/// left running once the gateway stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_instances_start_from_the_revisions_template() {
+    let _one = SERIAL.lock().await;
+    let (_dir, tar) = image(&go_server());
+    let gw = start(
+        &[service(
+            "snap",
+            &tar,
+            "        flint.dev/isolation: request\n        flint.dev/snapshot: \"true\"\n",
+            "            - containerPort: 8080\n          readinessProbe:\n            httpGet:\n              path: /ready\n",
+            "",
+        )],
+        1 << 20,
+    )
+    .await;
+    let host = "snap.default.example.com";
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        let (code, head, body) = http(gw.addr, "GET", host, "/", b"").await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(code, 200, "{head} {body}");
+        assert!(body.contains("K_REVISION=snap-00001\n"), "{body}");
+        assert_eq!(header(&head, "x-served"), Some("1"), "{head}");
+        assert_eq!(header(&head, "x-probes"), Some("3"), "{head}");
+        instances.push(header(&head, "x-instance").unwrap().to_string());
+    }
+    assert!(
+        instances.iter().all(|i| *i == instances[0]),
+        "{instances:?}"
+    );
+    let m = metrics(&gw).await;
+    let rev = [("revision_name", "snap-00001"), ("from", "template")];
+    // The first request took the deploy's own instance; three were thawed.
+    assert_eq!(
+        series(&m, "flint_server_starts_total", &rev),
+        Some(3.0),
+        "{m}"
+    );
+    let cold = [("revision_name", "snap-00001"), ("from", "cold")];
+    assert_eq!(series(&m, "flint_server_starts_total", &cold), None, "{m}");
+    gw.stop().await;
+    wait_for("no VM after the gateway stopped", 10, || {
+        vcpu_threads() == 0
+    })
+    .await;
+}
+
 /// A streamed response reaches the client as the server writes it (its
 /// first line long before the second).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -98,6 +98,7 @@ fn knative_defaults_apply() {
     assert_eq!(s.autoscaling.metric, Metric::Concurrency);
     assert_eq!(s.autoscaling.window, Duration::from_secs(60));
     assert_eq!(s.isolation, Isolation::Shared);
+    assert!(!s.snapshot, "templates of Linux servers are opt-in");
     assert!(s.traffic.is_empty());
 }
 
@@ -318,6 +319,16 @@ fn knatives_whole_autoscaling_annotation_set() {
         let got = err(&with(&format!("{a}{annotations}\n")));
         assert!(got.contains(want), "{annotations}: {got}");
     }
+    assert!(
+        parse(&with("        flint.dev/snapshot: \"true\"\n"))
+            .unwrap()
+            .snapshot
+    );
+    let got = err(&with("        flint.dev/snapshot: \"yes\"\n"));
+    assert!(
+        got.contains("[flint.dev/snapshot]: must be true or false"),
+        "{got}"
+    );
     let got = err(&with(&format!(
         "{a}activation-scale: \"2\"\n{a}min-scale: \"3\"\n"
     )));

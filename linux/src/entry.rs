@@ -257,6 +257,13 @@ impl Clock {
         }
     }
 
+    /// The guest TSC value that keeps this clock's readings going on in
+    /// another VM whose TSC is set to it now (a thawed copy,
+    /// `kernel::freeze`): the guest's TSC is the host's plus the offset.
+    pub fn guest_tsc_now(&self) -> Option<u64> {
+        self.tsc.then(|| rdtsc().wrapping_add(self.offset))
+    }
+
     /// True when the guest can read this clock itself.
     pub fn guest_readable(&self) -> bool {
         self.tsc

@@ -37,7 +37,7 @@ use flint_executor::vstate::vcpu;
 
 #[cfg(feature = "fuzzing")]
 pub use kernel::fuzz;
-pub use kernel::{Program, Stdio, HOST_CALLS};
+pub use kernel::{Program, Stdio, Template, HOST_CALLS};
 pub use task::ExitStatus;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +68,12 @@ pub enum LinuxError {
     Stdio(#[source] std::io::Error),
     #[error("the vCPU thread could not be started")]
     Thread(#[source] std::io::Error),
+    #[error("the container cannot be frozen: {0}")]
+    Unfreezable(String),
+    #[error("the container cannot be frozen now: {0}")]
+    FreezeBusy(String),
+    #[error("the template cannot be thawed: {0}")]
+    Thaw(String),
 }
 
 /// Limits of one Linux VM.
@@ -119,6 +125,18 @@ pub struct Outcome {
 
 fn dup(fd: impl AsFd) -> Result<OwnedFd, LinuxError> {
     fd.as_fd().try_clone_to_owned().map_err(LinuxError::Stdio)
+}
+
+/// `stdio`, or copies of this process's own streams.
+fn stdio_or_own(stdio: Option<Stdio>) -> Result<Stdio, LinuxError> {
+    match stdio {
+        Some(s) => Ok(s),
+        None => Ok(Stdio {
+            stdin: dup(std::io::stdin())?,
+            stdout: dup(std::io::stdout())?,
+            stderr: dup(std::io::stderr())?,
+        }),
+    }
 }
 
 /// Runs `program` from the root filesystem `root` in a new VM until its
@@ -262,6 +280,42 @@ impl Port {
         }
     }
 
+    /// Stops the container at its vCPUs' next scheduling point and copies
+    /// it, processes, memory and open files, into a [`Template`] that
+    /// [`thaw`] starts new VMs from; the container then goes on. Refused
+    /// with the reason: `FreezeBusy` while a connection from the host is
+    /// open (try again once it is closed), `Unfreezable` for state a copy
+    /// cannot carry (a process started by [`Port::exec`], process 1 ended)
+    /// or a VM that does not stop within `wait`.
+    pub fn freeze(&self, wait: Duration) -> Result<Template, LinuxError> {
+        let memory = memfd("flint-linux-template").map_err(LinuxError::Stdio)?;
+        let (tx, rx) = mpsc::channel();
+        *self
+            .control
+            .freeze
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(kernel::FreezeRequest { memory, done: tx });
+        self.control.freezing.store(true, Ordering::SeqCst);
+        self.control.wake();
+        self.control.kick_all();
+        match rx.recv_timeout(wait) {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(why)) if why == kernel::HOST_CONNECTION => Err(LinuxError::FreezeBusy(why)),
+            Ok(Err(why)) => Err(LinuxError::Unfreezable(why)),
+            Err(_) => {
+                self.control.freezing.store(false, Ordering::SeqCst);
+                self.control
+                    .freeze
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                Err(LinuxError::Unfreezable(
+                    "the VM did not stop in time (has it ended?)".into(),
+                ))
+            }
+        }
+    }
+
     /// The TCP ports the container's programs have listened on so far, in
     /// the order they first did.
     pub fn listened(&self) -> Vec<u16> {
@@ -298,25 +352,53 @@ pub fn start(
     program: &Program,
     stdio: Option<Stdio>,
 ) -> Result<Container, LinuxError> {
-    let stdio = match stdio {
-        Some(s) => s,
-        None => Stdio {
-            stdin: dup(std::io::stdin())?,
-            stdout: dup(std::io::stdout())?,
-            stderr: dup(std::io::stderr())?,
-        },
-    };
+    let stdio = stdio_or_own(stdio)?;
     let root = fs::root::Root::open(root).map_err(|e| LinuxError::Root {
         path: root.display().to_string(),
         source: e,
     })?;
-    vcpu::init_kick_signal();
+    let program = program.clone();
+    launch(config, Arc::default(), move |config, limits, control| {
+        let mut k = kernel::Kernel::new(config.memory_mib, config.vcpus, root, limits, control)?;
+        k.spawn_init(&program, stdio)?;
+        Ok(k)
+    })
+}
+
+/// Starts a new VM from `template` (see [`Port::freeze`]) and returns at
+/// once: its processes go on from where the template's were, with
+/// `stdio` (default: this process's streams) as process 1's standard
+/// streams. The template's memory size is the VM's; `config` gives the
+/// rest.
+pub fn thaw(
+    config: &Config,
+    template: &Arc<Template>,
+    stdio: Option<Stdio>,
+) -> Result<Container, LinuxError> {
+    let stdio = stdio_or_own(stdio)?;
+    // The template's listeners are listening already.
     let control = Arc::new(kernel::Control::default());
+    *control.listened.lock().unwrap_or_else(|e| e.into_inner()) = template.listened();
+    let template = template.clone();
+    launch(config, control, move |config, limits, control| {
+        kernel::Kernel::thaw(&template, config.vcpus, limits, control, stdio)
+    })
+}
+
+/// Runs the kernel `make` builds on a vCPU thread, with the supervisor
+/// that ticks and times it.
+fn launch(
+    config: &Config,
+    control: Arc<kernel::Control>,
+    make: impl FnOnce(&Config, kernel::Limits, Arc<kernel::Control>) -> Result<kernel::Kernel, LinuxError>
+        + Send
+        + 'static,
+) -> Result<Container, LinuxError> {
+    vcpu::init_kick_signal();
     let started = Instant::now();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let c2 = control.clone();
     let config2 = config.clone();
-    let program2 = program.clone();
     let handle = std::thread::Builder::new()
         .name("flint-linux-vcpu0".into())
         .spawn(move || {
@@ -325,8 +407,7 @@ pub fn start(
                 max_processes: config2.max_processes,
                 signals: config2.signals.clone(),
             };
-            let mut k = kernel::Kernel::new(config2.memory_mib, config2.vcpus, root, limits, c2)?;
-            k.spawn_init(&program2, stdio)?;
+            let k = make(&config2, limits, c2)?;
             let (status, k) = kernel::run_cpus(k)?;
             Ok::<_, LinuxError>((status, k.oom_killed, k.vmm_calls))
         })
@@ -348,14 +429,7 @@ pub fn start(
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     control.stop.store(true, Ordering::SeqCst);
                 }
-                let threads = control
-                    .vcpu_threads
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                for t in threads {
-                    vcpu::kick(t);
-                }
+                control.kick_all();
             }
             let r = handle
                 .join()
@@ -373,6 +447,19 @@ pub fn start(
         control,
         supervisor,
     })
+}
+
+/// A new memfd that can be sealed.
+fn memfd(name: &str) -> std::io::Result<std::fs::File> {
+    let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: memfd_create with a NUL-terminated name; the fd is ours.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nobody else owns it.
+    Ok(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 /// True when `head` (a file's first bytes) is an ELF program.

@@ -13,7 +13,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use serde::{Deserialize, Serialize};
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub const PAGE: u64 = 4096;
 /// Pages copied per write when saving.
@@ -206,16 +206,7 @@ fn data_map(file: &File, size: u64) -> std::io::Result<Vec<bool>> {
 /// Guest RAM as a private mapping of the memory file: pages are shared
 /// through the page cache by every VM restored from it; writes copy.
 pub fn map_private(file: File, size: u64) -> std::io::Result<GuestMemoryMmap> {
-    let region = MmapRegion::build(
-        Some(FileOffset::new(file, 0)),
-        size as usize,
-        libc::PROT_READ | libc::PROT_WRITE,
-        libc::MAP_PRIVATE | libc::MAP_NORESERVE,
-    )
-    .map_err(std::io::Error::other)?;
-    let region = GuestRegionMmap::new(region, GuestAddress(0))
-        .ok_or_else(|| std::io::Error::other("bad region"))?;
-    GuestMemoryMmap::from_regions(vec![region]).map_err(std::io::Error::other)
+    flint_executor::vstate::vm::private_memory(file, size)
 }
 
 /// Anonymous guest RAM (for the userfaultfd backend).

@@ -261,6 +261,24 @@ impl Vm {
     }
 }
 
+/// Guest RAM as a private mapping of `file` (`size` bytes from offset
+/// 0): pages are shared through the page cache by every VM made over the
+/// same file; writes copy (a snapshot's memory file, a Linux template's
+/// memfd).
+pub fn private_memory(file: std::fs::File, size: u64) -> std::io::Result<GuestMemoryMmap> {
+    use vm_memory::{FileOffset, GuestRegionMmap, MmapRegion};
+    let region = MmapRegion::build(
+        Some(FileOffset::new(file, 0)),
+        size as usize,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+    )
+    .map_err(std::io::Error::other)?;
+    let region = GuestRegionMmap::new(region, GuestAddress(0))
+        .ok_or_else(|| std::io::Error::other("bad region"))?;
+    GuestMemoryMmap::from_regions(vec![region]).map_err(std::io::Error::other)
+}
+
 /// Bytes of `memory` resident in host memory now (pages the guest or the
 /// VMM has touched).
 pub fn resident_bytes(memory: &GuestMemoryMmap) -> u64 {

@@ -115,6 +115,11 @@ pub struct Service {
     pub revision_name: Option<String>,
     pub autoscaling: Autoscaling,
     pub isolation: Isolation,
+    /// `flint.dev/snapshot: "true"`: a Linux server's instances start
+    /// from a template of its first instance, frozen once ready (opt-in,
+    /// as Lambda's SnapStart is: every clone shares what the program held
+    /// at the freeze, its random state included).
+    pub snapshot: bool,
     /// 0 means unlimited.
     pub container_concurrency: u32,
     pub timeout: Duration,
@@ -272,9 +277,10 @@ const AUTOSCALING: &str = "autoscaling.knative.dev/";
 fn autoscaling(
     annotations: &BTreeMap<String, String>,
     path: &str,
-) -> Result<(Autoscaling, Isolation), ManifestError> {
+) -> Result<(Autoscaling, Isolation, bool), ManifestError> {
     let mut a = Autoscaling::default();
     let mut isolation = Isolation::Shared;
+    let mut snapshot = false;
     for (k, v) in annotations {
         let p = format!("{path}[{k}]");
         let num = || {
@@ -359,6 +365,13 @@ fn autoscaling(
                     _ => return Err(invalid(&p, "must be request or shared")),
                 }
             }
+            None if k == "flint.dev/snapshot" => {
+                snapshot = match v.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(invalid(&p, "must be true or false")),
+                }
+            }
             None => {} // other annotations are the user's
         }
     }
@@ -374,7 +387,7 @@ fn autoscaling(
             return Err(invalid(&p, "max-scale is less than activation-scale"));
         }
     }
-    Ok((a, isolation))
+    Ok((a, isolation, snapshot))
 }
 
 /// Knative's `max-revision-timeout-seconds` default: the most
@@ -448,7 +461,7 @@ pub fn parse(yaml: &str) -> Result<Service, ManifestError> {
         }
         check_name("spec.template.metadata.name", r)?;
     }
-    let (autoscaling, isolation) =
+    let (autoscaling, isolation, snapshot) =
         autoscaling(&template_annotations, "spec.template.metadata.annotations")?;
 
     let p = "spec.template.spec";
@@ -560,6 +573,7 @@ pub fn parse(yaml: &str) -> Result<Service, ManifestError> {
         revision_name,
         autoscaling,
         isolation,
+        snapshot,
         container_concurrency: container_concurrency as u32,
         timeout,
         response_start_timeout,

@@ -61,6 +61,19 @@ impl Pipe {
 }
 
 impl Pipe {
+    /// A copy holding the same bytes and ends, counted in `held` (another
+    /// VM's total; `kernel::copy`).
+    pub fn copy_with(&self, held: Rc<Cell<usize>>) -> Self {
+        held.set(held.get() + self.buf.len());
+        Self {
+            buf: self.buf.clone(),
+            readers: self.readers,
+            writers: self.writers,
+            changes: self.changes,
+            held,
+        }
+    }
+
     /// What changes when this pipe's readiness may have: its data and its
     /// two ends.
     pub fn token(&self) -> (u64, usize, usize) {

@@ -126,6 +126,14 @@ impl Root {
     }
 
     /// Opens the absolute guest path `path` inside the root.
+    /// Another handle on the same root.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            dir: self.dir.try_clone()?,
+            host: self.host.clone(),
+        })
+    }
+
     pub fn open_at(&self, path: &[u8], flags: i32, mode: u32) -> io::Result<OwnedFd> {
         let rel: &[u8] = {
             let mut p = path;

@@ -298,6 +298,22 @@ impl Names {
         true
     }
 
+    /// A copy whose names lead to what `file` makes of each socket
+    /// (`kernel::copy`).
+    pub fn copy_with<E>(
+        &self,
+        mut file: impl FnMut(&Weak<OpenFile>) -> Result<Weak<OpenFile>, E>,
+    ) -> Result<Self, E> {
+        let mut bound = HashMap::new();
+        for (k, w) in &self.bound {
+            bound.insert(k.clone(), file(w)?);
+        }
+        Ok(Self {
+            bound,
+            next_port: self.next_port,
+        })
+    }
+
     /// A free ephemeral port.
     pub fn ephemeral(&mut self) -> Option<u16> {
         let span = EPHEMERAL.end() - EPHEMERAL.start() + 1;

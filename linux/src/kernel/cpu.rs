@@ -159,6 +159,10 @@ fn run_cpu(shared: &Shared, i: usize) -> Result<ExitStatus, LinuxError> {
         if k.control.stop.load(Ordering::SeqCst) {
             return Err(LinuxError::Timeout);
         }
+        if k.control.freezing.load(Ordering::SeqCst) {
+            k = freeze_point(shared, k, i);
+            continue;
+        }
         k.outside_signals();
         k.spawn_requested();
         k.connect_requested();
@@ -249,12 +253,46 @@ fn enter<'a>(
             || k.has_deliverable(tid)
             || k.init_exit.is_some()
             || k.control.stop.load(Ordering::SeqCst)
+            || k.control.freezing.load(Ordering::SeqCst)
         {
             break Ok(());
         }
     };
     k.cpus[i].running = None;
     r.map(|()| k)
+}
+
+/// A freeze is asked for: once no other vCPU runs a thread (each leaves
+/// the guest at its next trap or kick and comes back to its loop), this
+/// one copies the container into a template (`freeze.rs`) and sends it.
+fn freeze_point<'a>(shared: &'a Shared, k: Guard<'a>, i: usize) -> Guard<'a> {
+    let busy: Vec<libc::pthread_t> = k
+        .cpus
+        .iter()
+        .enumerate()
+        .filter(|(j, c)| *j != i && c.running.is_some())
+        .filter_map(|(_, c)| c.host)
+        .collect();
+    if busy.is_empty() {
+        let mut k = k;
+        let asker = k
+            .control
+            .freeze
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        k.control.freezing.store(false, Ordering::SeqCst);
+        if let Some(r) = asker {
+            let _ = r.done.send(k.capture(r.memory));
+        }
+        return k;
+    }
+    for h in busy {
+        vcpu::kick(h);
+    }
+    drop(k);
+    std::thread::sleep(Duration::from_micros(50));
+    shared.lock(i)
 }
 
 /// Nothing can run on vCPU `i`: sleeps, without the lock, until the
@@ -369,7 +407,7 @@ impl Kernel {
     }
 
     /// The FPU state of `tid`: from its vCPU if it is loaded on one.
-    fn fpu_of(&mut self, tid: Pid) -> Box<kvm_bindings::kvm_xsave> {
+    pub(super) fn fpu_of(&mut self, tid: Pid) -> Box<kvm_bindings::kvm_xsave> {
         let on_cpu = self
             .home_of(tid)
             .and_then(|j| self.cpus[j].vcpu.as_ref())

@@ -3,13 +3,17 @@
 //! Its vCPUs (`cpu.rs`) share it behind one lock, each running the
 //! scheduler loop on its own host thread.
 
+mod copy;
 mod cpu;
+mod freeze;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod trap;
 pub mod uaccess;
 
+pub use copy::HOST_CONNECTION;
 pub use cpu::{run_cpus, Cpu};
+pub use freeze::Template;
 
 use std::cell::RefCell;
 use std::os::fd::OwnedFd;
@@ -85,6 +89,19 @@ pub struct Control {
     /// A copy of the eventfd idle vCPUs sleep on, for waking them from
     /// outside.
     pub wake: std::sync::Mutex<Option<OwnedFd>>,
+    /// A freeze asked for (`Port::freeze`): set until a vCPU has made the
+    /// template (or failed to) and sent it to the asker.
+    pub freezing: AtomicBool,
+    pub freeze: std::sync::Mutex<Option<FreezeRequest>>,
+}
+
+/// A freeze asked for: the memfd the guest memory goes to (made by the
+/// asker: the vCPU threads' filter has no `memfd_create`) and where the
+/// template goes.
+#[derive(Debug)]
+pub struct FreezeRequest {
+    pub memory: std::fs::File,
+    pub done: std::sync::mpsc::Sender<Result<Template, String>>,
 }
 
 /// A connection from the host: the VM's end of a host socket pair, for
@@ -97,6 +114,18 @@ pub struct ConnectRequest {
 }
 
 impl Control {
+    /// Takes every vCPU running guest code back to its scheduler.
+    pub fn kick_all(&self) {
+        let threads = self
+            .vcpu_threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for t in threads {
+            flint_executor::vstate::vcpu::kick(t);
+        }
+    }
+
     /// Wakes an idle vCPU to look at what was asked of it.
     pub fn wake(&self) {
         if let Some(fd) = &*self.wake.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -170,6 +199,48 @@ pub struct Kernel {
     pub hostname: String,
     /// Processes started from outside, with their signal masks.
     outside: Vec<(Pid, Arc<std::sync::atomic::AtomicU64>)>,
+    /// Process 1's standard streams (stdin, stdout, stderr).
+    stdio: Option<[Rc<OwnedFd>; 3]>,
+}
+
+/// What a container is beside its VM: the part of a [`Kernel`] a
+/// template keeps and a thawed VM starts from (`freeze.rs`).
+struct Parts {
+    frames: Frames,
+    root: Root,
+    table: Table,
+    clean_fpu: Box<kvm_bindings::kvm_xsave>,
+    clock: Clock,
+    vdso: Vec<u8>,
+    next_mm_id: usize,
+    next_pipe_id: usize,
+    pipe_bytes: Rc<std::cell::Cell<usize>>,
+    sockets: crate::fs::socket::Names,
+    warned: std::collections::BTreeSet<u64>,
+    hostname: String,
+    stdio: Option<[Rc<OwnedFd>; 3]>,
+}
+
+/// The vCPUs of a Linux VM: user-mode segments, the system-call MSRs,
+/// the host's CPUID, sync regs.
+fn make_cpus(vm: &Vm, vcpus: usize) -> Result<Vec<Cpu>, LinuxError> {
+    let cpuid = vm.supported_cpuid().map_err(LinuxError::Vm)?;
+    let mut cpus = Vec::new();
+    for i in 0..vcpus.clamp(1, arch::MAX_VCPUS) {
+        let mut vcpu = vm.create_vcpu(i as u64).map_err(LinuxError::Vm)?;
+        vcpu.set_cpuid(&cpuid).map_err(LinuxError::Vcpu)?;
+        let sregs = vcpu.sregs().map_err(LinuxError::Vcpu)?;
+        vcpu.set_sregs(&arch::user_sregs(sregs, 0, i))
+            .map_err(LinuxError::Vcpu)?;
+        vcpu.set_msrs(&arch::syscall_msrs())
+            .map_err(LinuxError::Vcpu)?;
+        // x87, SSE and AVX state (the guest sees the host's CPUID, so
+        // programs check XCR0 before using more).
+        let _ = vcpu.set_xcr0(0x7).or_else(|_| vcpu.set_xcr0(0x3));
+        vcpu.enable_sync_regs();
+        cpus.push(Cpu::new(vcpu));
+    }
+    Ok(cpus)
 }
 
 fn self_has(t: &Table, pid: Pid) -> bool {
@@ -214,28 +285,52 @@ impl Kernel {
         let mem_size = memory_mib << 20;
         let vm = Vm::new(mem_size as usize).map_err(LinuxError::Vm)?;
         let frames = Frames::new(vm.memory().clone(), mem_size);
-        let cpuid = vm.supported_cpuid().map_err(LinuxError::Vm)?;
-        let mut cpus = Vec::new();
-        for i in 0..vcpus.clamp(1, arch::MAX_VCPUS) {
-            let mut vcpu = vm.create_vcpu(i as u64).map_err(LinuxError::Vm)?;
-            vcpu.set_cpuid(&cpuid).map_err(LinuxError::Vcpu)?;
-            let sregs = vcpu.sregs().map_err(LinuxError::Vcpu)?;
-            vcpu.set_sregs(&arch::user_sregs(sregs, 0, i))
-                .map_err(LinuxError::Vcpu)?;
-            vcpu.set_msrs(&arch::syscall_msrs())
-                .map_err(LinuxError::Vcpu)?;
-            // x87, SSE and AVX state (the guest sees the host's CPUID, so
-            // programs check XCR0 before using more).
-            let _ = vcpu.set_xcr0(0x7).or_else(|_| vcpu.set_xcr0(0x3));
-            vcpu.enable_sync_regs();
-            cpus.push(Cpu::new(vcpu));
-        }
+        let cpus = make_cpus(&vm, vcpus)?;
         let first = cpus[0].vcpu.as_ref().expect("just made");
         let clean_fpu = first.xsave().map_err(LinuxError::Vcpu)?;
         let clock = Clock::new(|| first.guest_tsc().ok(), first.tsc_khz());
         for (addr, bytes) in arch::kernel_pages(entry::block(&clock)) {
             frames.write(addr, &bytes);
         }
+        let vdso = if clock.guest_readable() {
+            crate::vdso::image(&clock)
+        } else {
+            Vec::new()
+        };
+        Self::assemble(
+            vm,
+            cpus,
+            control,
+            limits,
+            Parts {
+                frames,
+                root,
+                table: Table {
+                    next_pid: 1,
+                    ..Table::default()
+                },
+                clean_fpu,
+                clock,
+                vdso,
+                next_mm_id: 1,
+                next_pipe_id: 1,
+                pipe_bytes: Default::default(),
+                sockets: Default::default(),
+                warned: Default::default(),
+                hostname: "flint".into(),
+                stdio: None,
+            },
+        )
+    }
+
+    /// A kernel of `vm` and its vCPUs over the container state `parts`.
+    fn assemble(
+        vm: Vm,
+        cpus: Vec<Cpu>,
+        control: Arc<Control>,
+        limits: Limits,
+        p: Parts,
+    ) -> Result<Self, LinuxError> {
         // SAFETY: eventfd has no memory preconditions; the fd is ours.
         let wake = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if wake < 0 {
@@ -252,32 +347,26 @@ impl Kernel {
             current: 0,
             idle_cpus: 0,
             wake,
-            frames,
-            root,
-            table: Table {
-                next_pid: 1,
-                ..Table::default()
-            },
+            frames: p.frames,
+            root: p.root,
+            table: p.table,
             limits,
             control,
-            clean_fpu,
+            clean_fpu: p.clean_fpu,
             vmm_calls: 0,
-            vdso: if clock.guest_readable() {
-                crate::vdso::image(&clock)
-            } else {
-                Vec::new()
-            },
-            clock,
-            next_mm_id: 1,
-            next_pipe_id: 1,
-            pipe_bytes: Default::default(),
-            sockets: Default::default(),
+            vdso: p.vdso,
+            clock: p.clock,
+            next_mm_id: p.next_mm_id,
+            next_pipe_id: p.next_pipe_id,
+            pipe_bytes: p.pipe_bytes,
+            sockets: p.sockets,
             init_exit: None,
             oom_killed: false,
-            warned: Default::default(),
+            warned: p.warned,
             retrying: None,
-            hostname: "flint".into(),
+            hostname: p.hostname,
             outside: Vec::new(),
+            stdio: p.stdio,
         })
     }
 
@@ -439,12 +528,14 @@ impl Kernel {
         stdio: Stdio,
     ) -> Result<(), LinuxError> {
         let mut fds = FdTable::default();
-        let stream = |fd: OwnedFd, readable: bool| {
+        let streams = [stdio.stdin, stdio.stdout, stdio.stderr].map(Rc::new);
+        if pid == 1 {
+            self.stdio = Some(streams.clone());
+        }
+        let [stdin, stdout, stderr] = streams;
+        let stream = |fd: Rc<OwnedFd>, readable: bool| {
             OpenFile::new(
-                Kind::Stream {
-                    fd: Rc::new(fd),
-                    readable,
-                },
+                Kind::Stream { fd, readable },
                 if readable {
                     libc::O_RDONLY
                 } else {
@@ -452,9 +543,9 @@ impl Kernel {
                 },
             )
         };
-        fds.set(0, stream(stdio.stdin, true), false);
-        fds.set(1, stream(stdio.stdout, false), false);
-        fds.set(2, stream(stdio.stderr, false), false);
+        fds.set(0, stream(stdin, true), false);
+        fds.set(1, stream(stdout, false), false);
+        fds.set(2, stream(stderr, false), false);
         let mm = AddressSpace::new(&mut self.frames).map_err(|_| LinuxError::NoMemory)?;
         if pid == 1 {
             self.table.next_pid = 2;

@@ -36,6 +36,39 @@ impl Frames {
         }
     }
 
+    /// This VM's frame accounting over `memory`, a copy of its memory
+    /// (`kernel::freeze`): quarantined frames are free there, as the new
+    /// VM has cached no translation.
+    pub fn copy_for(&self, memory: GuestMemoryMmap) -> Self {
+        let mut free = self.free.clone();
+        free.extend_from_slice(&self.quarantine);
+        Self {
+            memory,
+            refs: self.refs.clone(),
+            free,
+            quarantine: Vec::new(),
+            next: self.next,
+            limit: self.limit,
+        }
+    }
+
+    /// The runs of frames in use (`(first, count)`, in frame numbers),
+    /// the kernel's pages below `FRAMES_START` included.
+    pub fn used_runs(&self) -> Vec<(u64, u64)> {
+        let mut runs: Vec<(u64, u64)> = vec![(0, FRAMES_START / PAGE)];
+        for (n, &r) in self.refs.iter().enumerate().take(self.next as usize) {
+            let n = n as u64;
+            if r == 0 || n < FRAMES_START / PAGE {
+                continue;
+            }
+            match runs.last_mut() {
+                Some((first, len)) if *first + *len == n => *len += 1,
+                _ => runs.push((n, 1)),
+            }
+        }
+        runs
+    }
+
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
     }
@@ -53,6 +86,11 @@ impl Frames {
     /// The VM's translations were reset: quarantined frames are free.
     pub fn release_quarantine(&mut self) {
         self.free.append(&mut self.quarantine);
+    }
+
+    /// Bytes of guest RAM.
+    pub fn bytes(&self) -> u64 {
+        self.limit * PAGE
     }
 
     /// Frames there are in all.

@@ -157,6 +157,22 @@ impl AddressSpace {
         f
     }
 
+    /// This space with the mappings `vmas` (a copy of its own made by
+    /// `kernel::copy`), for a VM whose memory is a copy of this one's:
+    /// the same page tables at the same frames, and nothing stale (the
+    /// new VM has cached no translation).
+    pub fn copy_with(&self, vmas: BTreeMap<u64, Vma>) -> Self {
+        Self {
+            pml4: self.pml4,
+            vmas,
+            tables: self.tables.clone(),
+            brk_start: self.brk_start,
+            brk: self.brk,
+            mmap_top: self.mmap_top,
+            stale: Vec::new(),
+        }
+    }
+
     /// True when the translation for `va` must be reset before mapping it.
     pub fn is_stale(&self, va: u64) -> bool {
         self.stale.iter().any(|&(s, e)| va >= s && va < e)

@@ -1,7 +1,9 @@
 //! The VMM side of a Linux VM: the container's state (processes,
 //! threads, memory, files) and what its system calls and traps do to it.
 //! Its vCPUs (`cpu.rs`) share it behind one lock, each running the
-//! scheduler loop on its own host thread.
+//! scheduler loop on its own host thread. A running container can be
+//! frozen into a template and new VMs thawed from it (`freeze.rs`, over
+//! the deep copy of `copy.rs`).
 
 mod copy;
 mod cpu;

@@ -237,3 +237,31 @@ fn a_process_started_from_outside_refuses_the_freeze() {
     assert_eq!(e.wait().unwrap().code(), 4);
     assert_eq!(vm.wait().unwrap().status.code(), 0);
 }
+
+/// The kernel keeps no hold on process 1's streams beyond the program's
+/// own descriptors (a template needs to know which they are): a program
+/// that closes its stdout gives its reader end of file while it runs on.
+#[test]
+fn closing_stdout_reaches_the_reader_while_the_program_runs() {
+    let root = busybox_root();
+    let (mut r, w) = std::io::pipe().unwrap();
+    let stdio = flint_linux::Stdio {
+        stdin: file_fd(&tempfile::tempfile().unwrap()),
+        stdout: w.into(),
+        stderr: file_fd(&tempfile::tempfile().unwrap()),
+    };
+    let vm = flint_linux::start(
+        &config(),
+        root.path(),
+        &sh("echo before; exec 1>&-; sleep 1; echo after > /tmp/after"),
+        Some(stdio),
+    )
+    .unwrap();
+    let mut got = String::new();
+    r.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "before\n");
+    let after = root.path().join("tmp/after");
+    assert!(!after.exists(), "end of file came only with the program's end");
+    assert_eq!(vm.wait().unwrap().status.code(), 0);
+    assert!(after.exists());
+}

@@ -36,7 +36,7 @@ pub const HOST_CONNECTION: &str = "a connection from the host is open";
 /// shared object of the source.
 pub struct Copier<'a> {
     /// The source's standard streams and the target's, by index.
-    from_stdio: &'a [Rc<OwnedFd>; 3],
+    from_stdio: &'a [Weak<OwnedFd>; 3],
     to_stdio: &'a [Rc<OwnedFd>; 3],
     root: &'a Root,
     /// The target's count of bytes its pipes hold.
@@ -62,14 +62,14 @@ pub fn dup(fd: &OwnedFd) -> Result<OwnedFd, Refusal> {
 
 impl<'a> Copier<'a> {
     pub fn new(
-        from_stdio: &'a [Rc<OwnedFd>; 3],
+        from_stdio: &'a [Weak<OwnedFd>; 3],
         to_stdio: &'a [Rc<OwnedFd>; 3],
         root: &'a Root,
     ) -> Self {
         let raw = from_stdio
             .iter()
             .zip(to_stdio.iter())
-            .map(|(a, b)| (a.as_raw_fd(), b.as_raw_fd()))
+            .filter_map(|(a, b)| Some((a.upgrade()?.as_raw_fd(), b.as_raw_fd())))
             .collect();
         Self {
             from_stdio,
@@ -285,7 +285,7 @@ impl<'a> Copier<'a> {
                 let i = self
                     .from_stdio
                     .iter()
-                    .position(|s| Rc::ptr_eq(s, fd))
+                    .position(|s| std::ptr::eq(s.as_ptr(), Rc::as_ptr(fd)))
                     .ok_or("a process holds standard streams given from outside (exec)")?;
                 Kind::Stream {
                     fd: self.to_stdio[i].clone(),

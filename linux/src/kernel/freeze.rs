@@ -99,8 +99,9 @@ impl Kernel {
         // The threads' FPU state, wherever it is (on a vCPU or saved).
         let tids: Vec<_> = self.table.threads.keys().copied().collect();
         let fpus: Vec<_> = tids.iter().map(|&t| (t, self.fpu_of(t))).collect();
-        // Stand-ins for the streams, told apart by their descriptors.
-        let stand_ins = [dup(&stdio[0])?, dup(&stdio[0])?, dup(&stdio[0])?].map(Rc::new);
+        // Stand-ins for the streams, told apart by their descriptors
+        // (copies of the wake-up eventfd: nothing reads or writes them).
+        let stand_ins = [dup(&self.wake)?, dup(&self.wake)?, dup(&self.wake)?].map(Rc::new);
         let mut c = Copier::new(&stdio, &stand_ins, &self.root);
         let mut table = c.table(&self.table)?;
         for (tid, fpu) in fpus {
@@ -129,7 +130,7 @@ impl Kernel {
             sockets,
             warned: self.warned.clone(),
             hostname: self.hostname.clone(),
-            stdio: Some(stand_ins),
+            stdio: Some(stand_ins.each_ref().map(Rc::downgrade)),
         };
         let listened = self
             .control
@@ -245,7 +246,7 @@ impl Kernel {
             sockets,
             warned: p.warned.clone(),
             hostname: p.hostname.clone(),
-            stdio: Some(streams.clone()),
+            stdio: Some(streams.each_ref().map(Rc::downgrade)),
         };
         drop(frozen);
         Self::assemble(vm, cpus, control, limits, parts)

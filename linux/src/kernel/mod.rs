@@ -201,8 +201,9 @@ pub struct Kernel {
     pub hostname: String,
     /// Processes started from outside, with their signal masks.
     outside: Vec<(Pid, Arc<std::sync::atomic::AtomicU64>)>,
-    /// Process 1's standard streams (stdin, stdout, stderr).
-    stdio: Option<[Rc<OwnedFd>; 3]>,
+    /// Process 1's standard streams (stdin, stdout, stderr), while any
+    /// process holds them (a weak reference: closing them closes them).
+    stdio: Option<[std::rc::Weak<OwnedFd>; 3]>,
 }
 
 /// What a container is beside its VM: the part of a [`Kernel`] a
@@ -220,7 +221,7 @@ struct Parts {
     sockets: crate::fs::socket::Names,
     warned: std::collections::BTreeSet<u64>,
     hostname: String,
-    stdio: Option<[Rc<OwnedFd>; 3]>,
+    stdio: Option<[std::rc::Weak<OwnedFd>; 3]>,
 }
 
 /// The vCPUs of a Linux VM: user-mode segments, the system-call MSRs,
@@ -532,7 +533,7 @@ impl Kernel {
         let mut fds = FdTable::default();
         let streams = [stdio.stdin, stdio.stdout, stdio.stderr].map(Rc::new);
         if pid == 1 {
-            self.stdio = Some(streams.clone());
+            self.stdio = Some(streams.each_ref().map(Rc::downgrade));
         }
         let [stdin, stdout, stderr] = streams;
         let stream = |fd: Rc<OwnedFd>, readable: bool| {

@@ -344,6 +344,13 @@ fn syscall_sequence(
             ));
         }
     }
+    // A freeze and a thaw of whatever state the calls made: the copy of
+    // the copy is the state again, under the vCPU thread's filter.
+    h.copy_check()
+        .map_err(|e| format!("copying the state: {e}"))?;
+    if let Err(e) = flint_executor::seccomp::check() {
+        return Err(format!("copying the state: {e}"));
+    }
     let left = h.end();
     if left != baseline {
         return Err(format!(

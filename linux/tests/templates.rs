@@ -261,7 +261,30 @@ fn closing_stdout_reaches_the_reader_while_the_program_runs() {
     r.read_to_string(&mut got).unwrap();
     assert_eq!(got, "before\n");
     let after = root.path().join("tmp/after");
-    assert!(!after.exists(), "end of file came only with the program's end");
+    assert!(
+        !after.exists(),
+        "end of file came only with the program's end"
+    );
     assert_eq!(vm.wait().unwrap().status.code(), 0);
     assert!(after.exists());
+}
+
+/// A file the program opened and then removed is carried too (opened
+/// again through the template's descriptor), at its own offset in each.
+#[test]
+fn an_open_file_removed_since_goes_on_in_the_clone_at_its_offset() {
+    let root = busybox_root();
+    std::fs::write(root.path().join("tmp/lines"), "one\ntwo\nthree\nfour\n").unwrap();
+    let (stdio_t, out_t) = stdio();
+    let script = "exec 3</tmp/lines; rm /tmp/lines; read a <&3; sleep 0.5; read b <&3; echo $a $b";
+    let vm = flint_linux::start(&config(), root.path(), &sh(script), Some(stdio_t)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Arc::new(vm.port().freeze(WAIT).expect("freeze"));
+    let (stdio_c, out_c) = stdio();
+    let clone = flint_linux::thaw(&config(), &t, Some(stdio_c)).unwrap();
+    assert_eq!(clone.wait().unwrap().status.code(), 0);
+    assert_eq!(vm.wait().unwrap().status.code(), 0);
+    assert!(!root.path().join("tmp/lines").exists());
+    assert_eq!(output(&out_c), "one two\n");
+    assert_eq!(output(&out_t), "one two\n");
 }

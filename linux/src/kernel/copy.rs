@@ -324,8 +324,10 @@ impl<'a> Copier<'a> {
         })
     }
 
-    /// A file of the root opened again by its guest path, at the same
-    /// offset (a duplicate would share the offset with the source).
+    /// A file of the root opened again, at the same offset (a duplicate
+    /// would share the offset with the source): through the source's
+    /// descriptor (`/proc/self/fd`, which reaches a file unlinked since),
+    /// else by its guest path inside the root.
     fn reopen(&mut self, fd: &OwnedFd, path: &str, dir: bool) -> Result<OwnedFd, Refusal> {
         // SAFETY: fcntl and lseek on a descriptor we own; no memory.
         let (flags, at) = unsafe {
@@ -339,10 +341,17 @@ impl<'a> Copier<'a> {
         }
         let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECTORY;
         let flags = (flags & keep) | libc::O_CLOEXEC | if dir { libc::O_DIRECTORY } else { 0 };
-        let new = self
-            .root
-            .open_at(path.as_bytes(), flags, 0)
-            .map_err(|e| format!("the open file {path} cannot be opened again: {e}"))?;
+        let own = format!("/proc/self/fd/{}\0", fd.as_raw_fd());
+        // SAFETY: a NUL-terminated path; the descriptor returned is ours.
+        let again = unsafe { libc::open(own.as_ptr().cast(), flags) };
+        let new = if again >= 0 {
+            // SAFETY: a fresh descriptor nobody else owns.
+            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(again) }
+        } else {
+            self.root
+                .open_at(path.as_bytes(), flags, 0)
+                .map_err(|e| format!("the open file {path} cannot be opened again: {e}"))?
+        };
         if at > 0 {
             // SAFETY: as above.
             let got = unsafe { libc::lseek(new.as_raw_fd(), at, libc::SEEK_SET) };

@@ -19,7 +19,7 @@
 //! random seeds included (see docs/linux.md).
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::{Arc, Mutex};
 
 use flint_executor::vstate::vm::Vm;
@@ -83,10 +83,101 @@ struct Frozen {
 // are reached only through the template's mutex, one thread at a time.
 unsafe impl Send for Frozen {}
 
+/// What a copy reads of a container: a running kernel's state, or a
+/// template's.
+struct View<'a> {
+    frames: &'a crate::mm::Frames,
+    root: &'a crate::fs::root::Root,
+    table: &'a crate::task::Table,
+    clean_fpu: &'a kvm_bindings::kvm_xsave,
+    clock: &'a crate::entry::Clock,
+    vdso: &'a [u8],
+    next_mm_id: usize,
+    next_pipe_id: usize,
+    sockets: &'a crate::fs::socket::Names,
+    warned: &'a std::collections::BTreeSet<u64>,
+    hostname: &'a str,
+    stdio: &'a [Weak<OwnedFd>; 3],
+}
+
+impl Parts {
+    fn view(&self) -> Result<View<'_>, Refusal> {
+        Ok(View {
+            frames: &self.frames,
+            root: &self.root,
+            table: &self.table,
+            clean_fpu: &self.clean_fpu,
+            clock: &self.clock,
+            vdso: &self.vdso,
+            next_mm_id: self.next_mm_id,
+            next_pipe_id: self.next_pipe_id,
+            sockets: &self.sockets,
+            warned: &self.warned,
+            hostname: &self.hostname,
+            stdio: self.stdio.as_ref().ok_or("there is no process 1")?,
+        })
+    }
+}
+
+/// A copy of the container `v` reads, over `memory` (a copy of its
+/// memory, or none for a template), with `stdio` for its streams.
+fn copy(v: View<'_>, stdio: [Rc<OwnedFd>; 3], memory: GuestMemoryMmap) -> Result<Parts, Refusal> {
+    let mut c = Copier::new(v.stdio, &stdio, v.root);
+    let table = c.table(v.table)?;
+    let sockets = v.sockets.copy_with(|w| c.weak_file(w))?;
+    let pipe_bytes = c.held.clone();
+    drop(c);
+    Ok(Parts {
+        frames: v.frames.copy_for(memory),
+        root: v
+            .root
+            .try_clone()
+            .map_err(|e| format!("the root cannot be kept: {e}"))?,
+        table,
+        clean_fpu: copy_xsave(v.clean_fpu),
+        clock: v.clock.clone(),
+        vdso: v.vdso.to_vec(),
+        next_mm_id: v.next_mm_id,
+        next_pipe_id: v.next_pipe_id,
+        pipe_bytes,
+        sockets,
+        warned: v.warned.clone(),
+        hostname: v.hostname.to_string(),
+        stdio: Some(stdio.each_ref().map(Rc::downgrade)),
+    })
+}
+
+/// A copy of a template's state as a thaw makes it, with `stdio` for its
+/// streams (for the fuzz harness's check).
+#[cfg(feature = "fuzzing")]
+pub(super) fn copy_again(p: &Parts, stdio: [Rc<OwnedFd>; 3]) -> Result<Parts, Refusal> {
+    copy(p.view()?, stdio, GuestMemoryMmap::default())
+}
+
 impl Kernel {
     /// Copies this container into a template. Called with every other
     /// vCPU at its scheduler loop, none in the guest.
     pub(super) fn capture(&mut self, memory: std::fs::File) -> Result<Template, Refusal> {
+        let parts = self.capture_state()?;
+        let runs = self.frames.used_runs();
+        let (memory, pages) = self.memory_image(memory, &runs)?;
+        let listened = self
+            .control
+            .listened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Ok(Template {
+            frozen: Mutex::new(Frozen { parts, listened }),
+            memory,
+            mem_size: self.frames.bytes(),
+            pages,
+            runs,
+        })
+    }
+
+    /// A copy of this container's state (all but its memory).
+    pub(super) fn capture_state(&mut self) -> Result<Parts, Refusal> {
         if self.init_exit.is_some() {
             return Err("process 1 has ended".into());
         }
@@ -102,49 +193,27 @@ impl Kernel {
         // Stand-ins for the streams, told apart by their descriptors
         // (copies of the wake-up eventfd: nothing reads or writes them).
         let stand_ins = [dup(&self.wake)?, dup(&self.wake)?, dup(&self.wake)?].map(Rc::new);
-        let mut c = Copier::new(&stdio, &stand_ins, &self.root);
-        let mut table = c.table(&self.table)?;
+        let view = View {
+            frames: &self.frames,
+            root: &self.root,
+            table: &self.table,
+            clean_fpu: &self.clean_fpu,
+            clock: &self.clock,
+            vdso: &self.vdso,
+            next_mm_id: self.next_mm_id,
+            next_pipe_id: self.next_pipe_id,
+            sockets: &self.sockets,
+            warned: &self.warned,
+            hostname: &self.hostname,
+            stdio: &stdio,
+        };
+        let mut parts = copy(view, stand_ins, GuestMemoryMmap::default())?;
         for (tid, fpu) in fpus {
-            if let Some(t) = table.threads.get_mut(&tid) {
+            if let Some(t) = parts.table.threads.get_mut(&tid) {
                 t.fpu = Some(fpu);
             }
         }
-        let sockets = self.sockets.copy_with(|w| c.weak_file(w))?;
-        let pipe_bytes = c.held.clone();
-        drop(c);
-        let runs = self.frames.used_runs();
-        let (memory, pages) = self.memory_image(memory, &runs)?;
-        let parts = Parts {
-            frames: self.frames.copy_for(GuestMemoryMmap::default()),
-            root: self
-                .root
-                .try_clone()
-                .map_err(|e| format!("the root cannot be kept: {e}"))?,
-            table,
-            clean_fpu: copy_xsave(&self.clean_fpu),
-            clock: self.clock.clone(),
-            vdso: self.vdso.clone(),
-            next_mm_id: self.next_mm_id,
-            next_pipe_id: self.next_pipe_id,
-            pipe_bytes,
-            sockets,
-            warned: self.warned.clone(),
-            hostname: self.hostname.clone(),
-            stdio: Some(stand_ins.each_ref().map(Rc::downgrade)),
-        };
-        let listened = self
-            .control
-            .listened
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        Ok(Template {
-            frozen: Mutex::new(Frozen { parts, listened }),
-            memory,
-            mem_size: self.frames.bytes(),
-            pages,
-            runs,
-        })
+        Ok(parts)
     }
 
     /// Writes the frames in use and the kernel's pages into `file` (a
@@ -223,31 +292,11 @@ impl Kernel {
                 )));
             }
         }
-        let from = p
-            .stdio
-            .as_ref()
-            .expect("a template has process 1's streams");
         let streams = [stdio.stdin, stdio.stdout, stdio.stderr].map(Rc::new);
-        let mut c = Copier::new(from, &streams, &p.root);
-        let table = c.table(&p.table).map_err(thaw)?;
-        let sockets = p.sockets.copy_with(|w| c.weak_file(w)).map_err(thaw)?;
-        let pipe_bytes = c.held.clone();
-        drop(c);
-        let parts = Parts {
-            frames: p.frames.copy_for(vm.memory().clone()),
-            root: p.root.try_clone().map_err(LinuxError::Stdio)?,
-            table,
-            clean_fpu: copy_xsave(&p.clean_fpu),
-            clock: p.clock.clone(),
-            vdso: p.vdso.clone(),
-            next_mm_id: p.next_mm_id,
-            next_pipe_id: p.next_pipe_id,
-            pipe_bytes,
-            sockets,
-            warned: p.warned.clone(),
-            hostname: p.hostname.clone(),
-            stdio: Some(streams.each_ref().map(Rc::downgrade)),
-        };
+        let parts = p
+            .view()
+            .and_then(|v| copy(v, streams, vm.memory().clone()))
+            .map_err(thaw)?;
         drop(frozen);
         Self::assemble(vm, cpus, control, limits, parts)
     }

@@ -61,6 +61,57 @@ fn tiny_elf() -> Vec<u8> {
     e
 }
 
+/// What a copy must keep of a table: each process's family, threads and
+/// descriptors (number, flags, what they are, their pipe's ends), each
+/// thread's registers and wait.
+fn summary(t: &crate::task::Table) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in t.procs.values() {
+        out.push(format!(
+            "process {} ppid {} pgid {} threads {:?} exit {:?} mm {} brk {:#x} vmas {}",
+            p.pid,
+            p.ppid,
+            p.pgid,
+            p.threads,
+            p.exit,
+            p.mm_id,
+            p.mm.borrow().brk,
+            p.mm.borrow().vmas.len()
+        ));
+        for (n, slot) in p.fds.borrow().fds.iter().enumerate() {
+            if let Some((f, cloexec)) = slot {
+                let ends = match &f.kind {
+                    crate::fs::file::Kind::PipeRead(q, _)
+                    | crate::fs::file::Kind::PipeWrite(q, _) => {
+                        let q = q.borrow();
+                        format!(" {} bytes, {}r {}w", q.buf.len(), q.readers, q.writers)
+                    }
+                    _ => String::new(),
+                };
+                out.push(format!(
+                    "  fd {n} {} flags {:#x} offset {} cloexec {cloexec}{ends}",
+                    f.describe(),
+                    f.flags.get(),
+                    f.offset.get()
+                ));
+            }
+        }
+    }
+    for th in t.threads.values() {
+        out.push(format!(
+            "thread {} of {} rip {:#x} rax {:#x} mask {:#x} pending {} blocked {:?}",
+            th.tid,
+            th.pid,
+            th.regs.rip,
+            th.regs.rax,
+            th.sigmask,
+            th.pending.len(),
+            th.blocked.as_ref().map(|b| (b.nr, b.args))
+        ));
+    }
+    out
+}
+
 /// Empties `dir` and puts the harness's files in it: a harness's root
 /// as new, for the next input (called from an unconfined thread: the
 /// harness's own housekeeping is no guest's call).
@@ -212,6 +263,38 @@ impl Harness {
         self.k.wake_ready();
         let t = self.k.table.threads.get(&tid)?;
         (stays || t.blocked.is_none()).then_some(t.regs.rax)
+    }
+
+    /// Copies the kernel's state as a freeze does, copies that as a thaw
+    /// does, and compares the last copy with the kernel: the same
+    /// processes, threads (registers, waits) and descriptors, the same
+    /// bytes in the VM's pipes. The copies are dropped after, as a
+    /// template and a clone are, and the kernel goes on untouched. (Once
+    /// process 1 has ended there is nothing to copy.)
+    pub fn copy_check(&mut self) -> Result<(), String> {
+        if self.k.init_exit.is_some() {
+            return Ok(()); // nothing to freeze (refused so, rightly)
+        }
+        let template = self.k.capture_state()?;
+        let stdio = [null_fd(false), null_fd(true), null_fd(true)];
+        let stdio = stdio.map(|f| f.map(std::rc::Rc::new));
+        let [Ok(i), Ok(o), Ok(e)] = stdio else {
+            return Err("/dev/null cannot be opened".into());
+        };
+        let clone = super::freeze::copy_again(&template, [i, o, e])?;
+        let (was, is) = (summary(&self.k.table), summary(&clone.table));
+        if was != is {
+            return Err(format!("the copy differs:\n{was:#?}\n{is:#?}"));
+        }
+        let (was, is) = (self.k.pipe_bytes.get(), clone.pipe_bytes.get());
+        if was != is {
+            return Err(format!("pipes hold {was} bytes, their copies {is}"));
+        }
+        drop((template, clone));
+        if self.k.pipe_bytes.get() != was {
+            return Err("dropping the copies changed the kernel's pipes".into());
+        }
+        Ok(())
     }
 
     /// Guest frames in use and in all: what the calls' memory accounting

@@ -317,6 +317,50 @@ async fn server_instances_start_from_the_revisions_template() {
     .await;
 }
 
+/// A server that forks a process per connection (busybox `httpd`)
+/// freezes once the child that took the readiness probe's connection has
+/// ended, and its clones fork their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forking_server_starts_from_its_template_too() {
+    let _one = SERIAL.lock().await;
+    let (_dir, tar) = image(&go_server());
+    let gw = start(
+        &[service(
+            "fork",
+            &tar,
+            "        flint.dev/isolation: request\n        flint.dev/snapshot: \"true\"\n",
+            PORT_8080,
+            "          command: [\"/bin/sh\", \"-c\", \"echo made at start > /tmp/index.html; exec busybox httpd -f -p 8080 -h /tmp\"]\n",
+        )],
+        1 << 20,
+    )
+    .await;
+    for _ in 0..3 {
+        let (code, head, body) = http(
+            gw.addr,
+            "GET",
+            "fork.default.example.com",
+            "/index.html",
+            b"",
+        )
+        .await;
+        assert_eq!(code, 200, "{head}");
+        assert_eq!(String::from_utf8_lossy(&body), "made at start\n");
+    }
+    let m = metrics(&gw).await;
+    let rev = [("revision_name", "fork-00001"), ("from", "template")];
+    assert_eq!(
+        series(&m, "flint_server_starts_total", &rev),
+        Some(2.0),
+        "{m}"
+    );
+    gw.stop().await;
+    wait_for("no VM after the gateway stopped", 10, || {
+        vcpu_threads() == 0
+    })
+    .await;
+}
+
 /// A streamed response reaches the client as the server writes it (its
 /// first line long before the second).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

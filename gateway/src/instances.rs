@@ -689,14 +689,28 @@ pub async fn place_for(
     let own = rev.service.isolation == crate::manifest::Isolation::Request;
     let cc = rev.service.container_concurrency;
     if let Some(a) = rev.instances.pick(cc, own) {
+        replenish(gw, rev, own);
         return Ok((a, "warm"));
     }
     let _gate = rev.instances.cold.lock().await;
     if let Some(a) = rev.instances.pick(cc, own) {
+        replenish(gw, rev, own);
         return Ok((a, "cold"));
     }
     let i = start_for(gw, Starting::new(rev), !own).await?;
+    replenish(gw, rev, own);
     Ok((i.claim(), "cold"))
+}
+
+/// Under `flint.dev/isolation: request` with a template, an instance a
+/// request took is replaced at once rather than at the autoscaler's next
+/// tick (a thaw is cheap): the next request finds one ready, as a module
+/// revision's pool of restored VMs has one.
+fn replenish(gw: &Arc<Gateway>, rev: &Arc<Revision>, own: bool) {
+    if own && rev.instances.template().is_some() {
+        let desired = rev.desired.load(Ordering::SeqCst).max(1) as usize;
+        scale(gw, rev, desired);
+    }
 }
 
 /// Brings `rev`'s instances towards `desired`: starts the missing ones,

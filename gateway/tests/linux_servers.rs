@@ -302,12 +302,10 @@ async fn server_instances_start_from_the_revisions_template() {
     );
     let m = metrics(&gw).await;
     let rev = [("revision_name", "snap-00001"), ("from", "template")];
-    // The first request took the deploy's own instance; three were thawed.
-    assert_eq!(
-        series(&m, "flint_server_starts_total", &rev),
-        Some(3.0),
-        "{m}"
-    );
+    // The first request took the deploy's own instance; three or more
+    // were thawed (each one taken is replaced at once).
+    let thawed = series(&m, "flint_server_starts_total", &rev).unwrap_or(0.0);
+    assert!(thawed >= 3.0, "{m}");
     let cold = [("revision_name", "snap-00001"), ("from", "cold")];
     assert_eq!(series(&m, "flint_server_starts_total", &cold), None, "{m}");
     gw.stop().await;
@@ -349,13 +347,12 @@ async fn a_forking_server_starts_from_its_template_too() {
     }
     let m = metrics(&gw).await;
     let rev = [("revision_name", "fork-00001"), ("from", "template")];
-    assert_eq!(
-        series(&m, "flint_server_starts_total", &rev),
-        Some(2.0),
-        "{m}"
-    );
+    let thawed = series(&m, "flint_server_starts_total", &rev).unwrap_or(0.0);
+    assert!(thawed >= 2.0, "{m}");
     gw.stop().await;
-    wait_for("no VM after the gateway stopped", 10, || {
+    // httpd, process 1, ignores SIGTERM: SIGKILL ends it after the
+    // 10 s grace.
+    wait_for("no VM after the gateway stopped", 20, || {
         vcpu_threads() == 0
     })
     .await;

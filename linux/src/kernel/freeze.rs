@@ -286,7 +286,7 @@ impl Kernel {
                 .map_err(LinuxError::Vcpu)?;
             let got = v.guest_tsc().map_err(LinuxError::Vcpu)?;
             // A TSC that did not take would move the guest's clock back.
-            if got.wrapping_sub(tsc) > 1 << 40 {
+            if got.abs_diff(tsc) > 1 << 40 {
                 return Err(thaw(format!(
                     "the vCPU's TSC could not be set ({got:#x}, wanted {tsc:#x})"
                 )));

@@ -67,6 +67,11 @@ pub fn main(a: &RunArgs) -> i32 {
     let config = Config {
         memory_mib: a.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
         timeout: a.call.timeout(),
+        egress: a.egress.then(|| {
+            std::sync::Arc::new(flint_linux::Direct {
+                timeout: std::time::Duration::from_secs(10),
+            }) as std::sync::Arc<dyn flint_linux::Dialer>
+        }),
         ..Config::default()
     };
     let listeners = match a

@@ -28,6 +28,12 @@ pub struct RunArgs {
     /// VM_PORT to HOST_PORT), repeated; a server wants `--timeout-ms 0`.
     #[arg(long = "publish", short = 'p', value_name = "[ADDR:]PORT[:VM_PORT]", value_parser = parse_publish)]
     pub publish: Vec<(std::net::SocketAddr, u16)>,
+    /// Let a Linux program connect out of its VM: its TCP connections to
+    /// addresses off the VM's loopback are made from the host, to the
+    /// address it names (no DNS: there is no UDP; IP addresses and
+    /// /etc/hosts work).
+    #[arg(long)]
+    pub egress: bool,
     #[command(flatten)]
     pub call: CallArgs,
 }

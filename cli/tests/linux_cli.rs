@@ -220,3 +220,74 @@ fn publish_forwards_a_host_port_to_a_server_in_the_vm() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("--publish"), "{}", text(&o.stderr));
 }
+
+/// `--egress`: a program's connection to an address off its VM's
+/// loopback is made from the host, to that address (here this host's own
+/// non-loopback address, where a test server listens); without it the
+/// address is unreachable.
+#[test]
+fn egress_lets_a_program_connect_out_of_its_vm() {
+    use std::io::{Read, Write};
+    // This host's address on its default route (no packet is sent).
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    probe
+        .connect("203.0.113.1:9")
+        .expect("the test needs a non-loopback address with a route");
+    let ip = probe.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback(), "{ip}");
+    let server = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let addr = server.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut c in server.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nfrom out",
+            );
+        }
+    });
+    let root = busybox_root();
+    let r = root.path().display().to_string();
+    let url = format!("http://{addr}/x");
+    let o = flint(
+        &[
+            "run",
+            "--egress",
+            "--rootfs",
+            &r,
+            "/bin/busybox",
+            "--",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            &url,
+        ],
+        "",
+        &[],
+    );
+    assert_eq!(text(&o.stdout), "from out", "{}", text(&o.stderr));
+    assert_eq!(o.status.code(), Some(0));
+    let o = flint(
+        &[
+            "run",
+            "--rootfs",
+            &r,
+            "/bin/busybox",
+            "--",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            &url,
+        ],
+        "",
+        &[],
+    );
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        text(&o.stderr).contains("unreachable"),
+        "{}",
+        text(&o.stderr)
+    );
+}

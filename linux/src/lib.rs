@@ -94,6 +94,32 @@ pub struct Config {
     /// signal reaches process 1 only if it handles it, as for the init of
     /// a PID namespace.
     pub signals: Option<Arc<AtomicU64>>,
+    /// Makes the TCP connections the container's programs open to
+    /// addresses off the VM's loopback; none (the default): those are
+    /// unreachable (ENETUNREACH).
+    pub egress: Option<Arc<dyn Dialer>>,
+}
+
+/// Connects a VM's programs to the world outside it: asked for each
+/// `connect` to an address off the VM's loopback, on a thread of its own
+/// (outside the vCPU threads' filter), it returns the connected host
+/// stream, or the error the program's `connect` gets (its errno). What
+/// it may reach is its own policy.
+pub trait Dialer: Send + Sync + std::fmt::Debug {
+    fn dial(&self, to: std::net::SocketAddr) -> std::io::Result<std::net::TcpStream>;
+}
+
+/// A [`Dialer`] that connects to the address asked for, within `timeout`
+/// (the host's routes and firewall are the policy).
+#[derive(Debug, Clone)]
+pub struct Direct {
+    pub timeout: Duration,
+}
+
+impl Dialer for Direct {
+    fn dial(&self, to: std::net::SocketAddr) -> std::io::Result<std::net::TcpStream> {
+        std::net::TcpStream::connect_timeout(&to, self.timeout)
+    }
 }
 
 impl Default for Config {
@@ -106,6 +132,7 @@ impl Default for Config {
             timeout: Some(Duration::from_secs(60)),
             max_processes: 256,
             signals: None,
+            egress: None,
         }
     }
 }
@@ -395,6 +422,9 @@ fn launch(
         + 'static,
 ) -> Result<Container, LinuxError> {
     vcpu::init_kick_signal();
+    if let Some(d) = &config.egress {
+        start_dialer(d.clone(), &control)?;
+    }
     let started = Instant::now();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let c2 = control.clone();
@@ -433,8 +463,14 @@ fn launch(
             }
             let r = handle
                 .join()
-                .map_err(|_| LinuxError::Crash("the vCPU thread panicked".into()))?;
-            let (status, oom, vmm_calls) = r?;
+                .map_err(|_| LinuxError::Crash("the vCPU thread panicked".into()));
+            // The VM is gone: so is its dialer thread.
+            control
+                .dialer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            let (status, oom, vmm_calls) = r??;
             Ok(Outcome {
                 status,
                 oom,
@@ -447,6 +483,51 @@ fn launch(
         control,
         supervisor,
     })
+}
+
+/// The thread that takes a VM's connections out (`Config::egress`) to
+/// `dialer`, each on a thread of its own, and hands them back through
+/// `control` (waking an idle vCPU). It ends once the VM has.
+fn start_dialer(dialer: Arc<dyn Dialer>, control: &Arc<kernel::Control>) -> Result<(), LinuxError> {
+    let (tx, rx) = mpsc::channel::<(usize, std::net::SocketAddr)>();
+    *control.dialer.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+    let control = Arc::downgrade(control);
+    std::thread::Builder::new()
+        .name("flint-linux-dialer".into())
+        .spawn(move || {
+            for (id, to) in rx {
+                let (dialer, answer) = (dialer.clone(), control.clone());
+                let dial = move || {
+                    let r = dialer
+                        .dial(to)
+                        .and_then(|s| {
+                            s.set_nonblocking(true)?;
+                            Ok(OwnedFd::from(s))
+                        })
+                        .map_err(|e| e.raw_os_error().unwrap_or(libc::ECONNREFUSED));
+                    if let Some(c) = answer.upgrade() {
+                        c.dialed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((id, r));
+                        c.dialing.fetch_sub(1, Ordering::SeqCst);
+                        c.wake();
+                    }
+                };
+                let spawned = std::thread::Builder::new()
+                    .name("flint-linux-dial".into())
+                    .spawn(dial);
+                if spawned.is_err() {
+                    if let Some(c) = control.upgrade() {
+                        let mut done = c.dialed.lock().unwrap_or_else(|e| e.into_inner());
+                        done.push((id, Err(libc::EAGAIN)));
+                        c.dialing.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+        .map_err(LinuxError::Thread)?;
+    Ok(())
 }
 
 /// A new memfd that can be sealed.

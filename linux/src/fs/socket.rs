@@ -4,8 +4,9 @@
 //! ([`SocketEnd`]); a listening socket holds the connections waiting for
 //! `accept`; [`Names`] maps bound names to their sockets. A connection
 //! from the host into a listening socket ([`Conn::Host`]) is the one end
-//! of a host socket pair the VMM holds; nothing here reaches the host's
-//! network.
+//! of a host socket pair the VMM holds; a connection out of the VM
+//! (`Config::egress`) is a host socket the embedder's dialer connected,
+//! held the same way.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -236,12 +237,24 @@ pub enum SockState {
     },
 }
 
+/// A connection out of the VM being made for a fresh socket
+/// (`Config::egress`): under way, or failed with an errno that
+/// `SO_ERROR` (or the blocked `connect`) reports once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Dial {
+    #[default]
+    None,
+    Pending,
+    Failed(i32),
+}
+
 /// A stream socket (`SOCK_STREAM` of `family`).
 #[derive(Debug)]
 pub struct Socket {
     pub family: i32,
     pub id: usize,
     pub state: RefCell<SockState>,
+    pub dial: Cell<Dial>,
 }
 
 impl Socket {
@@ -250,6 +263,7 @@ impl Socket {
             family,
             id,
             state: RefCell::new(state),
+            dial: Cell::new(Dial::None),
         }
     }
 

@@ -29,8 +29,9 @@ use super::copy_xsave;
 /// Why a state cannot be copied.
 pub type Refusal = String;
 
-/// The refusal that passes once the host closes its connections.
-pub const HOST_CONNECTION: &str = "a connection from the host is open";
+/// The refusal that passes once the connections with the host are
+/// closed.
+pub const HOST_CONNECTION: &str = "a connection from or to the host is open";
 
 /// Copies one state graph into another, remembering what it made for each
 /// shared object of the source.
@@ -376,6 +377,9 @@ impl<'a> Copier<'a> {
     }
 
     fn socket(&mut self, s: &Socket) -> Result<Socket, Refusal> {
+        if s.dial.get() == crate::fs::socket::Dial::Pending {
+            return Err(HOST_CONNECTION.into());
+        }
         let state = match &*s.state.borrow() {
             SockState::Fresh { bound } => SockState::Fresh {
                 bound: bound.clone(),
@@ -403,6 +407,8 @@ impl<'a> Copier<'a> {
                 peer: peer.clone(),
             },
         };
-        Ok(Socket::new(s.family, s.id, state))
+        let copy = Socket::new(s.family, s.id, state);
+        copy.dial.set(s.dial.get());
+        Ok(copy)
     }
 }

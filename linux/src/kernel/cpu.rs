@@ -166,6 +166,7 @@ fn run_cpu(shared: &Shared, i: usize) -> Result<ExitStatus, LinuxError> {
         k.outside_signals();
         k.spawn_requested();
         k.connect_requested();
+        crate::syscalls::socket::dials_done(&mut k);
         k.publish_processes();
         k.wake_ready();
         if let Some(st) = k.init_exit {

@@ -95,6 +95,14 @@ pub struct Control {
     /// template (or failed to) and sent it to the asker.
     pub freezing: AtomicBool,
     pub freeze: std::sync::Mutex<Option<FreezeRequest>>,
+    /// Where connections out of the VM are asked for (`Config::egress`;
+    /// none: such addresses are unreachable), and the dialer's answers:
+    /// the socket's id and a connected non-blocking host socket or an
+    /// errno.
+    pub dialer: std::sync::Mutex<Option<std::sync::mpsc::Sender<(usize, std::net::SocketAddr)>>>,
+    pub dialed: std::sync::Mutex<Vec<(usize, Result<OwnedFd, i32>)>>,
+    /// Dials under way.
+    pub dialing: std::sync::atomic::AtomicUsize,
 }
 
 /// A freeze asked for: the memfd the guest memory goes to (made by the
@@ -204,6 +212,9 @@ pub struct Kernel {
     /// Process 1's standard streams (stdin, stdout, stderr), while any
     /// process holds them (a weak reference: closing them closes them).
     stdio: Option<[std::rc::Weak<OwnedFd>; 3]>,
+    /// Sockets whose connection out of the VM is being made, by id, with
+    /// the names they get once connected (local, peer).
+    pub dials: Vec<crate::syscalls::socket::PendingDial>,
 }
 
 /// What a container is beside its VM: the part of a [`Kernel`] a
@@ -370,6 +381,7 @@ impl Kernel {
             hostname: p.hostname,
             outside: Vec::new(),
             stdio: p.stdio,
+            dials: Vec::new(),
         })
     }
 

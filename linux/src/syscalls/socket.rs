@@ -2,9 +2,11 @@
 //! abstract or path names and `socketpair`'s pairs, `AF_INET` and
 //! `AF_INET6` on the VM's own loopback; `bind`, `listen`, `accept`,
 //! `connect`, the `send`/`recv` family, `shutdown`, options and names.
-//! No call reaches the host's network: an address off the loopback is
-//! unreachable, datagram and raw sockets are not supported
-//! (docs/linux.md).
+//! An address off the loopback is unreachable unless the VM has a dialer
+//! (`Config::egress`): then `connect` asks it for a host connection,
+//! made on a thread outside the vCPU's filter, and the socket holds it as
+//! a host connection once it is made. Datagram and raw sockets are not
+//! supported (docs/linux.md).
 
 use std::rc::Rc;
 
@@ -19,7 +21,7 @@ use super::fd::{
 };
 use super::{err, Stop, SysResult};
 use crate::fs::file::{Kind, OpenFile};
-use crate::fs::socket::{Conn, HostConn, Key, SockAddr, SockState, Socket, SocketEnd};
+use crate::fs::socket::{Conn, Dial, HostConn, Key, SockAddr, SockState, Socket, SocketEnd};
 use crate::kernel::uaccess::MAX_IO;
 use crate::kernel::Kernel;
 use crate::signal::{SigInfo, SIGPIPE};
@@ -138,7 +140,7 @@ pub fn token(s: &Socket) -> u64 {
         SockState::Listening {
             queue, arrivals, ..
         } => (1u8, *arrivals, queue.len()).hash(&mut h),
-        SockState::Fresh { .. } => 2u8.hash(&mut h),
+        SockState::Fresh { .. } => (2u8, s.dial.get()).hash(&mut h),
     }
     h.finish()
 }
@@ -179,7 +181,13 @@ pub fn ready(s: &Socket) -> i16 {
         } => conn_events(c),
         SockState::Listening { queue, .. } if !queue.is_empty() => POLLIN,
         SockState::Listening { .. } => 0,
-        SockState::Fresh { .. } => POLLOUT | POLLHUP,
+        // Connecting out of the VM: nothing yet; failed: as Linux reports
+        // a refused connect.
+        SockState::Fresh { .. } => match s.dial.get() {
+            Dial::Pending => 0,
+            Dial::Failed(_) => POLLOUT | POLLERR | POLLHUP,
+            Dial::None => POLLOUT | POLLHUP,
+        },
     }
 }
 
@@ -466,6 +474,8 @@ pub fn connect(k: &mut Kernel, t: Pid, fd: u64, addr: u64, len: u64) -> SysResul
     let s = socket_of(&f)?;
     let dest = read_addr(k, t, s.family, addr, len)?;
     let bound = match &*s.state.borrow() {
+        // A blocked connect out of the VM, retried once it is made.
+        SockState::Connected { .. } if k.retrying.is_some() => return Ok(0),
         SockState::Connected { .. } => return err(EISCONN),
         SockState::Listening { .. } => return err(EINVAL),
         SockState::Fresh { bound } => bound.clone(),
@@ -473,7 +483,7 @@ pub fn connect(k: &mut Kernel, t: Pid, fd: u64, addr: u64, len: u64) -> SysResul
     let (key, peer) = match &dest {
         SockAddr::Unnamed => return err(EINVAL),
         SockAddr::Unix(n) => (unix_key(k, t, n), dest.clone()),
-        ip if !ip.is_local() => return err(ENETUNREACH),
+        ip if !ip.is_local() => return dial_out(k, &f, ip),
         ip => match ip.port() {
             Some(0) | None => return err(ECONNREFUSED),
             // The any address means this host: its loopback.
@@ -528,6 +538,109 @@ pub fn connect(k: &mut Kernel, t: Pid, fd: u64, addr: u64, len: u64) -> SysResul
         peer,
     };
     Ok(0)
+}
+
+/// A socket's connection out of the VM being made (`Kernel::dials`).
+#[derive(Debug)]
+pub struct PendingDial {
+    pub id: usize,
+    pub file: std::rc::Weak<OpenFile>,
+    pub local: SockAddr,
+    pub peer: SockAddr,
+}
+
+/// Most dials one VM has under way at once (each a host thread).
+const MAX_DIALS: usize = 64;
+
+/// `connect` to `peer`, off the VM's loopback: asks the VM's dialer for a
+/// host connection (ENETUNREACH without one). Non-blocking, it is
+/// EINPROGRESS and the socket becomes writable (or reports the error in
+/// `SO_ERROR`) once it is made; blocking, the call waits for it. A
+/// second call while it is under way is EALREADY.
+fn dial_out(k: &mut Kernel, f: &Rc<OpenFile>, peer: &SockAddr) -> SysResult {
+    let s = socket_of(f)?;
+    let nonblock = f.flags.get() & O_NONBLOCK != 0;
+    match s.dial.get() {
+        Dial::Pending if nonblock && k.retrying.is_none() => return err(EALREADY),
+        Dial::Pending => return Err(Stop::Block(Wait::Poll { deadline: None })),
+        Dial::Failed(e) => {
+            s.dial.set(Dial::None);
+            return err(e);
+        }
+        Dial::None => {}
+    }
+    let to = match peer {
+        SockAddr::V4(ip, port) => std::net::SocketAddr::from((*ip, *port)),
+        SockAddr::V6(ip, port) => std::net::SocketAddr::from((*ip, *port)),
+        _ => return err(EINVAL),
+    };
+    if to.port() == 0 {
+        return err(ECONNREFUSED);
+    }
+    let control = k.control.clone();
+    let sent = {
+        let dialer = control.dialer.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = dialer.as_ref() else {
+            return err(ENETUNREACH);
+        };
+        if control.dialing.load(std::sync::atomic::Ordering::SeqCst) >= MAX_DIALS {
+            return err(EAGAIN);
+        }
+        control
+            .dialing
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tx.send((s.id, to)).is_ok()
+    };
+    if !sent {
+        control
+            .dialing
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        return err(ENETUNREACH);
+    }
+    let port = k.sockets.ephemeral().ok_or(Stop::Errno(EADDRNOTAVAIL))?;
+    s.dial.set(Dial::Pending);
+    k.dials.push(PendingDial {
+        id: s.id,
+        file: Rc::downgrade(f),
+        local: loopback(s.family, port),
+        peer: peer.clone(),
+    });
+    if nonblock {
+        err(EINPROGRESS)
+    } else {
+        Err(Stop::Block(Wait::Poll { deadline: None }))
+    }
+}
+
+/// Hands the dialer's answers to their sockets: connected (a host
+/// connection), or failed with an errno for `SO_ERROR` or the blocked
+/// `connect`. A socket closed meanwhile drops its connection.
+pub fn dials_done(k: &mut Kernel) {
+    let done: Vec<(usize, Result<std::os::fd::OwnedFd, i32>)> =
+        std::mem::take(&mut *k.control.dialed.lock().unwrap_or_else(|e| e.into_inner()));
+    for (id, r) in done {
+        let Some(at) = k.dials.iter().position(|d| d.id == id) else {
+            continue;
+        };
+        let d = k.dials.remove(at);
+        let Some(f) = d.file.upgrade() else { continue };
+        let Kind::Socket(s) = &f.kind else { continue };
+        match r {
+            Ok(fd) => {
+                *s.state.borrow_mut() = SockState::Connected {
+                    end: Conn::Host(HostConn {
+                        fd,
+                        reads: Cell::new(0),
+                        writes: Cell::new(0),
+                    }),
+                    local: d.local,
+                    peer: d.peer,
+                };
+                s.dial.set(Dial::None);
+            }
+            Err(e) => s.dial.set(Dial::Failed(e)),
+        }
+    }
 }
 
 /// Whether a call's `flags` make it non-blocking (`MSG_DONTWAIT`, or the
@@ -689,7 +802,15 @@ pub fn getsockopt(
         (SOL_SOCKET, SO_PROTOCOL) if s.family != AF_UNIX => IPPROTO_TCP as u32,
         (SOL_SOCKET, SO_ACCEPTCONN) => listening as u32,
         (SOL_SOCKET, SO_SNDBUF | SO_RCVBUF) => BUFFER,
-        (SOL_SOCKET, SO_PROTOCOL | SO_ERROR | SO_KEEPALIVE | SO_PASSCRED | SO_REUSEADDR) => 0,
+        // A failed connect out of the VM's errno, reported once.
+        (SOL_SOCKET, SO_ERROR) => match s.dial.get() {
+            Dial::Failed(e) => {
+                s.dial.set(Dial::None);
+                e as u32
+            }
+            _ => 0,
+        },
+        (SOL_SOCKET, SO_PROTOCOL | SO_KEEPALIVE | SO_PASSCRED | SO_REUSEADDR) => 0,
         (SOL_SOCKET, _) => return err(ENOPROTOOPT),
         // IP and TCP options read as off on an IP socket.
         (IPPROTO_TCP | IPPROTO_IP | IPPROTO_IPV6, _) if s.family != AF_UNIX => 0,

@@ -249,10 +249,10 @@ fn egress_lets_a_program_connect_out_of_its_vm() {
     let root = busybox_root();
     let r = root.path().display().to_string();
     let url = format!("http://{addr}/x");
-    let o = flint(
-        &[
-            "run",
-            "--egress",
+    let wget = |egress: &[&str]| {
+        let mut args = vec!["run"];
+        args.extend_from_slice(egress);
+        args.extend([
             "--rootfs",
             &r,
             "/bin/busybox",
@@ -262,28 +262,13 @@ fn egress_lets_a_program_connect_out_of_its_vm() {
             "-O",
             "-",
             &url,
-        ],
-        "",
-        &[],
-    );
+        ]);
+        flint(&args, "", &[])
+    };
+    let o = wget(&["--egress"]);
     assert_eq!(text(&o.stdout), "from out", "{}", text(&o.stderr));
     assert_eq!(o.status.code(), Some(0));
-    let o = flint(
-        &[
-            "run",
-            "--rootfs",
-            &r,
-            "/bin/busybox",
-            "--",
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            &url,
-        ],
-        "",
-        &[],
-    );
+    let o = wget(&[]);
     assert_ne!(o.status.code(), Some(0));
     assert!(
         text(&o.stderr).contains("unreachable"),

@@ -506,23 +506,14 @@ fn start_dialer(dialer: Arc<dyn Dialer>, control: &Arc<kernel::Control>) -> Resu
                         })
                         .map_err(|e| e.raw_os_error().unwrap_or(libc::ECONNREFUSED));
                     if let Some(c) = answer.upgrade() {
-                        c.dialed
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push((id, r));
-                        c.dialing.fetch_sub(1, Ordering::SeqCst);
-                        c.wake();
+                        c.dial_answer(id, r);
                     }
                 };
                 let spawned = std::thread::Builder::new()
                     .name("flint-linux-dial".into())
                     .spawn(dial);
-                if spawned.is_err() {
-                    if let Some(c) = control.upgrade() {
-                        let mut done = c.dialed.lock().unwrap_or_else(|e| e.into_inner());
-                        done.push((id, Err(libc::EAGAIN)));
-                        c.dialing.fetch_sub(1, Ordering::SeqCst);
-                    }
+                if let (Err(_), Some(c)) = (spawned, control.upgrade()) {
+                    c.dial_answer(id, Err(libc::EAGAIN));
                 }
             }
         })

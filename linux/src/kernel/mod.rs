@@ -136,6 +136,18 @@ impl Control {
         }
     }
 
+    /// Hands the dialer's answer for socket `id` to the VM (a connected
+    /// host socket or an errno) and wakes an idle vCPU to take it.
+    pub fn dial_answer(&self, id: usize, r: Result<OwnedFd, i32>) {
+        self.dialed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, r));
+        self.dialing
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.wake();
+    }
+
     /// Wakes an idle vCPU to look at what was asked of it.
     pub fn wake(&self) {
         if let Some(fd) = &*self.wake.lock().unwrap_or_else(|e| e.into_inner()) {
